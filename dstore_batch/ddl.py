@@ -1,0 +1,51 @@
+"""Spanner DDL for the lock table (spindle's, unchanged) and the log table (the seed's)."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["DEFAULT_LOCK_TABLE", "DEFAULT_LOG_TABLE", "ddl_statements", "render_ddl"]
+
+DEFAULT_LOCK_TABLE = "locktable"
+DEFAULT_LOG_TABLE = "logtable"
+
+LOCK_TABLE_DDL = """CREATE TABLE {lock_table} (
+    name STRING(MAX) NOT NULL,
+    heartbeat TIMESTAMP OPTIONS (allow_commit_timestamp=true),
+    token TIMESTAMP OPTIONS (allow_commit_timestamp=true),
+    writer STRING(MAX),
+) PRIMARY KEY (name)"""
+
+LOG_TABLE_DDL = """CREATE TABLE {log_table} (
+    id STRING(MAX),
+    key STRING(MAX),
+    value STRING(MAX),
+    leader STRING(MAX),
+    timestamp TIMESTAMP OPTIONS (allow_commit_timestamp=true),
+) PRIMARY KEY (key, id)"""
+
+_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
+
+
+def check_table_name(name: str) -> str:
+    """Spanner identifiers only: table names are spliced into SQL text."""
+    if not _IDENT.match(name):
+        raise ValueError(f"invalid table name {name!r}: use letters, digits and _")
+    return name
+
+
+def ddl_statements(
+    lock_table: str = DEFAULT_LOCK_TABLE, log_table: str = DEFAULT_LOG_TABLE
+) -> dict[str, str]:
+    """The CREATE TABLE statements, keyed by table name."""
+    check_table_name(lock_table)
+    check_table_name(log_table)
+    return {
+        lock_table: LOCK_TABLE_DDL.format(lock_table=lock_table),
+        log_table: LOG_TABLE_DDL.format(log_table=log_table),
+    }
+
+
+def render_ddl(lock_table: str = DEFAULT_LOCK_TABLE, log_table: str = DEFAULT_LOG_TABLE) -> str:
+    """The DDL as a script: statements separated by ``;`` lines."""
+    return "".join(s + ";\n\n" for s in ddl_statements(lock_table, log_table).values()).rstrip()+"\n"

@@ -1,0 +1,131 @@
+"""Find, start and stop the Cloud Spanner emulator on a free loopback port.
+
+Shared by the test suite, ``dstore-batch demo`` and ``dstore-batch bench``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["Emulator", "EmulatorNotFound", "find_emulator", "free_port"]
+
+DEFAULT_SDK_ROOT = "/usr/lib/google-cloud-sdk"
+INSTALL_HINT = (
+    "the Cloud Spanner emulator (emulator_main) was not found. Install it with\n"
+    "    apt-get install google-cloud-cli-spanner-emulator\n"
+    "(Debian/Ubuntu, from Google's Cloud SDK apt repository), or\n"
+    "    gcloud components install cloud-spanner-emulator\n"
+    "or put emulator_main on PATH / set DSTORE_EMULATOR_BIN."
+)
+
+
+class EmulatorNotFound(RuntimeError):
+    """emulator_main is not installed where we look."""
+
+
+def _sdk_root_from_gcloud() -> str | None:
+    gcloud = shutil.which("gcloud")
+    if not gcloud:
+        return None
+    try:
+        out = subprocess.run(
+            [gcloud, "info", "--format=value(installation.sdk_root)"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    root = out.stdout.strip()
+    return root or None
+
+
+def find_emulator() -> str:
+    """Path of emulator_main: $DSTORE_EMULATOR_BIN, PATH, gcloud's SDK root, the default."""
+    explicit = os.environ.get("DSTORE_EMULATOR_BIN")
+    if explicit:
+        if os.access(explicit, os.X_OK):
+            return explicit
+        raise EmulatorNotFound(f"DSTORE_EMULATOR_BIN={explicit} is not executable")
+    on_path = shutil.which("emulator_main")
+    if on_path:
+        return on_path
+    roots = [DEFAULT_SDK_ROOT]
+    gcloud_root = _sdk_root_from_gcloud()
+    if gcloud_root:
+        roots.insert(0, gcloud_root)
+    for root in roots:
+        candidate = Path(root) / "bin" / "cloud_spanner_emulator" / "emulator_main"
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise EmulatorNotFound(INSTALL_HINT)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Emulator:
+    """One emulator process. Use as a context manager, or call start()/stop()."""
+
+    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+        self.binary = binary or find_emulator()
+        self.port = port or free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="spanner-emulator-", suffix=".log")
+
+    def start(self, timeout_s: float = 30.0) -> Emulator:
+        """Start the process and wait until its gRPC port accepts connections."""
+        self._proc = subprocess.Popen(
+            [self.binary, "--host_port", self.host],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"emulator exited with {self._proc.returncode}: {self.log()}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.5
+            ):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"emulator did not listen on {self.host} in {timeout_s}s")
+
+    def log(self) -> str:
+        """What the emulator printed so far (last 2,000 characters)."""
+        with open(self._log.name, "rb") as f:
+            return f.read().decode(errors="replace")[-2000:]
+
+    def env(self) -> dict[str, str]:
+        """The environment variables a Spanner client needs to reach this emulator."""
+        return {"SPANNER_EMULATOR_HOST": self.host}
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL)."""
+        if self._proc is None:
+            return
+        proc, self._proc = self._proc, None
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

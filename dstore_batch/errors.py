@@ -1,0 +1,144 @@
+"""The exception tree of dstore_batch.
+
+Every error carries a stable wire ``code`` (sent in frames and HTTP bodies) and the
+HTTP status it maps to. Callers branch on the three middle classes::
+
+    DstoreError
+    ├── RejectedError            the request was refused; nothing of it was written
+    │   ├── InvalidInputError      code "invalid"          HTTP 400
+    │   ├── TooLargeError          code "too_large"        HTTP 413
+    │   └── ProtocolError          code "bad_frame"        (peer link only)
+    ├── UnavailableError         not written; safe to retry (same ids or new)
+    │   ├── NotLeaderError         code "not_leader"       HTTP 503
+    │   ├── BusyError              code "busy"             HTTP 503 + Retry-After
+    │   └── NoLeaderError          code "no_leader"        HTTP 503
+    └── OutcomeUnknownError      may or may not be written; retry with the SAME ids
+        ├── DeadlineExceededError  code "deadline"         HTTP 504
+        └── CommitError            code "commit_failed"    HTTP 504
+
+``OutcomeUnknownError`` is safe to retry with the same row ids: writes are
+``insert_or_update`` on ``(key, id)``, so a retry can never duplicate a row.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BusyError",
+    "CommitError",
+    "DeadlineExceededError",
+    "DstoreError",
+    "InvalidInputError",
+    "NoLeaderError",
+    "NotLeaderError",
+    "OutcomeUnknownError",
+    "ProtocolError",
+    "RejectedError",
+    "TooLargeError",
+    "UnavailableError",
+    "error_from_code",
+]
+
+
+class DstoreError(Exception):
+    """Base class of every error raised by dstore_batch."""
+
+    code = "internal"
+    http_status = 500
+    retriable = False
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message or self.__class__.__name__)
+        self.message = message or self.__class__.__name__
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON body of an HTTP error reply."""
+        body: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        return {"error": body}
+
+
+class RejectedError(DstoreError):
+    """The request was refused as it stands; nothing of it was written."""
+
+    code = "rejected"
+    http_status = 400
+
+
+class InvalidInputError(RejectedError):
+    code = "invalid"
+    http_status = 400
+
+
+class TooLargeError(RejectedError):
+    code = "too_large"
+    http_status = 413
+
+
+class ProtocolError(RejectedError):
+    """A peer sent a frame that does not follow the protocol."""
+
+    code = "bad_frame"
+    http_status = 400
+
+
+class UnavailableError(DstoreError):
+    """Not written; the same request may be retried (after ``retry_after`` if set)."""
+
+    code = "unavailable"
+    http_status = 503
+    retriable = True
+
+
+class NotLeaderError(UnavailableError):
+    code = "not_leader"
+
+
+class BusyError(UnavailableError):
+    code = "busy"
+
+
+class NoLeaderError(UnavailableError):
+    code = "no_leader"
+
+
+class OutcomeUnknownError(DstoreError):
+    """The write may or may not have been committed; retry with the same ids."""
+
+    code = "outcome_unknown"
+    http_status = 504
+    retriable = True
+
+
+class DeadlineExceededError(OutcomeUnknownError):
+    code = "deadline"
+
+
+class CommitError(OutcomeUnknownError):
+    code = "commit_failed"
+
+
+_BY_CODE: dict[str, type[DstoreError]] = {
+    cls.code: cls
+    for cls in (
+        DstoreError,
+        RejectedError,
+        InvalidInputError,
+        TooLargeError,
+        ProtocolError,
+        UnavailableError,
+        NotLeaderError,
+        BusyError,
+        NoLeaderError,
+        OutcomeUnknownError,
+        DeadlineExceededError,
+        CommitError,
+    )
+}
+
+
+def error_from_code(code: str, message: str, retry_after: float | None = None) -> DstoreError:
+    """Rebuild the typed error a peer or node reported by its wire code."""
+    cls = _BY_CODE.get(code, DstoreError)
+    return cls(message, retry_after=retry_after)

@@ -1,0 +1,67 @@
+"""Create the Spanner tables (and, on the emulator, the instance and database)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import spanner
+
+from ..ddl import ddl_statements
+from .spanner import parse_database_path
+
+__all__ = ["init_database"]
+
+log = logging.getLogger(__name__)
+OPERATION_TIMEOUT_S = 120
+
+
+def init_database(
+    database: str, *, lock_table: str, log_table: str, create_missing: bool | None = None
+) -> list[str]:
+    """Create whichever tables are missing; return the names of those created.
+
+    With ``create_missing`` (default: when SPANNER_EMULATOR_HOST is set) the instance and
+    database are created too. Safe to run any number of times.
+    """
+    if create_missing is None:
+        create_missing = bool(os.environ.get("SPANNER_EMULATOR_HOST"))
+    project, instance_id, database_id = parse_database_path(database)
+    client = spanner.Client(project=project)
+    try:
+        instance = client.instance(
+            instance_id,
+            configuration_name=f"projects/{project}/instanceConfigs/emulator-config",
+            display_name=instance_id,
+            node_count=1,
+        )
+        if create_missing and not instance.exists():
+            _wait(instance.create(), "create instance")
+        db = instance.database(database_id)
+        if create_missing and not db.exists():
+            _wait(db.create(), "create database")
+        existing = _existing_tables(db)
+        wanted = ddl_statements(lock_table, log_table)
+        missing = [name for name in wanted if name.lower() not in existing]
+        if missing:
+            _wait(db.update_ddl([wanted[n] for n in missing]), "create tables")
+        return missing
+    finally:
+        client.close()
+
+
+def _existing_tables(db: Any) -> set[str]:
+    with db.snapshot() as snap:
+        rows = snap.execute_sql(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ''"
+        )
+        return {r[0].lower() for r in rows}
+
+
+def _wait(operation: Any, what: str) -> None:
+    try:
+        operation.result(OPERATION_TIMEOUT_S)
+    except gexc.AlreadyExists:
+        log.info("%s: already exists", what)

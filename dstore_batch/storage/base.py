@@ -1,0 +1,87 @@
+"""The storage protocol: everything the funnel and the election need from a database.
+
+Backends implement these coroutines and keep their blocking calls off the event loop.
+The Spanner backend is production; an embedded backend fits the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, NamedTuple, Protocol
+
+from ..types import HistoryItem, Row, Timestamp
+
+__all__ = ["Fence", "HistoryLimit", "LockState", "Storage", "check_limit"]
+
+# `get`'s history choices, as in the original: N newest (1 = latest), all, oldest.
+HistoryLimit = int | Literal["all", "oldest"]
+
+
+def check_limit(limit: object) -> HistoryLimit:
+    """Validate a history limit; raise ValueError on anything else."""
+    if limit in ("all", "oldest"):
+        return limit  # type: ignore[return-value]
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1:
+        return limit
+    raise ValueError("limit must be a positive integer, 'all' or 'oldest'")
+
+
+class LockState(NamedTuple):
+    """One read of a lock row. ``token is None`` means the row does not exist."""
+
+    token: Timestamp | None
+    writer: str | None
+    age_ms: int | None  # time since the last heartbeat, by the database's clock
+
+
+class Fence(NamedTuple):
+    """A commit is valid only while the lock row ``name`` still holds ``token``."""
+
+    lock_name: str
+    token: Timestamp
+
+
+class Storage(Protocol):
+    """Log-table and lock-table operations; implemented once per backend."""
+
+    async def start(self) -> None:
+        """Open connections; called once before any other operation."""
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+
+    async def commit(self, rows: Sequence[Row], leader: str, fence: Fence | None) -> Timestamp:
+        """Write ``rows`` (insert-or-update on (key, id)) in one transaction.
+
+        Returns the commit timestamp shared by every row.
+        Raises:
+            NotLeaderError: ``fence`` no longer holds; nothing was written.
+            CommitError: the database failed; the outcome is unknown.
+        """
+        ...
+
+    async def history(self, key: str, limit: HistoryLimit) -> list[HistoryItem]:
+        """A key's rows by a strong read, newest first (``oldest``: the first row)."""
+        ...
+
+    async def lock_read(self, name: str) -> LockState:
+        """Read the lock row ``name`` (strong read)."""
+        ...
+
+    async def lock_acquire(self, name: str, writer: str) -> Timestamp | None:
+        """Create the lock row; the token if this call created it, else None."""
+        ...
+
+    async def lock_takeover(
+        self, name: str, seen_token: Timestamp, lease_ms: int, writer: str
+    ) -> Timestamp | None:
+        """Take an expired lock in one transaction; the new token, or None if lost."""
+        ...
+
+    async def lock_heartbeat(self, name: str, token: Timestamp) -> bool:
+        """Refresh the heartbeat only while the row holds ``token``; False if it does not."""
+        ...
+
+    async def lock_release(self, name: str, token: Timestamp) -> bool:
+        """Age the heartbeat (guarded by ``token``) so the next check takes over."""
+        ...
