@@ -1,0 +1,115 @@
+"""Configuration: small frozen value objects with defaults, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .ddl import DEFAULT_LOCK_TABLE, DEFAULT_LOG_TABLE, check_table_name
+
+__all__ = [
+    "DEFAULT_LEASE_S",
+    "SPANNER_MAX_COMMIT_BYTES",
+    "SPANNER_MAX_MUTATIONS",
+    "BatchConfig",
+    "Config",
+    "LimitsConfig",
+]
+
+DEFAULT_LEASE_S = 5.0
+MIN_LEASE_S = 1.0
+
+# Spanner's per-commit limits. The emulator enforces neither, so we must.
+SPANNER_MAX_MUTATIONS = 80_000
+SPANNER_MAX_COMMIT_BYTES = 100_000_000
+LOG_TABLE_COLUMNS = 5  # id, key, value, leader, timestamp: one mutation each
+# Per-row bytes we count beyond key and value: id, leader and framing.
+ROW_OVERHEAD_BYTES = 96
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchConfig:
+    """How the leader groups puts into commits."""
+
+    max_rows: int = 2_000
+    max_bytes: int = 16 * 1024 * 1024
+    linger_s: float = 0.0  # extra wait for a fuller batch; 0 = pure group commit
+    max_inflight: int = 1  # commits in flight at once (the emulator serializes them)
+    queue_max_bytes: int = 256 * 1024 * 1024  # leader queue bound; beyond it: busy
+
+    def __post_init__(self) -> None:
+        max_rows_by_mutations = SPANNER_MAX_MUTATIONS // LOG_TABLE_COLUMNS
+        if not 1 <= self.max_rows <= max_rows_by_mutations:
+            raise ValueError(
+                f"max_rows must be 1..{max_rows_by_mutations} "
+                f"({SPANNER_MAX_MUTATIONS} mutations / {LOG_TABLE_COLUMNS} columns)"
+            )
+        if not 1024 <= self.max_bytes <= SPANNER_MAX_COMMIT_BYTES // 2:
+            raise ValueError(
+                f"max_bytes must be 1024..{SPANNER_MAX_COMMIT_BYTES // 2} "
+                "(half of Spanner's 100 MB commit limit, for request overhead)"
+            )
+        if not 0 <= self.linger_s <= 1:
+            raise ValueError("linger_s must be 0..1 seconds")
+        if not 1 <= self.max_inflight <= 64:
+            raise ValueError("max_inflight must be 1..64")
+        if self.queue_max_bytes < self.max_bytes:
+            raise ValueError("queue_max_bytes must be at least max_bytes")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    """Input limits, checked where a put enters the system."""
+
+    max_key_bytes: int = 4096  # Spanner caps a whole key at 8 KiB; id shares it
+    max_value_bytes: int = 1024 * 1024
+    max_items_per_request: int = 100_000
+    max_request_bytes: int = 64 * 1024 * 1024  # HTTP bodies and peer frames
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_key_bytes <= 8000:
+            raise ValueError("max_key_bytes must be 1..8000 (Spanner's key limit is 8 KiB)")
+        if not 0 <= self.max_value_bytes <= 10 * 1024 * 1024:
+            raise ValueError("max_value_bytes must be 0..10 MiB (Spanner's STRING limit)")
+        if self.max_items_per_request < 1:
+            raise ValueError("max_items_per_request must be positive")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Everything one node needs. ``node_id`` is the ``host:port`` peers dial."""
+
+    node_id: str
+    database: str
+    listen: str | None = None  # host:port to bind; defaults to node_id
+    lock_table: str = DEFAULT_LOCK_TABLE
+    lock_name: str = "dstore"
+    log_table: str = DEFAULT_LOG_TABLE
+    lease_s: float = DEFAULT_LEASE_S
+    put_timeout_s: float = 30.0  # default per-call deadline
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.node_id.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"node_id must be host:port, got {self.node_id!r}")
+        if self.listen is not None and ":" not in self.listen:
+            raise ValueError(f"listen must be host:port, got {self.listen!r}")
+        check_table_name(self.lock_table)
+        check_table_name(self.log_table)
+        if not self.lock_name:
+            raise ValueError("lock_name must not be empty")
+        if self.lease_s < MIN_LEASE_S:
+            raise ValueError(f"lease_s must be at least {MIN_LEASE_S}")
+        if self.put_timeout_s <= 0:
+            raise ValueError("put_timeout_s must be positive")
+        if self.limits.max_value_bytes + self.limits.max_key_bytes + ROW_OVERHEAD_BYTES > (
+            self.batch.max_bytes
+        ):
+            raise ValueError("batch.max_bytes must hold at least one row of the largest size")
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        """Where the node's HTTP server binds."""
+        host, _, port = (self.listen or self.node_id).rpartition(":")
+        return host, int(port)
