@@ -12,4 +12,3 @@ CREATE TABLE logtable (
     leader STRING(MAX),
     timestamp TIMESTAMP OPTIONS (allow_commit_timestamp=true),
 ) PRIMARY KEY (key, id);
-

@@ -48,4 +48,5 @@ def ddl_statements(
 
 def render_ddl(lock_table: str = DEFAULT_LOCK_TABLE, log_table: str = DEFAULT_LOG_TABLE) -> str:
     """The DDL as a script: statements separated by ``;`` lines."""
-    return "".join(s + ";\n\n" for s in ddl_statements(lock_table, log_table).values()).rstrip()+"\n"
+    statements = ddl_statements(lock_table, log_table).values()
+    return ";\n\n".join(statements) + ";\n"

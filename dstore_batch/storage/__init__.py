@@ -1,0 +1,24 @@
+"""Storage backends behind one protocol (`Storage`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Fence, HistoryLimit, LockState, Storage
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+__all__ = ["Fence", "HistoryLimit", "LockState", "Storage", "open_storage"]
+
+
+def open_storage(config: Config) -> Storage:
+    """The backend a config names: a Spanner database path (projects/P/instances/I/...)."""
+    from .spanner import SpannerStorage
+
+    return SpannerStorage(
+        config.database,
+        log_table=config.log_table,
+        lock_table=config.lock_table,
+        commit_threads=config.batch.max_inflight,
+    )

@@ -220,7 +220,9 @@ class SpannerStorage:
 
         def work(txn: Any) -> bool:
             rows = list(
-                txn.execute_sql(sql, params={"name": name}, param_types={"name": param_types.STRING})
+                txn.execute_sql(
+                    sql, params={"name": name}, param_types={"name": param_types.STRING}
+                )
             )
             if not rows or rows[0][1] is None:
                 return False
@@ -263,7 +265,7 @@ class SpannerStorage:
         }
 
         def work(txn: Any) -> bool:
-            status, counts = txn.batch_update(
+            _status, counts = txn.batch_update(
                 [(update, params, types), (cleanup, params, types)]
             )
             return bool(counts) and counts[0] == 1

@@ -1,0 +1,159 @@
+"""The `dstore-batch` command: the only place that reads argv and DSTORE_* variables.
+
+Every flag ``--some-flag`` can also be set as ``DSTORE_SOME_FLAG``; the flag wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .config import BatchConfig, Config, LimitsConfig
+from .ddl import DEFAULT_LOCK_TABLE, DEFAULT_LOG_TABLE, render_ddl
+
+__all__ = ["main"]
+
+log = logging.getLogger("dstore_batch")
+
+
+def _env_default(flag: str, default: Any) -> Any:
+    return os.environ.get("DSTORE_" + flag.lstrip("-").replace("-", "_").upper(), default)
+
+
+def _flag(p: argparse.ArgumentParser, flag: str, default: Any = None, **kw: Any) -> None:
+    env = "DSTORE_" + flag.lstrip("-").replace("-", "_").upper()
+    help_text = kw.pop("help", "")
+    p.add_argument(flag, default=_env_default(flag, default),
+                   help=f"{help_text} [env {env}; default {default}]", **kw)
+
+
+def _table_flags(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--lock-table", DEFAULT_LOCK_TABLE, help="spindle lock table")
+    _flag(p, "--log-table", DEFAULT_LOG_TABLE, help="log table")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dstore-batch",
+        description="A Spanner-backed, append-only key/value store for a Kubernetes Deployment.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ddl", help="print the Spanner DDL for the lock and log tables")
+    _table_flags(p)
+
+    p = sub.add_parser("init-db", help="create the tables if missing (and, on the "
+                       "emulator, the instance and database)")
+    _flag(p, "--database", help="projects/P/instances/I/databases/D", required=False)
+    _table_flags(p)
+
+    p = sub.add_parser("serve", help="run one node")
+    _flag(p, "--id", help="host:port that peers dial to reach this node")
+    _flag(p, "--listen", help="host:port to bind (default: --id)")
+    _flag(p, "--database", help="projects/P/instances/I/databases/D")
+    _table_flags(p)
+    _flag(p, "--lock-name", "dstore", help="lock row name")
+    _flag(p, "--lease-ms", 5000, type=int, help="election lease (min 1000)")
+    _flag(p, "--put-timeout-ms", 30000, type=int, help="default per-put deadline")
+    _flag(p, "--max-batch-rows", BatchConfig.max_rows, type=int, help="rows per commit cap")
+    _flag(p, "--max-batch-bytes", BatchConfig.max_bytes, type=int, help="bytes per commit cap")
+    _flag(p, "--linger-ms", 0.0, type=float, help="extra wait for fuller batches")
+    _flag(p, "--max-inflight", BatchConfig.max_inflight, type=int, help="commits in flight")
+    _flag(p, "--queue-max-bytes", BatchConfig.queue_max_bytes, type=int,
+          help="leader queue bound; beyond it puts get busy")
+    _flag(p, "--max-value-bytes", LimitsConfig.max_value_bytes, type=int, help="value size cap")
+    _flag(p, "--init-db", "false", help="create missing tables first (true/false)")
+    _flag(p, "--log-level", "info", help="debug, info, warning")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    if not args.id or not args.database:
+        raise SystemExit(
+            "serve needs --id HOST:PORT and --database (or DSTORE_ID, DSTORE_DATABASE)"
+        )
+    return Config(
+        node_id=args.id,
+        listen=args.listen,
+        database=args.database,
+        lock_table=args.lock_table,
+        lock_name=args.lock_name,
+        log_table=args.log_table,
+        lease_s=int(args.lease_ms) / 1000,
+        put_timeout_s=int(args.put_timeout_ms) / 1000,
+        batch=BatchConfig(
+            max_rows=int(args.max_batch_rows),
+            max_bytes=int(args.max_batch_bytes),
+            linger_s=float(args.linger_ms) / 1000,
+            max_inflight=int(args.max_inflight),
+            queue_max_bytes=int(args.queue_max_bytes),
+        ),
+        limits=LimitsConfig(max_value_bytes=int(args.max_value_bytes)),
+    )
+
+
+async def _serve(config: Config) -> None:
+    from .store import Store
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Store(config) as store:
+        host, port = config.listen_host_port
+        log.info("node %s serving on %s:%d (database %s)", config.node_id, host, port,
+                 config.database)
+        await stop.wait()
+        log.info("node %s stopping (leader: %s)", store.node_id, store.is_leader)
+    log.info("node %s stopped", config.node_id)
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "ddl":
+        sys.stdout.write(render_ddl(args.lock_table, args.log_table))
+        return 0
+    if args.command == "init-db":
+        from .storage.admin import init_database
+
+        if not args.database:
+            raise SystemExit("init-db needs --database projects/P/instances/I/databases/D")
+        created = init_database(args.database, lock_table=args.lock_table,
+                                log_table=args.log_table)
+        print("created: " + (", ".join(created) if created else "nothing (tables exist)"))
+        return 0
+    if args.command == "serve":
+        config = _config(args)
+        if str(args.init_db).lower() in ("1", "true", "yes"):
+            from .storage.admin import init_database
+
+            init_database(config.database, lock_table=config.lock_table,
+                          log_table=config.log_table)
+        _run(_serve(config))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

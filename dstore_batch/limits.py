@@ -1,0 +1,67 @@
+"""Input checks where a put enters a node (API call, HTTP body or peer frame)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .config import LimitsConfig
+from .errors import InvalidInputError, TooLargeError
+from .types import NO_APPEND_ID, Row
+
+__all__ = ["check_rows", "rows_from_items"]
+
+
+def _utf8_len(s: str, what: str) -> int:
+    if s.isascii():
+        return len(s)
+    try:
+        return len(s.encode())
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{what} is not valid UTF-8 (lone surrogate)") from None
+
+
+def check_rows(rows: Sequence[Row], limits: LimitsConfig) -> None:
+    """Raise InvalidInputError / TooLargeError unless every row is acceptable."""
+    if not rows:
+        raise InvalidInputError("a put needs at least one item")
+    if len(rows) > limits.max_items_per_request:
+        raise TooLargeError(
+            f"{len(rows)} items in one request; the limit is {limits.max_items_per_request}"
+        )
+    max_key, max_value = limits.max_key_bytes, limits.max_value_bytes
+    for i, row in enumerate(rows):
+        if not row.key:
+            raise InvalidInputError(f"item {i}: key must not be empty")
+        if _utf8_len(row.key, f"item {i}: key") > max_key:
+            raise TooLargeError(f"item {i}: key is over {max_key} bytes")
+        if _utf8_len(row.value, f"item {i}: value") > max_value:
+            raise TooLargeError(f"item {i}: value is over {max_value} bytes")
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def rows_from_items(items: Iterable[Any]) -> list[Row]:
+    """Turn caller items into rows with fresh ids.
+
+    An item is ``(key, value)``, ``(key, value, no_append)`` or a mapping with ``key``,
+    ``value`` and optional ``no_append``. Raises InvalidInputError.
+    """
+    rows = []
+    for i, item in enumerate(items):
+        if isinstance(item, Mapping):
+            key, value, no_append = item.get("key"), item.get("value"), item.get("no_append", False)
+        elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
+            key, value = item[0], item[1]
+            no_append = item[2] if len(item) == 3 else False
+        else:
+            raise InvalidInputError(f"item {i}: expected (key, value[, no_append]) or a mapping")
+        if type(key) is not str or type(value) is not str:
+            raise InvalidInputError(f"item {i}: key and value must be strings")
+        if type(no_append) is not bool:
+            raise InvalidInputError(f"item {i}: no_append must be a boolean")
+        rows.append(Row(NO_APPEND_ID if no_append else _new_id(), key, value))
+    return rows

@@ -1,0 +1,227 @@
+"""Follower side of the peer link: one persistent websocket to the leader, pipelined.
+
+Requests queued in the same event-loop tick go out as one PUT frame; acks come back
+matched by request id. When the socket drops, every request still waiting fails with
+``LinkLost`` and the caller's retry loop (``Store``) re-sends it, with the same row ids,
+to whichever node leads then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Sequence
+
+import aiohttp
+
+from . import protocol
+from .errors import DstoreError, UnavailableError, error_from_code
+from .metrics import Metrics
+from .types import Row, Timestamp
+
+__all__ = ["LinkDown", "LinkLost", "PeerLink"]
+
+log = logging.getLogger(__name__)
+
+PEER_PATH = "/v1/peer"
+FRAME_TARGET_BYTES = 4 * 1024 * 1024  # coalesce requests up to about this much per frame
+CONNECT_TIMEOUT_S = 2.0
+
+
+class LinkDown(UnavailableError):
+    """Could not reach the leader; the request was never sent."""
+
+    code = "unavailable"
+
+
+class LinkLost(UnavailableError):
+    """The socket dropped after the request was sent; re-send with the same ids."""
+
+    code = "unavailable"
+
+
+class _Connection:
+    def __init__(self, leader: str, ws: aiohttp.ClientWebSocketResponse, link: PeerLink) -> None:
+        self.leader = leader
+        self.ws = ws
+        self._link = link
+        self._pending: dict[int, asyncio.Future[list[Timestamp]]] = {}
+        self._outbox: list[tuple[int, Sequence[Row], int]] = []
+        self._wake = asyncio.Event()
+        self.closed = False
+        self._tasks = [
+            asyncio.create_task(self._writer(), name=f"peer-writer:{leader}"),
+            asyncio.create_task(self._reader(), name=f"peer-reader:{leader}"),
+        ]
+
+    async def request(self, rows: Sequence[Row], nbytes: int) -> list[Timestamp]:
+        """Send one put request and wait for its ack.
+
+        Raises:
+            LinkLost: the socket dropped while the request was in flight.
+            DstoreError: the leader's typed answer (not_leader, busy, rejected, ...).
+        """
+        if self.closed:
+            raise LinkLost(f"link to {self.leader} is closed")
+        rid = next(self._link.ids)
+        future: asyncio.Future[list[Timestamp]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        self._outbox.append((rid, rows, nbytes))
+        self._wake.set()
+        gauge = self._link.metrics.inflight_requests
+        gauge.inc()
+        try:
+            return await future
+        finally:
+            gauge.dec()
+            self._pending.pop(rid, None)
+
+    async def _writer(self) -> None:
+        m = self._link.metrics
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                outbox, self._outbox = self._outbox, []
+                start = 0
+                while start < len(outbox):
+                    end, size = start, 0
+                    while end < len(outbox) and (end == start or size < FRAME_TARGET_BYTES):
+                        size += outbox[end][2]
+                        end += 1
+                    frame = protocol.encode_puts(
+                        [(rid, rows) for rid, rows, _ in outbox[start:end]]
+                    )
+                    await self.ws.send_bytes(frame)
+                    m.peer_frames.labels("out").inc()
+                    m.peer_bytes.labels("out").inc(len(frame))
+                    start = end
+        except Exception as exc:
+            await self._lost(f"send failed: {exc!r}")
+
+    async def _reader(self) -> None:
+        m = self._link.metrics
+        why = "closed by the leader"
+        try:
+            async for msg in self.ws:
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    why = f"unexpected {msg.type.name} message"
+                    break
+                m.peer_frames.labels("in").inc()
+                m.peer_bytes.labels("in").inc(len(msg.data))
+                frame = protocol.decode(msg.data, self._link.max_frame_bytes)
+                kind = frame[0]
+                if kind == protocol.ACK:
+                    for rid, stamps in frame[1]:
+                        fut = self._pending.pop(rid, None)
+                        if fut is not None and not fut.done():
+                            fut.set_result([Timestamp(t) for t in stamps])
+                elif kind == protocol.ERROR:
+                    for rid, code, message, retry_after in frame[1]:
+                        fut = self._pending.pop(rid, None)
+                        if fut is not None and not fut.done():
+                            fut.set_exception(error_from_code(code, message, retry_after))
+                elif kind == protocol.FATAL:
+                    why = f"leader closed the link: {frame[1]}: {frame[2]}"
+                    break
+        except Exception as exc:
+            why = f"receive failed: {exc!r}"
+        await self._lost(why)
+
+    async def _lost(self, why: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        log.info("node %s: link to leader %s lost: %s (%d requests in flight)",
+                 self._link.node_id, self.leader, why, len(self._pending))
+        self._link.connection_lost(self)
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(LinkLost(f"link to {self.leader} lost: {why}"))
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+    async def close(self) -> None:
+        await self._lost("closing")
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class PeerLink:
+    """Keeps one websocket to the current leader and sends put requests over it."""
+
+    def __init__(self, node_id: str, metrics: Metrics, *, max_frame_bytes: int) -> None:
+        self.node_id = node_id
+        self.metrics = metrics
+        self.max_frame_bytes = max_frame_bytes
+        self._session: aiohttp.ClientSession | None = None
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Lock = asyncio.Lock()
+        self.ids = itertools.count(1)
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S)
+        )
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def connection_lost(self, conn: _Connection) -> None:
+        if self._conn is conn:
+            self._conn = None
+            self.metrics.peer_connections.labels("follower").set(0)
+
+    async def connection(self, leader: str) -> _Connection:
+        """The open link to ``leader``, connecting first if needed. Raises LinkDown."""
+        conn = self._conn
+        if conn is not None and conn.leader == leader and not conn.closed:
+            return conn
+        async with self._connecting:
+            conn = self._conn
+            if conn is not None and conn.leader == leader and not conn.closed:
+                return conn
+            if conn is not None:
+                await conn.close()
+            self._conn = await self._connect(leader)
+            self.metrics.peer_connections.labels("follower").set(1)
+            return self._conn
+
+    async def _connect(self, leader: str) -> _Connection:
+        assert self._session is not None, "PeerLink.start() was not called"
+        url = f"http://{leader}{PEER_PATH}"
+        try:
+            ws = await self._session.ws_connect(
+                url, max_msg_size=self.max_frame_bytes, autoping=True, heartbeat=None
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise LinkDown(f"cannot reach leader {leader}: {exc!r}") from None
+        try:
+            await ws.send_bytes(protocol.encode_hello(self.node_id))
+            msg = await asyncio.wait_for(ws.receive(), CONNECT_TIMEOUT_S)
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                raise LinkDown(f"leader {leader} closed the link at hello ({msg.type.name})")
+            frame = protocol.decode(msg.data, self.max_frame_bytes)
+            if frame[0] == protocol.FATAL:
+                raise error_from_code(frame[1], frame[2])
+            if frame[0] != protocol.WELCOME:
+                raise LinkDown(f"leader {leader} answered hello with frame type {frame[0]}")
+        except (DstoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            await ws.close()
+            if isinstance(exc, DstoreError):
+                raise
+            raise LinkDown(f"hello to {leader} failed: {exc!r}") from None
+        log.info("node %s: connected to leader %s", self.node_id, leader)
+        return _Connection(leader, ws, self)

@@ -1,0 +1,239 @@
+"""`Store`: one node of the group. Wires storage, election, committer, peer link and
+the HTTP server together, and owns their lifecycle.
+
+Every put goes through one retry loop (`_submit`): on the leader, straight into the
+committer; elsewhere, over the peer link. On ``not_leader``, a lost link or ``busy`` it
+waits and re-sends the same rows (same ids) until the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Self
+
+from aiohttp import web
+
+from .committer import Committer
+from .config import Config
+from .election import Election, LeaderState
+from .errors import (
+    BusyError,
+    DeadlineExceededError,
+    DstoreError,
+    InvalidInputError,
+    NoLeaderError,
+    UnavailableError,
+)
+from .limits import check_rows, rows_from_items
+from .metrics import Metrics
+from .peer import PeerLink
+from .storage import open_storage
+from .storage.base import HistoryLimit, Storage, check_limit
+from .types import HistoryItem, PutResult, Row, Timestamp
+
+__all__ = ["Store"]
+
+log = logging.getLogger(__name__)
+
+RETRY_BACKOFF_S = (0.01, 0.05, 0.1, 0.2, 0.5)
+DRAIN_TIMEOUT_S = 10.0
+
+
+class Store:
+    """A node of the group: put/put_many/get on any node, writes funnelled to the leader.
+
+    Use as ``async with Store(Config(...)) as store:``.
+    """
+
+    def __init__(self, config: Config, *, storage: Storage | None = None) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.metrics = Metrics()
+        self.storage: Storage = storage or open_storage(config)
+        self.election = Election(
+            self.storage, lock_name=config.lock_name, node_id=config.node_id,
+            lease_s=config.lease_s, metrics=self.metrics,
+        )
+        self.committer = Committer(
+            self.storage, config.batch, node_id=config.node_id,
+            fence=lambda: self.election.fence, metrics=self.metrics,
+        )
+        self.peer = PeerLink(
+            config.node_id, self.metrics, max_frame_bytes=config.limits.max_request_bytes + 65536
+        )
+        self._runner: web.AppRunner | None = None
+        self._state = "new"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to storage, start serving HTTP and the election."""
+        if self._state != "new":
+            raise RuntimeError(f"Store.start() called on a {self._state} store")
+        self._state = "starting"
+        from .node import make_app  # the HTTP app needs Store; imported late on purpose
+
+        await self.storage.start()
+        await self.peer.start()
+        self.election.add_listener(self._on_leader_change)
+        self._runner = web.AppRunner(make_app(self), handle_signals=False, access_log=None)
+        await self._runner.setup()
+        host, port = self.config.listen_host_port
+        await web.TCPSite(self._runner, host, port, shutdown_timeout=1.0).start()
+        await self.election.start()
+        self._state = "running"
+
+    async def stop(self) -> None:
+        """Stop cleanly: finish queued and in-flight commits, release the lock."""
+        if self._state != "running":
+            return
+        self._state = "stopping"
+        if self.election.is_leader:
+            await self.committer.drain(DRAIN_TIMEOUT_S)
+        await self.committer.stop()
+        await self.election.stop(release=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.peer.close()
+        await self.storage.close()
+        self._state = "stopped"
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _on_leader_change(self, old: LeaderState, new: LeaderState) -> None:
+        if new.is_leader and not old.is_leader and self._state in ("starting", "running"):
+            self.committer.open()
+        elif old.is_leader and not new.is_leader:
+            self.committer.close()
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node holds the lock now (cached, no I/O)."""
+        return self.election.is_leader
+
+    @property
+    def leader(self) -> str | None:
+        """The node id of the current leader, as far as this node knows."""
+        return self.election.leader
+
+    async def wait_for_leader(self, timeout: float = 30.0) -> str:
+        """Wait until a leader is known; return its node id."""
+        return await self.election.wait_for_leader(timeout)
+
+    # -- API -------------------------------------------------------------------------
+
+    async def put(
+        self, key: str, value: str, *, no_append: bool = False, timeout: float | None = None
+    ) -> PutResult:
+        """Append ``value`` to ``key``; return once committed, with the row id and timestamp.
+
+        Raises:
+            RejectedError: bad input; nothing written.
+            UnavailableError: no leader in time; nothing written.
+            OutcomeUnknownError: deadline passed after sending; maybe written.
+        """
+        rows = rows_from_items(((key, value, no_append),))
+        return (await self._put_rows(rows, "put", timeout))[0]
+
+    async def put_many(
+        self, items: Iterable[Any], *, timeout: float | None = None
+    ) -> list[PutResult]:
+        """Append many items (``(key, value[, no_append])`` or mappings) in one request.
+
+        Returns one result per item, in input order. Raises as ``put``.
+        """
+        return await self._put_rows(rows_from_items(items), "put_many", timeout)
+
+    async def put_rows(
+        self, rows: Sequence[Row], *, op: str = "put_many", timeout: float | None = None
+    ) -> list[PutResult]:
+        """Put rows whose ids are already made (the HTTP layer and retries use this)."""
+        return await self._put_rows(rows, op, timeout)
+
+    async def get(self, key: str, limit: HistoryLimit = 1) -> list[HistoryItem]:
+        """A key's history by a strong read: newest first; ``limit`` is N, "all" or "oldest"."""
+        try:
+            limit = check_limit(limit)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+        if type(key) is not str or not key:
+            raise InvalidInputError("key must be a non-empty string")
+        return await self.storage.history(key, limit)
+
+    # -- write path ------------------------------------------------------------------
+
+    def submit_local(self, rows: Sequence[Row]) -> asyncio.Future[list[Timestamp]]:
+        """Queue checked rows in this node's committer (leader only). Raises NotLeader/Busy."""
+        return self.committer.submit(rows)
+
+    async def _put_rows(
+        self, rows: Sequence[Row], op: str, timeout: float | None
+    ) -> list[PutResult]:
+        started = time.perf_counter()
+        role = "leader" if self.election.is_leader else "follower"
+        try:
+            check_rows(rows, self.config.limits)
+            stamps = await self._submit(rows, timeout or self.config.put_timeout_s)
+        except DstoreError as exc:
+            self.metrics.puts.labels(op, exc.code).inc()
+            raise
+        self.metrics.put_latency.labels(op, role).observe(time.perf_counter() - started)
+        self.metrics.puts.labels(op, "ok").inc()
+        self.metrics.put_rows.inc(len(rows))
+        return [PutResult(r.id, ts) for r, ts in zip(rows, stamps, strict=True)]
+
+    async def _submit(self, rows: Sequence[Row], timeout: float) -> list[Timestamp]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        nbytes = sum(len(r.key) + len(r.value) for r in rows)
+        sent = False  # once sent, a deadline means "outcome unknown", not "not written"
+        attempt = 0
+        last_error: DstoreError | None = None
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise self._deadline_error(sent, timeout, last_error)
+            state = self.election.state
+            try:
+                if state.is_leader:
+                    future = self.submit_local(rows)
+                    sent = True
+                    return await asyncio.wait_for(future, remaining)
+                if state.leader is None:
+                    await self.election.wait_change(min(remaining, 0.5))
+                    continue
+                conn = await asyncio.wait_for(self.peer.connection(state.leader), remaining)
+                if sent:
+                    self.metrics.resends.inc()
+                sent = True
+                return await asyncio.wait_for(conn.request(rows, nbytes), deadline - loop.time())
+            except TimeoutError:
+                raise self._deadline_error(sent, timeout, last_error) from None
+            except UnavailableError as exc:  # not_leader, busy, link down or lost
+                last_error = exc
+                if not isinstance(exc, BusyError):
+                    self.election.refresh()
+                backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                attempt += 1
+                delay = min(exc.retry_after or backoff, max(deadline - loop.time(), 0))
+                await asyncio.sleep(delay)
+
+    @staticmethod
+    def _deadline_error(sent: bool, timeout: float, last: DstoreError | None) -> DstoreError:
+        why = f" (last error: {last.code}: {last.message})" if last else ""
+        if sent:
+            return DeadlineExceededError(
+                f"no ack within {timeout}s; the put may or may not be committed, "
+                f"retrying with the same ids is safe{why}"
+            )
+        return NoLeaderError(f"no leader accepted the put within {timeout}s; nothing written{why}")
