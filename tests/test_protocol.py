@@ -1,0 +1,87 @@
+"""Frame codec: round trips and every kind of malformed input."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from dstore_batch import protocol
+from dstore_batch.errors import BusyError, ProtocolError
+from dstore_batch.types import Row
+
+LIMIT = 1 << 20
+
+
+def test_put_frame_round_trip() -> None:
+    rows = [Row("a1", "k", "v"), Row("-", "k2", "ünïcode")]
+    frame = protocol.decode(protocol.encode_puts([(7, rows), (8, rows[:1])]), LIMIT)
+    assert frame[0] == protocol.PUT
+    assert [e[0] for e in frame[1]] == [7, 8]
+    assert protocol.rows_from_wire(frame[1][0][1]) == rows
+    assert frame[1][0][1][1][3] == protocol.FLAG_NO_APPEND
+
+
+def test_ack_and_error_frames_round_trip() -> None:
+    frame = protocol.decode(protocol.encode_acks([(1, [10, 11]), (2, [12])]), LIMIT)
+    assert frame == [protocol.ACK, [[1, [10, 11]], [2, [12]]]]
+    err = BusyError("full", retry_after=0.5)
+    frame = protocol.decode(protocol.encode_errors([(3, err)]), LIMIT)
+    assert frame == [protocol.ERROR, [[3, "busy", "full", 0.5]]]
+
+
+def test_hello_welcome_fatal() -> None:
+    hello = protocol.decode(protocol.encode_hello("h:1"), LIMIT)
+    assert hello == [0, protocol.PROTOCOL_VERSION, "h:1"]
+    assert protocol.decode(protocol.encode_welcome("h:2"), LIMIT)[0] == protocol.WELCOME
+    assert protocol.decode(protocol.encode_fatal("bad_frame", "x"), LIMIT) == [5, "bad_frame", "x"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc1",  # never-used msgpack byte
+        msgpack.packb({"t": "put"}),
+        msgpack.packb([]),
+        msgpack.packb(["put"]),
+        msgpack.packb([99, []]),
+        msgpack.packb([protocol.PUT]),
+        msgpack.packb([protocol.PUT, "x"]),
+        msgpack.packb([protocol.PUT, [["rid", []]]]),
+        msgpack.packb([protocol.HELLO, "1", "n"]),
+        msgpack.packb([protocol.PUT, [[1, []]]]) + b"extra",
+        b"\x92\x02\x91\x92\x01\x91\x94\xa1a\xa1k\xc4\x02\xff\xfe\x00",  # bytes, not str
+        b"\x92\x00\xa3\xff\xfe\xfd",  # invalid UTF-8 in a str
+    ],
+)
+def test_malformed_frames_are_protocol_errors(data: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        frame = protocol.decode(data, LIMIT)
+        for entry in frame[1]:
+            protocol.rows_from_wire(entry[1])
+    assert info.value.code == "bad_frame"
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [],
+        "x",
+        [["id", "k", "v"]],
+        [["id", "k", 3, 0]],
+        [["", "k", "v", 0]],
+        [["x" * 129, "k", "v", 0]],
+        [["-", "k", "v", 0]],  # '-' without the no_append flag
+        [["id", "k", "v", 1]],  # no_append flag with a fresh id
+        [["id", "k", "v", "0"]],
+    ],
+)
+def test_bad_items_are_rejected(items: object) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.rows_from_wire(items)
+
+
+def test_oversized_frame_is_rejected_before_decoding() -> None:
+    data = protocol.encode_puts([(1, [Row("a", "k", "v" * 2000)])])
+    with pytest.raises(ProtocolError, match="over"):
+        protocol.decode(data, 1000)

@@ -1,0 +1,93 @@
+"""Small pure pieces: timestamps, errors, limits, config, DDL file, public names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import dstore_batch
+from dstore_batch import errors
+from dstore_batch.config import BatchConfig, Config, LimitsConfig
+from dstore_batch.ddl import render_ddl
+from dstore_batch.limits import check_rows, rows_from_items
+from dstore_batch.types import Row, Timestamp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_timestamp_format_keeps_nanoseconds_and_sorts() -> None:
+    a = Timestamp.parse("2026-11-26T15:00:00.000000001Z")
+    b = Timestamp.parse("2026-11-26T15:00:00.1Z")
+    assert str(a) == "2026-11-26T15:00:00.000000001Z"
+    assert str(b) == "2026-11-26T15:00:00.100000000Z"
+    assert a < b and str(a) < str(b)
+    assert Timestamp.parse(str(b)) == b
+
+
+def test_error_tree_and_codes() -> None:
+    for cls in (errors.InvalidInputError, errors.TooLargeError, errors.ProtocolError):
+        assert issubclass(cls, errors.RejectedError)
+    for cls in (errors.NotLeaderError, errors.BusyError, errors.NoLeaderError):
+        assert issubclass(cls, errors.UnavailableError) and cls.retriable
+    for cls in (errors.DeadlineExceededError, errors.CommitError):
+        assert issubclass(cls, errors.OutcomeUnknownError) and cls.http_status == 504
+    codes = [c.code for c in (errors.InvalidInputError, errors.TooLargeError, errors.ProtocolError,
+                              errors.NotLeaderError, errors.BusyError, errors.NoLeaderError,
+                              errors.DeadlineExceededError, errors.CommitError)]
+    assert len(codes) == len(set(codes))
+    rebuilt = errors.error_from_code("busy", "full", 0.2)
+    assert isinstance(rebuilt, errors.BusyError) and rebuilt.retry_after == 0.2
+    assert errors.TooLargeError("x").to_dict() == {"error": {"code": "too_large", "message": "x"}}
+
+
+def test_items_become_rows_with_fresh_ids() -> None:
+    rows = rows_from_items([("k", "v"), ("k", "w", True), {"key": "k2", "value": "x"}])
+    assert rows[1].id == "-" and rows[0].id != rows[2].id and len(rows[0].id) == 32
+    for bad in ([("k",)], [(1, "v")], [("k", "v", "yes")], ["kv"]):
+        with pytest.raises(errors.InvalidInputError):
+            rows_from_items(bad)
+
+
+def test_limits() -> None:
+    limits = LimitsConfig(max_key_bytes=10, max_value_bytes=20, max_items_per_request=3)
+    check_rows([Row("a", "k", "v")], limits)
+    cases = [
+        ([], errors.InvalidInputError),
+        ([Row("a", "", "v")], errors.InvalidInputError),
+        ([Row("a", "k" * 11, "v")], errors.TooLargeError),
+        ([Row("a", "k", "é" * 11)], errors.TooLargeError),  # 22 bytes of UTF-8
+        ([Row("a", "k", "\ud800")], errors.InvalidInputError),
+        ([Row("a", "k", "v")] * 4, errors.TooLargeError),
+    ]
+    for rows, exc in cases:
+        with pytest.raises(exc):
+            check_rows(rows, limits)
+
+
+def test_config_validation() -> None:
+    db = "projects/p/instances/i/databases/d"
+    Config(node_id="127.0.0.1:80", database=db)
+    for kw in ({"node_id": "nohost"}, {"lock_table": "x; DROP"}, {"lock_name": ""}):
+        with pytest.raises(ValueError):
+            Config(**{"node_id": "127.0.0.1:80", "database": db, **kw})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="largest"):
+        Config(node_id="h:1", database=db, batch=BatchConfig(max_bytes=4096),
+               limits=LimitsConfig(max_value_bytes=8192))
+
+
+def test_ddl_file_matches_the_cli() -> None:
+    assert (ROOT / "ddl" / "dstore.sql").read_text() == render_ddl()
+    custom = render_ddl("mylocks", "mylog")
+    assert "CREATE TABLE mylocks" in custom and "CREATE TABLE mylog" in custom
+
+
+def test_public_names() -> None:
+    assert set(dstore_batch.__all__) == {
+        "BatchConfig", "BusyError", "CommitError", "Config", "DeadlineExceededError",
+        "DstoreError", "HistoryItem", "InvalidInputError", "LimitsConfig", "NoLeaderError",
+        "NotLeaderError", "OutcomeUnknownError", "ProtocolError", "PutResult", "RejectedError",
+        "Store", "Timestamp", "TooLargeError", "UnavailableError",
+    }
+    for name in dstore_batch.__all__:
+        assert hasattr(dstore_batch, name)
