@@ -79,10 +79,12 @@ class Store:
         await self.storage.start()
         await self.peer.start()
         self.election.add_listener(self._on_leader_change)
-        self._runner = web.AppRunner(make_app(self), handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(
+            make_app(self), handle_signals=False, access_log=None, shutdown_timeout=1.0
+        )
         await self._runner.setup()
         host, port = self.config.listen_host_port
-        await web.TCPSite(self._runner, host, port, shutdown_timeout=1.0).start()
+        await web.TCPSite(self._runner, host, port).start()
         await self.election.start()
         self._state = "running"
 

@@ -37,3 +37,16 @@ def database(emulator: Emulator) -> str:
     path = f"projects/{PROJECT}/instances/{INSTANCE}/databases/db{os.getpid()}-{next(_db_counter)}"
     init_database(path, lock_table="locktable", log_table="logtable")
     return path
+
+
+@pytest.fixture
+def make_config(database: str):  # type: ignore[no-untyped-def]
+    """Build a node config on a free loopback port for the test database."""
+    from dstore_batch.config import Config
+    from dstore_batch.emulator import free_port
+
+    def build(**kw: object) -> Config:
+        kw.setdefault("lease_s", 1.0)
+        return Config(node_id=f"127.0.0.1:{free_port()}", database=database, **kw)  # type: ignore[arg-type]
+
+    return build
