@@ -20,6 +20,8 @@ from .ddl import DEFAULT_LOCK_TABLE, DEFAULT_LOG_TABLE, render_ddl
 __all__ = ["main"]
 
 log = logging.getLogger("dstore_batch")
+_BATCH = BatchConfig()
+_LIMITS = LimitsConfig()
 
 
 def _env_default(flag: str, default: Any) -> Any:
@@ -61,13 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     _flag(p, "--lock-name", "dstore", help="lock row name")
     _flag(p, "--lease-ms", 5000, type=int, help="election lease (min 1000)")
     _flag(p, "--put-timeout-ms", 30000, type=int, help="default per-put deadline")
-    _flag(p, "--max-batch-rows", BatchConfig.max_rows, type=int, help="rows per commit cap")
-    _flag(p, "--max-batch-bytes", BatchConfig.max_bytes, type=int, help="bytes per commit cap")
+    _flag(p, "--max-batch-rows", _BATCH.max_rows, type=int, help="rows per commit cap")
+    _flag(p, "--max-batch-bytes", _BATCH.max_bytes, type=int, help="bytes per commit cap")
     _flag(p, "--linger-ms", 0.0, type=float, help="extra wait for fuller batches")
-    _flag(p, "--max-inflight", BatchConfig.max_inflight, type=int, help="commits in flight")
-    _flag(p, "--queue-max-bytes", BatchConfig.queue_max_bytes, type=int,
+    _flag(p, "--max-inflight", _BATCH.max_inflight, type=int, help="commits in flight")
+    _flag(p, "--queue-max-bytes", _BATCH.queue_max_bytes, type=int,
           help="leader queue bound; beyond it puts get busy")
-    _flag(p, "--max-value-bytes", LimitsConfig.max_value_bytes, type=int, help="value size cap")
+    _flag(p, "--max-value-bytes", _LIMITS.max_value_bytes, type=int, help="value size cap")
     _flag(p, "--init-db", "false", help="create missing tables first (true/false)")
     _flag(p, "--log-level", "info", help="debug, info, warning")
     return parser

@@ -31,6 +31,7 @@ class NodeProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    signalled: bool = False  # stopped on purpose: its exit is not a failure
 
     @property
     def url(self) -> str:
@@ -41,6 +42,7 @@ class NodeProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
+        self.signalled = False
         env = {**os.environ, **self.extra_env}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -51,6 +53,7 @@ class NodeProcess:
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.signalled = True
             self.proc.send_signal(sig)
 
     def wait(self, timeout: float) -> int | None:
@@ -108,6 +111,8 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not node.alive:
+                if node.signalled:
+                    return
                 raise RuntimeError(f"node {node.node_id} exited:\n{node.log_tail()}")
             try:
                 node.get_json("/healthz", timeout=1.0)
