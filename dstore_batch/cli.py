@@ -127,7 +127,15 @@ def _run(coro: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return _main(args)
+    except ValueError as exc:  # bad flag values: say which, without a traceback
+        parser.exit(2, f"dstore-batch: error: {exc}\n")
+
+
+def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(args, "log_level", "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

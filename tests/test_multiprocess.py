@@ -11,7 +11,9 @@ import aiohttp
 import pytest
 from google.cloud import spanner
 
+from dstore_batch import Config, Store
 from dstore_batch.cluster import LocalCluster
+from dstore_batch.emulator import free_port
 from dstore_batch.storage.spanner import SpannerStorage, parse_database_path
 from dstore_batch.types import Timestamp
 
@@ -58,8 +60,15 @@ def test_three_processes_agree_and_read_everywhere(cluster: LocalCluster) -> Non
     assert {s["leader"] for s in states} == {leader.node_id}
 
     async def run() -> None:
-        async with aiohttp.ClientSession() as http:
+        # A library node (Python API) joins the three serve processes as a fourth node.
+        config = Config(node_id=f"127.0.0.1:{free_port()}", database=cluster.database,
+                        lease_s=LEASE_S)
+        async with aiohttp.ClientSession() as http, Store(config) as lib:
+            assert await lib.wait_for_leader(10) == leader.node_id
+            assert not lib.is_leader
             acked = {}
+            for i, r in enumerate(await lib.put_many([("lib0", "x"), ("lib1", "y")])):
+                acked[f"lib{i}"] = (r.id, str(r.timestamp))
             for i, node in enumerate(cluster.nodes):
                 async with http.post(f"{node.url}/v1/put_many", json={"items": [
                     {"key": f"p{i}", "value": "a"}, {"key": f"q{i}", "value": "b"}]}) as resp:
@@ -72,6 +81,9 @@ def test_three_processes_agree_and_read_everywhere(cluster: LocalCluster) -> Non
                     async with http.get(f"{node.url}/v1/get", params={"key": key}) as resp:
                         (item,) = (await resp.json())["items"]
                     assert (item["id"], item["timestamp"]) == expected
+            for key, expected in acked.items():
+                (item,) = await lib.get(key)
+                assert (item.id, str(item.timestamp)) == expected
 
     asyncio.run(run())
 
