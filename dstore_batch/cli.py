@@ -116,6 +116,16 @@ async def _serve(config: Config) -> None:
     log.info("node %s stopped", config.node_id)
 
 
+def _init_db(database: str, lock_table: str, log_table: str) -> list[str]:
+    from .storage.sqlite import sqlite_path
+
+    if sqlite_path(database) is not None:
+        return []  # the embedded backend creates its tables when it opens the file
+    from .storage.admin import init_database
+
+    return init_database(database, lock_table=lock_table, log_table=log_table)
+
+
 def _run(coro: Any) -> None:
     try:
         import uvloop
@@ -145,21 +155,15 @@ def _main(args: argparse.Namespace) -> int:
         sys.stdout.write(render_ddl(args.lock_table, args.log_table))
         return 0
     if args.command == "init-db":
-        from .storage.admin import init_database
-
         if not args.database:
             raise SystemExit("init-db needs --database projects/P/instances/I/databases/D")
-        created = init_database(args.database, lock_table=args.lock_table,
-                                log_table=args.log_table)
+        created = _init_db(args.database, args.lock_table, args.log_table)
         print("created: " + (", ".join(created) if created else "nothing (tables exist)"))
         return 0
     if args.command == "serve":
         config = _config(args)
         if str(args.init_db).lower() in ("1", "true", "yes"):
-            from .storage.admin import init_database
-
-            init_database(config.database, lock_table=config.lock_table,
-                          log_table=config.log_table)
+            _init_db(config.database, config.lock_table, config.log_table)
         _run(_serve(config))
         return 0
     return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -39,14 +40,22 @@ def database(emulator: Emulator) -> str:
     return path
 
 
+@pytest.fixture(params=["spanner", "sqlite"])
+def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database on each backend: the Spanner emulator and the embedded SQLite."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/dstore.db"
+    return request.getfixturevalue("database")
+
+
 @pytest.fixture
-def make_config(database: str):  # type: ignore[no-untyped-def]
+def make_config(any_database: str):  # type: ignore[no-untyped-def]
     """Build a node config on a free loopback port for the test database."""
     from dstore_batch.config import Config
     from dstore_batch.emulator import free_port
 
     def build(**kw: object) -> Config:
         kw.setdefault("lease_s", 1.0)
-        return Config(node_id=f"127.0.0.1:{free_port()}", database=database, **kw)  # type: ignore[arg-type]
+        return Config(node_id=f"127.0.0.1:{free_port()}", database=any_database, **kw)  # type: ignore[arg-type]
 
     return build

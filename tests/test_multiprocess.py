@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -14,7 +16,9 @@ from google.cloud import spanner
 from dstore_batch import Config, Store
 from dstore_batch.cluster import LocalCluster
 from dstore_batch.emulator import free_port
-from dstore_batch.storage.spanner import SpannerStorage, parse_database_path
+from dstore_batch.storage import open_storage
+from dstore_batch.storage.spanner import parse_database_path
+from dstore_batch.storage.sqlite import sqlite_path
 from dstore_batch.types import Timestamp
 
 pytestmark = pytest.mark.multiprocess
@@ -25,13 +29,13 @@ KNOWN_CODES = {"not_leader", "busy", "no_leader", "unavailable", "deadline", "co
 
 
 @pytest.fixture
-def cluster(database: str) -> Iterator[LocalCluster]:
-    with LocalCluster(database, 3, lease_ms=LEASE_MS) as c:
+def cluster(any_database: str) -> Iterator[LocalCluster]:
+    with LocalCluster(any_database, 3, lease_ms=LEASE_MS) as c:
         yield c
 
 
 async def lock_token(database: str) -> Timestamp | None:
-    storage = SpannerStorage(database)
+    storage = open_storage(Config(node_id="127.0.0.1:1", database=database))
     await storage.start()
     try:
         return (await storage.lock_read("dstore")).token
@@ -41,6 +45,11 @@ async def lock_token(database: str) -> Timestamp | None:
 
 def table_rows(database: str) -> dict[tuple[str, str], Timestamp]:
     """Every (key, id) of the log table with its timestamp, read with a strong read."""
+    path = sqlite_path(database)
+    if path is not None:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            rows = conn.execute("SELECT key, id, timestamp FROM logtable").fetchall()
+        return {(k, i): Timestamp(ts) for k, i, ts in rows}
     project, instance, db = parse_database_path(database)
     client = spanner.Client(project=project)
     try:

@@ -13,7 +13,12 @@ __all__ = ["Fence", "HistoryLimit", "LockState", "Storage", "open_storage"]
 
 
 def open_storage(config: Config) -> Storage:
-    """The backend a config names: a Spanner database path (projects/P/instances/I/...)."""
+    """The backend a config names: ``sqlite:///file`` or a Spanner database path."""
+    from .sqlite import SQLiteStorage, sqlite_path
+
+    path = sqlite_path(config.database)
+    if path is not None:
+        return SQLiteStorage(path, log_table=config.log_table, lock_table=config.lock_table)
     from .spanner import SpannerStorage
 
     return SpannerStorage(
