@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     _flag(p, "--database", help="projects/P/instances/I/databases/D", required=False)
     _table_flags(p)
 
+    p = sub.add_parser("demo", help="a three-node cluster on this machine, a workload and "
+                       "a failover")
+    p.add_argument("--backend", choices=("sqlite", "spanner"), default="sqlite",
+                   help="embedded SQLite (default) or a Spanner emulator the demo starts")
+    p.add_argument("--data-dir", help="folder for the database and node logs (default: temp)")
+    p.add_argument("--seconds", type=float, default=12.0, help="workload duration")
+    p.add_argument("--keep", action="store_true", help="leave the cluster running at the end")
+
     p = sub.add_parser("serve", help="run one node")
     _flag(p, "--id", help="host:port that peers dial to reach this node")
     _flag(p, "--listen", help="host:port to bind (default: --id)")
@@ -160,6 +168,11 @@ def _main(args: argparse.Namespace) -> int:
         created = _init_db(args.database, args.lock_table, args.log_table)
         print("created: " + (", ".join(created) if created else "nothing (tables exist)"))
         return 0
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(backend=args.backend, data_dir=args.data_dir, keep=args.keep,
+                        seconds=args.seconds)
     if args.command == "serve":
         config = _config(args)
         if str(args.init_db).lower() in ("1", "true", "yes"):
