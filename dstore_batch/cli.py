@@ -16,6 +16,7 @@ from typing import Any
 
 from .config import BatchConfig, Config, LimitsConfig
 from .ddl import DEFAULT_LOCK_TABLE, DEFAULT_LOG_TABLE, render_ddl
+from .logs import setup_logging
 
 __all__ = ["main"]
 
@@ -79,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
           help="leader queue bound; beyond it puts get busy")
     _flag(p, "--max-value-bytes", _LIMITS.max_value_bytes, type=int, help="value size cap")
     _flag(p, "--init-db", "false", help="create missing tables first (true/false)")
+    _flag(p, "--metrics-port", None, type=int, help="also serve /metrics on this port")
     _flag(p, "--log-level", "info", help="debug, info, warning")
+    _flag(p, "--log-format", "text", choices=("text", "json"), help="text or json lines")
     return parser
 
 
@@ -105,6 +108,7 @@ def _config(args: argparse.Namespace) -> Config:
             queue_max_bytes=int(args.queue_max_bytes),
         ),
         limits=LimitsConfig(max_value_bytes=int(args.max_value_bytes)),
+        metrics_port=int(args.metrics_port) if args.metrics_port else None,
     )
 
 
@@ -147,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = _parser()
     args = parser.parse_args(argv)
+    setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"),
+                  getattr(args, "id", None))
     try:
         return _main(args)
     except ValueError as exc:  # bad flag values: say which, without a traceback
@@ -154,11 +160,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(args, "log_level", "info").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     if args.command == "ddl":
         sys.stdout.write(render_ddl(args.lock_table, args.log_table))
         return 0

@@ -86,6 +86,7 @@ class Config:
     log_table: str = DEFAULT_LOG_TABLE
     lease_s: float = DEFAULT_LEASE_S
     put_timeout_s: float = 30.0  # default per-call deadline
+    metrics_port: int | None = None  # a second port serving only /metrics
     batch: BatchConfig = field(default_factory=BatchConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 

@@ -23,7 +23,7 @@ from .types import Timestamp
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["make_app"]
+__all__ = ["make_app", "make_metrics_app"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ def make_app(store: Store) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     app.router.add_get(PEER_PATH, _peer)
     app.on_shutdown.append(_close_sockets)
+    return app
+
+
+def make_metrics_app(store: Store) -> web.Application:
+    """An app with only /metrics, for ``--metrics-port``."""
+    app = web.Application()
+    app[STORE_KEY] = store
+    app.router.add_get("/metrics", _metrics)
     return app
 
 

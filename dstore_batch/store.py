@@ -65,6 +65,7 @@ class Store:
             config.node_id, self.metrics, max_frame_bytes=config.limits.max_request_bytes + 65536
         )
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
         self._state = "new"
 
     # -- lifecycle -------------------------------------------------------------------
@@ -74,7 +75,8 @@ class Store:
         if self._state != "new":
             raise RuntimeError(f"Store.start() called on a {self._state} store")
         self._state = "starting"
-        from .node import make_app  # the HTTP app needs Store; imported late on purpose
+        # The HTTP app needs Store; imported late on purpose.
+        from .node import make_app, make_metrics_app
 
         await self.storage.start()
         await self.peer.start()
@@ -85,6 +87,11 @@ class Store:
         await self._runner.setup()
         host, port = self.config.listen_host_port
         await web.TCPSite(self._runner, host, port).start()
+        if self.config.metrics_port:
+            self._metrics_runner = web.AppRunner(make_metrics_app(self), handle_signals=False,
+                                                 access_log=None, shutdown_timeout=1.0)
+            await self._metrics_runner.setup()
+            await web.TCPSite(self._metrics_runner, host, self.config.metrics_port).start()
         await self.election.start()
         self._state = "running"
 
@@ -97,8 +104,9 @@ class Store:
             await self.committer.drain(DRAIN_TIMEOUT_S)
         await self.committer.stop()
         await self.election.stop(release=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for runner in (self._runner, self._metrics_runner):
+            if runner is not None:
+                await runner.cleanup()
         await self.peer.close()
         await self.storage.close()
         self._state = "stopped"
