@@ -182,3 +182,26 @@ async def _load(cluster: LocalCluster, seconds: float) -> None:
 
     await asyncio.gather(*(worker(node.url, k * 10 + j) for k, node in enumerate(cluster.nodes)
                            for j in range(3)))
+
+
+async def test_metrics_port_serves_only_metrics(make_config) -> None:  # type: ignore[no-untyped-def]
+    from dstore_batch import Store
+
+    port = free_port()
+    async with Store(make_config(metrics_port=port)) as store, aiohttp.ClientSession() as http:
+        await store.wait_for_leader(5)
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            assert resp.status == 200 and "dstore_is_leader 1.0" in await resp.text()
+        async with http.post(f"http://127.0.0.1:{port}/v1/put", json={}) as resp:
+            assert resp.status == 404
+
+
+def test_serve_writes_json_log_lines(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/db"
+    with LocalCluster(db, 1, lease_ms=1000, extra_args=["--log-format", "json"],
+                      log_dir=str(tmp_path)) as c:
+        node = c.wait_for_leader()
+    lines = [json.loads(line) for line in node.log_path.read_text().splitlines()]
+    assert all(e["node"] == node.node_id for e in lines)
+    assert any("acquired the lock" in e["message"] for e in lines)
+    assert any("released lock" in e["message"] for e in lines)
