@@ -65,6 +65,53 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the cluster running at the end")
 
     p = sub.add_parser("serve", help="run one node")
+    _serve_flags(p)
+
+    p = sub.add_parser("bench", help="benchmark direct, funnel and per-put side by side")
+    _bench_flags(p)
+
+    # Internal: one producing node of `bench` (a serve node with producers inside).
+    p = sub.add_parser("bench-node")
+    _serve_flags(p)
+    _workload_flags(p)
+    p.add_argument("--start-at", type=float, required=True)
+    p.add_argument("--out", required=True)
+    return parser
+
+
+def _workload_flags(p: argparse.ArgumentParser) -> None:
+    from .bench.workload import WorkloadSpec
+
+    spec = WorkloadSpec()
+    p.add_argument("--producers", type=int, default=spec.producers,
+                   help="concurrent producers per producing process")
+    p.add_argument("--value-size", type=int, default=spec.value_size, help="bytes per value")
+    p.add_argument("--mix", type=float, default=spec.mix,
+                   help="fraction of calls that are put_many (0 = only put)")
+    p.add_argument("--many-size", type=int, default=spec.many_size, help="items per put_many")
+    p.add_argument("--warmup-s", type=float, default=spec.warmup_s)
+    p.add_argument("--duration-s", type=float, default=spec.duration_s)
+
+
+def _bench_flags(p: argparse.ArgumentParser) -> None:
+    _workload_flags(p)
+    p.add_argument("--modes", default="direct,funnel,per-put,low-load",
+                   help="comma list of direct, funnel, per-put, low-load")
+    p.add_argument("--database", help="a real Spanner database (default: a fresh emulator "
+                   "per mode, started by the benchmark)")
+    p.add_argument("--max-batch-rows", type=int, default=_BATCH.max_rows)
+    p.add_argument("--linger-ms", type=float, default=0.0)
+    p.add_argument("--max-inflight", type=int, default=_BATCH.max_inflight)
+    p.add_argument("--per-put-producers", type=int, default=8,
+                   help="producers for the per-put mode (the original is slow)")
+    p.add_argument("--json", help="also write the result as JSON to this file")
+    p.add_argument("--sweep", action="store_true",
+                   help="run the funnel over producers 1..256 and values 100 B..10 KB")
+    p.add_argument("--plot", default="bench-sweep.png", help="PNG written by --sweep")
+    p.add_argument("--reads", action="store_true", help="also measure get latency")
+
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--id", help="host:port that peers dial to reach this node")
     _flag(p, "--listen", help="host:port to bind (default: --id)")
     _flag(p, "--database", help="projects/P/instances/I/databases/D")
@@ -83,7 +130,6 @@ def _parser() -> argparse.ArgumentParser:
     _flag(p, "--metrics-port", None, type=int, help="also serve /metrics on this port")
     _flag(p, "--log-level", "info", help="debug, info, warning")
     _flag(p, "--log-format", "text", choices=("text", "json"), help="text or json lines")
-    return parser
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -174,6 +220,19 @@ def _main(args: argparse.Namespace) -> int:
 
         return run_demo(backend=args.backend, data_dir=args.data_dir, keep=args.keep,
                         seconds=args.seconds)
+    if args.command == "bench":
+        from .bench.runner import run_bench
+
+        return run_bench(args)
+    if args.command == "bench-node":
+        from .bench.funnel_node import run_node
+        from .bench.workload import WorkloadSpec
+
+        spec = WorkloadSpec(producers=args.producers, value_size=args.value_size, mix=args.mix,
+                            many_size=args.many_size, warmup_s=args.warmup_s,
+                            duration_s=args.duration_s)
+        _run(run_node(_config(args), spec, args.start_at, args.out))
+        return 0
     if args.command == "serve":
         config = _config(args)
         if str(args.init_db).lower() in ("1", "true", "yes"):

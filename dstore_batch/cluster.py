@@ -32,6 +32,7 @@ class NodeProcess:
     proc: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     signalled: bool = False  # stopped on purpose: its exit is not a failure
+    command: str = "serve"
 
     @property
     def url(self) -> str:
@@ -46,7 +47,7 @@ class NodeProcess:
         env = {**os.environ, **self.extra_env}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dstore_batch", "serve", *self.args],
+            [sys.executable, "-m", "dstore_batch", self.command, *self.args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
         log.close()
@@ -87,6 +88,7 @@ class LocalCluster:
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
         log_dir: str | None = None,
+        command: str = "serve",
     ) -> None:
         self.database = database
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="dstore-cluster-"))
@@ -97,7 +99,8 @@ class LocalCluster:
             args = ["--id", node_id, "--database", database, "--lease-ms", str(lease_ms),
                     *(extra_args or [])]
             self.nodes.append(
-                NodeProcess(node_id, args, self.log_dir / f"node{i}.log", extra_env=env or {})
+                NodeProcess(node_id, args, self.log_dir / f"node{i}.log", extra_env=env or {},
+                            command=command)
             )
 
     def start(self, timeout: float = 30.0) -> LocalCluster:

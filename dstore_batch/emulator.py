@@ -107,6 +107,16 @@ class Emulator:
         with open(self._log.name, "rb") as f:
             return f.read().decode(errors="replace")[-2000:]
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the emulator process has used (Linux /proc)."""
+        if self._proc is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def env(self) -> dict[str, str]:
         """The environment variables a Spanner client needs to reach this emulator."""
         return {"SPANNER_EMULATOR_HOST": self.host}
