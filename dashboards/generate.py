@@ -96,12 +96,15 @@ PANELS: list[tuple[str, str, str, str, list[dict[str, str]]]] = [
          q(f"sum by (instance) (increase(dstore_leader_changes_total{{{SEL}}}[15m]))",
            "{{instance}}"),
      ]),
-    ("Election check failures and aborts", "ops",
-     "Lock checks or heartbeats that failed, and transactions the database aborted, per "
-     "second. Either one rising means trouble reaching Spanner.",
+    ("Election failures, retries and aborts", "ops",
+     "Lock checks or heartbeats that failed, batch commits retried after a transient "
+     "error, and transactions the database aborted, per second. Any of them rising means "
+     "trouble reaching Spanner.",
      "timeseries", [
          q(f"sum by (instance) (rate(dstore_election_check_failures_total{{{SEL}}}[{RATE}]))",
            "check failures {{instance}}"),
+         q(f"sum by (instance) (rate(dstore_commit_retries_total{{{SEL}}}[{RATE}]))",
+           "commit retries {{instance}}"),
          q(f"sum by (instance) (rate(dstore_commit_aborts_total{{{SEL}}}[{RATE}]))",
            "aborts {{instance}}"),
      ]),

@@ -14,6 +14,7 @@ from .errors import (
     ProtocolError,
     RejectedError,
     TooLargeError,
+    UnauthorizedError,
     UnavailableError,
 )
 from .store import Store
@@ -38,5 +39,6 @@ __all__ = [
     "Store",
     "Timestamp",
     "TooLargeError",
+    "UnauthorizedError",
     "UnavailableError",
 ]

@@ -6,7 +6,10 @@ Rules it keeps:
 - two rows of one key never share a batch, and a key with a batch in flight waits for it,
   so rows of one key commit in the order the leader received them, each with its own
   commit timestamp;
-- the queue is bounded in bytes: past ``queue_max_bytes`` new requests get ``busy``.
+- the queue is bounded in bytes: past ``queue_max_bytes`` new requests get ``busy``;
+  once it is half full, a source (one follower, or the leader's own callers) holding more
+  than its fair share (the bound divided among the sources with rows queued) gets
+  ``busy`` too, so one flooding follower cannot starve the others.
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ def row_bytes(row: Row) -> int:
 class Request:
     """One put or put_many call waiting for its rows to commit."""
 
-    __slots__ = ("future", "nbytes", "remaining", "rows", "sizes", "timestamps")
+    __slots__ = ("future", "nbytes", "remaining", "rows", "sizes", "source", "timestamps")
 
-    def __init__(self, rows: Sequence[Row], future: asyncio.Future[list[Timestamp]]) -> None:
+    def __init__(self, rows: Sequence[Row], future: asyncio.Future[list[Timestamp]],
+                 source: str = "local") -> None:
         self.rows = rows
+        self.source = source
         self.sizes = [row_bytes(r) for r in rows]
         self.nbytes = sum(self.sizes)
         self.future = future
@@ -82,14 +87,25 @@ class Accumulator:
         self._inflight_keys: set[str] = set()
         self.rows = 0
         self.nbytes = 0
+        self._by_source: dict[str, int] = {}  # queued bytes per source
         self._wakeup = asyncio.Event()
 
     def add(self, request: Request) -> None:
         """Queue a request's rows. Raises BusyError when the queue is full."""
-        if self.nbytes and self.nbytes + request.nbytes > self._config.queue_max_bytes:
+        limit = self._config.queue_max_bytes
+        if self.nbytes and self.nbytes + request.nbytes > limit:
             raise BusyError(
                 f"leader queue is full ({self.nbytes} bytes pending)", retry_after=0.1
             )
+        mine = self._by_source.get(request.source, 0)
+        if self.nbytes > limit // 2 and mine:
+            share = limit // len(self._by_source)
+            if mine + request.nbytes > share:
+                raise BusyError(
+                    f"over this source's share of the leader queue ({mine} of {share} bytes)",
+                    retry_after=0.1,
+                )
+        self._by_source[request.source] = mine + request.nbytes
         pending = self._pending
         for index, row in enumerate(request.rows):
             queue = pending.get(row.key)
@@ -112,7 +128,7 @@ class Accumulator:
             # Rows of requests whose caller gave up (deadline, cancel) are dropped here.
             while queue and queue[0][0].future.done():
                 request, index = queue.popleft()
-                self._forget(request.sizes[index])
+                self._forget(request, request.sizes[index])
             if not queue:
                 taken.append(key)
                 continue
@@ -121,6 +137,7 @@ class Accumulator:
             if batch.rows and batch.nbytes + size > cfg.max_bytes:
                 break
             queue.popleft()
+            self._release_bytes(request.source, size)
             batch.rows.append(request.rows[index])
             batch.slots.append((request, index))
             batch.keys.append(key)
@@ -143,9 +160,17 @@ class Accumulator:
             self._wakeup.clear()
         return batch
 
-    def _forget(self, size: int) -> None:
+    def _forget(self, request: Request, size: int) -> None:
         self.rows -= 1
         self.nbytes -= size
+        self._release_bytes(request.source, size)
+
+    def _release_bytes(self, source: str, size: int) -> None:
+        left = self._by_source.get(source, 0) - size
+        if left > 0:
+            self._by_source[source] = left
+        else:
+            self._by_source.pop(source, None)
 
     def release(self, batch: Batch) -> None:
         """A batch finished (either way): its keys may go into the next batch."""
@@ -162,6 +187,7 @@ class Accumulator:
         dropped = self.rows
         requests = {id(r): r for q in self._pending.values() for r, _ in q}
         self._pending.clear()
+        self._by_source.clear()
         self.rows = 0
         self.nbytes = 0
         self._wakeup.clear()

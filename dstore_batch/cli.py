@@ -125,7 +125,19 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--max-inflight", _BATCH.max_inflight, type=int, help="commits in flight")
     _flag(p, "--queue-max-bytes", _BATCH.queue_max_bytes, type=int,
           help="leader queue bound; beyond it puts get busy")
+    _flag(p, "--follower-inflight-bytes", _BATCH.follower_inflight_bytes, type=int,
+          help="bytes a follower may have unacked; producers wait beyond it")
+    _flag(p, "--max-key-bytes", _LIMITS.max_key_bytes, type=int, help="key size cap")
     _flag(p, "--max-value-bytes", _LIMITS.max_value_bytes, type=int, help="value size cap")
+    _flag(p, "--max-items-per-request", _LIMITS.max_items_per_request, type=int,
+          help="items in one put_many")
+    _flag(p, "--max-request-bytes", _LIMITS.max_request_bytes, type=int,
+          help="HTTP body and peer frame cap")
+    _flag(p, "--peer-secret", help="shared secret peers must present (prefer the env var)")
+    _flag(p, "--api-token", help="bearer token the HTTP API requires (prefer the env var)")
+    _flag(p, "--tls-cert", help="PEM certificate chain: serve HTTPS and WSS")
+    _flag(p, "--tls-key", help="PEM private key of --tls-cert")
+    _flag(p, "--tls-ca", help="CA bundle that peers use to verify each other")
     _flag(p, "--init-db", "false", help="create missing tables first (true/false)")
     _flag(p, "--metrics-port", None, type=int, help="also serve /metrics on this port")
     _flag(p, "--log-level", "info", help="debug, info, warning")
@@ -152,8 +164,19 @@ def _config(args: argparse.Namespace) -> Config:
             linger_s=float(args.linger_ms) / 1000,
             max_inflight=int(args.max_inflight),
             queue_max_bytes=int(args.queue_max_bytes),
+            follower_inflight_bytes=int(args.follower_inflight_bytes),
         ),
-        limits=LimitsConfig(max_value_bytes=int(args.max_value_bytes)),
+        limits=LimitsConfig(
+            max_key_bytes=int(args.max_key_bytes),
+            max_value_bytes=int(args.max_value_bytes),
+            max_items_per_request=int(args.max_items_per_request),
+            max_request_bytes=int(args.max_request_bytes),
+        ),
+        peer_secret=args.peer_secret or None,
+        api_token=args.api_token or None,
+        tls_cert=args.tls_cert or None,
+        tls_key=args.tls_key or None,
+        tls_ca=args.tls_ca or None,
         metrics_port=int(args.metrics_port) if args.metrics_port else None,
     )
 

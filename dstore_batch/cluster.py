@@ -66,7 +66,10 @@ class NodeProcess:
             return None
 
     def get_json(self, path: str, timeout: float = 2.0) -> dict[str, object]:
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+        token = self.extra_env.get("DSTORE_API_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(self.url + path, headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return json.loads(resp.read())  # type: ignore[no-any-return]
 
     def log_tail(self, chars: int = 3000) -> str:

@@ -25,6 +25,10 @@ __all__ = ["Committer"]
 
 log = logging.getLogger(__name__)
 
+RETRY_FIRST_DELAY_S = 0.05
+RETRY_MAX_DELAY_S = 2.0
+RETRY_LIMIT_S = 30.0
+
 
 class Committer:
     """The leader side of the write path: queue, batch, commit, resolve."""
@@ -52,7 +56,9 @@ class Committer:
 
     # -- intake ----------------------------------------------------------------------
 
-    def submit(self, rows: Sequence[Row]) -> asyncio.Future[list[Timestamp]]:
+    def submit(
+        self, rows: Sequence[Row], source: str = "local"
+    ) -> asyncio.Future[list[Timestamp]]:
         """Queue rows for commit; the future gives each row's commit timestamp.
 
         Raises:
@@ -62,7 +68,7 @@ class Committer:
         if not self._accepting:
             raise NotLeaderError("this node is not the leader")
         future: asyncio.Future[list[Timestamp]] = asyncio.get_running_loop().create_future()
-        self._acc.add(Request(rows, future))
+        self._acc.add(Request(rows, future, source))
         self._gauge()
         return future
 
@@ -137,16 +143,7 @@ class Committer:
     async def _commit(self, batch: Batch) -> None:
         m = self._metrics
         try:
-            fence = self._fence()
-            if fence is None:
-                raise NotLeaderError("lost leadership before the commit; nothing was written")
-            started = time.perf_counter()
-            aborts_before = getattr(self._storage, "aborted_attempts", 0)
-            ts = await self._storage.commit(batch.rows, self._node_id, fence)
-            m.commit_latency.observe(time.perf_counter() - started)
-            aborts = getattr(self._storage, "aborted_attempts", 0) - aborts_before
-            if aborts > 0:
-                m.commit_aborts.inc(aborts)
+            ts = await self._commit_with_retries(batch)
         except DstoreError as exc:
             m.commits.labels(exc.code).inc()
             log.warning("node %s: commit of %d rows failed: %s", self._node_id,
@@ -170,3 +167,39 @@ class Committer:
         finally:
             self._acc.release(batch)
             self._slots.release()
+
+    async def _commit_with_retries(self, batch: Batch) -> Timestamp:
+        """Commit, retrying transient failures with backoff.
+
+        Safe because rows keep their ids (insert-or-update). Retries stop when the
+        failure is permanent, when every caller of the batch has given up, when this node
+        stops leading (the fence), or after RETRY_LIMIT_S.
+        """
+        m = self._metrics
+        give_up = time.monotonic() + RETRY_LIMIT_S
+        attempt = 0
+        while True:
+            fence = self._fence()
+            if fence is None:
+                raise NotLeaderError("lost leadership before the commit; nothing was written")
+            started = time.perf_counter()
+            aborts_before = getattr(self._storage, "aborted_attempts", 0)
+            try:
+                ts = await self._storage.commit(batch.rows, self._node_id, fence)
+            except CommitError as exc:
+                waiting = any(not r.future.done() for r in batch.requests())
+                if not exc.transient or not waiting or time.monotonic() > give_up:
+                    raise
+                attempt += 1
+                m.commit_retries.inc()
+                delay = min(RETRY_MAX_DELAY_S, RETRY_FIRST_DELAY_S * 2 ** (attempt - 1))
+                log.warning("node %s: commit of %d rows failed (%s); retry %d in %.2fs",
+                            self._node_id, len(batch.rows), exc.message, attempt, delay)
+                await asyncio.sleep(delay)
+                continue
+            finally:
+                aborts = getattr(self._storage, "aborted_attempts", 0) - aborts_before
+                if aborts > 0:
+                    m.commit_aborts.inc(aborts)
+            m.commit_latency.observe(time.perf_counter() - started)
+            return ts

@@ -35,6 +35,7 @@ class BatchConfig:
     linger_s: float = 0.0  # extra wait for a fuller batch; 0 = pure group commit
     max_inflight: int = 1  # commits in flight at once (the emulator serializes them)
     queue_max_bytes: int = 256 * 1024 * 1024  # leader queue bound; beyond it: busy
+    follower_inflight_bytes: int = 64 * 1024 * 1024  # a follower's unacked bytes; then wait
 
     def __post_init__(self) -> None:
         max_rows_by_mutations = SPANNER_MAX_MUTATIONS // LOG_TABLE_COLUMNS
@@ -87,6 +88,12 @@ class Config:
     lease_s: float = DEFAULT_LEASE_S
     put_timeout_s: float = 30.0  # default per-call deadline
     metrics_port: int | None = None  # a second port serving only /metrics
+    # Secrets: never in repr, logs or metrics.
+    peer_secret: str | None = field(default=None, repr=False)  # peers prove membership
+    api_token: str | None = field(default=None, repr=False)  # bearer token for /v1/*
+    tls_cert: str | None = None  # PEM certificate chain: serve HTTPS/WSS
+    tls_key: str | None = None
+    tls_ca: str | None = None  # CA that signed the nodes' certificates (peers verify)
     batch: BatchConfig = field(default_factory=BatchConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
@@ -102,12 +109,19 @@ class Config:
             raise ValueError("lock_name must not be empty")
         if self.lease_s < MIN_LEASE_S:
             raise ValueError(f"lease_s must be at least {MIN_LEASE_S}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
         if self.put_timeout_s <= 0:
             raise ValueError("put_timeout_s must be positive")
         if self.limits.max_value_bytes + self.limits.max_key_bytes + ROW_OVERHEAD_BYTES > (
             self.batch.max_bytes
         ):
             raise ValueError("batch.max_bytes must hold at least one row of the largest size")
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when the nodes serve TLS, else ``http`` (peers dial the same)."""
+        return "https" if self.tls_cert or self.tls_ca else "http"
 
     @property
     def listen_host_port(self) -> tuple[str, int]:

@@ -6,7 +6,11 @@ HTTP status it maps to. Callers branch on the three middle classes::
     DstoreError
     ├── RejectedError            the request was refused; nothing of it was written
     │   ├── InvalidInputError      code "invalid"          HTTP 400
+    │   │                          (or "empty_key", "invalid_utf8")
     │   ├── TooLargeError          code "too_large"        HTTP 413
+    │   │                          (or "key_too_large", "value_too_large",
+    │   │                           "too_many_items", "body_too_large")
+    │   ├── UnauthorizedError      code "unauthorized"     HTTP 401
     │   └── ProtocolError          code "bad_frame"        (peer link only)
     ├── UnavailableError         not written; safe to retry (same ids or new)
     │   ├── NotLeaderError         code "not_leader"       HTTP 503
@@ -18,6 +22,9 @@ HTTP status it maps to. Callers branch on the three middle classes::
 
 ``OutcomeUnknownError`` is safe to retry with the same row ids: writes are
 ``insert_or_update`` on ``(key, id)``, so a retry can never duplicate a row.
+
+The class says what a caller should do; ``code`` may be more specific than the class's
+default (each input limit has its own code, so each violation is counted apart).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ __all__ = [
     "ProtocolError",
     "RejectedError",
     "TooLargeError",
+    "UnauthorizedError",
     "UnavailableError",
     "error_from_code",
 ]
@@ -45,11 +53,16 @@ class DstoreError(Exception):
     code = "internal"
     http_status = 500
     retriable = False
+    counted = False  # set once a node's metrics counted this error
 
-    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str = "", *, retry_after: float | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message or self.__class__.__name__)
         self.message = message or self.__class__.__name__
         self.retry_after = retry_after
+        if code is not None:
+            self.code = code
 
     def to_dict(self) -> dict[str, object]:
         """The JSON body of an HTTP error reply."""
@@ -74,6 +87,13 @@ class InvalidInputError(RejectedError):
 class TooLargeError(RejectedError):
     code = "too_large"
     http_status = 413
+
+
+class UnauthorizedError(RejectedError):
+    """Missing or wrong credentials (API token or peer secret)."""
+
+    code = "unauthorized"
+    http_status = 401
 
 
 class ProtocolError(RejectedError):
@@ -116,7 +136,10 @@ class DeadlineExceededError(OutcomeUnknownError):
 
 
 class CommitError(OutcomeUnknownError):
+    """The database failed a commit. ``transient`` ones are worth retrying."""
+
     code = "commit_failed"
+    transient = False
 
 
 _BY_CODE: dict[str, type[DstoreError]] = {
@@ -126,6 +149,7 @@ _BY_CODE: dict[str, type[DstoreError]] = {
         RejectedError,
         InvalidInputError,
         TooLargeError,
+        UnauthorizedError,
         ProtocolError,
         UnavailableError,
         NotLeaderError,
@@ -138,7 +162,18 @@ _BY_CODE: dict[str, type[DstoreError]] = {
 }
 
 
+# Specific codes and the class they belong to.
+DETAIL_CODES: dict[str, type[DstoreError]] = {
+    "empty_key": InvalidInputError,
+    "invalid_utf8": InvalidInputError,
+    "key_too_large": TooLargeError,
+    "value_too_large": TooLargeError,
+    "too_many_items": TooLargeError,
+    "body_too_large": TooLargeError,
+}
+
+
 def error_from_code(code: str, message: str, retry_after: float | None = None) -> DstoreError:
     """Rebuild the typed error a peer or node reported by its wire code."""
-    cls = _BY_CODE.get(code, DstoreError)
-    return cls(message, retry_after=retry_after)
+    cls = _BY_CODE.get(code) or DETAIL_CODES.get(code, DstoreError)
+    return cls(message, retry_after=retry_after, code=code)

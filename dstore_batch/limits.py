@@ -19,7 +19,8 @@ def _utf8_len(s: str, what: str) -> int:
     try:
         return len(s.encode())
     except UnicodeEncodeError:
-        raise InvalidInputError(f"{what} is not valid UTF-8 (lone surrogate)") from None
+        raise InvalidInputError(f"{what} is not valid UTF-8 (lone surrogate)",
+                                code="invalid_utf8") from None
 
 
 def check_rows(rows: Sequence[Row], limits: LimitsConfig) -> None:
@@ -28,16 +29,18 @@ def check_rows(rows: Sequence[Row], limits: LimitsConfig) -> None:
         raise InvalidInputError("a put needs at least one item")
     if len(rows) > limits.max_items_per_request:
         raise TooLargeError(
-            f"{len(rows)} items in one request; the limit is {limits.max_items_per_request}"
+            f"{len(rows)} items in one request; the limit is {limits.max_items_per_request}",
+            code="too_many_items",
         )
     max_key, max_value = limits.max_key_bytes, limits.max_value_bytes
     for i, row in enumerate(rows):
         if not row.key:
-            raise InvalidInputError(f"item {i}: key must not be empty")
+            raise InvalidInputError(f"item {i}: key must not be empty", code="empty_key")
         if _utf8_len(row.key, f"item {i}: key") > max_key:
-            raise TooLargeError(f"item {i}: key is over {max_key} bytes")
+            raise TooLargeError(f"item {i}: key is over {max_key} bytes", code="key_too_large")
         if _utf8_len(row.value, f"item {i}: value") > max_value:
-            raise TooLargeError(f"item {i}: value is over {max_value} bytes")
+            raise TooLargeError(f"item {i}: value is over {max_value} bytes",
+                                code="value_too_large")
 
 
 def _new_id() -> str:

@@ -24,8 +24,9 @@ BYTE_BUCKETS = tuple(float(4**i * 256) for i in range(11))  # 256 B .. 256 MiB
 OPS = ("put", "put_many")
 ROLES = ("leader", "follower")
 # Wire codes a put can end with (dstore_batch.errors); "ok" is the success result.
-ERROR_CODES = ("invalid", "too_large", "not_leader", "busy", "no_leader", "unavailable",
-               "deadline", "commit_failed")
+ERROR_CODES = ("invalid", "empty_key", "invalid_utf8", "too_large", "key_too_large",
+               "value_too_large", "too_many_items", "body_too_large", "unauthorized",
+               "not_leader", "busy", "no_leader", "unavailable", "deadline", "commit_failed")
 COMMIT_RESULTS = ("not_leader", "commit_failed")
 
 
@@ -62,6 +63,10 @@ class Metrics:
         )
         self.committed_rows = Counter(
             "dstore_committed_rows_total", "Rows committed by this node as leader.", registry=r
+        )
+        self.commit_retries = Counter(
+            "dstore_commit_retries_total",
+            "Batch commits retried after a transient database error.", registry=r,
         )
         self.commit_aborts = Counter(
             "dstore_commit_aborts_total",

@@ -16,8 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import protocol
 from .errors import DstoreError, InvalidInputError, NotLeaderError, ProtocolError, TooLargeError
-from .limits import check_rows, rows_from_items
+from .limits import check_rows
 from .peer import PEER_PATH
+from .security import check_bearer
 from .types import Timestamp
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def make_app(store: Store) -> web.Application:
     """Build the aiohttp application of one node."""
     app = web.Application(
-        client_max_size=store.config.limits.max_request_bytes, middlewares=[_errors]
+        client_max_size=store.config.limits.max_request_bytes, middlewares=[_errors, _auth]
     )
     app[STORE_KEY] = store
     app[SOCKETS_KEY] = weakref.WeakSet()
@@ -87,18 +88,35 @@ async def _body(request: web.Request) -> Any:
         raise InvalidInputError(f"request body is not valid {request.content_type}") from None
 
 
+PUT_OPS = {"/v1/put": "put", "/v1/put_many": "put_many"}
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except DstoreError as exc:
-        headers = {}
-        if exc.http_status == 503:
-            headers["Retry-After"] = str(max(1, round(exc.retry_after or 1)))
-        return _reply(request, exc.to_dict(), exc.http_status, headers)
     except web.HTTPRequestEntityTooLarge as exc:
-        err = TooLargeError(f"request body is over {exc.max_size} bytes")
-        return _reply(request, err.to_dict(), 413)
+        err: DstoreError = TooLargeError(f"request body is over {exc.max_size} bytes",
+                                         code="body_too_large")
+    except DstoreError as exc:
+        err = exc
+    op = PUT_OPS.get(request.path)
+    if op is not None and not err.counted:  # refused before reaching the Store
+        _store(request).metrics.puts.labels(op, err.code).inc()
+    headers = {}
+    if err.http_status == 503:
+        headers["Retry-After"] = str(max(1, round(err.retry_after or 1)))
+    return _reply(request, err.to_dict(), err.http_status, headers)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # The client API may need a bearer token; the peer endpoint has its own secret;
+    # health, readiness and metrics stay open for probes and Prometheus.
+    if request.path.startswith("/v1/") and request.path != PEER_PATH:
+        check_bearer(request.headers.get("Authorization"), _store(request).config.api_token,
+                     "API token")
+    return await handler(request)
 
 
 def _result(r: Any) -> dict[str, str]:
@@ -112,8 +130,7 @@ async def _put(request: web.Request) -> web.Response:
     body = await _body(request)
     if not isinstance(body, dict):
         raise InvalidInputError('expected an object {"key", "value", "no_append"?}')
-    rows = rows_from_items((body,))
-    (result,) = await _store(request).put_rows(rows, op="put")
+    (result,) = await _store(request).put_items((body,), op="put")
     return _reply(request, _result(result))
 
 
@@ -122,7 +139,7 @@ async def _put_many(request: web.Request) -> web.Response:
     items = body.get("items") if isinstance(body, dict) else None
     if not isinstance(items, list):
         raise InvalidInputError('expected an object {"items": [{"key", "value"}, ...]}')
-    results = await _store(request).put_rows(rows_from_items(items), op="put_many")
+    results = await _store(request).put_items(items, op="put_many")
     return _reply(request, {"results": [_result(r) for r in results]})
 
 
@@ -220,7 +237,7 @@ class _PeerSession:
             try:
                 rows = protocol.rows_from_wire(items)
                 check_rows(rows, limits)
-                future = self.store.submit_local(rows)
+                future = self.store.submit_local(rows, self.peer)
             except ProtocolError:
                 raise
             except DstoreError as exc:
@@ -232,6 +249,14 @@ class _PeerSession:
 
 async def _peer(request: web.Request) -> web.StreamResponse:
     store = _store(request)
+    try:
+        # Checked before the upgrade: a stranger never gets to send a frame.
+        check_bearer(request.headers.get("Authorization"), store.config.peer_secret,
+                     "peer secret")
+    except DstoreError:
+        log.warning("node %s: refused a peer link from %s: bad or missing peer secret",
+                    store.node_id, request.remote)
+        raise
     max_bytes = store.config.limits.max_request_bytes + 65536
     ws = web.WebSocketResponse(max_msg_size=max_bytes)
     await ws.prepare(request)

@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 from collections.abc import Sequence
 
 import aiohttp
 
 from . import protocol
-from .errors import DstoreError, UnavailableError, error_from_code
+from .errors import DstoreError, UnauthorizedError, UnavailableError, error_from_code
 from .metrics import Metrics
 from .types import Row, Timestamp
 
@@ -42,6 +43,26 @@ class LinkLost(UnavailableError):
     code = "unavailable"
 
 
+class ByteBudget:
+    """Bytes a follower may have in flight to the leader; producers wait beyond it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self, n: int) -> None:
+        # A request larger than the whole budget still goes, alone.
+        while self.used and self.used + n > self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._freed.set()
+
+
 class _Connection:
     def __init__(self, leader: str, ws: aiohttp.ClientWebSocketResponse, link: PeerLink) -> None:
         self.leader = leader
@@ -63,6 +84,16 @@ class _Connection:
             LinkLost: the socket dropped while the request was in flight.
             DstoreError: the leader's typed answer (not_leader, busy, rejected, ...).
         """
+        if self.closed:
+            raise LinkLost(f"link to {self.leader} is closed")
+        budget = self._link.budget
+        await budget.acquire(nbytes)  # the caller's deadline bounds this wait
+        try:
+            return await self._send(rows, nbytes)
+        finally:
+            budget.release(nbytes)
+
+    async def _send(self, rows: Sequence[Row], nbytes: int) -> list[Timestamp]:
         if self.closed:
             raise LinkLost(f"link to {self.leader} is closed")
         rid = next(self._link.ids)
@@ -157,8 +188,22 @@ class _Connection:
 class PeerLink:
     """Keeps one websocket to the current leader and sends put requests over it."""
 
-    def __init__(self, node_id: str, metrics: Metrics, *, max_frame_bytes: int) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        metrics: Metrics,
+        *,
+        max_frame_bytes: int,
+        secret: str | None = None,
+        inflight_bytes: int = 64 * 1024 * 1024,
+        scheme: str = "http",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.node_id = node_id
+        self.budget = ByteBudget(inflight_bytes)
+        self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        self._scheme = scheme
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self.metrics = metrics
         self.max_frame_bytes = max_frame_bytes
         self._session: aiohttp.ClientSession | None = None
@@ -201,11 +246,18 @@ class PeerLink:
 
     async def _connect(self, leader: str) -> _Connection:
         assert self._session is not None, "PeerLink.start() was not called"
-        url = f"http://{leader}{PEER_PATH}"
+        url = f"{self._scheme}://{leader}{PEER_PATH}"
         try:
             ws = await self._session.ws_connect(
-                url, max_msg_size=self.max_frame_bytes, autoping=True, heartbeat=None
+                url, max_msg_size=self.max_frame_bytes, autoping=True, heartbeat=None,
+                headers=self._headers, ssl=self._ssl,
             )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 401:
+                raise UnauthorizedError(
+                    f"leader {leader} refused this node's peer secret"
+                ) from None
+            raise LinkDown(f"cannot reach leader {leader}: HTTP {exc.status}") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise LinkDown(f"cannot reach leader {leader}: {exc!r}") from None
         try:

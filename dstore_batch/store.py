@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
 
 from aiohttp import web
@@ -30,6 +30,7 @@ from .errors import (
 from .limits import check_rows, rows_from_items
 from .metrics import Metrics
 from .peer import PeerLink
+from .security import client_ssl, server_ssl
 from .storage import open_storage
 from .storage.base import HistoryLimit, Storage, check_limit
 from .types import HistoryItem, PutResult, Row, Timestamp
@@ -62,7 +63,9 @@ class Store:
             fence=lambda: self.election.fence, metrics=self.metrics,
         )
         self.peer = PeerLink(
-            config.node_id, self.metrics, max_frame_bytes=config.limits.max_request_bytes + 65536
+            config.node_id, self.metrics, max_frame_bytes=config.limits.max_request_bytes + 65536,
+            secret=config.peer_secret, scheme=config.scheme, ssl_context=client_ssl(config),
+            inflight_bytes=config.batch.follower_inflight_bytes,
         )
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -85,13 +88,15 @@ class Store:
             make_app(self), handle_signals=False, access_log=None, shutdown_timeout=1.0
         )
         await self._runner.setup()
-        host, port = self.config.listen_host_port
-        await web.TCPSite(self._runner, host, port).start()
+        config = self.config
+        host, port = config.listen_host_port
+        await web.TCPSite(self._runner, host, port, ssl_context=server_ssl(config)).start()
         if self.config.metrics_port:
             self._metrics_runner = web.AppRunner(make_metrics_app(self), handle_signals=False,
                                                  access_log=None, shutdown_timeout=1.0)
             await self._metrics_runner.setup()
-            await web.TCPSite(self._metrics_runner, host, self.config.metrics_port).start()
+            await web.TCPSite(self._metrics_runner, host, config.metrics_port,
+                              ssl_context=server_ssl(config)).start()
         await self.election.start()
         self._state = "running"
 
@@ -152,8 +157,8 @@ class Store:
             UnavailableError: no leader in time; nothing written.
             OutcomeUnknownError: deadline passed after sending; maybe written.
         """
-        rows = rows_from_items(((key, value, no_append),))
-        return (await self._put_rows(rows, "put", timeout))[0]
+        item = ((key, value, no_append),)
+        return (await self._put(lambda: rows_from_items(item), "put", timeout))[0]
 
     async def put_many(
         self, items: Iterable[Any], *, timeout: float | None = None
@@ -162,13 +167,13 @@ class Store:
 
         Returns one result per item, in input order. Raises as ``put``.
         """
-        return await self._put_rows(rows_from_items(items), "put_many", timeout)
+        return await self._put(lambda: rows_from_items(items), "put_many", timeout)
 
-    async def put_rows(
-        self, rows: Sequence[Row], *, op: str = "put_many", timeout: float | None = None
+    async def put_items(
+        self, items: Iterable[Any], *, op: str, timeout: float | None = None
     ) -> list[PutResult]:
-        """Put rows whose ids are already made (the HTTP layer and retries use this)."""
-        return await self._put_rows(rows, op, timeout)
+        """``put_many`` counted under another operation name (the HTTP layer uses this)."""
+        return await self._put(lambda: rows_from_items(items), op, timeout)
 
     async def get(self, key: str, limit: HistoryLimit = 1) -> list[HistoryItem]:
         """A key's history by a strong read: newest first; ``limit`` is N, "all" or "oldest"."""
@@ -182,20 +187,27 @@ class Store:
 
     # -- write path ------------------------------------------------------------------
 
-    def submit_local(self, rows: Sequence[Row]) -> asyncio.Future[list[Timestamp]]:
-        """Queue checked rows in this node's committer (leader only). Raises NotLeader/Busy."""
-        return self.committer.submit(rows)
+    def submit_local(
+        self, rows: Sequence[Row], source: str = "local"
+    ) -> asyncio.Future[list[Timestamp]]:
+        """Queue checked rows in this node's committer (leader only). Raises NotLeader/Busy.
 
-    async def _put_rows(
-        self, rows: Sequence[Row], op: str, timeout: float | None
+        ``source`` (a follower's id, or "local") is what the queue's fair share is kept by.
+        """
+        return self.committer.submit(rows, source)
+
+    async def _put(
+        self, make_rows: Callable[[], Sequence[Row]], op: str, timeout: float | None
     ) -> list[PutResult]:
         started = time.perf_counter()
         role = "leader" if self.election.is_leader else "follower"
         try:
+            rows = make_rows()
             check_rows(rows, self.config.limits)
             stamps = await self._submit(rows, timeout or self.config.put_timeout_s)
         except DstoreError as exc:
             self.metrics.puts.labels(op, exc.code).inc()
+            exc.counted = True  # the HTTP layer counts only what never reached here
             raise
         self.metrics.put_latency.labels(op, role).observe(time.perf_counter() - started)
         self.metrics.puts.labels(op, "ok").inc()

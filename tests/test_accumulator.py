@@ -121,3 +121,24 @@ async def test_fail_all_fails_queued_requests() -> None:
     with pytest.raises(NotLeaderError):
         req.future.result()
     assert acc.take() is None
+
+
+async def test_one_flooding_source_cannot_take_the_whole_queue() -> None:
+    acc = Accumulator(BatchConfig(max_bytes=2048, queue_max_bytes=10_000))
+    loop = asyncio.get_running_loop()
+
+    def req(source: str) -> Request:
+        return Request([Row("i", "k", "x" * 900)], loop.create_future(), source)
+
+    acc.add(req("quiet"))
+    flooded = 0
+    with pytest.raises(BusyError, match="share"):
+        for _ in range(100):
+            acc.add(req("flood"))
+            flooded += 1
+    assert flooded * 1000 <= 10_000 // 2 + 1000  # stopped near its half of the queue
+    acc.add(req("quiet"))  # the other source still gets in
+    # Taking rows out frees the flooding source's share again.
+    while (batch := acc.take()) is not None:
+        acc.release(batch)
+    acc.add(req("flood"))

@@ -200,9 +200,9 @@ async def test_http_api_contract(cluster: list[Store]) -> None:
         bad = [
             ("post", "/v1/put", {"data": b"{not json", "headers": as_json}, 400, "invalid"),
             ("post", "/v1/put", {"json": {"key": "k"}}, 400, "invalid"),
-            ("post", "/v1/put", {"json": {"key": "", "value": "v"}}, 400, "invalid"),
+            ("post", "/v1/put", {"json": {"key": "", "value": "v"}}, 400, "empty_key"),
             ("post", "/v1/put", {"json": {"key": "k", "value": 5}}, 400, "invalid"),
-            ("post", "/v1/put", {"json": {"key": "k", "value": huge}}, 413, "too_large"),
+            ("post", "/v1/put", {"json": {"key": "k", "value": huge}}, 413, "value_too_large"),
             ("post", "/v1/put_many", {"json": {"items": "no"}}, 400, "invalid"),
             ("post", "/v1/put_many", {"json": {"items": []}}, 400, "invalid"),
             ("get", "/v1/get?key=k&limit=0", {}, 400, "invalid"),

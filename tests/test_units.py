@@ -87,7 +87,7 @@ def test_public_names() -> None:
         "BatchConfig", "BusyError", "CommitError", "Config", "DeadlineExceededError",
         "DstoreError", "HistoryItem", "InvalidInputError", "LimitsConfig", "NoLeaderError",
         "NotLeaderError", "OutcomeUnknownError", "ProtocolError", "PutResult", "RejectedError",
-        "Store", "Timestamp", "TooLargeError", "UnavailableError",
+        "Store", "Timestamp", "TooLargeError", "UnauthorizedError", "UnavailableError",
     }
     for name in dstore_batch.__all__:
         assert hasattr(dstore_batch, name)

@@ -44,6 +44,20 @@ MUTATIONS_PER_ROW = len(LOG_COLUMNS)
 ABORT_RETRY_DELAY_S = 0.02
 
 
+# Errors after which the same commit may well succeed. NotFound is here because a
+# database that is being re-created (an emulator restart) answers it for a while; the
+# leader loses its lease soon in that case, which ends the retries.
+TRANSIENT = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.Aborted,
+    gexc.InternalServerError,
+    gexc.ResourceExhausted,
+    gexc.Unknown,
+    gexc.NotFound,
+)
+
+
 def parse_database_path(path: str) -> tuple[str, str, str]:
     """Split ``projects/P/instances/I/databases/D`` into (P, I, D)."""
     parts = path.strip("/").split("/")
@@ -137,9 +151,13 @@ class SpannerStorage:
         try:
             ok, ts = await self._run(self._writer, self._transact, work)
         except gexc.GoogleAPICallError as exc:
-            raise CommitError(f"commit of {len(rows)} rows failed: {exc.message}") from exc
+            error = CommitError(f"commit of {len(rows)} rows failed: {exc.message}")
+            error.transient = isinstance(exc, TRANSIENT)
+            raise error from exc
         except Exception as exc:  # grpc and retry-timeout errors are not all GoogleAPICallError
-            raise CommitError(f"commit of {len(rows)} rows failed: {exc!r}") from exc
+            error = CommitError(f"commit of {len(rows)} rows failed: {exc!r}")
+            error.transient = True
+            raise error from exc
         if not ok:
             raise NotLeaderError("lost the lock before this commit; nothing was written")
         return ts

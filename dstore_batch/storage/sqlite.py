@@ -125,7 +125,9 @@ class SQLiteStorage:
         try:
             ts = await self._write(work)
         except sqlite3.Error as exc:
-            raise CommitError(f"commit of {len(rows)} rows failed: {exc}") from exc
+            error = CommitError(f"commit of {len(rows)} rows failed: {exc}")
+            error.transient = isinstance(exc, sqlite3.OperationalError)  # locked, busy, I/O
+            raise error from exc
         if ts is None:
             raise NotLeaderError("lost the lock before this commit; nothing was written")
         return ts
