@@ -81,15 +81,20 @@ class Emulator:
         self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="spanner-emulator-", suffix=".log")
+        fd, self.log_path = tempfile.mkstemp(prefix="spanner-emulator-", suffix=".log")
+        os.close(fd)
 
     def start(self, timeout_s: float = 30.0) -> Emulator:
-        """Start the process and wait until its gRPC port accepts connections."""
-        self._proc = subprocess.Popen(
-            [self.binary, "--host_port", self.host],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        """Start the process and wait until its gRPC port accepts connections.
+
+        May be called again after stop(): the same port, a new (empty) emulator.
+        """
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                [self.binary, "--host_port", self.host],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -104,7 +109,7 @@ class Emulator:
 
     def log(self) -> str:
         """What the emulator printed so far (last 2,000 characters)."""
-        with open(self._log.name, "rb") as f:
+        with open(self.log_path, "rb") as f:
             return f.read().decode(errors="replace")[-2000:]
 
     def cpu_seconds(self) -> float:
@@ -132,7 +137,6 @@ class Emulator:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        self._log.close()
 
     def __enter__(self) -> Emulator:
         return self.start()

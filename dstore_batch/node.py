@@ -95,8 +95,9 @@ PUT_OPS = {"/v1/put": "put", "/v1/put_many": "put_many"}
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except web.HTTPRequestEntityTooLarge as exc:
-        err: DstoreError = TooLargeError(f"request body is over {exc.max_size} bytes",
+    except web.HTTPRequestEntityTooLarge:
+        limit = _store(request).config.limits.max_request_bytes
+        err: DstoreError = TooLargeError(f"request body is over {limit} bytes",
                                          code="body_too_large")
     except DstoreError as exc:
         err = exc
