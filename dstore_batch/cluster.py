@@ -32,6 +32,7 @@ class NodeProcess:
     proc: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     signalled: bool = False  # stopped on purpose: its exit is not a failure
+    paused: bool = False  # SIGSTOPped: alive, but answers nothing
     command: str = "serve"
 
     @property
@@ -44,6 +45,7 @@ class NodeProcess:
 
     def start(self) -> None:
         self.signalled = False
+        self.paused = False
         env = {**os.environ, **self.extra_env}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -54,7 +56,12 @@ class NodeProcess:
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.signalled = True
+            if sig == signal.SIGSTOP:
+                self.paused = True
+            elif sig == signal.SIGCONT:
+                self.paused = False
+            else:
+                self.signalled = True
             self.proc.send_signal(sig)
 
     def wait(self, timeout: float) -> int | None:
@@ -131,7 +138,7 @@ class LocalCluster:
         """Each live node's answer to /v1/leader."""
         answers: dict[str, str | None] = {}
         for node in self.nodes:
-            if not node.alive:
+            if not node.alive or node.paused:
                 continue
             try:
                 answers[node.node_id] = node.get_json("/v1/leader").get("leader")  # type: ignore[assignment]
@@ -143,7 +150,7 @@ class LocalCluster:
         """Wait until every live node names one live leader (not ``exclude``)."""
         deadline = time.monotonic() + timeout
         for node in self.nodes:
-            if node.alive:
+            if node.alive and not node.paused:
                 self.wait_healthy(node, timeout)
         answers: dict[str, str | None] = {}
         while time.monotonic() < deadline:
@@ -166,6 +173,8 @@ class LocalCluster:
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM every node, then SIGKILL what is left."""
         for node in self.nodes:
+            if node.paused:
+                node.signal(signal.SIGCONT)
             node.signal(signal.SIGTERM)
         for node in self.nodes:
             if node.wait(timeout) is None:

@@ -86,16 +86,6 @@ class _Connection:
         """
         if self.closed:
             raise LinkLost(f"link to {self.leader} is closed")
-        budget = self._link.budget
-        await budget.acquire(nbytes)  # the caller's deadline bounds this wait
-        try:
-            return await self._send(rows, nbytes)
-        finally:
-            budget.release(nbytes)
-
-    async def _send(self, rows: Sequence[Row], nbytes: int) -> list[Timestamp]:
-        if self.closed:
-            raise LinkLost(f"link to {self.leader} is closed")
         rid = next(self._link.ids)
         future: asyncio.Future[list[Timestamp]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future

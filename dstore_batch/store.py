@@ -235,10 +235,21 @@ class Store:
                     await self.election.wait_change(min(remaining, 0.5))
                     continue
                 conn = await asyncio.wait_for(self.peer.connection(state.leader), remaining)
-                if sent:
-                    self.metrics.resends.inc()
-                sent = True
-                return await asyncio.wait_for(conn.request(rows, nbytes), deadline - loop.time())
+                budget = self.peer.budget
+                try:
+                    # Backpressure: wait while this node has too much unacked in flight.
+                    await asyncio.wait_for(budget.acquire(nbytes), deadline - loop.time())
+                except TimeoutError:
+                    last_error = BusyError("this node's buffer to the leader stayed full")
+                    raise
+                try:
+                    if sent:
+                        self.metrics.resends.inc()
+                    sent = True
+                    return await asyncio.wait_for(conn.request(rows, nbytes),
+                                                  deadline - loop.time())
+                finally:
+                    budget.release(nbytes)
             except TimeoutError:
                 raise self._deadline_error(sent, timeout, last_error) from None
             except UnavailableError as exc:  # not_leader, busy, link down or lost
@@ -253,6 +264,9 @@ class Store:
     @staticmethod
     def _deadline_error(sent: bool, timeout: float, last: DstoreError | None) -> DstoreError:
         why = f" (last error: {last.code}: {last.message})" if last else ""
+        if not sent and isinstance(last, BusyError):
+            return BusyError(f"overloaded: the put was not sent within {timeout}s; nothing "
+                             f"written{why}", retry_after=1.0)
         if sent:
             return DeadlineExceededError(
                 f"no ack within {timeout}s; the put may or may not be committed, "
