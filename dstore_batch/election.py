@@ -65,6 +65,7 @@ class Election:
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[LeaderState, LeaderState], None]] = []
+        self._candidate = True  # False after resign(): follow, never take the lock
         self.check_failures = 0
 
     # -- cached state (no I/O) -----------------------------------------------------
@@ -100,7 +101,8 @@ class Election:
         """Wait until the state changes (or the timeout passes); return the state."""
         event = self._changed
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()
         return self.state
 
     async def wait_for_leader(self, timeout: float) -> str:
@@ -124,6 +126,24 @@ class Election:
         if self._task is not None:
             raise RuntimeError("election already started")
         self._task = asyncio.create_task(self._loop(), name=f"election:{self.node_id}")
+
+    async def resign(self) -> None:
+        """Stop competing for the lock and release it if held; keep following the leader.
+
+        A node shutting down calls this first, so that it still learns who leads next
+        while its last puts are re-routed there.
+        """
+        self._candidate = False
+        token = self._state.token if self._state.is_leader else None
+        if token is None:
+            return
+        self._set_state(LeaderState(None, False, None), "resigned")
+        try:
+            released = await self._storage.lock_release(self.lock_name, token)
+            log.info("node %s released lock %s: %s", self.node_id, self.lock_name, released)
+        except Exception as exc:
+            log.warning("node %s could not release the lock: %r", self.node_id, exc)
+        self.refresh()
 
     async def stop(self, *, release: bool = True) -> None:
         """Stop the loop; as holder, release the lock unless ``release`` is False."""
@@ -156,8 +176,11 @@ class Election:
                 _ = self.state  # steps down if the lease ran out meanwhile
             interval = self.lease_s / 3 if self._state.is_leader else self.lease_s / 4
             self._poke.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a
+            # cancel that lands as the poke arrives, and stop() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), interval * random.uniform(0.9, 1.0))
+                async with asyncio.timeout(interval * random.uniform(0.9, 1.0)):
+                    await self._poke.wait()
 
     async def _round(self) -> None:
         st = self._state
@@ -170,6 +193,10 @@ class Election:
                 self.refresh()
             return
         lock = await self._storage.lock_read(self.lock_name)
+        if not self._candidate:
+            fresh = lock.age_ms is not None and lock.age_ms <= self._lease_ms
+            self._set_state(LeaderState(lock.writer if fresh else None, False, None))
+            return
         if lock.token is None:
             token = await self._storage.lock_acquire(self.lock_name, self.node_id)
             if token is not None:

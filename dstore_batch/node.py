@@ -170,11 +170,11 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     store = _store(request)
-    leader = store.leader
-    if leader is None:
-        return _reply(request, {"status": "no leader known", "node": store.node_id}, 503,
+    if not store.ready:
+        status = "no leader known" if store.leader is None else "shutting down"
+        return _reply(request, {"status": status, "node": store.node_id}, 503,
                       {"Retry-After": "1"})
-    return _reply(request, {"status": "ready", "node": store.node_id, "leader": leader})
+    return _reply(request, {"status": "ready", "node": store.node_id, "leader": store.leader})
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Self
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Self, TypeVar
 
 from aiohttp import web
 
@@ -39,6 +39,7 @@ __all__ = ["Store"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 RETRY_BACKOFF_S = (0.01, 0.05, 0.1, 0.2, 0.5)
 DRAIN_TIMEOUT_S = 10.0
 
@@ -69,6 +70,7 @@ class Store:
         )
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
+        self._active_puts = 0  # put calls through this node not yet answered
         self._state = "new"
 
     # -- lifecycle -------------------------------------------------------------------
@@ -101,12 +103,27 @@ class Store:
         self._state = "running"
 
     async def stop(self) -> None:
-        """Stop cleanly: finish queued and in-flight commits, release the lock."""
+        """Stop cleanly (SIGTERM): lose no acked put, hand leadership over at once.
+
+        1. /readyz turns 503, so a load balancer stops sending new requests here;
+        2. as leader: stop taking puts (followers get not_leader and hold them), finish
+           the queued rows and the commits in flight;
+        3. release the lock, but keep following, so the next leader is known at once;
+        4. wait for puts made through this node to finish (re-routed to that leader);
+        5. close the HTTP server, the peer link and storage.
+        """
         if self._state != "running":
             return
         self._state = "stopping"
         if self.election.is_leader:
             await self.committer.drain(DRAIN_TIMEOUT_S)
+        await self.election.resign()
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while self._active_puts and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        if self._active_puts:
+            log.warning("node %s: stopping with %d puts unfinished", self.node_id,
+                        self._active_puts)
         await self.committer.stop()
         await self.election.stop(release=True)
         for runner in (self._runner, self._metrics_runner):
@@ -130,6 +147,11 @@ class Store:
             self.committer.close()
 
     # -- state -----------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether a load balancer should send requests here: running, and a leader known."""
+        return self._state == "running" and self.leader is not None
 
     @property
     def is_leader(self) -> bool:
@@ -201,6 +223,7 @@ class Store:
     ) -> list[PutResult]:
         started = time.perf_counter()
         role = "leader" if self.election.is_leader else "follower"
+        self._active_puts += 1
         try:
             rows = make_rows()
             check_rows(rows, self.config.limits)
@@ -209,6 +232,8 @@ class Store:
             self.metrics.puts.labels(op, exc.code).inc()
             exc.counted = True  # the HTTP layer counts only what never reached here
             raise
+        finally:
+            self._active_puts -= 1
         self.metrics.put_latency.labels(op, role).observe(time.perf_counter() - started)
         self.metrics.puts.labels(op, "ok").inc()
         self.metrics.put_rows.inc(len(rows))
@@ -230,15 +255,15 @@ class Store:
                 if state.is_leader:
                     future = self.submit_local(rows)
                     sent = True
-                    return await asyncio.wait_for(future, remaining)
+                    return await _until(deadline, future)
                 if state.leader is None:
                     await self.election.wait_change(min(remaining, 0.5))
                     continue
-                conn = await asyncio.wait_for(self.peer.connection(state.leader), remaining)
+                conn = await _until(deadline, self.peer.connection(state.leader))
                 budget = self.peer.budget
                 try:
                     # Backpressure: wait while this node has too much unacked in flight.
-                    await asyncio.wait_for(budget.acquire(nbytes), deadline - loop.time())
+                    await _until(deadline, budget.acquire(nbytes))
                 except TimeoutError:
                     last_error = BusyError("this node's buffer to the leader stayed full")
                     raise
@@ -246,8 +271,7 @@ class Store:
                     if sent:
                         self.metrics.resends.inc()
                     sent = True
-                    return await asyncio.wait_for(conn.request(rows, nbytes),
-                                                  deadline - loop.time())
+                    return await _until(deadline, conn.request(rows, nbytes))
                 finally:
                     budget.release(nbytes)
             except TimeoutError:
@@ -273,3 +297,10 @@ class Store:
                 f"retrying with the same ids is safe{why}"
             )
         return NoLeaderError(f"no leader accepted the put within {timeout}s; nothing written{why}")
+
+
+async def _until(deadline: float, awaitable: Awaitable[T]) -> T:
+    """Await with a loop-time deadline (asyncio.timeout_at: on Python 3.11, wait_for can
+    swallow a cancellation that arrives as the awaited thing finishes)."""
+    async with asyncio.timeout_at(deadline):
+        return await awaitable
