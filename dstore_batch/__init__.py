@@ -1,6 +1,7 @@
 """dstore_batch: a Spanner-backed, append-only key/value store for the pods of a
 Kubernetes Deployment, with writes funnelled through one elected leader in batches."""
 
+from .client import Client, SyncClient
 from .config import BatchConfig, Config, LimitsConfig
 from .errors import (
     BusyError,
@@ -23,6 +24,7 @@ from .types import HistoryItem, PutResult, Timestamp
 __all__ = [
     "BatchConfig",
     "BusyError",
+    "Client",
     "CommitError",
     "Config",
     "DeadlineExceededError",
@@ -37,6 +39,7 @@ __all__ = [
     "PutResult",
     "RejectedError",
     "Store",
+    "SyncClient",
     "Timestamp",
     "TooLargeError",
     "UnauthorizedError",

@@ -67,6 +67,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run one node")
     _serve_flags(p)
 
+    p = sub.add_parser("put", help="put one value through the HTTP API (prints JSON)")
+    _client_flags(p)
+    p.add_argument("key")
+    p.add_argument("value")
+    p.add_argument("--no-append", action="store_true", help="overwrite the key's '-' row")
+    p.add_argument("--row-id", help="a row id of your own: re-running stores it once")
+
+    p = sub.add_parser("get", help="read a key's history (prints JSON)")
+    _client_flags(p)
+    p.add_argument("key")
+    p.add_argument("--limit", default="1", help="N, all or oldest (default 1)")
+
+    p = sub.add_parser("leader", help="ask the nodes who leads (prints JSON)")
+    _client_flags(p)
+
     p = sub.add_parser("bench", help="benchmark direct, funnel and per-put side by side")
     _bench_flags(p)
 
@@ -77,6 +92,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--start-at", type=float, required=True)
     p.add_argument("--out", required=True)
     return parser
+
+
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--nodes", "127.0.0.1:8080", help="comma list of node host:port or URLs")
+    _flag(p, "--api-token", help="bearer token, when the API requires one")
+    _flag(p, "--timeout-ms", 30000, type=int, help="deadline of the call")
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    import json
+
+    from .client import SyncClient
+    from .errors import DstoreError
+
+    nodes = [n.strip() for n in str(args.nodes).split(",") if n.strip()]
+    timeout = int(args.timeout_ms) / 1000
+    try:
+        with SyncClient(nodes, token=args.api_token or None, timeout_s=timeout) as client:
+            if args.command == "put":
+                r = client.put(args.key, args.value, no_append=args.no_append,
+                               id=args.row_id)
+                out: object = {"id": r.id, "timestamp": str(r.timestamp)}
+            elif args.command == "get":
+                limit = int(args.limit) if args.limit.isdigit() else args.limit
+                items = client.get(args.key, limit)
+                out = {"key": args.key, "items": [
+                    {"id": i.id, "value": i.value, "timestamp": str(i.timestamp)}
+                    for i in items]}
+            else:
+                out = client.leader()
+    except DstoreError as exc:
+        print(json.dumps(exc.to_dict()))
+        return 1
+    print(json.dumps(out))
+    return 0
 
 
 def _workload_flags(p: argparse.ArgumentParser) -> None:
@@ -243,6 +293,8 @@ def _main(args: argparse.Namespace) -> int:
 
         return run_demo(backend=args.backend, data_dir=args.data_dir, keep=args.keep,
                         seconds=args.seconds)
+    if args.command in ("put", "get", "leader"):
+        return _client_command(args)
     if args.command == "bench":
         from .bench.runner import run_bench
 

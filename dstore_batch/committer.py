@@ -19,7 +19,7 @@ from .config import BatchConfig
 from .errors import CommitError, DstoreError, NotLeaderError
 from .metrics import Metrics
 from .storage.base import Fence, Storage
-from .types import Row, Timestamp
+from .types import CommitResult, Row, Timestamp
 
 __all__ = ["Committer"]
 
@@ -143,7 +143,7 @@ class Committer:
     async def _commit(self, batch: Batch) -> None:
         m = self._metrics
         try:
-            ts = await self._commit_with_retries(batch)
+            result = await self._commit_with_retries(batch)
         except DstoreError as exc:
             m.commits.labels(exc.code).inc()
             log.warning("node %s: commit of %d rows failed: %s", self._node_id,
@@ -162,13 +162,14 @@ class Committer:
             m.commit_rows.observe(len(batch.rows))
             m.commit_bytes.observe(batch.nbytes)
             m.committed_rows.inc(len(batch.rows))
-            for request, index in batch.slots:
-                request.resolve(index, ts)
+            ts, existing = result
+            for n, (request, index) in enumerate(batch.slots):
+                request.resolve(index, existing.get(n, ts))
         finally:
             self._acc.release(batch)
             self._slots.release()
 
-    async def _commit_with_retries(self, batch: Batch) -> Timestamp:
+    async def _commit_with_retries(self, batch: Batch) -> CommitResult:
         """Commit, retrying transient failures with backoff.
 
         Safe because rows keep their ids (insert-or-update). Retries stop when the
@@ -185,7 +186,7 @@ class Committer:
             started = time.perf_counter()
             aborts_before = getattr(self._storage, "aborted_attempts", 0)
             try:
-                ts = await self._storage.commit(batch.rows, self._node_id, fence)
+                result = await self._storage.commit(batch.rows, self._node_id, fence)
             except CommitError as exc:
                 waiting = any(not r.future.done() for r in batch.requests())
                 if not exc.transient or not waiting or time.monotonic() > give_up:
@@ -202,4 +203,4 @@ class Committer:
                 if aborts > 0:
                     m.commit_aborts.inc(aborts)
             m.commit_latency.observe(time.perf_counter() - started)
-            return ts
+            return result

@@ -6,7 +6,7 @@ HTTP status it maps to. Callers branch on the three middle classes::
     DstoreError
     ├── RejectedError            the request was refused; nothing of it was written
     │   ├── InvalidInputError      code "invalid"          HTTP 400
-    │   │                          (or "empty_key", "invalid_utf8")
+    │   │                          (or "empty_key", "invalid_utf8", "invalid_id")
     │   ├── TooLargeError          code "too_large"        HTTP 413
     │   │                          (or "key_too_large", "value_too_large",
     │   │                           "too_many_items", "body_too_large")
@@ -165,6 +165,7 @@ _BY_CODE: dict[str, type[DstoreError]] = {
 # Specific codes and the class they belong to.
 DETAIL_CODES: dict[str, type[DstoreError]] = {
     "empty_key": InvalidInputError,
+    "invalid_id": InvalidInputError,
     "invalid_utf8": InvalidInputError,
     "key_too_large": TooLargeError,
     "value_too_large": TooLargeError,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -47,16 +48,35 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
+# Client-supplied row ids: 1-64 characters of letters, digits and _ . : - ("-" alone is
+# the no_append id).
+CLIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def check_client_id(rid: object, index: int) -> str:
+    """Return a valid client id, or raise InvalidInputError (code invalid_id)."""
+    if type(rid) is not str or rid == NO_APPEND_ID or not CLIENT_ID.fullmatch(rid):
+        raise InvalidInputError(
+            f"item {index}: id must be 1-64 characters of A-Z a-z 0-9 _ . : - (not '-')",
+            code="invalid_id",
+        )
+    return rid
+
+
 def rows_from_items(items: Iterable[Any]) -> list[Row]:
-    """Turn caller items into rows with fresh ids.
+    """Turn caller items into rows, with fresh ids unless the caller gave one.
 
     An item is ``(key, value)``, ``(key, value, no_append)`` or a mapping with ``key``,
-    ``value`` and optional ``no_append``. Raises InvalidInputError.
+    ``value`` and optional ``no_append`` and ``id``. A given id makes the put idempotent:
+    a row already stored under (key, id) is kept, with its original timestamp.
+    Raises InvalidInputError.
     """
     rows = []
     for i, item in enumerate(items):
+        rid = None
         if isinstance(item, Mapping):
             key, value, no_append = item.get("key"), item.get("value"), item.get("no_append", False)
+            rid = item.get("id")
         elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
             key, value = item[0], item[1]
             no_append = item[2] if len(item) == 3 else False
@@ -66,5 +86,11 @@ def rows_from_items(items: Iterable[Any]) -> list[Row]:
             raise InvalidInputError(f"item {i}: key and value must be strings")
         if type(no_append) is not bool:
             raise InvalidInputError(f"item {i}: no_append must be a boolean")
-        rows.append(Row(NO_APPEND_ID if no_append else _new_id(), key, value))
+        if rid is not None:
+            if no_append:
+                raise InvalidInputError(f"item {i}: an id cannot go with no_append",
+                                        code="invalid_id")
+            rows.append(Row(check_client_id(rid, i), key, value, True))
+        else:
+            rows.append(Row(NO_APPEND_ID if no_append else _new_id(), key, value))
     return rows

@@ -24,10 +24,12 @@ BYTE_BUCKETS = tuple(float(4**i * 256) for i in range(11))  # 256 B .. 256 MiB
 OPS = ("put", "put_many")
 ROLES = ("leader", "follower")
 # Wire codes a put can end with (dstore_batch.errors); "ok" is the success result.
-ERROR_CODES = ("invalid", "empty_key", "invalid_utf8", "too_large", "key_too_large",
+ERROR_CODES = ("invalid", "empty_key", "invalid_utf8", "invalid_id", "too_large", "key_too_large",
                "value_too_large", "too_many_items", "body_too_large", "unauthorized",
                "not_leader", "busy", "no_leader", "unavailable", "deadline", "commit_failed")
 COMMIT_RESULTS = ("not_leader", "commit_failed")
+HTTP_PATHS = ("/v1/put", "/v1/put_many", "/v1/get", "/v1/leader", "/v1/peer", "/healthz",
+              "/readyz", "/metrics", "other")
 
 
 class Metrics:
@@ -102,6 +104,10 @@ class Metrics:
             "dstore_election_check_failures_total",
             "Lock-table checks or heartbeats that failed.", registry=r,
         )
+        self.http_requests = Counter(
+            "dstore_http_requests_total", "HTTP requests served, by route.", ("path",),
+            registry=r,
+        )
         self.resends = Counter(
             "dstore_resends_total",
             "Put requests re-sent after a leader change or a lost link.", registry=r,
@@ -125,3 +131,5 @@ class Metrics:
             self.peer_bytes.labels(direction)
         for side in ("leader", "follower"):
             self.peer_connections.labels(side)
+        for path in HTTP_PATHS:
+            self.http_requests.labels(path)

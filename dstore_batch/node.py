@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from . import protocol
 from .errors import DstoreError, InvalidInputError, NotLeaderError, ProtocolError, TooLargeError
 from .limits import check_rows
+from .metrics import HTTP_PATHS
 from .peer import PEER_PATH
 from .security import check_bearer
 from .types import Timestamp
@@ -93,6 +94,8 @@ PUT_OPS = {"/v1/put": "put", "/v1/put_many": "put_many"}
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path if request.path in HTTP_PATHS else "other"
+    _store(request).metrics.http_requests.labels(path).inc()
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:

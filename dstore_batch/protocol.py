@@ -43,6 +43,7 @@ ERROR = 4  # leader -> follower: [4, [[request_id, code, message, retry_after|ni
 FATAL = 5  # either way, then close: [5, code, message]
 
 FLAG_NO_APPEND = 1
+FLAG_CLIENT_ID = 2  # the id came from the client: keep a row already stored under it
 MAX_ID_CHARS = 128
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -62,11 +63,15 @@ def encode_puts(requests: Sequence[tuple[int, Sequence[Row]]]) -> bytes:
         [
             PUT,
             [
-                [rid, [[r.id, r.key, r.value, FLAG_NO_APPEND if r.id == "-" else 0] for r in rows]]
+                [rid, [[r.id, r.key, r.value, _flags(r)] for r in rows]]
                 for rid, rows in requests
             ],
         ]
     )
+
+
+def _flags(row: Row) -> int:
+    return (FLAG_NO_APPEND if row.id == "-" else 0) | (FLAG_CLIENT_ID if row.keep else 0)
 
 
 def encode_acks(acks: Sequence[tuple[int, Sequence[int]]]) -> bytes:
@@ -126,7 +131,7 @@ def rows_from_wire(items: Any) -> list[Row]:
             raise ProtocolError("item id, key and value must be strings")
         if type(flags) is not int or not rid or len(rid) > MAX_ID_CHARS:
             raise ProtocolError("item flags must be an integer and ids 1-128 characters")
-        if (flags & FLAG_NO_APPEND) != (rid == "-"):
+        if bool(flags & FLAG_NO_APPEND) != (rid == "-"):
             raise ProtocolError("the no_append flag goes with the id '-' and only with it")
-        rows.append(Row(rid, key, value))
+        rows.append(Row(rid, key, value, bool(flags & FLAG_CLIENT_ID)))
     return rows

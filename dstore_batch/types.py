@@ -6,7 +6,7 @@ import datetime as _dt
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["NO_APPEND_ID", "HistoryItem", "PutResult", "Row", "Timestamp"]
+__all__ = ["NO_APPEND_ID", "CommitResult", "HistoryItem", "PutResult", "Row", "Timestamp"]
 
 # The original library's fixed id for `no_append` puts: each such put overwrites the
 # previous `-` row of its key instead of adding one.
@@ -60,11 +60,23 @@ class Timestamp(int):
 
 
 class Row(NamedTuple):
-    """One row of the log table, as the leader commits it."""
+    """One row of the log table, as the leader commits it.
+
+    ``keep``: the id came from the client, so a row already stored under (key, id) is
+    kept as it is (with its original timestamp) instead of being written again.
+    """
 
     id: str
     key: str
     value: str
+    keep: bool = False
+
+
+class CommitResult(NamedTuple):
+    """A commit's timestamp, and the rows (by index) that already existed with theirs."""
+
+    timestamp: Timestamp
+    existing: dict[int, Timestamp]
 
 
 class PutResult(NamedTuple):

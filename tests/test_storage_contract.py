@@ -24,20 +24,21 @@ async def storage(any_database: str) -> AsyncIterator[Storage]:
 
 
 async def test_commit_returns_one_timestamp_for_all_rows(storage: Storage) -> None:
-    ts = await storage.commit([Row("a", "k1", "v1"), Row("b", "k2", "v2")], "n:1", None)
+    ts, _ = await storage.commit([Row("a", "k1", "v1"), Row("b", "k2", "v2")], "n:1", None)
     for key in ("k1", "k2"):
         (item,) = await storage.history(key, 1)
         assert item.timestamp == ts
 
 
 async def test_timestamps_strictly_increase(storage: Storage) -> None:
-    stamps = [await storage.commit([Row(str(i), "k", "v")], "n:1", None) for i in range(20)]
+    stamps = [(await storage.commit([Row(str(i), "k", "v")], "n:1", None)).timestamp
+              for i in range(20)]
     assert stamps == sorted(stamps) and len(set(stamps)) == 20
 
 
 async def test_history_limits(storage: Storage) -> None:
     rows = [Row(f"id{i}", "h", f"v{i}") for i in range(5)]
-    stamps = [await storage.commit([r], "n:1", None) for r in rows]
+    stamps = [(await storage.commit([r], "n:1", None)).timestamp for r in rows]
     assert [i.value for i in await storage.history("h", 1)] == ["v4"]
     assert [i.value for i in await storage.history("h", 3)] == ["v4", "v3", "v2"]
     all_items = await storage.history("h", "all")
@@ -51,10 +52,22 @@ async def test_history_limits(storage: Storage) -> None:
 
 
 async def test_reinsert_of_the_same_id_keeps_one_row(storage: Storage) -> None:
-    first = await storage.commit([Row("same", "k", "v")], "n:1", None)
-    second = await storage.commit([Row("same", "k", "v")], "n:2", None)
+    first, _ = await storage.commit([Row("same", "k", "v")], "n:1", None)
+    second, _ = await storage.commit([Row("same", "k", "v")], "n:2", None)
     items = await storage.history("k", "all")
     assert len(items) == 1 and items[0].timestamp == second > first
+
+
+async def test_kept_rows_are_not_written_again(storage: Storage) -> None:
+    first = await storage.commit([Row("c1", "ck", "v1", keep=True)], "n:1", None)
+    assert first.existing == {}
+    again = await storage.commit(
+        [Row("c2", "ck2", "x", keep=True), Row("c1", "ck", "changed", keep=True)], "n:1", None
+    )
+    assert again.existing == {1: first.timestamp}  # the stored row and its timestamp
+    (item,) = await storage.history("ck", "all")
+    assert (item.value, item.timestamp) == ("v1", first.timestamp)
+    assert (await storage.history("ck2", 1))[0].timestamp == again.timestamp
 
 
 async def test_lock_acquire_heartbeat_takeover_release(storage: Storage) -> None:

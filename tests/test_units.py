@@ -84,10 +84,11 @@ def test_ddl_file_matches_the_cli() -> None:
 
 def test_public_names() -> None:
     assert set(dstore_batch.__all__) == {
-        "BatchConfig", "BusyError", "CommitError", "Config", "DeadlineExceededError",
+        "BatchConfig", "BusyError", "Client", "CommitError", "Config", "DeadlineExceededError",
         "DstoreError", "HistoryItem", "InvalidInputError", "LimitsConfig", "NoLeaderError",
         "NotLeaderError", "OutcomeUnknownError", "ProtocolError", "PutResult", "RejectedError",
-        "Store", "Timestamp", "TooLargeError", "UnauthorizedError", "UnavailableError",
+        "Store", "SyncClient", "Timestamp", "TooLargeError", "UnauthorizedError",
+        "UnavailableError",
     }
     for name in dstore_batch.__all__:
         assert hasattr(dstore_batch, name)

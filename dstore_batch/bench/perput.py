@@ -57,7 +57,7 @@ async def _leader_main(database: str, port: int, threads: int, ready: Any, stop:
             if lock.token != token:
                 writer.write(_frame(["error", "not leader"]))
             else:
-                ts = await storage.commit([Row(uuid.uuid4().hex, key, value)], node_id, None)
+                ts, _ = await storage.commit([Row(uuid.uuid4().hex, key, value)], node_id, None)
                 writer.write(_frame(["ok", int(ts)]))
             await writer.drain()
         finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, NamedTuple, Protocol
 
-from ..types import HistoryItem, Row, Timestamp
+from ..types import CommitResult, HistoryItem, Row, Timestamp
 
 __all__ = ["Fence", "HistoryLimit", "LockState", "Storage", "check_limit"]
 
@@ -50,10 +50,14 @@ class Storage(Protocol):
     async def close(self) -> None:
         """Release connections and threads."""
 
-    async def commit(self, rows: Sequence[Row], leader: str, fence: Fence | None) -> Timestamp:
+    async def commit(
+        self, rows: Sequence[Row], leader: str, fence: Fence | None
+    ) -> CommitResult:
         """Write ``rows`` (insert-or-update on (key, id)) in one transaction.
 
-        Returns the commit timestamp shared by every row.
+        Rows with ``keep`` set are written only if (key, id) is not stored yet; the
+        result names those that were, with their stored timestamps. Every written row
+        gets the commit timestamp.
         Raises:
             NotLeaderError: ``fence`` no longer holds; nothing was written.
             CommitError: the database failed; the outcome is unknown.

@@ -27,7 +27,7 @@ from google.cloud.spanner_v1 import param_types
 from google.cloud.spanner_v1.keyset import KeyRange, KeySet
 
 from ..errors import CommitError, NotLeaderError, UnavailableError
-from ..types import HistoryItem, Row, Timestamp
+from ..types import CommitResult, HistoryItem, Row, Timestamp
 from .base import Fence, HistoryLimit, LockState
 
 __all__ = ["SpannerStorage", "parse_database_path"]
@@ -139,17 +139,23 @@ class SpannerStorage:
 
     # -- log table ---------------------------------------------------------------
 
-    async def commit(self, rows: Sequence[Row], leader: str, fence: Fence | None) -> Timestamp:
-        values = [(r.id, r.key, r.value, leader, spanner.COMMIT_TIMESTAMP) for r in rows]
+    async def commit(
+        self, rows: Sequence[Row], leader: str, fence: Fence | None
+    ) -> CommitResult:
+        keep = [i for i, r in enumerate(rows) if r.keep]
 
-        def work(txn: Any) -> bool:
+        def work(txn: Any) -> dict[int, Timestamp] | None:
             if fence is not None and not self._holds(txn, fence):
-                return False
-            txn.insert_or_update(self.log_table, LOG_COLUMNS, values)
-            return True
+                return None
+            existing = self._existing(txn, rows, keep) if keep else {}
+            values = [(r.id, r.key, r.value, leader, spanner.COMMIT_TIMESTAMP)
+                      for i, r in enumerate(rows) if i not in existing]
+            if values:
+                txn.insert_or_update(self.log_table, LOG_COLUMNS, values)
+            return existing
 
         try:
-            ok, ts = await self._run(self._writer, self._transact, work)
+            existing, ts = await self._run(self._writer, self._transact, work)
         except gexc.GoogleAPICallError as exc:
             error = CommitError(f"commit of {len(rows)} rows failed: {exc.message}")
             error.transient = isinstance(exc, TRANSIENT)
@@ -158,9 +164,16 @@ class SpannerStorage:
             error = CommitError(f"commit of {len(rows)} rows failed: {exc!r}")
             error.transient = True
             raise error from exc
-        if not ok:
+        if existing is None:
             raise NotLeaderError("lost the lock before this commit; nothing was written")
-        return ts
+        return CommitResult(ts, existing)
+
+    def _existing(self, txn: Any, rows: Sequence[Row], keep: list[int]) -> dict[int, Timestamp]:
+        """Which of the ``keep`` rows are stored already, with their timestamps."""
+        where = {(rows[i].key, rows[i].id): i for i in keep}
+        found = txn.read(self.log_table, ("key", "id", "timestamp"),
+                         KeySet(keys=[list(k) for k in where]))
+        return {where[(k, i)]: Timestamp.from_datetime(ts) for k, i, ts in found}
 
     def _holds(self, txn: Any, fence: Fence) -> bool:
         rows = list(

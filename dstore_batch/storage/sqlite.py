@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from ..ddl import check_table_name
 from ..errors import CommitError, NotLeaderError, UnavailableError
-from ..types import HistoryItem, Row, Timestamp
+from ..types import CommitResult, HistoryItem, Row, Timestamp
 from .base import Fence, HistoryLimit, LockState
 
 __all__ = ["SQLiteStorage", "sqlite_path"]
@@ -112,25 +112,33 @@ class SQLiteStorage:
 
     # -- log table ---------------------------------------------------------------------
 
-    async def commit(self, rows: Sequence[Row], leader: str, fence: Fence | None) -> Timestamp:
+    async def commit(
+        self, rows: Sequence[Row], leader: str, fence: Fence | None
+    ) -> CommitResult:
         sql = (f"INSERT OR REPLACE INTO {self.log_table} (id, key, value, leader, timestamp) "
                "VALUES (?, ?, ?, ?, ?)")
+        lookup = f"SELECT timestamp FROM {self.log_table} WHERE key = ? AND id = ?"
 
-        def work(c: sqlite3.Connection, ts: Timestamp) -> Timestamp | None:
+        def work(c: sqlite3.Connection, ts: Timestamp) -> CommitResult | None:
             if fence is not None and not self._holds(c, fence):
                 return None
-            c.executemany(sql, [(r.id, r.key, r.value, leader, ts) for r in rows])
-            return ts
+            existing = {}
+            for i, r in enumerate(rows):
+                if r.keep and (found := c.execute(lookup, (r.key, r.id)).fetchone()):
+                    existing[i] = Timestamp(found[0])
+            c.executemany(sql, [(r.id, r.key, r.value, leader, ts)
+                                for i, r in enumerate(rows) if i not in existing])
+            return CommitResult(ts, existing)
 
         try:
-            ts = await self._write(work)
+            result = await self._write(work)
         except sqlite3.Error as exc:
             error = CommitError(f"commit of {len(rows)} rows failed: {exc}")
             error.transient = isinstance(exc, sqlite3.OperationalError)  # locked, busy, I/O
             raise error from exc
-        if ts is None:
+        if result is None:
             raise NotLeaderError("lost the lock before this commit; nothing was written")
-        return ts
+        return result
 
     def _holds(self, c: sqlite3.Connection, fence: Fence) -> bool:
         row = c.execute(f"SELECT token FROM {self.lock_table} WHERE name = ?",
