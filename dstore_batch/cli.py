@@ -146,7 +146,7 @@ def _workload_flags(p: argparse.ArgumentParser) -> None:
 def _bench_flags(p: argparse.ArgumentParser) -> None:
     _workload_flags(p)
     p.add_argument("--modes", default="direct,funnel,per-put,low-load",
-                   help="comma list of direct, funnel, per-put, low-load")
+                   help="comma list of direct, funnel, per-put, low-load, client")
     p.add_argument("--database", help="a real Spanner database (default: a fresh emulator "
                    "per mode, started by the benchmark)")
     p.add_argument("--max-batch-rows", type=int, default=_BATCH.max_rows)

@@ -114,6 +114,10 @@ def _run_mode(mode: str, spec: WorkloadSpec, args: argparse.Namespace) -> dict[s
             # The original has only Put: its producers make single puts.
             raw = run_per_put(database, replace(spec, producers=args.per_put_producers, mix=0.0),
                               env)
+        elif mode == "client":
+            from .client_mode import run_client_mode
+
+            raw = run_client_mode(database, spec)
         elif mode == "low-load":
             # One producer per node, single puts only, against one-row commits.
             low = replace(spec, producers=1, mix=0.0)
