@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from test_multiprocess import table_rows
+from test_multiprocess import lost_or_changed
 
 from dstore_batch import Client, InvalidInputError, SyncClient
 from dstore_batch.cluster import LocalCluster, NodeProcess
@@ -106,9 +106,7 @@ def test_killed_node_costs_no_acked_put(cluster: LocalCluster) -> None:
             return client.requests_sent
 
     sent = asyncio.run(run())
-    table = table_rows(cluster.database)
-    missing = [k for k in acked if k not in table]
-    wrong = [k for k, ts in acked.items() if k in table and str(table[k]) != ts]
+    missing, wrong = lost_or_changed(cluster.database, acked)
     print(f"\nclient under SIGKILL: {len(acked)} rows acked with {sent} HTTP requests, "
           f"errors {errors}")
     assert acked and not missing and not wrong and not errors

@@ -10,7 +10,7 @@ import time
 
 import pytest
 from test_chaos import TYPED, Load
-from test_multiprocess import table_rows
+from test_multiprocess import lost_or_changed
 
 from dstore_batch.cluster import LocalCluster
 
@@ -45,9 +45,7 @@ def test_rolling_restart_loses_nothing(database: str) -> None:
             await asyncio.gather(*producers)
 
         asyncio.run(roll())
-        table = table_rows(cluster.database)
-    missing = [k for k in load.acked if k not in table]
-    wrong = [k for k, ts in load.acked.items() if k in table and str(table[k]) != ts]
+        missing, wrong = lost_or_changed(cluster.database, load.acked)
     print(f"\nrolling restart: {len(load.acked)} rows acked, failed {load.failed}, "
           f"{load.unreachable} requests cut by a stopping node, leader handover "
           f"{[round(h, 2) for h in handovers]} s (lease {LEASE_MS / 1000} s), exit codes "
