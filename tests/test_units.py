@@ -92,3 +92,23 @@ def test_public_names() -> None:
     }
     for name in dstore_batch.__all__:
         assert hasattr(dstore_batch, name)
+
+
+def test_fast_mutation_encoding_matches_the_client() -> None:
+    from google.cloud import spanner
+    from google.cloud.spanner_v1 import Mutation
+    from google.cloud.spanner_v1.batch import _make_write_pb
+
+    from dstore_batch.storage.spanner import LOG_COLUMNS, _insert_or_update_rows
+
+    class Collected:
+        def __init__(self) -> None:
+            self._mutations: list[Mutation] = []
+
+    rows = [Row("id1", "k", "v"), Row("id2", "ключ", "é" * 3 + "\x00"), Row("-", "k3", "")]
+    got = Collected()
+    _insert_or_update_rows(got, "logtable", rows, "10.0.0.1:8080")
+    values = [(r.id, r.key, r.value, "10.0.0.1:8080", spanner.COMMIT_TIMESTAMP) for r in rows]
+    expected = Mutation(insert_or_update=_make_write_pb("logtable", LOG_COLUMNS, values))
+    (mutation,) = got._mutations
+    assert Mutation.pb(mutation).SerializeToString() == Mutation.pb(expected).SerializeToString()

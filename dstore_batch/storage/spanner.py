@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as gexc
 from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud import spanner
-from google.cloud.spanner_v1 import param_types
+from google.cloud.spanner_v1 import Mutation, param_types
 from google.cloud.spanner_v1.keyset import KeyRange, KeySet
 
 from ..errors import CommitError, NotLeaderError, UnavailableError
@@ -66,6 +66,36 @@ def parse_database_path(path: str) -> tuple[str, str, str]:
             f"database must look like projects/P/instances/I/databases/D, got {path!r}"
         )
     return parts[1], parts[3], parts[5]
+
+
+def _insert_or_update_rows(txn: Any, table: str, rows: Sequence[Row], leader: str) -> None:
+    """Add one insert_or_update mutation for ``rows`` to ``txn``.
+
+    The client's own `insert_or_update` builds every value through proto-plus: under
+    full load that was 57% of the leader's CPU samples (BENCHMARKS.md). Building the
+    protobuf directly (upb, in C) is ~5x cheaper per row; the result is byte-identical
+    (tests/test_units.py compares the bytes with the client's own encoding). The client keeps its
+    mutations in `_mutations`; should that ever change, the public call is used.
+    """
+    if not isinstance(getattr(txn, "_mutations", None), list):
+        values = [(r.id, r.key, r.value, leader, spanner.COMMIT_TIMESTAMP) for r in rows]
+        txn.insert_or_update(table, LOG_COLUMNS, values)
+        return
+    write = _WRITE_PB(table=table, columns=LOG_COLUMNS)
+    add = write.values.add
+    commit_ts = spanner.COMMIT_TIMESTAMP
+    for r in rows:
+        cells = add().values
+        cells.add(string_value=r.id)
+        cells.add(string_value=r.key)
+        cells.add(string_value=r.value)
+        cells.add(string_value=leader)
+        cells.add(string_value=commit_ts)
+    txn._mutations.append(Mutation.wrap(_MUTATION_PB(insert_or_update=write)))
+
+
+_WRITE_PB = Mutation.Write.pb()
+_MUTATION_PB = Mutation.pb()
 
 
 def _to_spanner_ts(ts: Timestamp) -> DatetimeWithNanoseconds:
@@ -148,10 +178,9 @@ class SpannerStorage:
             if fence is not None and not self._holds(txn, fence):
                 return None
             existing = self._existing(txn, rows, keep) if keep else {}
-            values = [(r.id, r.key, r.value, leader, spanner.COMMIT_TIMESTAMP)
-                      for i, r in enumerate(rows) if i not in existing]
-            if values:
-                txn.insert_or_update(self.log_table, LOG_COLUMNS, values)
+            write = [r for i, r in enumerate(rows) if i not in existing]
+            if write:
+                _insert_or_update_rows(txn, self.log_table, write, leader)
             return existing
 
         try:
