@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import itertools
 import ssl
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Self
 
@@ -33,6 +32,7 @@ from .errors import (
     UnavailableError,
     error_from_code,
 )
+from .limits import new_id
 from .storage.base import HistoryLimit, check_limit
 from .types import HistoryItem, PutResult, Timestamp
 
@@ -282,7 +282,7 @@ def _item(key: str, value: str, no_append: bool, rid: str | None) -> dict[str, A
         if rid is not None:
             raise InvalidInputError("an id cannot go with no_append", code="invalid_id")
         return {"key": key, "value": value, "no_append": True, "id": None}
-    return {"key": key, "value": value, "id": rid or uuid.uuid4().hex}
+    return {"key": key, "value": value, "id": rid or new_id()}
 
 
 def _from_caller(item: Any, index: int) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -44,8 +44,29 @@ def check_rows(rows: Sequence[Row], limits: LimitsConfig) -> None:
                                 code="value_too_large")
 
 
-def _new_id() -> str:
-    return uuid.uuid4().hex
+class IdSource:
+    """Random 128-bit row ids as 32 hex characters (as unique as uuid4).
+
+    Drawn from one os.urandom call per 4 KiB of ids: one call per id (uuid4) was 30% of a
+    producing node's CPU samples at high put rates.
+    """
+
+    __slots__ = ("_hex", "_pos")
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._pos = 0
+
+    def __call__(self) -> str:
+        pos = self._pos
+        if pos >= len(self._hex):
+            self._hex = os.urandom(4096).hex()
+            pos = 0
+        self._pos = pos + 32
+        return self._hex[pos:pos + 32]
+
+
+new_id = IdSource()
 
 
 # Client-supplied row ids: 1-64 characters of letters, digits and _ . : - ("-" alone is
@@ -92,5 +113,5 @@ def rows_from_items(items: Iterable[Any]) -> list[Row]:
                                         code="invalid_id")
             rows.append(Row(check_client_id(rid, i), key, value, True))
         else:
-            rows.append(Row(NO_APPEND_ID if no_append else _new_id(), key, value))
+            rows.append(Row(NO_APPEND_ID if no_append else new_id(), key, value))
     return rows

@@ -112,3 +112,12 @@ def test_fast_mutation_encoding_matches_the_client() -> None:
     expected = Mutation(insert_or_update=_make_write_pb("logtable", LOG_COLUMNS, values))
     (mutation,) = got._mutations
     assert Mutation.pb(mutation).SerializeToString() == Mutation.pb(expected).SerializeToString()
+
+
+def test_row_ids_are_unique_hex() -> None:
+    from dstore_batch.limits import IdSource
+
+    ids = IdSource()
+    drawn = [ids() for _ in range(10_000)]  # crosses many refills of the buffer
+    assert len(set(drawn)) == len(drawn)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in drawn)

@@ -6,10 +6,11 @@ import asyncio
 import random
 import resource
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..limits import new_id
 
 __all__ = ["Window", "WorkloadSpec", "cpu_seconds", "run_producers"]
 
@@ -71,10 +72,10 @@ async def run_producers(spec: WorkloadSpec, put: Put, put_many: PutMany, start_a
             many = rng.random() < spec.mix
             try:
                 if many:
-                    prefix = uuid.uuid4().hex
+                    prefix = new_id()
                     await put_many([(f"{prefix}-{i}", value) for i in range(spec.many_size)])
                 else:
-                    await put(uuid.uuid4().hex, value)
+                    await put(new_id(), value)
             except Exception as exc:
                 code = getattr(exc, "code", type(exc).__name__)
                 window.errors[code] = window.errors.get(code, 0) + 1
