@@ -135,8 +135,19 @@ class Client:
             raise InvalidInputError("a put needs at least one item")
         deadline = asyncio.get_running_loop().time() + (timeout or self.timeout_s)
         chunks = list(self._chunks(prepared))
-        parts = await asyncio.gather(*(self._put_chunk(c, deadline) for c in chunks))
-        return [r for part in parts for r in part]
+        parts = await asyncio.gather(*(self._put_chunk(c, deadline) for c in chunks),
+                                     return_exceptions=True)
+        errors = [p for p in parts if isinstance(p, BaseException)]
+        if not errors:
+            return [r for part in parts for r in part]  # type: ignore[union-attr]
+        if len(errors) == len(parts):
+            raise errors[0]
+        # Some chunks were written and some were not (or may not be): the whole call's
+        # outcome is unknown. Retrying with the same ids (give them in the items) is safe.
+        raise OutcomeUnknownError(
+            f"{len(parts) - len(errors)} of {len(parts)} requests were committed; the rest "
+            f"failed ({errors[0]!r}); put the items again with ids to store each once"
+        )
 
     async def get(self, key: str, limit: HistoryLimit = 1, *, timeout: float | None = None
                   ) -> list[HistoryItem]:
@@ -225,18 +236,21 @@ class Client:
             node = self.nodes[next(self._rr)]
             if loop.time() >= deadline:
                 break
+            # Counted as sent from here on: a timeout or a cut connection may come after
+            # the node has the request; only a failed connect proves it never got it.
+            sent_before, sent = sent, True
             try:
                 async with asyncio.timeout_at(deadline):
                     self.requests_sent += 1
                     async with self._session.request(method, node + path, params=query,
                                                      data=data, headers=self._headers,
                                                      ssl=self._ssl) as resp:
-                        sent = True
                         raw = await resp.read()
                         status = resp.status
             except TimeoutError:
                 break
             except aiohttp.ClientConnectorError as exc:  # never reached the node
+                sent = sent_before
                 last = UnavailableError(f"cannot connect to {node}: {exc}")
             except (aiohttp.ClientError, OSError) as exc:  # cut off mid-request
                 sent = True

@@ -66,6 +66,7 @@ class Election:
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[LeaderState, LeaderState], None]] = []
         self._candidate = True  # False after resign(): follow, never take the lock
+        self._background: set[asyncio.Task[bool]] = set()
         self.check_failures = 0
 
     # -- cached state (no I/O) -----------------------------------------------------
@@ -147,11 +148,14 @@ class Election:
 
     async def stop(self, *, release: bool = True) -> None:
         """Stop the loop; as holder, release the lock unless ``release`` is False."""
+        self._candidate = False
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         token = self._state.token if self._state.is_leader else None
         self._set_state(LeaderState(None, False, None), "stopped")
         if release and token is not None:
@@ -165,6 +169,7 @@ class Election:
 
     async def _loop(self) -> None:
         while True:
+            self._poke.clear()  # before the round, so refresh() calls made in it count
             try:
                 await self._round()
             except asyncio.CancelledError:
@@ -175,7 +180,6 @@ class Election:
                 log.warning("node %s: election check failed: %r", self.node_id, exc)
                 _ = self.state  # steps down if the lease ran out meanwhile
             interval = self.lease_s / 3 if self._state.is_leader else self.lease_s / 4
-            self._poke.clear()
             # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a
             # cancel that lands as the poke arrives, and stop() would wait forever.
             with contextlib.suppress(TimeoutError):
@@ -218,6 +222,13 @@ class Election:
             self.refresh()
 
     def _won(self, token: Timestamp, started: float) -> None:
+        if not self._candidate:
+            # resign() came while this round was taking the lock: give it straight back.
+            task = asyncio.get_running_loop().create_task(
+                self._storage.lock_release(self.lock_name, token))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
         self._valid_until = started + self.lease_s
         self._set_state(LeaderState(self.node_id, True, token), "acquired the lock")
 

@@ -34,14 +34,32 @@ def check_rows(rows: Sequence[Row], limits: LimitsConfig) -> None:
             code="too_many_items",
         )
     max_key, max_value = limits.max_key_bytes, limits.max_value_bytes
+    total = 0
     for i, row in enumerate(rows):
         if not row.key:
             raise InvalidInputError(f"item {i}: key must not be empty", code="empty_key")
-        if _utf8_len(row.key, f"item {i}: key") > max_key:
+        key_bytes = _utf8_len(row.key, f"item {i}: key")
+        if key_bytes > max_key:
             raise TooLargeError(f"item {i}: key is over {max_key} bytes", code="key_too_large")
-        if _utf8_len(row.value, f"item {i}: value") > max_value:
+        value_bytes = _utf8_len(row.value, f"item {i}: value")
+        if value_bytes > max_value:
             raise TooLargeError(f"item {i}: value is over {max_value} bytes",
                                 code="value_too_large")
+        total += key_bytes + value_bytes + len(row.id) + WIRE_ITEM_FRAMING
+    # The same request must fit one peer frame on its way to the leader.
+    if total > limits.max_request_bytes:
+        raise TooLargeError(f"the request is about {total} bytes on the wire; the limit is "
+                            f"{limits.max_request_bytes}", code="too_large")
+
+
+# msgpack framing of one item on the peer link: array and string headers, flags.
+WIRE_ITEM_FRAMING = 16
+
+
+def wire_bytes(rows: Sequence[Row]) -> int:
+    """About the rows' size in a peer frame (characters; exact for ASCII)."""
+    return sum(len(r.key) + len(r.value) + len(r.id) for r in rows) + WIRE_ITEM_FRAMING * len(
+        rows)
 
 
 class IdSource:

@@ -152,7 +152,9 @@ async def _get(request: web.Request) -> web.Response:
     if not key:
         raise InvalidInputError("query parameter key is required")
     raw = request.query.get("limit", "1")
-    limit: Any = raw if raw in ("all", "oldest") else (int(raw) if raw.isdigit() else raw)
+    limit: Any = raw
+    if raw.isascii() and raw.isdigit() and len(raw) <= 9:
+        limit = int(raw)
     items = await _store(request).get(key, limit)
     return _reply(request, {
         "key": key,
@@ -255,8 +257,10 @@ async def _peer(request: web.Request) -> web.StreamResponse:
     store = _store(request)
     try:
         # Checked before the upgrade: a stranger never gets to send a frame.
-        check_bearer(request.headers.get("Authorization"), store.config.peer_secret,
-                     "peer secret")
+        # Without a peer secret, the API token (if any) guards the peer link too:
+        # otherwise anyone could write through it past the token.
+        check_bearer(request.headers.get("Authorization"),
+                     store.config.peer_secret or store.config.api_token, "peer secret")
     except DstoreError:
         log.warning("node %s: refused a peer link from %s: bad or missing peer secret",
                     store.node_id, request.remote)

@@ -18,7 +18,13 @@ from collections.abc import Sequence
 import aiohttp
 
 from . import protocol
-from .errors import DstoreError, UnauthorizedError, UnavailableError, error_from_code
+from .errors import (
+    DstoreError,
+    ProtocolError,
+    UnauthorizedError,
+    UnavailableError,
+    error_from_code,
+)
 from .metrics import Metrics
 from .types import Row, Timestamp
 
@@ -109,7 +115,10 @@ class _Connection:
                 start = 0
                 while start < len(outbox):
                     end, size = start, 0
-                    while end < len(outbox) and (end == start or size < FRAME_TARGET_BYTES):
+                    # A request joins the frame only if the frame stays under the target.
+                    while end < len(outbox) and (
+                        end == start or size + outbox[end][2] <= FRAME_TARGET_BYTES
+                    ):
                         size += outbox[end][2]
                         end += 1
                     frame = protocol.encode_puts(
@@ -141,6 +150,8 @@ class _Connection:
                             fut.set_result([Timestamp(t) for t in stamps])
                 elif kind == protocol.ERROR:
                     for rid, code, message, retry_after in frame[1]:
+                        if type(code) is not str or type(message) is not str:
+                            raise ProtocolError("error entries are [id, code, message, retry]")
                         fut = self._pending.pop(rid, None)
                         if fut is not None and not fut.done():
                             fut.set_exception(error_from_code(code, message, retry_after))
@@ -235,7 +246,8 @@ class PeerLink:
             return self._conn
 
     async def _connect(self, leader: str) -> _Connection:
-        assert self._session is not None, "PeerLink.start() was not called"
+        if self._session is None or self._session.closed:
+            raise LinkDown("this node's peer link is closed (stopping)")
         url = f"{self._scheme}://{leader}{PEER_PATH}"
         try:
             ws = await self._session.ws_connect(
@@ -252,7 +264,8 @@ class PeerLink:
             raise LinkDown(f"cannot reach leader {leader}: {exc!r}") from None
         try:
             await ws.send_bytes(protocol.encode_hello(self.node_id))
-            msg = await asyncio.wait_for(ws.receive(), CONNECT_TIMEOUT_S)
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                msg = await ws.receive()
             if msg.type != aiohttp.WSMsgType.BINARY:
                 raise LinkDown(f"leader {leader} closed the link at hello ({msg.type.name})")
             frame = protocol.decode(msg.data, self.max_frame_bytes)
@@ -265,5 +278,8 @@ class PeerLink:
             if isinstance(exc, DstoreError):
                 raise
             raise LinkDown(f"hello to {leader} failed: {exc!r}") from None
+        except BaseException:  # cancelled by the caller's deadline: do not leak the socket
+            await asyncio.shield(ws.close())
+            raise
         log.info("node %s: connected to leader %s", self.node_id, leader)
         return _Connection(leader, ws, self)

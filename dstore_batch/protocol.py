@@ -107,7 +107,7 @@ def decode(data: bytes, max_bytes: int) -> list[Any]:
             if type(entry) is not list or len(entry) < 2 or type(entry[0]) is not int:
                 raise ProtocolError("each entry must be an array that starts with a request id")
     elif kind == FATAL:
-        if len(frame) != 3:
+        if len(frame) != 3 or type(frame[1]) is not str or type(frame[2]) is not str:
             raise ProtocolError("fatal must be [5, code, message]")
     else:
         raise ProtocolError(f"unknown frame type {kind}")

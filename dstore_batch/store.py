@@ -27,13 +27,13 @@ from .errors import (
     NoLeaderError,
     UnavailableError,
 )
-from .limits import check_rows, rows_from_items
+from .limits import check_rows, rows_from_items, wire_bytes
 from .metrics import Metrics
 from .peer import PeerLink
 from .security import client_ssl, server_ssl
 from .storage import open_storage
 from .storage.base import HistoryLimit, Storage, check_limit
-from .types import HistoryItem, PutResult, Row, Timestamp
+from .types import NO_APPEND_ID, HistoryItem, PutResult, Row, Timestamp
 
 __all__ = ["Store"]
 
@@ -65,7 +65,8 @@ class Store:
         )
         self.peer = PeerLink(
             config.node_id, self.metrics, max_frame_bytes=config.limits.max_request_bytes + 65536,
-            secret=config.peer_secret, scheme=config.scheme, ssl_context=client_ssl(config),
+            secret=config.peer_secret or config.api_token, scheme=config.scheme,
+            ssl_context=client_ssl(config),
             inflight_bytes=config.batch.follower_inflight_bytes,
         )
         self._runner: web.AppRunner | None = None
@@ -83,6 +84,15 @@ class Store:
         # The HTTP app needs Store; imported late on purpose.
         from .node import make_app, make_metrics_app
 
+        try:
+            await self._start_parts(make_app, make_metrics_app)
+        except BaseException:
+            self._state = "running"  # so that stop() tears down what did start
+            await self.stop()
+            raise
+        self._state = "running"
+
+    async def _start_parts(self, make_app: Any, make_metrics_app: Any) -> None:
         await self.storage.start()
         await self.peer.start()
         self.election.add_listener(self._on_leader_change)
@@ -100,7 +110,6 @@ class Store:
             await web.TCPSite(self._metrics_runner, host, config.metrics_port,
                               ssl_context=server_ssl(config)).start()
         await self.election.start()
-        self._state = "running"
 
     async def stop(self) -> None:
         """Stop cleanly (SIGTERM): lose no acked put, hand leadership over at once.
@@ -242,7 +251,7 @@ class Store:
     async def _submit(self, rows: Sequence[Row], timeout: float) -> list[Timestamp]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        nbytes = sum(len(r.key) + len(r.value) for r in rows)
+        nbytes = wire_bytes(rows)
         sent = False  # once sent, a deadline means "outcome unknown", not "not written"
         attempt = 0
         last_error: DstoreError | None = None
@@ -253,6 +262,8 @@ class Store:
             state = self.election.state
             try:
                 if state.is_leader:
+                    if sent:
+                        rows = _kept(rows)
                     future = self.submit_local(rows)
                     sent = True
                     return await _until(deadline, future)
@@ -270,6 +281,7 @@ class Store:
                 try:
                     if sent:
                         self.metrics.resends.inc()
+                        rows = _kept(rows)
                     sent = True
                     return await _until(deadline, conn.request(rows, nbytes))
                 finally:
@@ -304,3 +316,10 @@ async def _until(deadline: float, awaitable: Awaitable[T]) -> T:
     swallow a cancellation that arrives as the awaited thing finishes)."""
     async with asyncio.timeout_at(deadline):
         return await awaitable
+
+
+def _kept(rows: Sequence[Row]) -> list[Row]:
+    """Rows to re-send after an attempt that may have committed them: marked ``keep``, so
+    the leader keeps a copy already stored (and acks its first timestamp) instead of
+    writing it again with a later one."""
+    return [r if r.keep or r.id == NO_APPEND_ID else r._replace(keep=True) for r in rows]

@@ -198,3 +198,53 @@ async def test_follower_budget_makes_producers_wait(make_config: Callable[..., C
         assert 0 < peak <= 4096 + 5 * 104  # never more than the budget (plus one request)
     finally:
         await stop(stores)
+
+
+async def test_peer_link_needs_the_api_token_when_no_secret(
+    make_config: Callable[..., Config],
+) -> None:
+    stores = await cluster([make_config(api_token=TOKEN) for _ in range(2)])
+    try:
+        leader = next(s for s in stores if s.is_leader)
+        follower = next(s for s in stores if not s.is_leader)
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await http.ws_connect(f"http://{leader.node_id}/v1/peer")
+            assert info.value.status == 401
+        assert (await follower.put("k", "v")).timestamp > 0  # members present the token
+    finally:
+        await stop(stores)
+
+
+async def test_odd_input_gets_400_not_500(make_config: Callable[..., Config]) -> None:
+    from dstore_batch import TooLargeError
+    from dstore_batch.config import LimitsConfig
+
+    stores = await cluster([make_config(limits=LimitsConfig(max_request_bytes=10_000))
+                            for _ in range(2)])
+    node = stores[1]
+    try:
+        async with aiohttp.ClientSession() as http:
+            for limit in ("²", "9" * 5000, "-1", "1.5"):
+                async with http.get(f"http://{node.node_id}/v1/get",
+                                    params={"key": "k", "limit": limit}) as resp:
+                    assert resp.status == 400, limit
+        with pytest.raises(TooLargeError) as info:  # fits every item limit, not one frame
+            await node.put_many([(f"k{i}", "v" * 900) for i in range(20)])
+        assert info.value.code == "too_large"
+    finally:
+        await stop(stores)
+
+
+async def test_failed_start_cleans_up(make_config: Callable[..., Config]) -> None:
+    import socket
+
+    config = make_config()
+    with socket.socket() as taken:
+        host, port = config.listen_host_port
+        taken.bind((host, port))
+        taken.listen()
+        store = Store(config)
+        with pytest.raises(OSError):
+            await store.start()
+    assert store._state == "stopped"

@@ -3,9 +3,9 @@
 The google-cloud-spanner client is synchronous (gRPC under the hood). Every call runs in
 a thread pool through ``loop.run_in_executor``, so the event loop never blocks on it:
 
-- all read-write transactions (batch commits and lock writes) go through ONE writer
-  thread per ``commit_threads`` slot, so a node never races its own transactions (the
-  emulator aborts concurrent read-write transactions and the client then sleeps);
+- batch commits go through ``commit_threads`` writer threads (one by default), so a
+  node never races its own commits (the emulator aborts concurrent read-write
+  transactions); lock writes have one thread of their own;
 - strong reads use a separate small pool and never wait behind a commit.
 """
 
@@ -125,6 +125,10 @@ class SpannerStorage:
         self.lock_table = lock_table
         self._commit_timeout_s = commit_timeout_s
         self._writer = ThreadPoolExecutor(commit_threads, thread_name_prefix="spanner-rw")
+        # Lock writes on a thread of their own, in order: a heartbeat must not wait
+        # behind a slow commit until the lease runs out. On the emulator one may abort
+        # the other now and then; the client retries that after 20 ms.
+        self._locker = ThreadPoolExecutor(1, thread_name_prefix="spanner-lock")
         self._reader = ThreadPoolExecutor(4, thread_name_prefix="spanner-ro")
         self._db: Any = None
         self._client: Any = None
@@ -139,8 +143,15 @@ class SpannerStorage:
         self._db = await self._run(self._reader, connect)
 
     async def close(self) -> None:
-        self._writer.shutdown(wait=True, cancel_futures=True)
-        self._reader.shutdown(wait=True, cancel_futures=True)
+        def shutdown() -> None:
+            for pool in (self._writer, self._locker, self._reader):
+                pool.shutdown(wait=True, cancel_futures=True)
+            # Not Database.close(): in 3.71 it joins the session manager's maintenance
+            # thread, which sleeps for minutes (a test hung on it). client.close() below
+            # closes the channels; that thread is a daemon.
+
+        # Off the event loop: a call still running in a pool may take a while to end.
+        await asyncio.to_thread(shutdown)
         if self._client is not None:
             self._client.close()
 
@@ -264,7 +275,7 @@ class SpannerStorage:
             )
 
         try:
-            _, ts = await self._run(self._writer, self._transact, work)
+            _, ts = await self._run(self._locker, self._transact, work)
         except gexc.AlreadyExists:
             return None
         return ts
@@ -301,7 +312,7 @@ class SpannerStorage:
             return True
 
         try:
-            won, ts = await self._run(self._writer, self._transact, work)
+            won, ts = await self._run(self._locker, self._transact, work)
         except gexc.AlreadyExists:
             return None
         return ts if won else None
@@ -330,7 +341,7 @@ class SpannerStorage:
             )
             return bool(counts) and counts[0] == 1
 
-        held, _ = await self._run(self._writer, self._transact, work)
+        held, _ = await self._run(self._locker, self._transact, work)
         return held
 
     async def lock_release(self, name: str, token: Timestamp) -> bool:
@@ -344,7 +355,7 @@ class SpannerStorage:
         def work(txn: Any) -> bool:
             return txn.execute_update(sql, params=params, param_types=types) == 1
 
-        released, _ = await self._run(self._writer, self._transact, work)
+        released, _ = await self._run(self._locker, self._transact, work)
         return released
 
 

@@ -62,7 +62,8 @@ class SQLiteStorage:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoint; WAL survives crashes
+        # FULL: an acked commit survives a power loss, not only a process crash.
+        conn.execute("PRAGMA synchronous = FULL")
         return conn
 
     async def start(self) -> None:
@@ -161,7 +162,7 @@ class SQLiteStorage:
 
         try:
             return await self._run(self._reader, read)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OverflowError) as exc:
             raise UnavailableError(f"read failed: {exc}") from exc
 
     # -- lock table ----------------------------------------------------------------------
@@ -234,10 +235,11 @@ def _write_txn(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # also after a failed COMMIT: never leave one open
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def _next_timestamp(c: sqlite3.Connection) -> Timestamp:
