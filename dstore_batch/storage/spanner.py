@@ -3,9 +3,9 @@
 The google-cloud-spanner client is synchronous (gRPC under the hood). Every call runs in
 a thread pool through ``loop.run_in_executor``, so the event loop never blocks on it:
 
-- batch commits go through ``commit_threads`` writer threads (one by default), so a
-  node never races its own commits (the emulator aborts concurrent read-write
-  transactions); lock writes have one thread of their own;
+- all read-write transactions (batch commits and lock writes) go through
+  ``commit_threads`` writer threads (one by default), so a node never races its own
+  transactions (the emulator fails or aborts concurrent read-write transactions);
 - strong reads use a separate small pool and never wait behind a commit.
 """
 
@@ -125,10 +125,13 @@ class SpannerStorage:
         self.lock_table = lock_table
         self._commit_timeout_s = commit_timeout_s
         self._writer = ThreadPoolExecutor(commit_threads, thread_name_prefix="spanner-rw")
-        # Lock writes on a thread of their own, in order: a heartbeat must not wait
-        # behind a slow commit until the lease runs out. On the emulator one may abort
-        # the other now and then; the client retries that after 20 ms.
-        self._locker = ThreadPoolExecutor(1, thread_name_prefix="spanner-lock")
+        # Lock writes share the commit thread. A thread of their own was tried: on the
+        # emulator a heartbeat running beside a commit makes one of them fail with
+        # "Invalid transaction ID" (not an abort the client retries), which failed
+        # commits in CI. Sharing costs a heartbeat at most one commit's wait; a leader
+        # whose heartbeats stall past the lease steps down on its own (Election.state),
+        # and its commits are fenced.
+        self._locker = self._writer
         self._reader = ThreadPoolExecutor(4, thread_name_prefix="spanner-ro")
         self._db: Any = None
         self._client: Any = None
@@ -144,7 +147,7 @@ class SpannerStorage:
 
     async def close(self) -> None:
         def shutdown() -> None:
-            for pool in (self._writer, self._locker, self._reader):
+            for pool in (self._writer, self._reader):
                 pool.shutdown(wait=True, cancel_futures=True)
             # Not Database.close(): in 3.71 it joins the session manager's maintenance
             # thread, which sleeps for minutes (a test hung on it). client.close() below
