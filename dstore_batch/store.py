@@ -29,6 +29,7 @@ from .errors import (
 )
 from .limits import check_rows, rows_from_items, wire_bytes
 from .metrics import Metrics
+from .node import make_app, make_metrics_app
 from .peer import PeerLink
 from .security import client_ssl, server_ssl
 from .storage import open_storage
@@ -81,18 +82,15 @@ class Store:
         if self._state != "new":
             raise RuntimeError(f"Store.start() called on a {self._state} store")
         self._state = "starting"
-        # The HTTP app needs Store; imported late on purpose.
-        from .node import make_app, make_metrics_app
-
         try:
-            await self._start_parts(make_app, make_metrics_app)
+            await self._start_parts()
         except BaseException:
             self._state = "running"  # so that stop() tears down what did start
             await self.stop()
             raise
         self._state = "running"
 
-    async def _start_parts(self, make_app: Any, make_metrics_app: Any) -> None:
+    async def _start_parts(self) -> None:
         await self.storage.start()
         await self.peer.start()
         self.election.add_listener(self._on_leader_change)
