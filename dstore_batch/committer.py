@@ -52,7 +52,6 @@ class Committer:
         self._commits: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._accepting = False
-        self.commit_count = 0
 
     # -- intake ----------------------------------------------------------------------
 
@@ -157,7 +156,6 @@ class Committer:
             for request in batch.requests():
                 request.fail(error)
         else:
-            self.commit_count += 1
             m.commits.labels("ok").inc()
             m.commit_rows.observe(len(batch.rows))
             m.commit_bytes.observe(batch.nbytes)

@@ -67,7 +67,6 @@ class Election:
         self._listeners: list[Callable[[LeaderState, LeaderState], None]] = []
         self._candidate = True  # False after resign(): follow, never take the lock
         self._background: set[asyncio.Task[bool]] = set()
-        self.check_failures = 0
 
     # -- cached state (no I/O) -----------------------------------------------------
 
@@ -175,7 +174,6 @@ class Election:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.check_failures += 1
                 self._metrics.election_check_failures.inc()
                 log.warning("node %s: election check failed: %r", self.node_id, exc)
                 _ = self.state  # steps down if the lease ran out meanwhile
