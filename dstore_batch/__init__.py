@@ -1,25 +1,35 @@
 """dstore_batch: a Spanner-backed, append-only key/value store for the pods of a
 Kubernetes Deployment, with writes funnelled through one elected leader in batches."""
 
-from .client import Client, SyncClient
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .config import BatchConfig, Config, LimitsConfig
 from .errors import (
     BusyError,
     CommitError,
     DeadlineExceededError,
     DstoreError,
+    InternalError,
     InvalidInputError,
+    LinkDownError,
+    LinkLostError,
     NoLeaderError,
     NotLeaderError,
     OutcomeUnknownError,
     ProtocolError,
+    ReadError,
     RejectedError,
     TooLargeError,
     UnauthorizedError,
     UnavailableError,
 )
-from .store import Store
 from .types import HistoryItem, PutResult, Timestamp
+
+if TYPE_CHECKING:
+    from .client import Client, SyncClient
+    from .server.node import Store
 
 __all__ = [
     "BatchConfig",
@@ -30,13 +40,17 @@ __all__ = [
     "DeadlineExceededError",
     "DstoreError",
     "HistoryItem",
+    "InternalError",
     "InvalidInputError",
     "LimitsConfig",
+    "LinkDownError",
+    "LinkLostError",
     "NoLeaderError",
     "NotLeaderError",
     "OutcomeUnknownError",
     "ProtocolError",
     "PutResult",
+    "ReadError",
     "RejectedError",
     "Store",
     "SyncClient",
@@ -45,3 +59,15 @@ __all__ = [
     "UnauthorizedError",
     "UnavailableError",
 ]
+
+# Store and the clients pull in aiohttp; loaded on first use, so that importing
+# dstore_batch.core (or the errors and types) stays free of the network stack.
+_LAZY = {"Store": "server.node", "Client": "client", "SyncClient": "client"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

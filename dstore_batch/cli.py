@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import BatchConfig, Config, LimitsConfig
-from .ddl import DEFAULT_LOCK_TABLE, DEFAULT_LOG_TABLE, render_ddl
-from .logs import setup_logging
+from .observability.logs import setup_logging
+from .storage.ddl import DEFAULT_LOCK_TABLE, DEFAULT_LOG_TABLE, render_ddl
 
 __all__ = ["main"]
 
@@ -41,6 +41,15 @@ def _table_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--log-table", DEFAULT_LOG_TABLE, help="log table")
 
 
+def _database_flags(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--database", help="projects/P/instances/I/databases/D, or sqlite:///FILE")
+    _table_flags(p)
+    # The Spanner client's own variable is honoured too: it is what gcloud's docs set.
+    _flag(p, "--emulator-host", os.environ.get("SPANNER_EMULATOR_HOST"),
+          help="host:port of a Spanner emulator to use instead of Cloud Spanner "
+               "[also SPANNER_EMULATOR_HOST]")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dstore-batch",
@@ -53,8 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init-db", help="create the tables if missing (and, on the "
                        "emulator, the instance and database)")
-    _flag(p, "--database", help="projects/P/instances/I/databases/D", required=False)
-    _table_flags(p)
+    _database_flags(p)
 
     p = sub.add_parser("demo", help="a three-node cluster on this machine, a workload and "
                        "a failover")
@@ -63,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder for the database and node logs (default: temp)")
     p.add_argument("--seconds", type=float, default=12.0, help="workload duration")
     p.add_argument("--keep", action="store_true", help="leave the cluster running at the end")
+    _emulator_bin_flag(p)
 
     p = sub.add_parser("serve", help="run one node")
     _serve_flags(p)
@@ -92,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--start-at", type=float, required=True)
     p.add_argument("--out", required=True)
     return parser
+
+
+def _emulator_bin_flag(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--emulator-bin", help="emulator_main to start (default: PATH, then the Cloud "
+          "SDK root)")
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
@@ -130,7 +144,7 @@ def _client_command(args: argparse.Namespace) -> int:
 
 
 def _workload_flags(p: argparse.ArgumentParser) -> None:
-    from .bench.workload import WorkloadSpec
+    from .tools.bench.workload import WorkloadSpec
 
     spec = WorkloadSpec()
     p.add_argument("--producers", type=int, default=spec.producers,
@@ -147,6 +161,9 @@ def _bench_flags(p: argparse.ArgumentParser) -> None:
     _workload_flags(p)
     p.add_argument("--modes", default="direct,funnel,per-put,low-load",
                    help="comma list of direct, funnel, per-put, low-load, client")
+    _emulator_bin_flag(p)
+    p.add_argument("--emulator-host", default=None,
+                   help="with --database: the emulator that database is on")
     p.add_argument("--database", help="a real Spanner database (default: a fresh emulator "
                    "per mode, started by the benchmark)")
     p.add_argument("--max-batch-rows", type=int, default=_BATCH.max_rows)
@@ -164,8 +181,7 @@ def _bench_flags(p: argparse.ArgumentParser) -> None:
 def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--id", help="host:port that peers dial to reach this node")
     _flag(p, "--listen", help="host:port to bind (default: --id)")
-    _flag(p, "--database", help="projects/P/instances/I/databases/D")
-    _table_flags(p)
+    _database_flags(p)
     _flag(p, "--lock-name", "dstore", help="lock row name")
     _flag(p, "--lease-ms", 5000, type=int, help="election lease (min 1000)")
     _flag(p, "--put-timeout-ms", 30000, type=int, help="default per-put deadline")
@@ -206,6 +222,7 @@ def _config(args: argparse.Namespace) -> Config:
         lock_table=args.lock_table,
         lock_name=args.lock_name,
         log_table=args.log_table,
+        emulator_host=args.emulator_host or None,
         lease_s=int(args.lease_ms) / 1000,
         put_timeout_s=int(args.put_timeout_ms) / 1000,
         batch=BatchConfig(
@@ -232,7 +249,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 async def _serve(config: Config) -> None:
-    from .store import Store
+    from .server.node import Store
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -247,14 +264,16 @@ async def _serve(config: Config) -> None:
     log.info("node %s stopped", config.node_id)
 
 
-def _init_db(database: str, lock_table: str, log_table: str) -> list[str]:
+def _init_db(database: str, lock_table: str, log_table: str,
+             emulator_host: str | None) -> list[str]:
     from .storage.sqlite import sqlite_path
 
     if sqlite_path(database) is not None:
         return []  # the embedded backend creates its tables when it opens the file
     from .storage.admin import init_database
 
-    return init_database(database, lock_table=lock_table, log_table=log_table)
+    return init_database(database, lock_table=lock_table, log_table=log_table,
+                         emulator_host=emulator_host)
 
 
 def _run(coro: Any) -> None:
@@ -285,23 +304,24 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "init-db":
         if not args.database:
             raise SystemExit("init-db needs --database projects/P/instances/I/databases/D")
-        created = _init_db(args.database, args.lock_table, args.log_table)
+        created = _init_db(args.database, args.lock_table, args.log_table,
+                           args.emulator_host or None)
         print("created: " + (", ".join(created) if created else "nothing (tables exist)"))
         return 0
     if args.command == "demo":
-        from .demo import run_demo
+        from .tools.demo import run_demo
 
         return run_demo(backend=args.backend, data_dir=args.data_dir, keep=args.keep,
-                        seconds=args.seconds)
+                        seconds=args.seconds, emulator_bin=args.emulator_bin)
     if args.command in ("put", "get", "leader"):
         return _client_command(args)
     if args.command == "bench":
-        from .bench.runner import run_bench
+        from .tools.bench.runner import run_bench
 
         return run_bench(args)
     if args.command == "bench-node":
-        from .bench.funnel_node import run_node
-        from .bench.workload import WorkloadSpec
+        from .tools.bench.funnel_node import run_node
+        from .tools.bench.workload import WorkloadSpec
 
         spec = WorkloadSpec(producers=args.producers, value_size=args.value_size, mix=args.mix,
                             many_size=args.many_size, warmup_s=args.warmup_s,
@@ -311,7 +331,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "serve":
         config = _config(args)
         if str(args.init_db).lower() in ("1", "true", "yes"):
-            _init_db(config.database, config.lock_table, config.log_table)
+            _init_db(config.database, config.lock_table, config.log_table,
+                     config.emulator_host)
         _run(_serve(config))
         return 0
     return 2

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-
-from .ddl import DEFAULT_LOCK_TABLE, DEFAULT_LOG_TABLE, check_table_name
 
 __all__ = [
     "DEFAULT_LEASE_S",
+    "DEFAULT_LOCK_TABLE",
+    "DEFAULT_LOG_TABLE",
     "SPANNER_MAX_COMMIT_BYTES",
     "SPANNER_MAX_MUTATIONS",
     "BatchConfig",
     "Config",
     "LimitsConfig",
+    "check_table_name",
 ]
 
 DEFAULT_LEASE_S = 5.0
+DEFAULT_LOCK_TABLE = "locktable"
+DEFAULT_LOG_TABLE = "logtable"
 MIN_LEASE_S = 1.0
 
 # Spanner's per-commit limits. The emulator enforces neither, so we must.
@@ -24,6 +28,16 @@ SPANNER_MAX_COMMIT_BYTES = 100_000_000
 LOG_TABLE_COLUMNS = 5  # id, key, value, leader, timestamp: one mutation each
 # Per-row bytes we count beyond key and value: id, leader and framing.
 ROW_OVERHEAD_BYTES = 96
+
+
+_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
+
+
+def check_table_name(name: str) -> str:
+    """Spanner identifiers only: table names are spliced into SQL text."""
+    if not _IDENT.match(name):
+        raise ValueError(f"invalid table name {name!r}: use letters, digits and _")
+    return name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,6 +99,9 @@ class Config:
     lock_table: str = DEFAULT_LOCK_TABLE
     lock_name: str = "dstore"
     log_table: str = DEFAULT_LOG_TABLE
+    # host:port of a Spanner emulator: the Spanner client then connects there, without
+    # TLS or credentials. Passed explicitly; nothing reads SPANNER_EMULATOR_HOST but cli.
+    emulator_host: str | None = None
     lease_s: float = DEFAULT_LEASE_S
     put_timeout_s: float = 30.0  # default per-call deadline
     metrics_port: int | None = None  # a second port serving only /metrics

@@ -1,10 +1,11 @@
 """The exception tree of dstore_batch.
 
-Every error carries a stable wire ``code`` (sent in frames and HTTP bodies) and the
-HTTP status it maps to. Callers branch on the three middle classes::
+Every error a caller can see is one of these classes. Each carries a stable wire
+``code`` (sent in frames and HTTP bodies) and the HTTP status it maps to. Callers
+branch on the three middle classes::
 
     DstoreError
-    ├── RejectedError            the request was refused; nothing of it was written
+    ├── RejectedError            refused as it stands; nothing of it was written
     │   ├── InvalidInputError      code "invalid"          HTTP 400
     │   │                          (or "empty_key", "invalid_utf8", "invalid_id")
     │   ├── TooLargeError          code "too_large"        HTTP 413
@@ -15,16 +16,23 @@ HTTP status it maps to. Callers branch on the three middle classes::
     ├── UnavailableError         not written; safe to retry (same ids or new)
     │   ├── NotLeaderError         code "not_leader"       HTTP 503
     │   ├── BusyError              code "busy"             HTTP 503 + Retry-After
-    │   └── NoLeaderError          code "no_leader"        HTTP 503
+    │   ├── NoLeaderError          code "no_leader"        HTTP 503
+    │   ├── LinkDownError          code "link_down"        (follower: leader not reached)
+    │   └── ReadError              code "read_failed"      HTTP 503 (a read failed)
     └── OutcomeUnknownError      may or may not be written; retry with the SAME ids
         ├── DeadlineExceededError  code "deadline"         HTTP 504
-        └── CommitError            code "commit_failed"    HTTP 504
+        ├── CommitError            code "commit_failed"    HTTP 504
+        ├── LinkLostError          code "link_lost"        (follower: link dropped
+        │                                                   after the request was sent)
+        └── InternalError          code "internal"         HTTP 500 (a bug on a node)
 
 ``OutcomeUnknownError`` is safe to retry with the same row ids: writes are
 ``insert_or_update`` on ``(key, id)``, so a retry can never duplicate a row.
 
 The class says what a caller should do; ``code`` may be more specific than the class's
-default (each input limit has its own code, so each violation is counted apart).
+default (each input limit has its own code, so each violation is counted apart). A
+code this version does not know (from a newer peer) becomes an ``OutcomeUnknownError``:
+the safe reading of an answer that cannot be understood.
 """
 
 from __future__ import annotations
@@ -34,11 +42,15 @@ __all__ = [
     "CommitError",
     "DeadlineExceededError",
     "DstoreError",
+    "InternalError",
     "InvalidInputError",
+    "LinkDownError",
+    "LinkLostError",
     "NoLeaderError",
     "NotLeaderError",
     "OutcomeUnknownError",
     "ProtocolError",
+    "ReadError",
     "RejectedError",
     "TooLargeError",
     "UnauthorizedError",
@@ -48,12 +60,10 @@ __all__ = [
 
 
 class DstoreError(Exception):
-    """Base class of every error raised by dstore_batch."""
+    """Base class of every error raised by dstore_batch (never raised itself)."""
 
-    code = "internal"
+    code = "error"
     http_status = 500
-    retriable = False
-    counted = False  # set once a node's metrics counted this error
 
     def __init__(
         self, message: str = "", *, retry_after: float | None = None, code: str | None = None
@@ -80,11 +90,15 @@ class RejectedError(DstoreError):
 
 
 class InvalidInputError(RejectedError):
+    """Malformed input: a bad key, value, id, limit or body."""
+
     code = "invalid"
     http_status = 400
 
 
 class TooLargeError(RejectedError):
+    """Over a configured size limit."""
+
     code = "too_large"
     http_status = 413
 
@@ -108,19 +122,36 @@ class UnavailableError(DstoreError):
 
     code = "unavailable"
     http_status = 503
-    retriable = True
 
 
 class NotLeaderError(UnavailableError):
+    """The node asked to commit does not lead (any more)."""
+
     code = "not_leader"
 
 
 class BusyError(UnavailableError):
+    """A queue or buffer is full; retry after ``retry_after``."""
+
     code = "busy"
 
 
 class NoLeaderError(UnavailableError):
+    """No leader took the request before its deadline."""
+
     code = "no_leader"
+
+
+class LinkDownError(UnavailableError):
+    """The follower could not reach the leader; the request was never sent."""
+
+    code = "link_down"
+
+
+class ReadError(UnavailableError):
+    """A read from the database failed; nothing was written by it."""
+
+    code = "read_failed"
 
 
 class OutcomeUnknownError(DstoreError):
@@ -128,10 +159,11 @@ class OutcomeUnknownError(DstoreError):
 
     code = "outcome_unknown"
     http_status = 504
-    retriable = True
 
 
 class DeadlineExceededError(OutcomeUnknownError):
+    """No answer before the caller's deadline, after the request was sent."""
+
     code = "deadline"
 
 
@@ -139,28 +171,47 @@ class CommitError(OutcomeUnknownError):
     """The database failed a commit. ``transient`` ones are worth retrying."""
 
     code = "commit_failed"
-    transient = False
+
+    def __init__(
+        self, message: str = "", *, transient: bool = False, retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, code=code)
+        self.transient = transient
 
 
-_BY_CODE: dict[str, type[DstoreError]] = {
-    cls.code: cls
-    for cls in (
-        DstoreError,
-        RejectedError,
-        InvalidInputError,
-        TooLargeError,
-        UnauthorizedError,
-        ProtocolError,
-        UnavailableError,
-        NotLeaderError,
-        BusyError,
-        NoLeaderError,
-        OutcomeUnknownError,
-        DeadlineExceededError,
-        CommitError,
-    )
-}
+class LinkLostError(OutcomeUnknownError):
+    """The peer link dropped after the request was sent; re-send with the same ids."""
 
+    code = "link_lost"
+
+
+class InternalError(OutcomeUnknownError):
+    """An unexpected failure (a bug) on a node; what it did to the write is unknown."""
+
+    code = "internal"
+    http_status = 500
+
+
+_CLASSES: tuple[type[DstoreError], ...] = (
+    RejectedError,
+    InvalidInputError,
+    TooLargeError,
+    UnauthorizedError,
+    ProtocolError,
+    UnavailableError,
+    NotLeaderError,
+    BusyError,
+    NoLeaderError,
+    LinkDownError,
+    ReadError,
+    OutcomeUnknownError,
+    DeadlineExceededError,
+    CommitError,
+    LinkLostError,
+    InternalError,
+)
+_BY_CODE: dict[str, type[DstoreError]] = {cls.code: cls for cls in _CLASSES}
 
 # Specific codes and the class they belong to.
 DETAIL_CODES: dict[str, type[DstoreError]] = {
@@ -176,5 +227,5 @@ DETAIL_CODES: dict[str, type[DstoreError]] = {
 
 def error_from_code(code: str, message: str, retry_after: float | None = None) -> DstoreError:
     """Rebuild the typed error a peer or node reported by its wire code."""
-    cls = _BY_CODE.get(code) or DETAIL_CODES.get(code, DstoreError)
+    cls = _BY_CODE.get(code) or DETAIL_CODES.get(code, OutcomeUnknownError)
     return cls(message, retry_after=retry_after, code=code)

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dstore_batch.cluster import LocalCluster
+from dstore_batch.testing.cluster import LocalCluster
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,17 +39,15 @@ def main() -> int:
     folder = tempfile.mkdtemp(prefix="dstore-loadtest-")
     emulator = None
     if args.backend == "spanner":
-        from dstore_batch.emulator import Emulator
-        from dstore_batch.storage.admin import init_database
+        from dstore_batch.testing.emulator import Emulator
 
         emulator = Emulator().start()
-        os.environ.update(emulator.env())
-        database = "projects/lt-project/instances/lt-instance/databases/lt"
-        init_database(database, lock_table="locktable", log_table="logtable")
+        database = emulator.create_database("lt", project="lt-project", instance="lt-instance")
     else:
         database = f"sqlite:///{folder}/dstore.db"
     try:
-        with LocalCluster(database, 3, log_dir=folder) as cluster:
+        with LocalCluster(database, 3, log_dir=folder,
+                          emulator_host=emulator.host if emulator else None) as cluster:
             nodes = ",".join(n.url for n in cluster.nodes)
             cmd = [locust, "-f", str(HERE / "locustfile.py"), "--headless",
                    "-u", str(args.users), "-r", str(args.users), "-t", f"{args.seconds}s",

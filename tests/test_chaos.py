@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from test_multiprocess import lock_token, lost_or_changed
 
-from dstore_batch.cluster import LocalCluster, NodeProcess
+from dstore_batch.testing.cluster import LocalCluster, NodeProcess
 
 pytestmark = pytest.mark.multiprocess
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 from google.cloud import spanner
 
-from dstore_batch.emulator import Emulator, EmulatorNotFound, find_emulator
+from dstore_batch.testing.emulator import Emulator, EmulatorNotFound, find_emulator
 from dstore_batch.storage.spanner import parse_database_path
 
 
@@ -69,6 +69,6 @@ def test_missing_emulator_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -
         find_emulator()
     monkeypatch.delenv("DSTORE_EMULATOR_BIN")
     monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr("dstore_batch.emulator.DEFAULT_SDK_ROOT", "/nonexistent")
+    monkeypatch.setattr("dstore_batch.testing.emulator.DEFAULT_SDK_ROOT", "/nonexistent")
     with pytest.raises(EmulatorNotFound, match="apt-get install google-cloud-cli-spanner-emulator"):
         find_emulator()

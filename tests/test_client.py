@@ -17,7 +17,7 @@ import pytest
 from test_multiprocess import lost_or_changed
 
 from dstore_batch import Client, InvalidInputError, SyncClient
-from dstore_batch.cluster import LocalCluster, NodeProcess
+from dstore_batch.testing.cluster import LocalCluster, NodeProcess
 
 pytestmark = pytest.mark.multiprocess
 

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from dstore_batch.committer import Committer
+from dstore_batch.core.committer import Committer
 from dstore_batch.config import BatchConfig
 from dstore_batch.errors import CommitError, NotLeaderError
-from dstore_batch.metrics import Metrics
+from dstore_batch.observability.metrics import Metrics
 from dstore_batch.storage.base import Fence
 from dstore_batch.storage.spanner import SpannerStorage
 from dstore_batch.types import Row

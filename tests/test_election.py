@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from dstore_batch.election import Election
+from dstore_batch.core.election import Election
 from dstore_batch.storage.spanner import SpannerStorage
 
 LEASE_S = 1.0

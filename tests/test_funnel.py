@@ -13,7 +13,7 @@ import pytest
 
 from dstore_batch import Config, Store
 from dstore_batch.config import BatchConfig, LimitsConfig
-from dstore_batch.protocol import FATAL, encode_hello, encode_puts
+from dstore_batch.peerlink.protocol import FATAL, encode_hello, encode_puts
 from dstore_batch.types import Row, Timestamp
 
 

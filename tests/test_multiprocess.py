@@ -14,8 +14,8 @@ import pytest
 from google.cloud import spanner
 
 from dstore_batch import Config, Store
-from dstore_batch.cluster import LocalCluster
-from dstore_batch.emulator import free_port
+from dstore_batch.testing.cluster import LocalCluster
+from dstore_batch.testing.emulator import free_port
 from dstore_batch.storage import open_storage
 from dstore_batch.storage.spanner import parse_database_path
 from dstore_batch.storage.sqlite import sqlite_path

@@ -20,10 +20,10 @@ import aiohttp
 import pytest
 from prometheus_client import generate_latest
 
-from dstore_batch.cluster import LocalCluster
-from dstore_batch.emulator import free_port
-from dstore_batch.logs import JsonFormatter
-from dstore_batch.metrics import Metrics
+from dstore_batch.testing.cluster import LocalCluster
+from dstore_batch.testing.emulator import free_port
+from dstore_batch.observability.logs import JsonFormatter
+from dstore_batch.observability.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "dashboards" / "dstore-batch.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from dstore_batch import protocol
+from dstore_batch.peerlink import protocol
 from dstore_batch.errors import BusyError, ProtocolError
 from dstore_batch.types import Row
 

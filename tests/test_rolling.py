@@ -12,7 +12,7 @@ import pytest
 from test_chaos import TYPED, Load
 from test_multiprocess import lost_or_changed
 
-from dstore_batch.cluster import LocalCluster
+from dstore_batch.testing.cluster import LocalCluster
 
 pytestmark = pytest.mark.multiprocess
 

@@ -9,8 +9,8 @@ import pytest
 import dstore_batch
 from dstore_batch import errors
 from dstore_batch.config import BatchConfig, Config, LimitsConfig
-from dstore_batch.ddl import render_ddl
-from dstore_batch.limits import check_rows, rows_from_items
+from dstore_batch.storage.ddl import render_ddl
+from dstore_batch.core.items import check_rows, rows_from_items
 from dstore_batch.types import Row, Timestamp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +115,7 @@ def test_fast_mutation_encoding_matches_the_client() -> None:
 
 
 def test_row_ids_are_unique_hex() -> None:
-    from dstore_batch.limits import IdSource
+    from dstore_batch.core.items import IdSource
 
     ids = IdSource()
     drawn = [ids() for _ in range(10_000)]  # crosses many refills of the buffer

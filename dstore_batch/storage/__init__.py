@@ -26,4 +26,5 @@ def open_storage(config: Config) -> Storage:
         log_table=config.log_table,
         lock_table=config.lock_table,
         commit_threads=config.batch.max_inflight,
+        emulator_host=config.emulator_host,
     )

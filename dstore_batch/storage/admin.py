@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.cloud import spanner
 
-from ..ddl import ddl_statements
-from .spanner import parse_database_path
+from .ddl import ddl_statements
+from .spanner import parse_database_path, spanner_client
 
 __all__ = ["init_database"]
 
@@ -19,17 +17,16 @@ OPERATION_TIMEOUT_S = 120
 
 
 def init_database(
-    database: str, *, lock_table: str, log_table: str, create_missing: bool | None = None
+    database: str, *, lock_table: str, log_table: str, emulator_host: str | None = None
 ) -> list[str]:
     """Create whichever tables are missing; return the names of those created.
 
-    With ``create_missing`` (default: when SPANNER_EMULATOR_HOST is set) the instance and
-    database are created too. Safe to run any number of times.
+    On an emulator (``emulator_host``) the instance and database are created too. Safe
+    to run any number of times.
     """
-    if create_missing is None:
-        create_missing = bool(os.environ.get("SPANNER_EMULATOR_HOST"))
+    create_missing = emulator_host is not None
     project, instance_id, database_id = parse_database_path(database)
-    client = spanner.Client(project=project)
+    client = spanner_client(project, emulator_host)
     try:
         instance = client.instance(
             instance_id,

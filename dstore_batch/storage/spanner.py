@@ -20,17 +20,19 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import grpc
 from google.api_core import exceptions as gexc
 from google.api_core.datetime_helpers import DatetimeWithNanoseconds
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import spanner
 from google.cloud.spanner_v1 import Mutation, param_types
 from google.cloud.spanner_v1.keyset import KeyRange, KeySet
 
-from ..errors import CommitError, NotLeaderError, UnavailableError
+from ..errors import CommitError, NotLeaderError, ReadError
 from ..types import CommitResult, HistoryItem, Row, Timestamp
 from .base import Fence, HistoryLimit, LockState
 
-__all__ = ["SpannerStorage", "parse_database_path"]
+__all__ = ["SpannerStorage", "parse_database_path", "spanner_client"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,6 +68,15 @@ def parse_database_path(path: str) -> tuple[str, str, str]:
             f"database must look like projects/P/instances/I/databases/D, got {path!r}"
         )
     return parts[1], parts[3], parts[5]
+
+
+def spanner_client(project: str, emulator_host: str | None = None) -> Any:
+    """A Spanner client; with ``emulator_host``, one that talks to that emulator
+    (plain gRPC, anonymous credentials), whatever the environment says."""
+    if emulator_host is None:
+        return spanner.Client(project=project)
+    return spanner.Client(project=project, credentials=AnonymousCredentials(),
+                          client_options={"api_endpoint": emulator_host})
 
 
 def _insert_or_update_rows(txn: Any, table: str, rows: Sequence[Row], leader: str) -> None:
@@ -118,8 +129,10 @@ class SpannerStorage:
         lock_table: str = "locktable",
         commit_threads: int = 1,
         commit_timeout_s: float = 60.0,
+        emulator_host: str | None = None,
     ) -> None:
         self.database_path = database
+        self.emulator_host = emulator_host
         self.project, self.instance_id, self.database_id = parse_database_path(database)
         self.log_table = log_table
         self.lock_table = lock_table
@@ -140,7 +153,7 @@ class SpannerStorage:
 
     async def start(self) -> None:
         def connect() -> Any:
-            self._client = spanner.Client(project=self.project)
+            self._client = spanner_client(self.project, self.emulator_host)
             return self._client.instance(self.instance_id).database(self.database_id)
 
         self._db = await self._run(self._reader, connect)
@@ -200,13 +213,13 @@ class SpannerStorage:
         try:
             existing, ts = await self._run(self._writer, self._transact, work)
         except gexc.GoogleAPICallError as exc:
-            error = CommitError(f"commit of {len(rows)} rows failed: {exc.message}")
-            error.transient = isinstance(exc, TRANSIENT)
-            raise error from exc
-        except Exception as exc:  # grpc and retry-timeout errors are not all GoogleAPICallError
-            error = CommitError(f"commit of {len(rows)} rows failed: {exc!r}")
-            error.transient = True
-            raise error from exc
+            raise CommitError(f"commit of {len(rows)} rows failed: {exc.message}",
+                              transient=isinstance(exc, TRANSIENT)) from exc
+        except (gexc.RetryError, grpc.RpcError) as exc:
+            # A retry deadline inside the client, or a raw gRPC failure: the database
+            # or the network, worth another try. Anything else is a bug and propagates.
+            raise CommitError(f"commit of {len(rows)} rows failed: {exc!r}",
+                              transient=True) from exc
         if existing is None:
             raise NotLeaderError("lost the lock before this commit; nothing was written")
         return CommitResult(ts, existing)
@@ -244,7 +257,9 @@ class SpannerStorage:
         try:
             items = await self._run(self._reader, read)
         except gexc.GoogleAPICallError as exc:
-            raise UnavailableError(f"read failed: {exc.message}") from exc
+            raise ReadError(f"read failed: {exc.message}") from exc
+        except (gexc.RetryError, grpc.RpcError) as exc:
+            raise ReadError(f"read failed: {exc!r}") from exc
         return select_history(items, limit)
 
     # -- lock table (spindle's algorithm, fixed as in SPINDLE.md) -------------------

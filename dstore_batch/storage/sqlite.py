@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..ddl import check_table_name
-from ..errors import CommitError, NotLeaderError, UnavailableError
+from ..config import check_table_name
+from ..errors import CommitError, NotLeaderError, ReadError
 from ..types import CommitResult, HistoryItem, Row, Timestamp
 from .base import Fence, HistoryLimit, LockState
 
@@ -134,9 +134,9 @@ class SQLiteStorage:
         try:
             result = await self._write(work)
         except sqlite3.Error as exc:
-            error = CommitError(f"commit of {len(rows)} rows failed: {exc}")
-            error.transient = isinstance(exc, sqlite3.OperationalError)  # locked, busy, I/O
-            raise error from exc
+            # OperationalError: locked, busy, I/O; the rest (integrity, programming) repeat.
+            raise CommitError(f"commit of {len(rows)} rows failed: {exc}",
+                              transient=isinstance(exc, sqlite3.OperationalError)) from exc
         if result is None:
             raise NotLeaderError("lost the lock before this commit; nothing was written")
         return result
@@ -163,7 +163,7 @@ class SQLiteStorage:
         try:
             return await self._run(self._reader, read)
         except (sqlite3.Error, OverflowError) as exc:
-            raise UnavailableError(f"read failed: {exc}") from exc
+            raise ReadError(f"read failed: {exc}") from exc
 
     # -- lock table ----------------------------------------------------------------------
 

@@ -1,0 +1,302 @@
+"""`Client`: a producer outside the group, writing through the nodes' HTTP API.
+
+- Row ids are made here, before the first send, and sent with each item. A node keeps a
+  row already stored under (key, id), so re-sending after a lost reply, to any node,
+  stores it once and returns its original timestamp: exactly once.
+- Concurrent single `put`s are coalesced into `put_many` requests (up to ``linger_s``
+  and ``max_batch_items``); large `put_many`s are split under the server's limits.
+- Requests go round-robin over ``nodes``; connection errors, 503 (after Retry-After) and
+  504 are retried with the same ids on the next node until the caller's deadline.
+- Errors are the same typed errors `Store` raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+from collections.abc import Iterable, Sequence
+from typing import Any, Self
+
+import aiohttp
+import msgpack
+
+from ..core.items import new_id, parse_item
+from ..errors import (
+    DeadlineExceededError,
+    DstoreError,
+    InvalidInputError,
+    NoLeaderError,
+    OutcomeUnknownError,
+    RejectedError,
+    UnavailableError,
+    error_from_code,
+)
+from ..storage.base import HistoryLimit, check_limit
+from ..types import HistoryItem, PutResult, Timestamp
+
+__all__ = ["Client"]
+
+MSGPACK = "application/msgpack"
+BACKOFF_S = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class _Pending:
+    __slots__ = ("future", "item")
+
+    def __init__(self, item: dict[str, Any], future: asyncio.Future[PutResult]) -> None:
+        self.item = item
+        self.future = future
+
+
+class Client:
+    """An asyncio producer for a dstore-batch group. Use as ``async with Client([...])``."""
+
+    def __init__(
+        self,
+        nodes: Sequence[str],
+        *,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+        linger_s: float = 0.002,
+        max_batch_items: int = 1000,
+        max_batch_bytes: int = 4 * 1024 * 1024,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if not nodes:
+            raise ValueError("Client needs at least one node (host:port or URL)")
+        self.nodes = [n if "://" in n else f"http://{n}" for n in nodes]
+        self._rr = itertools.cycle(range(len(self.nodes)))
+        self._headers = {"Content-Type": MSGPACK, "Accept": MSGPACK}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self.timeout_s = timeout_s
+        self.linger_s = linger_s
+        self.max_batch_items = max_batch_items
+        self.max_batch_bytes = max_batch_bytes
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._session: aiohttp.ClientSession | None = None
+        self._pending: list[_Pending] = []
+        self._pending_bytes = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+        self.requests_sent = 0  # HTTP requests, retries included
+
+    async def __aenter__(self) -> Self:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256),
+            timeout=aiohttp.ClientTimeout(total=None, connect=2.0),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Send what is coalesced, wait for it, and close the connections."""
+        self._flush()
+        if self._sends:
+            await asyncio.gather(*self._sends, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- API ------------------------------------------------------------------------------
+
+    async def put(self, key: str, value: str, *, no_append: bool = False, id: str | None = None,
+                  timeout: float | None = None) -> PutResult:
+        """Append ``value`` to ``key``, coalesced with concurrent puts. Raises as Store.put."""
+        item = _wire_item(key, value, no_append, id)
+        future: asyncio.Future[PutResult] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(item, future))
+        self._pending_bytes += len(key) + len(value) + 64
+        if (len(self._pending) >= self.max_batch_items
+                or self._pending_bytes >= self.max_batch_bytes):
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(self.linger_s,
+                                                                       self._flush)
+        try:
+            async with asyncio.timeout(timeout or self.timeout_s):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                "no ack in time; the put may or may not be committed; put it again with "
+                f"id={item['id']!r} to be sure it is stored once"
+            ) from None
+
+    async def put_many(self, items: Iterable[Any], *, timeout: float | None = None
+                       ) -> list[PutResult]:
+        """Append many items (``(key, value[, no_append])`` or mappings with an optional
+        ``id``), split into requests under the batch limits; results in input order."""
+        prepared = [_from_caller(it, i) for i, it in enumerate(items)]
+        if not prepared:
+            raise InvalidInputError("a put needs at least one item")
+        deadline = asyncio.get_running_loop().time() + (timeout or self.timeout_s)
+        chunks = list(self._chunks(prepared))
+        parts = await asyncio.gather(*(self._put_chunk(c, deadline) for c in chunks),
+                                     return_exceptions=True)
+        errors = [p for p in parts if isinstance(p, BaseException)]
+        if not errors:
+            return [r for part in parts for r in part]  # type: ignore[union-attr]
+        if len(errors) == len(parts):
+            raise errors[0]
+        # Some chunks were written and some were not (or may not be): the whole call's
+        # outcome is unknown. Retrying with the same ids (give them in the items) is safe.
+        raise OutcomeUnknownError(
+            f"{len(parts) - len(errors)} of {len(parts)} requests were committed; the rest "
+            f"failed ({errors[0]!r}); put the items again with ids to store each once"
+        )
+
+    async def get(self, key: str, limit: HistoryLimit = 1, *, timeout: float | None = None
+                  ) -> list[HistoryItem]:
+        """A key's history (strong read on whichever node answers), newest first."""
+        try:
+            check_limit(limit)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+        deadline = asyncio.get_running_loop().time() + (timeout or self.timeout_s)
+        body = await self._call("GET", "/v1/get", {"key": key, "limit": str(limit)}, None,
+                                deadline, idempotent=True)
+        return [HistoryItem(i["id"], i["value"], Timestamp.parse(i["timestamp"]))
+                for i in body["items"]]
+
+    async def leader(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """What a node says about the leader: ``{"node", "leader", "is_leader"}``."""
+        deadline = asyncio.get_running_loop().time() + (timeout or self.timeout_s)
+        return await self._call("GET", "/v1/leader", None, None, deadline, idempotent=True)
+
+    # -- batching ---------------------------------------------------------------------------
+
+    def _chunks(self, items: list[dict[str, Any]]) -> Iterable[list[dict[str, Any]]]:
+        chunk: list[dict[str, Any]] = []
+        size = 0
+        for item in items:
+            n = len(item["key"]) + len(item["value"]) + 64
+            if chunk and (len(chunk) >= self.max_batch_items or size + n > self.max_batch_bytes):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(item)
+            size += n
+        if chunk:
+            yield chunk
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._pending:
+            return
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
+        task = asyncio.get_running_loop().create_task(self._send_coalesced(batch))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _send_coalesced(self, batch: list[_Pending]) -> None:
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        try:
+            results = await self._put_chunk([p.item for p in batch], deadline)
+        except RejectedError as exc:
+            if len(batch) == 1:
+                _settle(batch[0].future, exc)
+                return
+            # One bad item refuses the whole request: send each alone, so only the bad
+            # one fails (ids are fixed, so this cannot store anything twice).
+            await asyncio.gather(*(self._send_coalesced([p]) for p in batch))
+            return
+        except DstoreError as exc:
+            for p in batch:
+                _settle(p.future, exc)
+            return
+        except Exception as exc:  # never leave a caller waiting
+            for p in batch:
+                _settle(p.future, OutcomeUnknownError(f"client failure: {exc!r}"))
+            return
+        for p, r in zip(batch, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(r)
+
+    async def _put_chunk(self, items: list[dict[str, Any]], deadline: float) -> list[PutResult]:
+        body = await self._call("POST", "/v1/put_many", None, {"items": items}, deadline,
+                                idempotent=True)
+        return [PutResult(r["id"], Timestamp.parse(r["timestamp"])) for r in body["results"]]
+
+    # -- one request, retried -----------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, query: dict[str, str] | None,
+                    payload: Any, deadline: float, *, idempotent: bool) -> Any:
+        if self._session is None:
+            raise RuntimeError("use the Client as `async with Client(...)`")
+        loop = asyncio.get_running_loop()
+        data = msgpack.packb(payload) if payload is not None else None
+        sent = False
+        last: DstoreError | None = None
+        for attempt in itertools.count():
+            node = self.nodes[next(self._rr)]
+            if loop.time() >= deadline:
+                break
+            # Counted as sent from here on: a timeout or a cut connection may come after
+            # the node has the request; only a failed connect proves it never got it.
+            sent_before, sent = sent, True
+            try:
+                async with asyncio.timeout_at(deadline):
+                    self.requests_sent += 1
+                    async with self._session.request(method, node + path, params=query,
+                                                     data=data, headers=self._headers,
+                                                     ssl=self._ssl) as resp:
+                        raw = await resp.read()
+                        status = resp.status
+            except TimeoutError:
+                break
+            except aiohttp.ClientConnectorError as exc:  # never reached the node
+                sent = sent_before
+                last = UnavailableError(f"cannot connect to {node}: {exc}")
+            except (aiohttp.ClientError, OSError) as exc:  # cut off mid-request
+                sent = True
+                last = OutcomeUnknownError(f"connection to {node} failed: {exc!r}")
+            else:
+                body = _decode(raw, status)
+                if status == 200:
+                    return body
+                error = body.get("error", {}) if isinstance(body, dict) else {}
+                err = error_from_code(error.get("code", "internal"),
+                                      error.get("message", f"HTTP {status}"),
+                                      error.get("retry_after"))
+                if status not in (503, 504) or not idempotent:
+                    raise err
+                last = err
+            delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+            if last is not None and last.retry_after:
+                delay = max(delay, min(last.retry_after, 5.0))
+            await asyncio.sleep(max(0.0, min(delay, deadline - loop.time())))
+        why = f" (last error: {last.code}: {last.message})" if last else ""
+        if sent:
+            raise DeadlineExceededError(f"no answer in time; outcome unknown, retry with the "
+                                        f"same ids{why}")
+        raise NoLeaderError(f"no node answered in time; nothing written{why}")
+
+
+def _decode(raw: bytes, status: int) -> Any:
+    try:
+        return msgpack.unpackb(raw, raw=False)
+    except Exception:
+        return {"error": {"code": "internal", "message": f"HTTP {status}: undecodable reply"}}
+
+
+def _settle(future: asyncio.Future[PutResult], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _wire_item(key: str, value: str, no_append: bool, rid: str | None, index: int = 0
+               ) -> dict[str, Any]:
+    """A checked item as sent: with an id made here unless it is a no_append put."""
+    item = parse_item({"key": key, "value": value, "no_append": no_append, "id": rid}, index)
+    if item.no_append:
+        return {"key": item.key, "value": item.value, "no_append": True, "id": None}
+    return {"key": item.key, "value": item.value, "id": item.id or new_id()}
+
+
+def _from_caller(raw: Any, index: int) -> dict[str, Any]:
+    item = parse_item(raw, index)
+    return _wire_item(item.key, item.value, item.no_append, item.id, index)

@@ -1,0 +1,220 @@
+"""Drains the accumulator into storage: group commit, and a future per request.
+
+While one commit is in flight the next batch fills (group commit); ``linger_s`` adds a
+short wait for fuller batches; ``max_inflight`` commits may run at once. A failed commit
+fails exactly the requests with rows in it. If the drain task dies, every queued request
+is failed, so no caller waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from ..config import BatchConfig
+from ..errors import CommitError, DstoreError, InternalError, NotLeaderError
+from ..observability.metrics import Metrics
+from ..storage.base import Fence, Storage
+from ..types import CommitResult, Row, Timestamp
+from .accumulator import Accumulator, Batch, Request
+
+__all__ = ["Committer"]
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST_DELAY_S = 0.05
+RETRY_MAX_DELAY_S = 2.0
+RETRY_LIMIT_S = 30.0
+
+
+class Committer:
+    """The leader side of the write path: queue, batch, commit, resolve."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        config: BatchConfig,
+        *,
+        node_id: str,
+        fence: Callable[[], Fence | None],
+        metrics: Metrics,
+    ) -> None:
+        self._storage = storage
+        self._config = config
+        self._node_id = node_id
+        self._fence = fence
+        self._metrics = metrics
+        self._acc = Accumulator(config)
+        self._slots = asyncio.Semaphore(config.max_inflight)
+        self._commits: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._inflight = 0  # commits started and not finished
+        self._quiet = asyncio.Event()  # set while nothing is queued or committing
+        self._quiet.set()
+
+    # -- intake ----------------------------------------------------------------------
+
+    def submit(
+        self, rows: Sequence[Row], source: str = "local"
+    ) -> asyncio.Future[list[Timestamp]]:
+        """Queue rows for commit; the future gives each row's commit timestamp.
+
+        Raises:
+            NotLeaderError: this node is not accepting puts as leader.
+            BusyError: the queue is full.
+        """
+        if not self._accepting:
+            raise NotLeaderError("this node is not the leader")
+        future: asyncio.Future[list[Timestamp]] = asyncio.get_running_loop().create_future()
+        self._acc.add(Request(rows, future, source))
+        self._quiet.clear()
+        self._gauge()
+        return future
+
+    @property
+    def accepting(self) -> bool:
+        """Whether ``submit`` takes rows now (this node leads and is not draining)."""
+        return self._accepting
+
+    def _gauge(self) -> None:
+        self._metrics.queue_rows.set(self._acc.rows)
+        self._metrics.queue_bytes.set(self._acc.nbytes)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Start accepting and draining (on becoming leader)."""
+        self._accepting = True
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(), name=f"committer:{self._node_id}")
+            self._task.add_done_callback(self._drain_ended)
+
+    def close(self, exc: DstoreError | None = None) -> None:
+        """Stop accepting and fail what is queued (on losing leadership)."""
+        self._accepting = False
+        dropped = self._acc.fail_all(exc or NotLeaderError("leadership moved; retry"))
+        if dropped:
+            log.info("node %s: handed back %d queued rows (not leader)", self._node_id, dropped)
+        self._settled()
+        self._gauge()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let queued rows and in-flight commits finish (graceful stop)."""
+        self._accepting = False
+        try:
+            async with asyncio.timeout(timeout):
+                await self._quiet.wait()
+        except TimeoutError:
+            log.warning("node %s: %d rows still queued after %.0fs of draining",
+                        self._node_id, self._acc.rows, timeout)
+        self.close()
+
+    async def stop(self) -> None:
+        """Cancel the drain task and wait for commits in flight."""
+        self.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._commits:
+            await asyncio.gather(*self._commits, return_exceptions=True)
+
+    def _drain_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("committer died: %r", task.exception())
+            self._task = None
+            self.close(InternalError(f"committer failed: {task.exception()!r}"))
+
+    # -- the drain loop ------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        cfg = self._config
+        while True:
+            await self._acc.wait()
+            await self._slots.acquire()
+            if cfg.linger_s and self._acc.rows < cfg.max_rows:
+                await asyncio.sleep(cfg.linger_s)
+            batch = self._acc.take()
+            if batch is None:
+                self._slots.release()
+                continue
+            self._gauge()
+            self._inflight += 1
+            task = asyncio.create_task(self._commit(batch))
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
+
+    async def _commit(self, batch: Batch) -> None:
+        m = self._metrics
+        try:
+            result = await self._commit_with_retries(batch)
+        except DstoreError as exc:
+            m.commits.labels(exc.code).inc()
+            log.warning("node %s: commit of %d rows failed: %s", self._node_id,
+                        len(batch.rows), exc)
+            for request in batch.requests():
+                request.fail(exc)
+        except Exception as exc:  # a bug, not a database failure: never retried
+            m.commits.labels(InternalError.code).inc()
+            log.exception("node %s: commit of %d rows failed", self._node_id, len(batch.rows))
+            error = InternalError(f"commit failed: {exc!r}")
+            for request in batch.requests():
+                request.fail(error)
+        else:
+            m.commits.labels("ok").inc()
+            m.commit_rows.observe(len(batch.rows))
+            m.commit_bytes.observe(batch.nbytes)
+            m.committed_rows.inc(len(batch.rows))
+            ts, existing = result
+            for n, (request, index) in enumerate(batch.slots):
+                request.resolve(index, existing.get(n, ts))
+        finally:
+            self._acc.release(batch)
+            self._slots.release()
+            self._inflight -= 1
+            self._settled()
+
+    def _settled(self) -> None:
+        if not self._acc.rows and not self._inflight:
+            self._quiet.set()
+
+    async def _commit_with_retries(self, batch: Batch) -> CommitResult:
+        """Commit, retrying transient failures with backoff.
+
+        Safe because rows keep their ids (insert-or-update). Retries stop when the
+        failure is permanent, when every caller of the batch has given up, when this node
+        stops leading (the fence), or after RETRY_LIMIT_S.
+        """
+        m = self._metrics
+        give_up = time.monotonic() + RETRY_LIMIT_S
+        attempt = 0
+        while True:
+            fence = self._fence()
+            if fence is None:
+                raise NotLeaderError("lost leadership before the commit; nothing was written")
+            started = time.perf_counter()
+            aborts_before = getattr(self._storage, "aborted_attempts", 0)
+            try:
+                result = await self._storage.commit(batch.rows, self._node_id, fence)
+            except CommitError as exc:
+                waiting = any(not r.future.done() for r in batch.requests())
+                if not exc.transient or not waiting or time.monotonic() > give_up:
+                    raise
+                attempt += 1
+                m.commit_retries.inc()
+                delay = min(RETRY_MAX_DELAY_S, RETRY_FIRST_DELAY_S * 2 ** (attempt - 1))
+                log.warning("node %s: commit of %d rows failed (%s); retry %d in %.2fs",
+                            self._node_id, len(batch.rows), exc.message, attempt, delay)
+                await asyncio.sleep(delay)
+                continue
+            finally:
+                aborts = getattr(self._storage, "aborted_attempts", 0) - aborts_before
+                if aborts > 0:
+                    m.commit_aborts.inc(aborts)
+            m.commit_latency.observe(time.perf_counter() - started)
+            return result

@@ -1,0 +1,274 @@
+"""Leader election: an asyncio port of spindle's lock loop, with SPINDLE.md's fixes.
+
+- heartbeats are guarded by the holder's token ("0 rows" = leadership lost);
+- takeover is one read-write transaction (in the storage backend);
+- ``stop()`` releases the lock so another node takes over at its next check;
+- the state is cached here and read without I/O: ``is_leader`` never touches Spanner;
+- failed checks keep the safe default (not leader) and are counted.
+
+Timing: the holder heartbeats every lease/3; others check every lease/4. A leader that
+dies is replaced after at most ~1.25 leases; a released lock after at most lease/4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..observability.metrics import Metrics
+from ..storage.base import Fence, Storage
+from ..types import Timestamp
+
+__all__ = ["Election", "LeaderState"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderState:
+    """What this node believes: who leads, and whether it is this node."""
+
+    leader: str | None
+    is_leader: bool
+    token: Timestamp | None
+
+
+_NOBODY = LeaderState(None, False, None)
+
+
+class Election:
+    """Runs the lock loop for one node and caches its outcome."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        lock_name: str,
+        node_id: str,
+        lease_s: float,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._storage = storage
+        self.lock_name = lock_name
+        self.node_id = node_id
+        self.lease_s = lease_s
+        self._lease_ms = int(lease_s * 1000)
+        self._metrics = metrics or Metrics()
+        self._state = _NOBODY
+        # Monotonic time until which our lease surely holds: the start of the last
+        # heartbeat that succeeded, plus one lease. Others wait a full lease after the
+        # heartbeat's commit, which is later than its start.
+        self._valid_until = 0.0
+        self._changed = asyncio.Event()
+        self._poke = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[LeaderState, LeaderState], None]] = []
+        self._candidate = True  # False after resign(): follow, never take the lock
+        self._background: set[asyncio.Task[bool]] = set()
+        self._expiry: asyncio.TimerHandle | None = None
+
+    # -- cached state (no I/O) -----------------------------------------------------
+
+    @property
+    def state(self) -> LeaderState:
+        """The cached state. Reading it changes nothing: a lease that runs out without a
+        heartbeat is ended by a timer on the loop (``_arm_expiry``); until that timer
+        runs, a lease already past its end reads as not leading."""
+        st = self._state
+        if st.is_leader and time.monotonic() >= self._valid_until:
+            return _NOBODY
+        return st
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node holds a lease that has not run out (no I/O)."""
+        return self.state.is_leader
+
+    @property
+    def leader(self) -> str | None:
+        """The leader as far as this node knows (no I/O)."""
+        return self.state.leader
+
+    @property
+    def fence(self) -> Fence | None:
+        """The fence for commits made as leader, or None when not leader."""
+        st = self.state
+        return Fence(self.lock_name, st.token) if st.is_leader and st.token else None
+
+    def _extend(self, started: float) -> None:
+        """Our lease holds until ``started`` + lease; schedule its end on the loop."""
+        self._valid_until = started + self.lease_s
+        if self._expiry is not None:
+            self._expiry.cancel()
+        delay = max(0.0, self._valid_until - time.monotonic())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        if self._state.is_leader and time.monotonic() >= self._valid_until:
+            self._set_state(_NOBODY, "lease ran out without a heartbeat")
+
+    def add_listener(self, fn: Callable[[LeaderState, LeaderState], None]) -> None:
+        """Call ``fn(old, new)`` on every change of state (in the event loop)."""
+        self._listeners.append(fn)
+
+    async def wait_change(self, timeout: float | None = None) -> LeaderState:
+        """Wait until the state changes (or the timeout passes); return the state."""
+        event = self._changed
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        return self.state
+
+    async def wait_for_leader(self, timeout: float) -> str:
+        """Wait until some node is known to lead; return its id."""
+        try:
+            async with asyncio.timeout(timeout):
+                while (leader := self.state.leader) is None:
+                    await self._changed.wait()
+        except TimeoutError:
+            raise TimeoutError(f"no leader elected within {timeout}s") from None
+        return leader
+
+    def refresh(self) -> None:
+        """Ask the loop to check the lock now (after a failure or a not_leader reply)."""
+        self._poke.set()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the lock loop (returns at once; see wait_for_leader)."""
+        if self._task is not None:
+            raise RuntimeError("election already started")
+        self._task = asyncio.create_task(self._loop(), name=f"election:{self.node_id}")
+
+    async def resign(self) -> None:
+        """Stop competing for the lock and release it if held; keep following the leader.
+
+        A node shutting down calls this first, so that it still learns who leads next
+        while its last puts are re-routed there.
+        """
+        self._candidate = False
+        token = self._state.token if self._state.is_leader else None
+        if token is None:
+            return
+        self._set_state(_NOBODY, "resigned")
+        try:
+            released = await self._storage.lock_release(self.lock_name, token)
+            log.info("node %s released lock %s: %s", self.node_id, self.lock_name, released)
+        except Exception as exc:
+            log.warning("node %s could not release the lock: %r", self.node_id, exc)
+        self.refresh()
+
+    async def stop(self, *, release: bool = True) -> None:
+        """Stop the loop; as holder, release the lock unless ``release`` is False."""
+        self._candidate = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        token = self._state.token if self._state.is_leader else None
+        self._set_state(_NOBODY, "stopped")
+        if release and token is not None:
+            try:
+                released = await self._storage.lock_release(self.lock_name, token)
+                log.info("node %s released lock %s: %s", self.node_id, self.lock_name, released)
+            except Exception as exc:
+                log.warning("node %s could not release the lock: %r", self.node_id, exc)
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            self._poke.clear()  # before the round, so refresh() calls made in it count
+            try:
+                await self._round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._metrics.election_check_failures.inc()
+                log.warning("node %s: election check failed: %r", self.node_id, exc)
+            interval = self.lease_s / 3 if self._state.is_leader else self.lease_s / 4
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a
+            # cancel that lands as the poke arrives, and stop() would wait forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval * random.uniform(0.9, 1.0)):
+                    await self._poke.wait()
+
+    async def _round(self) -> None:
+        st = self._state
+        started = time.monotonic()
+        if st.is_leader and st.token is not None:
+            if await self._storage.lock_heartbeat(self.lock_name, st.token):
+                self._extend(started)
+            else:
+                self._set_state(_NOBODY, "heartbeat found another token")
+                self.refresh()
+            return
+        lock = await self._storage.lock_read(self.lock_name)
+        if not self._candidate:
+            fresh = lock.age_ms is not None and lock.age_ms <= self._lease_ms
+            self._set_state(LeaderState(lock.writer if fresh else None, False, None))
+            return
+        if lock.token is None:
+            token = await self._storage.lock_acquire(self.lock_name, self.node_id)
+            if token is not None:
+                self._won(token, started)
+            else:
+                self.refresh()  # someone else created it a moment ago: read it
+            return
+        if lock.age_ms is not None and lock.age_ms <= self._lease_ms:
+            # A row that names this node without our token is a previous incarnation of
+            # this node id: wait for its lease to run out like everyone else.
+            self._set_state(LeaderState(lock.writer, False, None))
+            return
+        token = await self._storage.lock_takeover(
+            self.lock_name, lock.token, self._lease_ms, self.node_id
+        )
+        if token is not None:
+            self._won(token, started)
+        else:
+            self.refresh()
+
+    def _won(self, token: Timestamp, started: float) -> None:
+        if not self._candidate:
+            # resign() came while this round was taking the lock: give it straight back.
+            task = asyncio.get_running_loop().create_task(
+                self._storage.lock_release(self.lock_name, token))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
+        self._extend(started)
+        self._set_state(LeaderState(self.node_id, True, token), "acquired the lock")
+
+    def _set_state(self, new: LeaderState, why: str = "") -> None:
+        old = self._state
+        if new == old:
+            return
+        self._state = new
+        if not new.is_leader and self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self._metrics.is_leader.set(1 if new.is_leader else 0)
+        if new.leader != old.leader and new.leader is not None:
+            self._metrics.leader_changes.inc()
+        if new.is_leader != old.is_leader or new.leader != old.leader:
+            log.info(
+                "node %s: leader %s -> %s%s%s", self.node_id, old.leader, new.leader,
+                " (this node)" if new.is_leader else "", f": {why}" if why else "",
+            )
+        self._changed.set()
+        self._changed = asyncio.Event()
+        for fn in list(self._listeners):
+            try:
+                fn(old, new)
+            except Exception:
+                log.exception("election listener failed")

@@ -1,0 +1,388 @@
+"""`StoreCore`: the write path and reads of one node, with no network server of its own.
+
+It owns storage, the election and the committer, and runs every put through one retry
+loop (`_submit`): on the leader, straight into the committer; elsewhere, through the
+``LeaderLink`` it was given (the peer link's follower end, wired in by the server). On
+``not_leader``, a lost link or ``busy`` it waits and re-sends the same rows (same ids)
+until the caller's deadline.
+
+The public ``dstore_batch.Store`` (server/node.py) is a StoreCore plus the HTTP server
+and the peer link. A StoreCore alone, with no link, is a whole single-node store: the
+unit tests drive it against SQLite or the in-memory backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol, Self, TypeVar
+
+from ..config import Config
+from ..errors import (
+    BusyError,
+    DeadlineExceededError,
+    DstoreError,
+    InvalidInputError,
+    LinkLostError,
+    NoLeaderError,
+    UnavailableError,
+)
+from ..observability.metrics import Metrics
+from ..storage import open_storage
+from ..storage.base import HistoryLimit, Storage, check_limit
+from ..types import NO_APPEND_ID, HistoryItem, PutResult, Row, Timestamp
+from .committer import Committer
+from .election import Election, LeaderState
+from .items import check_rows, rows_from_items, wire_bytes
+
+__all__ = ["LeaderConnection", "LeaderLink", "StoreCore"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RETRY_BACKOFF_S = (0.01, 0.05, 0.1, 0.2, 0.5)
+DRAIN_TIMEOUT_S = 10.0
+
+
+class LeaderConnection(Protocol):
+    """An open link to the leader."""
+
+    async def request(self, rows: Sequence[Row], nbytes: int) -> list[Timestamp]:
+        """Send rows, wait for their commit timestamps.
+
+        Raises LinkDownError (not sent), LinkLostError (maybe sent), or the leader's
+        typed answer.
+        """
+        ...
+
+
+class LeaderLink(Protocol):
+    """How a follower reaches the leader (the peer link's follower end implements it)."""
+
+    async def connection(self, leader: str) -> LeaderConnection:
+        """The open link to ``leader``, connecting first. Raises LinkDownError."""
+        ...
+
+    async def reserve(self, nbytes: int) -> None:
+        """Wait until ``nbytes`` more may be in flight to the leader (backpressure)."""
+        ...
+
+    def release(self, nbytes: int) -> None:
+        """Give back a reservation once its request is answered."""
+        ...
+
+
+class _NoLink:
+    """The link of a node that never forwards: only its own leadership takes puts."""
+
+    async def connection(self, leader: str) -> LeaderConnection:
+        raise NoLeaderError(f"{leader} leads and this node has no link to it")
+
+    async def reserve(self, nbytes: int) -> None:
+        return None
+
+    def release(self, nbytes: int) -> None:
+        return None
+
+
+class StoreCore:
+    """put/put_many/get on one node; writes go to the leader's committer.
+
+    Use as ``async with StoreCore(config) as core:``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        storage: Storage | None = None,
+        metrics: Metrics | None = None,
+        link: LeaderLink | None = None,
+    ) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.metrics = metrics or Metrics()
+        self.storage: Storage = storage or open_storage(config)
+        self.election = Election(
+            self.storage, lock_name=config.lock_name, node_id=config.node_id,
+            lease_s=config.lease_s, metrics=self.metrics,
+        )
+        self.committer = Committer(
+            self.storage, config.batch, node_id=config.node_id,
+            fence=lambda: self.election.fence, metrics=self.metrics,
+        )
+        self.link: LeaderLink = link or _NoLink()
+        self._active_puts = 0  # put calls through this node not yet answered
+        self._no_puts = asyncio.Event()  # set while _active_puts == 0
+        self._no_puts.set()
+        self._state = "new"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to storage and start the election (returns before a leader is known)."""
+        if self._state != "new":
+            raise RuntimeError(f"start() called on a {self._state} store")
+        self._state = "starting"
+        try:
+            await self.storage.start()
+            self.election.add_listener(self._on_leader_change)
+            await self.election.start()
+        except BaseException:
+            self._state = "running"  # so that stop() tears down what did start
+            await self.stop()
+            raise
+        self._state = "running"
+
+    async def stop(self) -> None:
+        """Stop cleanly: lose no acked put, hand leadership over at once.
+
+        1. ``ready`` turns False (the server's /readyz answers 503);
+        2. as leader: stop taking puts (followers get not_leader and hold them), finish
+           the queued rows and the commits in flight;
+        3. release the lock, but keep following, so the next leader is known at once;
+        4. wait for puts made through this node to finish (re-routed to that leader);
+        5. stop the election and close storage.
+        The caller closes the network around it (the server does) after step 4.
+        """
+        if not await self.drain():
+            return
+        await self.close()
+
+    async def drain(self) -> bool:
+        """Steps 1-4 of ``stop()``; False if the store was not running."""
+        if self._state != "running":
+            return False
+        self._state = "stopping"
+        if self.election.is_leader:
+            await self.committer.drain(DRAIN_TIMEOUT_S)
+        await self.election.resign()
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                await self._no_puts.wait()
+        except TimeoutError:
+            log.warning("node %s: stopping with %d puts unfinished", self.node_id,
+                        self._active_puts)
+        return True
+
+    async def close(self) -> None:
+        """Step 5 of ``stop()``: stop the committer and election, close storage."""
+        if self._state == "stopped":
+            return
+        await self.committer.stop()
+        await self.election.stop(release=True)
+        await self.storage.close()
+        self._state = "stopped"
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _on_leader_change(self, old: LeaderState, new: LeaderState) -> None:
+        if new.is_leader and not old.is_leader and self._state in ("starting", "running"):
+            self.committer.open()
+        elif old.is_leader and not new.is_leader:
+            self.committer.close()
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether a load balancer should send requests here: running, and a leader known."""
+        return self._state == "running" and self.leader is not None
+
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop()`` has begun."""
+        return self._state in ("stopping", "stopped")
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node holds the lock now (cached, no I/O)."""
+        return self.election.is_leader
+
+    @property
+    def leader(self) -> str | None:
+        """The node id of the current leader, as far as this node knows."""
+        return self.election.leader
+
+    @property
+    def accepting(self) -> bool:
+        """Whether this node takes puts into its committer (it leads and is not stopping)."""
+        return self.committer.accepting
+
+    def leader_state(self) -> LeaderState:
+        """This node's view of the leadership (cached, no I/O)."""
+        return self.election.state
+
+    async def wait_for_leader(self, timeout: float = 30.0) -> str:
+        """Wait until a leader is known; return its node id."""
+        return await self.election.wait_for_leader(timeout)
+
+    # -- API -------------------------------------------------------------------------
+
+    async def put(
+        self, key: str, value: str, *, no_append: bool = False, timeout: float | None = None
+    ) -> PutResult:
+        """Append ``value`` to ``key``; return once committed, with the row id and timestamp.
+
+        Raises:
+            RejectedError: bad input; nothing written.
+            UnavailableError: no leader in time; nothing written.
+            OutcomeUnknownError: deadline passed after sending; maybe written.
+        """
+        item = ((key, value, no_append),)
+        return (await self._put(lambda: rows_from_items(item), "put", timeout))[0]
+
+    async def put_many(
+        self, items: Iterable[Any], *, timeout: float | None = None
+    ) -> list[PutResult]:
+        """Append many items (``(key, value[, no_append])`` or mappings) in one request.
+
+        Returns one result per item, in input order. Raises as ``put``.
+        """
+        return await self._put(lambda: rows_from_items(items), "put_many", timeout)
+
+    async def put_items(
+        self, items: Iterable[Any], *, op: str, timeout: float | None = None
+    ) -> list[PutResult]:
+        """``put_many`` counted under another operation name (the HTTP layer uses this)."""
+        return await self._put(lambda: rows_from_items(items), op, timeout)
+
+    async def get(self, key: str, limit: HistoryLimit = 1) -> list[HistoryItem]:
+        """A key's history by a strong read: newest first; ``limit`` is N, "all" or "oldest".
+
+        Raises:
+            InvalidInputError: empty key or a bad limit.
+            ReadError: the database read failed.
+        """
+        try:
+            limit = check_limit(limit)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+        if type(key) is not str or not key:
+            raise InvalidInputError("key must be a non-empty string")
+        return await self.storage.history(key, limit)
+
+    def count_refused(self, op: str, error: DstoreError) -> None:
+        """Count a put that a front end refused before it reached ``put``."""
+        self.metrics.puts.labels(op, error.code).inc()
+
+    # -- write path ------------------------------------------------------------------
+
+    def submit(
+        self, rows: Sequence[Row], source: str = "local"
+    ) -> asyncio.Future[list[Timestamp]]:
+        """Check rows and queue them in this node's committer (leader only).
+
+        ``source`` (a follower's id, or "local") is what the queue's fair share is kept
+        by. Raises RejectedError, NotLeaderError or BusyError.
+        """
+        check_rows(rows, self.config.limits)
+        return self.committer.submit(rows, source)
+
+    async def _put(
+        self, make_rows: Callable[[], Sequence[Row]], op: str, timeout: float | None
+    ) -> list[PutResult]:
+        started = time.perf_counter()
+        role = "leader" if self.election.is_leader else "follower"
+        self._active_puts += 1
+        self._no_puts.clear()
+        try:
+            rows = make_rows()
+            check_rows(rows, self.config.limits)
+            stamps = await self._submit(rows, timeout or self.config.put_timeout_s)
+        except DstoreError as exc:
+            self.metrics.puts.labels(op, exc.code).inc()
+            raise
+        finally:
+            self._active_puts -= 1
+            if not self._active_puts:
+                self._no_puts.set()
+        self.metrics.put_latency.labels(op, role).observe(time.perf_counter() - started)
+        self.metrics.puts.labels(op, "ok").inc()
+        self.metrics.put_rows.inc(len(rows))
+        return [PutResult(r.id, ts) for r, ts in zip(rows, stamps, strict=True)]
+
+    async def _submit(self, rows: Sequence[Row], timeout: float) -> list[Timestamp]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        nbytes = wire_bytes(rows)
+        # Sticky: once an attempt may have written the rows, the deadline means "outcome
+        # unknown", and re-sends keep a copy that is already stored (with its timestamp).
+        maybe_written = False
+        attempt = 0
+        last_error: DstoreError | None = None
+        while True:
+            if deadline - loop.time() <= 0:
+                raise _deadline_error(maybe_written, timeout, last_error)
+            state = self.election.state
+            try:
+                if state.is_leader:
+                    future = self.committer.submit(_kept(rows) if maybe_written else rows)
+                    maybe_written = True
+                    return await _until(deadline, future)
+                if state.leader is None:
+                    await self.election.wait_change(min(deadline - loop.time(), 0.5))
+                    continue
+                conn = await _until(deadline, self.link.connection(state.leader))
+                try:
+                    await _until(deadline, self.link.reserve(nbytes))
+                except TimeoutError:
+                    last_error = BusyError("this node's buffer to the leader stayed full")
+                    raise
+                try:
+                    if maybe_written:
+                        self.metrics.resends.inc()
+                    send = _kept(rows) if maybe_written else rows
+                    maybe_written = True
+                    return await _until(deadline, conn.request(send, nbytes))
+                finally:
+                    self.link.release(nbytes)
+            except TimeoutError:
+                raise _deadline_error(maybe_written, timeout, last_error) from None
+            except (UnavailableError, LinkLostError) as exc:
+                # Unavailable: not written (not_leader, busy, link down). A link lost
+                # after sending: maybe written; the rows go again with the same ids, kept
+                # if already stored. Other outcome-unknown answers (a commit that failed
+                # after the leader's own retries) go to the caller.
+                last_error = exc
+                if not isinstance(exc, BusyError):
+                    self.election.refresh()
+                backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                attempt += 1
+                delay = min(exc.retry_after or backoff, max(deadline - loop.time(), 0))
+                await asyncio.sleep(delay)
+
+
+def _deadline_error(maybe_written: bool, timeout: float, last: DstoreError | None
+                    ) -> DstoreError:
+    why = f" (last error: {last.code}: {last.message})" if last else ""
+    if maybe_written:
+        return DeadlineExceededError(
+            f"no ack within {timeout}s; the put may or may not be committed, "
+            f"retrying with the same ids is safe{why}"
+        )
+    if isinstance(last, BusyError):
+        return BusyError(f"overloaded: the put was not sent within {timeout}s; nothing "
+                         f"written{why}", retry_after=1.0)
+    return NoLeaderError(f"no leader accepted the put within {timeout}s; nothing written{why}")
+
+
+async def _until(deadline: float, awaitable: Awaitable[T]) -> T:
+    """Await with a loop-time deadline (asyncio.timeout_at: on Python 3.11, wait_for can
+    swallow a cancellation that arrives as the awaited thing finishes)."""
+    async with asyncio.timeout_at(deadline):
+        return await awaitable
+
+
+def _kept(rows: Sequence[Row]) -> list[Row]:
+    """Rows to re-send after an attempt that may have committed them: marked ``keep``, so
+    the leader keeps a copy already stored (and acks its first timestamp) instead of
+    writing it again with a later one."""
+    return [r if r.keep or r.id == NO_APPEND_ID else r._replace(keep=True) for r in rows]

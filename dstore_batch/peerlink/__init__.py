@@ -1,0 +1,1 @@
+"""The peer link: both ends of the websocket between followers and the leader."""

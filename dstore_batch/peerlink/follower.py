@@ -1,0 +1,284 @@
+"""Follower side of the peer link: one persistent websocket to the leader, pipelined.
+
+Requests queued in the same event-loop tick go out as one PUT frame; acks come back
+matched by request id. When the socket drops, every request still waiting fails with
+``LinkLostError`` (outcome unknown) and the caller's retry loop (the core's
+``StoreCore``) re-sends it, with the same row ids, to whichever node leads then.
+
+``PeerLink`` satisfies the core's ``LeaderLink`` protocol; the server wires it in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import ssl
+from collections.abc import Sequence
+
+import aiohttp
+
+from ..errors import (
+    DstoreError,
+    LinkDownError,
+    LinkLostError,
+    ProtocolError,
+    UnauthorizedError,
+    error_from_code,
+)
+from ..observability.metrics import Metrics
+from ..types import Row, Timestamp
+from . import protocol
+from .leader import PEER_PATH
+
+__all__ = ["ByteBudget", "PeerLink"]
+
+log = logging.getLogger(__name__)
+
+FRAME_TARGET_BYTES = 4 * 1024 * 1024  # coalesce requests up to about this much per frame
+CONNECT_TIMEOUT_S = 2.0
+
+
+class ByteBudget:
+    """Bytes a follower may have in flight to the leader; producers wait beyond it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self, n: int) -> None:
+        # A request larger than the whole budget still goes, alone.
+        while self.used and self.used + n > self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._freed.set()
+
+
+class _Connection:
+    def __init__(self, leader: str, ws: aiohttp.ClientWebSocketResponse, link: PeerLink) -> None:
+        self.leader = leader
+        self.ws = ws
+        self._link = link
+        self._pending: dict[int, asyncio.Future[list[Timestamp]]] = {}
+        self._outbox: list[tuple[int, Sequence[Row], int]] = []
+        self._wake = asyncio.Event()
+        self.closed = False
+        self._tasks = [
+            asyncio.create_task(self._writer(), name=f"peer-writer:{leader}"),
+            asyncio.create_task(self._reader(), name=f"peer-reader:{leader}"),
+        ]
+
+    async def request(self, rows: Sequence[Row], nbytes: int) -> list[Timestamp]:
+        """Send one put request and wait for its ack.
+
+        Raises:
+            LinkLostError: the socket dropped while the request was in flight.
+            DstoreError: the leader's typed answer (not_leader, busy, rejected, ...).
+        """
+        if self.closed:
+            raise LinkDownError(f"link to {self.leader} is closed")
+        rid = next(self._link.ids)
+        future: asyncio.Future[list[Timestamp]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        self._outbox.append((rid, rows, nbytes))
+        self._wake.set()
+        gauge = self._link.metrics.inflight_requests
+        gauge.inc()
+        try:
+            return await future
+        finally:
+            gauge.dec()
+            self._pending.pop(rid, None)
+
+    async def _writer(self) -> None:
+        m = self._link.metrics
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                outbox, self._outbox = self._outbox, []
+                start = 0
+                while start < len(outbox):
+                    end, size = start, 0
+                    # A request joins the frame only if the frame stays under the target.
+                    while end < len(outbox) and (
+                        end == start or size + outbox[end][2] <= FRAME_TARGET_BYTES
+                    ):
+                        size += outbox[end][2]
+                        end += 1
+                    frame = protocol.encode_puts(
+                        [(rid, rows) for rid, rows, _ in outbox[start:end]]
+                    )
+                    await self.ws.send_bytes(frame)
+                    m.peer_frames.labels("out").inc()
+                    m.peer_bytes.labels("out").inc(len(frame))
+                    start = end
+        except Exception as exc:
+            await self._lost(f"send failed: {exc!r}")
+
+    async def _reader(self) -> None:
+        m = self._link.metrics
+        why = "closed by the leader"
+        try:
+            async for msg in self.ws:
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    why = f"unexpected {msg.type.name} message"
+                    break
+                m.peer_frames.labels("in").inc()
+                m.peer_bytes.labels("in").inc(len(msg.data))
+                frame = protocol.decode(msg.data, self._link.max_frame_bytes)
+                kind = frame[0]
+                if kind == protocol.ACK:
+                    for rid, stamps in frame[1]:
+                        fut = self._pending.pop(rid, None)
+                        if fut is not None and not fut.done():
+                            fut.set_result([Timestamp(t) for t in stamps])
+                elif kind == protocol.ERROR:
+                    for rid, code, message, retry_after in frame[1]:
+                        if type(code) is not str or type(message) is not str:
+                            raise ProtocolError("error entries are [id, code, message, retry]")
+                        fut = self._pending.pop(rid, None)
+                        if fut is not None and not fut.done():
+                            fut.set_exception(error_from_code(code, message, retry_after))
+                elif kind == protocol.FATAL:
+                    why = f"leader closed the link: {frame[1]}: {frame[2]}"
+                    break
+        except Exception as exc:
+            why = f"receive failed: {exc!r}"
+        await self._lost(why)
+
+    async def _lost(self, why: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        log.info("node %s: link to leader %s lost: %s (%d requests in flight)",
+                 self._link.node_id, self.leader, why, len(self._pending))
+        self._link.connection_lost(self)
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(LinkLostError(f"link to {self.leader} lost: {why}"))
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+    async def close(self) -> None:
+        await self._lost("closing")
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class PeerLink:
+    """Keeps one websocket to the current leader and sends put requests over it."""
+
+    def __init__(
+        self,
+        node_id: str,
+        metrics: Metrics,
+        *,
+        max_frame_bytes: int,
+        secret: str | None = None,
+        inflight_bytes: int = 64 * 1024 * 1024,
+        scheme: str = "http",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.budget = ByteBudget(inflight_bytes)
+        self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        self._scheme = scheme
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self.metrics = metrics
+        self.max_frame_bytes = max_frame_bytes
+        self._session: aiohttp.ClientSession | None = None
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Lock = asyncio.Lock()
+        self.ids = itertools.count(1)
+
+    async def reserve(self, nbytes: int) -> None:
+        """Wait until ``nbytes`` more fit in this follower's in-flight budget."""
+        await self.budget.acquire(nbytes)
+
+    def release(self, nbytes: int) -> None:
+        """Give back what ``reserve`` took, once the request is answered."""
+        self.budget.release(nbytes)
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S)
+        )
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def connection_lost(self, conn: _Connection) -> None:
+        if self._conn is conn:
+            self._conn = None
+            self.metrics.peer_connections.labels("follower").set(0)
+
+    async def connection(self, leader: str) -> _Connection:
+        """The open link to ``leader``, connecting first if needed. Raises LinkDownError."""
+        conn = self._conn
+        if conn is not None and conn.leader == leader and not conn.closed:
+            return conn
+        async with self._connecting:
+            conn = self._conn
+            if conn is not None and conn.leader == leader and not conn.closed:
+                return conn
+            if conn is not None:
+                await conn.close()
+            self._conn = await self._connect(leader)
+            self.metrics.peer_connections.labels("follower").set(1)
+            return self._conn
+
+    async def _connect(self, leader: str) -> _Connection:
+        if self._session is None or self._session.closed:
+            raise LinkDownError("this node's peer link is closed (stopping)")
+        url = f"{self._scheme}://{leader}{PEER_PATH}"
+        try:
+            ws = await self._session.ws_connect(
+                url, max_msg_size=self.max_frame_bytes, autoping=True, heartbeat=None,
+                headers=self._headers, ssl=self._ssl,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 401:
+                raise UnauthorizedError(
+                    f"leader {leader} refused this node's peer secret"
+                ) from None
+            raise LinkDownError(f"cannot reach leader {leader}: HTTP {exc.status}") from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise LinkDownError(f"cannot reach leader {leader}: {exc!r}") from None
+        try:
+            await ws.send_bytes(protocol.encode_hello(self.node_id))
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                msg = await ws.receive()
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                raise LinkDownError(f"leader {leader} closed the link at hello ({msg.type.name})")
+            frame = protocol.decode(msg.data, self.max_frame_bytes)
+            if frame[0] == protocol.FATAL:
+                raise error_from_code(frame[1], frame[2])
+            if frame[0] != protocol.WELCOME:
+                raise LinkDownError(f"leader {leader} answered hello with frame type {frame[0]}")
+        except (DstoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            await ws.close()
+            if isinstance(exc, DstoreError):
+                raise
+            raise LinkDownError(f"hello to {leader} failed: {exc!r}") from None
+        except BaseException:  # cancelled by the caller's deadline: do not leak the socket
+            await asyncio.shield(ws.close())
+            raise
+        log.info("node %s: connected to leader %s", self.node_id, leader)
+        return _Connection(leader, ws, self)

@@ -1,0 +1,176 @@
+"""Leader side of the peer link: one follower's websocket, decoded and fed to the committer.
+
+The leader hands rows on through an ``Intake``, a narrow interface defined here and
+satisfied by the core (``StoreCore``), so this package never imports the core: the
+arrows go server → core and server → peerlink, never back up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..errors import CommitError, DstoreError, NotLeaderError, ProtocolError
+from ..observability.metrics import Metrics
+from ..types import Row, Timestamp
+from . import protocol
+
+__all__ = ["PEER_PATH", "Intake", "serve_follower"]
+
+log = logging.getLogger(__name__)
+
+PEER_PATH = "/v1/peer"
+# Acks still queued when a link closes get this long to go out.
+FLUSH_TIMEOUT_S = 1.0
+
+
+class Intake(Protocol):
+    """What the leader end of a link needs from the node it runs in."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def accepting(self) -> bool:
+        """Whether this node takes puts as leader now."""
+        ...
+
+    def submit(self, rows: Sequence[Row], source: str) -> asyncio.Future[list[Timestamp]]:
+        """Check ``rows`` against the limits and queue them for commit.
+
+        Raises RejectedError (bad rows), NotLeaderError or BusyError.
+        """
+        ...
+
+
+class _Session:
+    """One follower's link: submit its requests, send acks coalesced per loop tick."""
+
+    def __init__(self, intake: Intake, ws: web.WebSocketResponse, peer: str,
+                 metrics: Metrics) -> None:
+        self.intake = intake
+        self.ws = ws
+        self.peer = peer
+        self.metrics = metrics
+        self._acks: list[tuple[int, list[Timestamp]]] = []
+        self._errors: list[tuple[int, DstoreError]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+
+    def _done(self, rid: int, future: asyncio.Future[list[Timestamp]]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            self._acks.append((rid, future.result()))
+        else:
+            # The committer fails futures with typed errors only; anything else is a
+            # bug, and the rows may or may not be in: say so, by type.
+            err = exc if isinstance(exc, DstoreError) else CommitError(repr(exc))
+            self._errors.append((rid, err))
+        self._wake.set()
+
+    async def writer(self) -> None:
+        """Send queued acks and errors until ``close()``; then flush what is left."""
+        m = self.metrics
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            frames = []
+            if self._acks:
+                acks, self._acks = self._acks, []
+                frames.append(protocol.encode_acks(acks))
+            if self._errors:
+                errors, self._errors = self._errors, []
+                frames.append(protocol.encode_errors(errors))
+            for frame in frames:
+                await self.ws.send_bytes(frame)
+                m.peer_frames.labels("out").inc()
+                m.peer_bytes.labels("out").inc(len(frame))
+            if self._closing:
+                return
+
+    def close(self) -> None:
+        """Ask the writer to send what is queued and end."""
+        self._closing = True
+        self._wake.set()
+
+    def handle(self, frame: list[Any]) -> None:
+        """Submit every request of one PUT frame. Raises ProtocolError."""
+        if frame[0] != protocol.PUT:
+            raise ProtocolError(f"a follower may only send put frames, got type {frame[0]}")
+        for entry in frame[1]:
+            rid, items = entry[0], entry[1]
+            rows = protocol.rows_from_wire(items)  # ProtocolError ends the link
+            try:
+                future = self.intake.submit(rows, self.peer)
+            except DstoreError as exc:
+                self._errors.append((rid, exc))
+                self._wake.set()
+                continue
+            future.add_done_callback(lambda f, rid=rid: self._done(rid, f))
+
+
+async def serve_follower(ws: web.WebSocketResponse, intake: Intake, metrics: Metrics,
+                         *, max_bytes: int, remote: str) -> None:
+    """Run one follower's link on an upgraded websocket until it closes.
+
+    The first frame must be ``hello``; a protocol error closes only this link, with a
+    FATAL frame that says why.
+    """
+    node_id = intake.node_id
+    peer = remote
+    session: _Session | None = None
+    writer: asyncio.Task[None] | None = None
+    metrics.peer_connections.labels("leader").inc()
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.BINARY:
+                raise ProtocolError(f"expected binary frames, got {msg.type.name}")
+            metrics.peer_frames.labels("in").inc()
+            metrics.peer_bytes.labels("in").inc(len(msg.data))
+            frame = protocol.decode(msg.data, max_bytes)
+            if session is None:
+                if frame[0] != protocol.HELLO:
+                    raise ProtocolError("the first frame must be hello")
+                if frame[1] != protocol.PROTOCOL_VERSION:
+                    raise ProtocolError(
+                        f"protocol version {frame[1]} is not {protocol.PROTOCOL_VERSION}"
+                    )
+                peer = frame[2]
+                if not intake.accepting:
+                    raise NotLeaderError(f"{node_id} is not the leader")
+                await ws.send_bytes(protocol.encode_welcome(node_id))
+                log.info("node %s: follower %s connected", node_id, peer)
+                session = _Session(intake, ws, peer, metrics)
+                writer = asyncio.create_task(session.writer(), name=f"peer-acks:{peer}")
+                continue
+            session.handle(frame)
+    except DstoreError as exc:
+        level = logging.WARNING if isinstance(exc, ProtocolError) else logging.INFO
+        log.log(level, "node %s: closing link from %s: %s: %s",
+                node_id, peer, exc.code, exc.message)
+        with contextlib.suppress(Exception):
+            await ws.send_bytes(protocol.encode_fatal(exc.code, exc.message))
+        code = WSCloseCode.UNSUPPORTED_DATA if isinstance(exc, ProtocolError) else (
+            WSCloseCode.TRY_AGAIN_LATER)
+        await ws.close(code=code, message=exc.code.encode())
+    finally:
+        metrics.peer_connections.labels("leader").dec()
+        if session is not None and writer is not None:
+            # Acks already queued go out if the socket still takes them; the follower
+            # re-sends whatever it does not hear back about.
+            session.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                    await writer
+            if not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await writer
+        log.info("node %s: follower %s disconnected", node_id, peer)

@@ -1,0 +1,1 @@
+"""What `dstore-batch serve` runs: the core, the peer link and the aiohttp server."""

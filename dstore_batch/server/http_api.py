@@ -1,0 +1,245 @@
+"""The node's aiohttp app: the HTTP API, health, /metrics and the leader's peer endpoint.
+
+Handlers parse and answer; every put goes to the core (``StoreCore``), every follower
+link to ``peerlink.leader``. Errors leave as ``{"error": {"code", "message"}}`` with
+the status of their class; an exception outside the error tree is a bug, logged here
+and answered as ``internal`` (an outcome-unknown error), never as a bare 500 page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+from aiohttp import WSCloseCode, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..core.store import StoreCore
+from ..errors import DstoreError, InternalError, InvalidInputError, TooLargeError
+from ..observability.metrics import HTTP_PATHS
+from ..peerlink.leader import PEER_PATH, serve_follower
+from ..types import PutResult
+from .security import check_bearer
+
+__all__ = ["ROUTES", "make_app", "make_metrics_app"]
+
+log = logging.getLogger(__name__)
+
+MSGPACK = "application/msgpack"
+CORE_KEY = web.AppKey("core", StoreCore)
+SOCKETS_KEY: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("sockets")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUT_OPS = {"/v1/put": "put", "/v1/put_many": "put_many"}
+
+
+def _core(request: web.Request) -> StoreCore:
+    return request.app[CORE_KEY]
+
+
+# -- content negotiation and errors ------------------------------------------------------
+
+
+def _reply(request: web.Request, body: Any, status: int = 200,
+           headers: dict[str, str] | None = None) -> web.Response:
+    if MSGPACK in request.headers.get("Accept", ""):
+        return web.Response(body=msgpack.packb(body), status=status,
+                            content_type=MSGPACK, headers=headers)
+    return web.Response(text=json.dumps(body), status=status,
+                        content_type="application/json", headers=headers)
+
+
+async def _body(request: web.Request) -> Any:
+    try:
+        data = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = _core(request).config.limits.max_request_bytes
+        raise TooLargeError(f"request body is over {limit} bytes",
+                            code="body_too_large") from None
+    try:
+        if request.content_type == MSGPACK:
+            return msgpack.unpackb(data, raw=False)
+        return json.loads(data)
+    except Exception:  # each decoder raises its own zoo of ValueError/TypeError kinds
+        raise InvalidInputError(f"request body is not valid {request.content_type}") from None
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path if request.path in HTTP_PATHS else "other"
+    _core(request).metrics.http_requests.labels(path).inc()
+    try:
+        return await handler(request)
+    except DstoreError as exc:
+        err = exc
+    except web.HTTPException:
+        raise  # aiohttp's own answers: 404, 405
+    except Exception:
+        log.exception("node %s: %s %s failed", _core(request).node_id, request.method,
+                      request.path)
+        err = InternalError(f"{request.method} {request.path} failed on this node; see its log")
+    headers = {}
+    if err.http_status == 503:
+        headers["Retry-After"] = str(max(1, round(err.retry_after or 1)))
+    return _reply(request, err.to_dict(), err.http_status, headers)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # The client API may need a bearer token; the peer endpoint has its own secret;
+    # health, readiness and metrics stay open for probes and Prometheus.
+    if request.path.startswith("/v1/") and request.path != PEER_PATH:
+        try:
+            check_bearer(request.headers.get("Authorization"),
+                         _core(request).config.api_token, "API token")
+        except DstoreError as exc:
+            _count_refused(request, exc)
+            raise
+    return await handler(request)
+
+
+def _count_refused(request: web.Request, exc: DstoreError) -> None:
+    """Count a put refused before it reached the core (which counts its own)."""
+    op = PUT_OPS.get(request.path)
+    if op is not None:
+        _core(request).count_refused(op, exc)
+
+
+def _result(r: PutResult) -> dict[str, str]:
+    return {"id": r.id, "timestamp": str(r.timestamp)}
+
+
+# -- HTTP API ------------------------------------------------------------------------------
+
+
+async def _put_body(request: web.Request, shape: str) -> Any:
+    try:
+        body = await _body(request)
+        if shape == "put":
+            if not isinstance(body, dict):
+                raise InvalidInputError('expected an object {"key", "value", "no_append"?}')
+            return (body,)
+        items = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise InvalidInputError('expected an object {"items": [{"key", "value"}, ...]}')
+        return items
+    except DstoreError as exc:
+        _count_refused(request, exc)
+        raise
+
+
+async def _put(request: web.Request) -> web.Response:
+    items = await _put_body(request, "put")
+    (result,) = await _core(request).put_items(items, op="put")
+    return _reply(request, _result(result))
+
+
+async def _put_many(request: web.Request) -> web.Response:
+    items = await _put_body(request, "put_many")
+    results = await _core(request).put_items(items, op="put_many")
+    return _reply(request, {"results": [_result(r) for r in results]})
+
+
+async def _get(request: web.Request) -> web.Response:
+    key = request.query.get("key")
+    if not key:
+        raise InvalidInputError("query parameter key is required")
+    raw = request.query.get("limit", "1")
+    limit: Any = raw
+    if raw.isascii() and raw.isdigit() and len(raw) <= 9:
+        limit = int(raw)
+    items = await _core(request).get(key, limit)
+    return _reply(request, {
+        "key": key,
+        "items": [{"id": i.id, "value": i.value, "timestamp": str(i.timestamp)} for i in items],
+    })
+
+
+async def _leader(request: web.Request) -> web.Response:
+    core = _core(request)
+    state = core.leader_state()
+    return _reply(request, {"node": core.node_id, "leader": state.leader,
+                            "is_leader": state.is_leader})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return _reply(request, {"status": "ok", "node": _core(request).node_id})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    core = _core(request)
+    if not core.ready:
+        status = "shutting down" if core.stopping else "no leader known"
+        return _reply(request, {"status": status, "node": core.node_id}, 503,
+                      {"Retry-After": "1"})
+    return _reply(request, {"status": "ready", "node": core.node_id, "leader": core.leader})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    data = generate_latest(_core(request).metrics.registry)
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _peer(request: web.Request) -> web.StreamResponse:
+    core = _core(request)
+    config = core.config
+    try:
+        # Checked before the upgrade: a stranger never gets to send a frame.
+        # Without a peer secret, the API token (if any) guards the peer link too:
+        # otherwise anyone could write through it past the token.
+        check_bearer(request.headers.get("Authorization"),
+                     config.peer_secret or config.api_token, "peer secret")
+    except DstoreError:
+        log.warning("node %s: refused a peer link from %s: bad or missing peer secret",
+                    core.node_id, request.remote)
+        raise
+    max_bytes = config.limits.max_request_bytes + 65536
+    ws = web.WebSocketResponse(max_msg_size=max_bytes)
+    await ws.prepare(request)
+    request.app[SOCKETS_KEY].add(ws)
+    await serve_follower(ws, core, core.metrics, max_bytes=max_bytes,
+                         remote=request.remote or "?")
+    return ws
+
+
+async def _close_sockets(app: web.Application) -> None:
+    for ws in list(app[SOCKETS_KEY]):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"node shutting down")
+
+
+# (method, path, handler): the whole HTTP surface of a node.
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("POST", "/v1/put", _put),
+    ("POST", "/v1/put_many", _put_many),
+    ("GET", "/v1/get", _get),
+    ("GET", "/v1/leader", _leader),
+    ("GET", "/healthz", _healthz),
+    ("GET", "/readyz", _readyz),
+    ("GET", "/metrics", _metrics),
+    ("GET", PEER_PATH, _peer),
+)
+
+
+def make_app(core: StoreCore) -> web.Application:
+    """Build the aiohttp application of one node around its core."""
+    app = web.Application(
+        client_max_size=core.config.limits.max_request_bytes, middlewares=[_errors, _auth]
+    )
+    app[CORE_KEY] = core
+    app[SOCKETS_KEY] = weakref.WeakSet()
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+def make_metrics_app(core: StoreCore) -> web.Application:
+    """An app with only /metrics, for ``--metrics-port``."""
+    app = web.Application()
+    app[CORE_KEY] = core
+    app.router.add_get("/metrics", _metrics)
+    return app

@@ -1,0 +1,145 @@
+"""`Store`: one node as `dstore-batch serve` runs it, and as a service embeds it.
+
+A ``StoreCore`` (the write path, election and reads), the follower end of the peer
+link wired into it, and the HTTP server (API, /metrics, the leader's peer endpoint),
+with TLS when configured. This module owns their order of start and stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Self
+
+from aiohttp import web
+
+from ..config import Config
+from ..core.election import LeaderState
+from ..core.store import StoreCore
+from ..observability.metrics import Metrics
+from ..peerlink.follower import PeerLink
+from ..storage.base import HistoryLimit, Storage
+from ..types import HistoryItem, PutResult
+from .http_api import make_app, make_metrics_app
+from .security import client_ssl, server_ssl
+
+__all__ = ["Store"]
+
+# Frames carry a whole request plus framing; the HTTP body limit bounds the request.
+FRAME_SLACK_BYTES = 65536
+
+
+class Store:
+    """A node of the group: put/put_many/get on any node, writes funnelled to the leader.
+
+    Use as ``async with Store(Config(...)) as store:``. It serves HTTP on
+    ``config.listen`` (or ``node_id``), which is also where followers reach it as leader.
+    """
+
+    def __init__(self, config: Config, *, storage: Storage | None = None) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.metrics = Metrics()
+        self.peer = PeerLink(
+            config.node_id, self.metrics,
+            max_frame_bytes=config.limits.max_request_bytes + FRAME_SLACK_BYTES,
+            secret=config.peer_secret or config.api_token, scheme=config.scheme,
+            ssl_context=client_ssl(config),
+            inflight_bytes=config.batch.follower_inflight_bytes,
+        )
+        self.core = StoreCore(config, storage=storage, metrics=self.metrics, link=self.peer)
+        self._runners: list[web.AppRunner] = []
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the HTTP server, connect to storage and start the election."""
+        if self._started:
+            raise RuntimeError("Store.start() called twice")
+        self._started = True
+        try:
+            await self.peer.start()
+            # Serve before competing for the lock: a node elected leader must already
+            # take its followers' links.
+            await self._serve(make_app(self.core), self.config.listen_host_port[1])
+            if self.config.metrics_port:
+                await self._serve(make_metrics_app(self.core), self.config.metrics_port)
+            await self.core.start()
+        except BaseException:
+            await self._close_network()
+            await self.core.close()
+            raise
+
+    async def _serve(self, app: web.Application, port: int) -> None:
+        runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                               shutdown_timeout=1.0)
+        await runner.setup()
+        self._runners.append(runner)
+        host = self.config.listen_host_port[0]
+        await web.TCPSite(runner, host, port, ssl_context=server_ssl(self.config)).start()
+
+    async def stop(self) -> None:
+        """Stop cleanly (SIGTERM): lose no acked put, hand leadership over at once.
+
+        The core drains first (see ``StoreCore.stop``) while HTTP and the peer link still
+        work, so puts through this node re-route to the next leader; then the network
+        closes, then the core.
+        """
+        drained = await self.core.drain()
+        await self._close_network()
+        if drained:
+            await self.core.close()
+
+    async def _close_network(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        await self.peer.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- the core's API --------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether a load balancer should send requests here: running, and a leader known."""
+        return self.core.ready
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node holds the lock now (cached, no I/O)."""
+        return self.core.is_leader
+
+    @property
+    def leader(self) -> str | None:
+        """The node id of the current leader, as far as this node knows."""
+        return self.core.leader
+
+    def leader_state(self) -> LeaderState:
+        """This node's view of the leadership (cached, no I/O)."""
+        return self.core.leader_state()
+
+    async def wait_for_leader(self, timeout: float = 30.0) -> str:
+        """Wait until a leader is known; return its node id."""
+        return await self.core.wait_for_leader(timeout)
+
+    async def put(
+        self, key: str, value: str, *, no_append: bool = False, timeout: float | None = None
+    ) -> PutResult:
+        """Append ``value`` to ``key``; see ``StoreCore.put``."""
+        return await self.core.put(key, value, no_append=no_append, timeout=timeout)
+
+    async def put_many(
+        self, items: Iterable[Any], *, timeout: float | None = None
+    ) -> list[PutResult]:
+        """Append many items in one request; see ``StoreCore.put_many``."""
+        return await self.core.put_many(items, timeout=timeout)
+
+    async def get(self, key: str, limit: HistoryLimit = 1) -> list[HistoryItem]:
+        """A key's history by a strong read; see ``StoreCore.get``."""
+        return await self.core.get(key, limit)

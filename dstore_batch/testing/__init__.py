@@ -1,0 +1,1 @@
+"""Test and tooling support: one way to start a Spanner emulator and a local cluster."""

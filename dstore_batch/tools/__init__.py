@@ -1,0 +1,1 @@
+"""Operator tools built on the store: the demo and the benchmarks."""
