@@ -164,7 +164,9 @@ class Client:
     async def leader(self, *, timeout: float | None = None) -> dict[str, Any]:
         """What a node says about the leader: ``{"node", "leader", "is_leader"}``."""
         deadline = asyncio.get_running_loop().time() + (timeout or self.timeout_s)
-        return await self._call("GET", "/v1/leader", None, None, deadline, idempotent=True)
+        answer: dict[str, Any] = await self._call("GET", "/v1/leader", None, None, deadline,
+                                                  idempotent=True)
+        return answer
 
     # -- batching ---------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -113,7 +114,7 @@ class _Session:
                 self._errors.append((rid, exc))
                 self._wake.set()
                 continue
-            future.add_done_callback(lambda f, rid=rid: self._done(rid, f))
+            future.add_done_callback(functools.partial(self._done, rid))
 
 
 async def serve_follower(ws: web.WebSocketResponse, intake: Intake, metrics: Metrics,

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 MSGPACK = "application/msgpack"
 CORE_KEY = web.AppKey("core", StoreCore)
-SOCKETS_KEY: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("sockets")
+SOCKETS_KEY: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey(
+    "sockets", weakref.WeakSet)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUT_OPS = {"/v1/put": "put", "/v1/put_many": "put_many"}
@@ -207,7 +208,8 @@ async def _peer(request: web.Request) -> web.StreamResponse:
 
 
 async def _close_sockets(app: web.Application) -> None:
-    for ws in list(app[SOCKETS_KEY]):
+    sockets = app[SOCKETS_KEY]
+    for ws in list(sockets):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"node shutting down")
 
 

@@ -19,8 +19,8 @@ HistoryLimit = int | Literal["all", "oldest"]
 
 def check_limit(limit: object) -> HistoryLimit:
     """Validate a history limit; raise ValueError on anything else."""
-    if limit in ("all", "oldest"):
-        return limit  # type: ignore[return-value]
+    if limit == "all" or limit == "oldest":
+        return limit
     if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1:
         return limit
     raise ValueError("limit must be a positive integer, 'all' or 'oldest'")

@@ -360,7 +360,7 @@ class SpannerStorage:
             return bool(counts) and counts[0] == 1
 
         held, _ = await self._run(self._locker, self._transact, work)
-        return held
+        return bool(held)
 
     async def lock_release(self, name: str, token: Timestamp) -> bool:
         sql = (
@@ -371,10 +371,10 @@ class SpannerStorage:
         types = {"name": param_types.STRING, "token": param_types.TIMESTAMP}
 
         def work(txn: Any) -> bool:
-            return txn.execute_update(sql, params=params, param_types=types) == 1
+            return bool(txn.execute_update(sql, params=params, param_types=types) == 1)
 
         released, _ = await self._run(self._locker, self._transact, work)
-        return released
+        return bool(released)
 
 
 def select_history(items: list[HistoryItem], limit: HistoryLimit) -> list[HistoryItem]:

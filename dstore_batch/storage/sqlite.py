@@ -148,6 +148,7 @@ class SQLiteStorage:
 
     async def history(self, key: str, limit: HistoryLimit) -> list[HistoryItem]:
         base = f"SELECT id, value, timestamp FROM {self.log_table} WHERE key = ?"
+        args: tuple[str] | tuple[str, int]
         if limit == "oldest":
             sql, args = base + " ORDER BY timestamp ASC, id ASC LIMIT 1", (key,)
         elif limit == "all":

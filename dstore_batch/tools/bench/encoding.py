@@ -32,12 +32,14 @@ def main(rows_per_batch: int = 2000) -> None:
     def client() -> bytes:
         values = [(r.id, r.key, r.value, leader, spanner.COMMIT_TIMESTAMP) for r in rows]
         m = Mutation(insert_or_update=_make_write_pb("logtable", LOG_COLUMNS, values))
-        return Mutation.pb(m).SerializeToString()
+        data: bytes = Mutation.pb(m).SerializeToString()
+        return data
 
     def ours() -> bytes:
         holder = _Collected()
         _insert_or_update_rows(holder, "logtable", rows, leader)
-        return Mutation.pb(holder._mutations[0]).SerializeToString()
+        data: bytes = Mutation.pb(holder._mutations[0]).SerializeToString()
+        return data
 
     assert client() == ours(), "encodings differ"
     for name, fn in (("client (proto-plus)", client), ("dstore_batch (protobuf)", ours)):

@@ -34,7 +34,7 @@ async def _read_frame(reader: asyncio.StreamReader) -> Any:
 
 
 def _frame(obj: Any) -> bytes:
-    data = msgpack.packb(obj)
+    data: bytes = msgpack.packb(obj)
     return _LEN.pack(len(data)) + data
 
 
