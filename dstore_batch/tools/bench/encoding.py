@@ -1,6 +1,6 @@
 """Time the commit's mutation encoding: the client's proto-plus path against ours.
 
-    python -m dstore_batch.bench.encoding [rows]
+    python -m dstore_batch.tools.bench.encoding [rows]
 
 No database needed. Prints milliseconds per batch (median of 15) for each way.
 """
