@@ -26,7 +26,7 @@ async def cluster(make_config: Callable[..., Config]) -> AsyncIterator[list[Stor
         leader = await stores[0].wait_for_leader(10)
         for s in stores:
             while s.leader != leader:
-                await s.election.wait_change(0.1)
+                await s.core.election.wait_change(0.1)
         yield stores
     finally:
         for s in stores:
@@ -222,9 +222,9 @@ async def test_deadline_without_leader_says_nothing_was_written(
 
     # A node whose lock row is held by a leader that never answers: it cannot reach it.
     store = Store(make_config())
-    await store.storage.start()
-    await store.storage.lock_acquire("dstore", "127.0.0.1:9")  # port 9: nothing listens
-    await store.storage.close()
+    await store.core.storage.start()
+    await store.core.storage.lock_acquire("dstore", "127.0.0.1:9")  # port 9: nothing listens
+    await store.core.storage.close()
     async with Store(make_config()) as follower:
         await follower.wait_for_leader(5)
         with pytest.raises(NoLeaderError) as info:

@@ -26,7 +26,7 @@ async def cluster(configs: list[Config]) -> list[Store]:
     leader = await stores[0].wait_for_leader(10)
     for s in stores:
         while s.leader != leader:
-            await s.election.wait_change(0.1)
+            await s.core.election.wait_change(0.1)
     return stores
 
 
@@ -247,4 +247,4 @@ async def test_failed_start_cleans_up(make_config: Callable[..., Config]) -> Non
         store = Store(config)
         with pytest.raises(OSError):
             await store.start()
-    assert store._state == "stopped"
+    assert store.core.stopping and not store.ready

@@ -14,8 +14,9 @@ from dstore_batch.types import Row
 
 
 @pytest.fixture
-async def storage(any_database: str) -> AsyncIterator[Storage]:
-    s = open_storage(Config(node_id="127.0.0.1:1", database=any_database))
+async def storage(any_database: str, any_emulator_host: str | None) -> AsyncIterator[Storage]:
+    s = open_storage(Config(node_id="127.0.0.1:1", database=any_database,
+                            emulator_host=any_emulator_host))
     await s.start()
     try:
         yield s

@@ -28,16 +28,29 @@ def test_timestamp_format_keeps_nanoseconds_and_sorts() -> None:
 def test_error_tree_and_codes() -> None:
     for cls in (errors.InvalidInputError, errors.TooLargeError, errors.ProtocolError):
         assert issubclass(cls, errors.RejectedError)
-    for cls in (errors.NotLeaderError, errors.BusyError, errors.NoLeaderError):
-        assert issubclass(cls, errors.UnavailableError) and cls.retriable
+    for cls in (errors.NotLeaderError, errors.BusyError, errors.NoLeaderError,
+                errors.LinkDownError, errors.ReadError):
+        assert issubclass(cls, errors.UnavailableError) and cls.http_status == 503
     for cls in (errors.DeadlineExceededError, errors.CommitError):
         assert issubclass(cls, errors.OutcomeUnknownError) and cls.http_status == 504
-    codes = [c.code for c in (errors.InvalidInputError, errors.TooLargeError, errors.ProtocolError,
-                              errors.NotLeaderError, errors.BusyError, errors.NoLeaderError,
-                              errors.DeadlineExceededError, errors.CommitError)]
+    # A link lost after sending is outcome-unknown by its type, not by a flag.
+    assert issubclass(errors.LinkLostError, errors.OutcomeUnknownError)
+    assert issubclass(errors.InternalError, errors.OutcomeUnknownError)
+    # The tree is closed: every concrete error is under exactly one of the three.
+    middle = (errors.RejectedError, errors.UnavailableError, errors.OutcomeUnknownError)
+    leaves = [getattr(errors, n) for n in errors.__all__ if n.endswith("Error")]
+    for cls in leaves:
+        if cls is not errors.DstoreError:
+            assert sum(issubclass(cls, m) for m in middle) == 1, cls
+    codes = [c.code for c in leaves]
     assert len(codes) == len(set(codes))
     rebuilt = errors.error_from_code("busy", "full", 0.2)
     assert isinstance(rebuilt, errors.BusyError) and rebuilt.retry_after == 0.2
+    # A code from a newer peer is read the safe way: maybe written.
+    unknown = errors.error_from_code("some_new_code", "?")
+    assert isinstance(unknown, errors.OutcomeUnknownError) and unknown.code == "some_new_code"
+    assert isinstance(errors.error_from_code("internal", "bug"), errors.InternalError)
+    assert errors.CommitError("x", transient=True).transient
     assert errors.TooLargeError("x").to_dict() == {"error": {"code": "too_large", "message": "x"}}
 
 
@@ -85,8 +98,9 @@ def test_ddl_file_matches_the_cli() -> None:
 def test_public_names() -> None:
     assert set(dstore_batch.__all__) == {
         "BatchConfig", "BusyError", "Client", "CommitError", "Config", "DeadlineExceededError",
-        "DstoreError", "HistoryItem", "InvalidInputError", "LimitsConfig", "NoLeaderError",
-        "NotLeaderError", "OutcomeUnknownError", "ProtocolError", "PutResult", "RejectedError",
+        "DstoreError", "HistoryItem", "InternalError", "InvalidInputError", "LimitsConfig",
+        "LinkDownError", "LinkLostError", "NoLeaderError", "NotLeaderError",
+        "OutcomeUnknownError", "ProtocolError", "PutResult", "ReadError", "RejectedError",
         "Store", "SyncClient", "Timestamp", "TooLargeError", "UnauthorizedError",
         "UnavailableError",
     }
