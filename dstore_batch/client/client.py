@@ -261,7 +261,7 @@ class Client:
                 if status == 200:
                     return body
                 error = body.get("error", {}) if isinstance(body, dict) else {}
-                err = error_from_code(error.get("code", "internal"),
+                err = error_from_code(error.get("code", "outcome_unknown"),
                                       error.get("message", f"HTTP {status}"),
                                       error.get("retry_after"))
                 if status not in (503, 504) or not idempotent:
@@ -278,11 +278,19 @@ class Client:
         raise NoLeaderError(f"no node answered in time; nothing written{why}")
 
 
+# The class of a reply that is not one of ours (a proxy's, or the HTTP server's own
+# refusal before our handlers run), by its status.
+_STATUS_CODES = {400: "invalid", 401: "unauthorized", 413: "too_large", 429: "busy",
+                 503: "unavailable"}
+
+
 def _decode(raw: bytes, status: int) -> Any:
     try:
         return msgpack.unpackb(raw, raw=False)
-    except Exception:
-        return {"error": {"code": "internal", "message": f"HTTP {status}: undecodable reply"}}
+    except Exception:  # msgpack raises several unrelated types for foreign bodies
+        text = raw[:200].decode(errors="replace").strip()
+        return {"error": {"code": _STATUS_CODES.get(status, "outcome_unknown"),
+                          "message": f"HTTP {status} (not a dstore reply): {text}"}}
 
 
 def _settle(future: asyncio.Future[PutResult], exc: BaseException) -> None:

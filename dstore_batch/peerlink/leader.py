@@ -105,9 +105,10 @@ class _Session:
         """Submit every request of one PUT frame. Raises ProtocolError."""
         if frame[0] != protocol.PUT:
             raise ProtocolError(f"a follower may only send put frames, got type {frame[0]}")
-        for entry in frame[1]:
-            rid, items = entry[0], entry[1]
-            rows = protocol.rows_from_wire(items)  # ProtocolError ends the link
+        # The whole frame is checked before any of it is queued: a frame that breaks the
+        # protocol ends the link with nothing of it committed.
+        requests = [(entry[0], protocol.rows_from_wire(entry[1])) for entry in frame[1]]
+        for rid, rows in requests:
             try:
                 future = self.intake.submit(rows, self.peer)
             except DstoreError as exc:

@@ -71,8 +71,11 @@ class Store:
             raise
 
     async def _serve(self, app: web.Application, port: int) -> None:
+        # Every key that put accepts must be readable by GET /v1/get?key=...: a key
+        # percent-encodes to at most 3 bytes per byte, plus the rest of the line.
+        line = max(8190, 3 * self.config.limits.max_key_bytes + 1024)
         runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                               shutdown_timeout=1.0)
+                               shutdown_timeout=1.0, max_line_size=line)
         await runner.setup()
         self._runners.append(runner)
         host = self.config.listen_host_port[0]

@@ -16,8 +16,14 @@ def check_bearer(header: str | None, expected: str | None, what: str) -> None:
     if expected is None:
         return
     given = header[7:] if header and header.startswith("Bearer ") else ""
+    try:
+        # aiohttp hands undecodable header bytes over as surrogates: surrogateescape
+        # gives those bytes back exactly (no two headers compare equal after it).
+        given_bytes = given.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise UnauthorizedError(f"missing or wrong {what}") from None
     # compare_digest takes the same time wherever the strings differ.
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    if not hmac.compare_digest(given_bytes, expected.encode()):
         raise UnauthorizedError(f"missing or wrong {what}")
 
 

@@ -23,6 +23,10 @@ def init_database(
 
     On an emulator (``emulator_host``) the instance and database are created too. Safe
     to run any number of times.
+
+    Raises:
+        ValueError: the path is malformed, or the database refused (a bad instance id,
+            no permission, not found), with the database's message.
     """
     create_missing = emulator_host is not None
     project, instance_id, database_id = parse_database_path(database)
@@ -45,6 +49,8 @@ def init_database(
         if missing:
             _wait(db.update_ddl([wanted[n] for n in missing]), "create tables")
         return missing
+    except gexc.GoogleAPICallError as exc:
+        raise ValueError(f"init-db on {database} failed: {exc.message}") from None
     finally:
         client.close()
 

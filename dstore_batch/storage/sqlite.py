@@ -43,6 +43,19 @@ def sqlite_path(database: str) -> str | None:
     return None
 
 
+def _retry_locked(fn: Callable[[], object], timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    """Run ``fn`` until it does not fail with "database is locked" (up to ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fn()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # a thread of our own: the event loop is not waiting on it
+
+
 class SQLiteStorage:
     """Log and lock tables in one SQLite database file."""
 
@@ -70,8 +83,10 @@ class SQLiteStorage:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
 
         def open_writer() -> None:
-            self._wconn = self._connect()
-            self._wconn.execute("PRAGMA journal_mode = WAL")
+            conn = self._wconn = self._connect()
+            # Nodes opening a new file at once race to switch it to WAL: that switch
+            # needs the write lock and does not wait for busy_timeout, so wait here.
+            _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
             with _write_txn(self._wconn) as c:
                 c.execute(
                     f"CREATE TABLE IF NOT EXISTS {self.lock_table} (name TEXT NOT NULL PRIMARY "
@@ -154,7 +169,8 @@ class SQLiteStorage:
         elif limit == "all":
             sql, args = base + " ORDER BY timestamp DESC, id DESC", (key,)
         else:
-            sql, args = base + " ORDER BY timestamp DESC, id DESC LIMIT ?", (key, limit)
+            # SQLite integers are 64-bit; a limit past any history is "all" anyway.
+            sql, args = base + " ORDER BY timestamp DESC, id DESC LIMIT ?", (key, min(limit, 2**62))
 
         def read() -> list[HistoryItem]:
             assert self._rconn is not None
