@@ -185,6 +185,8 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--lock-name", "dstore", help="lock row name")
     _flag(p, "--lease-ms", 5000, type=int, help="election lease (min 1000)")
     _flag(p, "--put-timeout-ms", 30000, type=int, help="default per-put deadline")
+    _flag(p, "--db-timeout-ms", 10000, type=int,
+          help="bound of every database call; past it the call fails with a typed error")
     _flag(p, "--max-batch-rows", _BATCH.max_rows, type=int, help="rows per commit cap")
     _flag(p, "--max-batch-bytes", _BATCH.max_bytes, type=int, help="bytes per commit cap")
     _flag(p, "--linger-ms", 0.0, type=float, help="extra wait for fuller batches")
@@ -225,6 +227,7 @@ def _config(args: argparse.Namespace) -> Config:
         emulator_host=args.emulator_host or None,
         lease_s=int(args.lease_ms) / 1000,
         put_timeout_s=int(args.put_timeout_ms) / 1000,
+        db_timeout_s=int(args.db_timeout_ms) / 1000,
         batch=BatchConfig(
             max_rows=int(args.max_batch_rows),
             max_bytes=int(args.max_batch_bytes),

@@ -104,6 +104,7 @@ class Config:
     emulator_host: str | None = None
     lease_s: float = DEFAULT_LEASE_S
     put_timeout_s: float = 30.0  # default per-call deadline
+    db_timeout_s: float = 10.0  # bound of every database call (reads, lock writes, commits)
     metrics_port: int | None = None  # a second port serving only /metrics
     # Secrets: never in repr, logs or metrics.
     peer_secret: str | None = field(default=None, repr=False)  # peers prove membership
@@ -130,6 +131,8 @@ class Config:
             raise ValueError("tls_cert and tls_key go together")
         if self.put_timeout_s <= 0:
             raise ValueError("put_timeout_s must be positive")
+        if not 0.1 <= self.db_timeout_s <= 600:
+            raise ValueError("db_timeout_s must be 0.1..600 seconds")
         if self.limits.max_value_bytes + self.limits.max_key_bytes + ROW_OVERHEAD_BYTES > (
             self.batch.max_bytes
         ):

@@ -71,6 +71,7 @@ class Election:
         self._candidate = True  # False after resign(): follow, never take the lock
         self._background: set[asyncio.Task[bool]] = set()
         self._expiry: asyncio.TimerHandle | None = None
+        self._db_down_since: float | None = None  # monotonic time of the first failure
 
     # -- cached state (no I/O) -----------------------------------------------------
 
@@ -186,16 +187,43 @@ class Election:
 
     # -- the loop --------------------------------------------------------------------
 
+    @property
+    def database_reachable(self) -> bool:
+        """Whether the last lock check or heartbeat reached the database (no I/O)."""
+        return self._db_down_since is None
+
+    def _round_ok(self) -> None:
+        if self._db_down_since is not None:
+            log.warning("node %s: database reachable again after %.1fs", self.node_id,
+                        time.monotonic() - self._db_down_since)
+            self._db_down_since = None
+        self._metrics.database_up.set(1)
+
+    def _round_failed(self, exc: BaseException) -> None:
+        self._metrics.election_check_failures.inc()
+        self._metrics.database_up.set(0)
+        if self._db_down_since is None:
+            self._db_down_since = time.monotonic()
+            log.warning("node %s: database unreachable: lock check failed: %s", self.node_id,
+                        exc)
+        else:
+            log.info("node %s: lock check failed again (%.1fs): %s", self.node_id,
+                     time.monotonic() - self._db_down_since, exc)
+
     async def _loop(self) -> None:
         while True:
             self._poke.clear()  # before the round, so refresh() calls made in it count
             try:
-                await self._round()
+                # A round must end within a lease whatever the database does: a check
+                # that cannot finish in time is a failed check.
+                async with asyncio.timeout(self.lease_s):
+                    await self._round()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                self._metrics.election_check_failures.inc()
-                log.warning("node %s: election check failed: %r", self.node_id, exc)
+            except Exception as exc:  # TimeoutError, typed storage errors, driver errors
+                self._round_failed(exc)
+            else:
+                self._round_ok()
             interval = self.lease_s / 3 if self._state.is_leader else self.lease_s / 4
             # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a
             # cancel that lands as the poke arrives, and stop() would wait forever.

@@ -156,11 +156,15 @@ class StoreCore:
         if self._state != "running":
             return False
         self._state = "stopping"
+        # One budget for all of it, whatever the database does: a lock that cannot be
+        # released in time simply expires.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT_S
         if self.election.is_leader:
             await self.committer.drain(DRAIN_TIMEOUT_S)
-        await self.election.resign()
         try:
-            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            async with asyncio.timeout_at(deadline):
+                await self.election.resign()
                 await self._no_puts.wait()
         except TimeoutError:
             log.warning("node %s: stopping with %d puts unfinished", self.node_id,
@@ -193,8 +197,15 @@ class StoreCore:
 
     @property
     def ready(self) -> bool:
-        """Whether a load balancer should send requests here: running, and a leader known."""
-        return self._state == "running" and self.leader is not None
+        """Whether a load balancer should send requests here: running, a leader known, and
+        the database reachable from this node."""
+        return (self._state == "running" and self.leader is not None
+                and self.election.database_reachable)
+
+    @property
+    def database_reachable(self) -> bool:
+        """Whether this node's last lock check or heartbeat reached the database."""
+        return self.election.database_reachable
 
     @property
     def stopping(self) -> bool:
@@ -259,7 +270,8 @@ class StoreCore:
 
         Raises:
             InvalidInputError: empty key or a bad limit.
-            ReadError: the database read failed.
+            ReadError: the database read failed or did not answer within
+                ``config.db_timeout_s``.
         """
         try:
             limit = check_limit(limit)

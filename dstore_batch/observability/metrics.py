@@ -101,6 +101,11 @@ class Metrics:
             "dstore_leader_changes_total", "Changes of the leader this node has seen.",
             registry=r,
         )
+        self.database_up = Gauge(
+            "dstore_database_up",
+            "1 while this node's last lock check or heartbeat reached the database.",
+            registry=r,
+        )
         self.election_check_failures = Counter(
             "dstore_election_check_failures_total",
             "Lock-table checks or heartbeats that failed.", registry=r,

@@ -174,7 +174,8 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     core = _core(request)
     if not core.ready:
-        status = "shutting down" if core.stopping else "no leader known"
+        status = ("shutting down" if core.stopping else
+                  "database unreachable" if not core.database_reachable else "no leader known")
         return _reply(request, {"status": status, "node": core.node_id}, 503,
                       {"Retry-After": "1"})
     return _reply(request, {"status": "ready", "node": core.node_id, "leader": core.leader})

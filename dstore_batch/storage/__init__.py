@@ -18,7 +18,8 @@ def open_storage(config: Config) -> Storage:
 
     path = sqlite_path(config.database)
     if path is not None:
-        return SQLiteStorage(path, log_table=config.log_table, lock_table=config.lock_table)
+        return SQLiteStorage(path, log_table=config.log_table, lock_table=config.lock_table,
+                             call_timeout_s=config.db_timeout_s)
     from .spanner import SpannerStorage
 
     return SpannerStorage(
@@ -27,4 +28,5 @@ def open_storage(config: Config) -> Storage:
         lock_table=config.lock_table,
         commit_threads=config.batch.max_inflight,
         emulator_host=config.emulator_host,
+        call_timeout_s=config.db_timeout_s,
     )

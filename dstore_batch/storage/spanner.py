@@ -12,6 +12,7 @@ a thread pool through ``loop.run_in_executor``, so the event loop never blocks o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import functools
 import logging
@@ -44,6 +45,7 @@ MUTATIONS_PER_ROW = len(LOG_COLUMNS)
 # The emulator sends no retry delay with an abort, and the client then sleeps
 # 2**attempt seconds. Our own transactions are serialized, so a short retry is right.
 ABORT_RETRY_DELAY_S = 0.02
+CLOSE_TIMEOUT_S = 5.0
 
 
 # Errors after which the same commit may well succeed. NotFound is here because a
@@ -128,7 +130,7 @@ class SpannerStorage:
         log_table: str = "logtable",
         lock_table: str = "locktable",
         commit_threads: int = 1,
-        commit_timeout_s: float = 60.0,
+        call_timeout_s: float = 10.0,
         emulator_host: str | None = None,
     ) -> None:
         self.database_path = database
@@ -136,7 +138,9 @@ class SpannerStorage:
         self.project, self.instance_id, self.database_id = parse_database_path(database)
         self.log_table = log_table
         self.lock_table = lock_table
-        self._commit_timeout_s = commit_timeout_s
+        # Every call is bounded: the client retries UNAVAILABLE without end, so a node
+        # cut from the database would otherwise hang in a read (or spin in one).
+        self._timeout = call_timeout_s
         self._writer = ThreadPoolExecutor(commit_threads, thread_name_prefix="spanner-rw")
         # Lock writes share the commit thread. A thread of their own was tried: on the
         # emulator a heartbeat running beside a commit makes one of them fail with
@@ -159,21 +163,45 @@ class SpannerStorage:
         self._db = await self._run(self._reader, connect)
 
     async def close(self) -> None:
-        def shutdown() -> None:
-            for pool in (self._writer, self._reader):
-                pool.shutdown(wait=True, cancel_futures=True)
-            # Not Database.close(): in 3.71 it joins the session manager's maintenance
-            # thread, which sleeps for minutes (a test hung on it). client.close() below
-            # closes the channels; that thread is a daemon.
+        # Closing the gRPC channel ends every call still in flight (a read the client
+        # keeps restarting against an unreachable database included), so the pools'
+        # threads finish. Not Database.close(): in 3.71 it joins the session manager's
+        # maintenance thread, which sleeps for minutes; that thread is a daemon.
+        if self._db is not None:
+            with contextlib.suppress(Exception):
+                self._db.spanner_api.transport.close()
+        for pool in (self._writer, self._reader):
+            pool.shutdown(wait=False, cancel_futures=True)
 
-        # Off the event loop: a call still running in a pool may take a while to end.
-        await asyncio.to_thread(shutdown)
+        def join() -> None:
+            for pool in (self._writer, self._reader):
+                pool.shutdown(wait=True)
+
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await asyncio.to_thread(join)
+        except TimeoutError:
+            log.warning("spanner storage: calls still running %.0fs after close", CLOSE_TIMEOUT_S)
         if self._client is not None:
             self._client.close()
 
-    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any,
+                   writes: bool = False) -> T:
+        """Run ``fn`` in ``pool``, bounded by the call timeout.
+
+        Raises ReadError on time out (nothing written), or CommitError when ``writes``
+        (it may still commit: the thread is not stopped, only no longer waited for).
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool, functools.partial(fn, *args))
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await loop.run_in_executor(pool, functools.partial(fn, *args))
+        except TimeoutError:
+            what = f"database {self.database_path} did not answer within {self._timeout:g}s"
+            if writes:
+                raise CommitError(f"{what}; the write may or may not be committed",
+                                  transient=True) from None
+            raise ReadError(what) from None
 
     def _transact(self, work: Callable[[Any], T]) -> tuple[T, Timestamp]:
         """Run ``work`` in a read-write transaction; return its value and commit time."""
@@ -189,7 +217,7 @@ class SpannerStorage:
         value = self._db.run_in_transaction(
             attempt,
             default_retry_delay=ABORT_RETRY_DELAY_S,
-            timeout_secs=self._commit_timeout_s,
+            timeout_secs=self._timeout,
         )
         committed = holder[-1].committed
         return value, (Timestamp.from_datetime(committed) if committed else Timestamp(0))
@@ -211,7 +239,7 @@ class SpannerStorage:
             return existing
 
         try:
-            existing, ts = await self._run(self._writer, self._transact, work)
+            existing, ts = await self._run(self._writer, self._transact, work, writes=True)
         except gexc.GoogleAPICallError as exc:
             raise CommitError(f"commit of {len(rows)} rows failed: {exc.message}",
                               transient=isinstance(exc, TRANSIENT)) from exc
@@ -228,12 +256,13 @@ class SpannerStorage:
         """Which of the ``keep`` rows are stored already, with their timestamps."""
         where = {(rows[i].key, rows[i].id): i for i in keep}
         found = txn.read(self.log_table, ("key", "id", "timestamp"),
-                         KeySet(keys=[list(k) for k in where]))
+                         KeySet(keys=[list(k) for k in where]), timeout=self._timeout)
         return {where[(k, i)]: Timestamp.from_datetime(ts) for k, i, ts in found}
 
     def _holds(self, txn: Any, fence: Fence) -> bool:
         rows = list(
-            txn.read(self.lock_table, ("token",), KeySet(keys=[[fence.lock_name]]))
+            txn.read(self.lock_table, ("token",), KeySet(keys=[[fence.lock_name]]),
+                     timeout=self._timeout)
         )
         return bool(rows) and rows[0][0] is not None and (
             Timestamp.from_datetime(rows[0][0]) == fence.token
@@ -247,7 +276,8 @@ class SpannerStorage:
 
         def read() -> list[HistoryItem]:
             with self._db.snapshot() as snap:
-                rows = snap.read(self.log_table, ("id", "value", "timestamp"), keyset)
+                rows = snap.read(self.log_table, ("id", "value", "timestamp"), keyset,
+                                 timeout=self._timeout)
                 return [
                     HistoryItem(r[0], r[1], Timestamp.from_datetime(r[2]))
                     for r in rows
@@ -274,7 +304,8 @@ class SpannerStorage:
             with self._db.snapshot() as snap:
                 rows = list(
                     snap.execute_sql(
-                        sql, params={"name": name}, param_types={"name": param_types.STRING}
+                        sql, params={"name": name}, param_types={"name": param_types.STRING},
+                        timeout=self._timeout,
                     )
                 )
             if not rows or rows[0][1] is None:
@@ -293,7 +324,7 @@ class SpannerStorage:
             )
 
         try:
-            _, ts = await self._run(self._locker, self._transact, work)
+            _, ts = await self._run(self._locker, self._transact, work, writes=True)
         except gexc.AlreadyExists:
             return None
         return ts
@@ -310,7 +341,8 @@ class SpannerStorage:
         def work(txn: Any) -> bool:
             rows = list(
                 txn.execute_sql(
-                    sql, params={"name": name}, param_types={"name": param_types.STRING}
+                    sql, params={"name": name}, param_types={"name": param_types.STRING},
+                    timeout=self._timeout,
                 )
             )
             if not rows or rows[0][1] is None:
@@ -330,7 +362,7 @@ class SpannerStorage:
             return True
 
         try:
-            won, ts = await self._run(self._locker, self._transact, work)
+            won, ts = await self._run(self._locker, self._transact, work, writes=True)
         except gexc.AlreadyExists:
             return None
         return ts if won else None
@@ -355,11 +387,11 @@ class SpannerStorage:
 
         def work(txn: Any) -> bool:
             _status, counts = txn.batch_update(
-                [(update, params, types), (cleanup, params, types)]
+                [(update, params, types), (cleanup, params, types)], timeout=self._timeout
             )
             return bool(counts) and counts[0] == 1
 
-        held, _ = await self._run(self._locker, self._transact, work)
+        held, _ = await self._run(self._locker, self._transact, work, writes=True)
         return bool(held)
 
     async def lock_release(self, name: str, token: Timestamp) -> bool:
@@ -371,9 +403,10 @@ class SpannerStorage:
         types = {"name": param_types.STRING, "token": param_types.TIMESTAMP}
 
         def work(txn: Any) -> bool:
-            return bool(txn.execute_update(sql, params=params, param_types=types) == 1)
+            return bool(txn.execute_update(sql, params=params, param_types=types,
+                                           timeout=self._timeout) == 1)
 
-        released, _ = await self._run(self._locker, self._transact, work)
+        released, _ = await self._run(self._locker, self._transact, work, writes=True)
         return bool(released)
 
 

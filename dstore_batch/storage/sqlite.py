@@ -60,9 +60,11 @@ class SQLiteStorage:
     """Log and lock tables in one SQLite database file."""
 
     def __init__(
-        self, path: str, *, log_table: str = "logtable", lock_table: str = "locktable"
+        self, path: str, *, log_table: str = "logtable", lock_table: str = "locktable",
+        call_timeout_s: float = 10.0,
     ) -> None:
         self.path = path
+        self._timeout = call_timeout_s
         self.log_table = check_table_name(log_table)
         self.lock_table = check_table_name(lock_table)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-rw")
@@ -109,12 +111,26 @@ class SQLiteStorage:
     async def close(self) -> None:
         for pool, conn in ((self._writer, self._wconn), (self._reader, self._rconn)):
             if conn is not None:
-                await self._run(pool, conn.close)
-            pool.shutdown(wait=True)
+                with contextlib.suppress(ReadError):
+                    await self._run(pool, conn.close)
+            pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any,
+                   writes: bool = False) -> T:
+        """Run ``fn`` in ``pool``, bounded by the call timeout.
+
+        Raises ReadError on time out (nothing written), or CommitError when ``writes``.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool, functools.partial(fn, *args))
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await loop.run_in_executor(pool, functools.partial(fn, *args))
+        except TimeoutError:
+            what = f"database {self.path} did not answer within {self._timeout:g}s"
+            if writes:
+                raise CommitError(f"{what}; the write may or may not be committed",
+                                  transient=True) from None
+            raise ReadError(what) from None
 
     async def _write(self, work: Callable[[sqlite3.Connection, Timestamp], T]) -> T:
         """Run ``work(conn, commit_ts)`` in one serialized write transaction."""
@@ -124,7 +140,7 @@ class SQLiteStorage:
             with _write_txn(self._wconn) as c:
                 return work(c, _next_timestamp(c))
 
-        return await self._run(self._writer, run)
+        return await self._run(self._writer, run, writes=True)
 
     # -- log table ---------------------------------------------------------------------
 
