@@ -205,10 +205,10 @@ class Election:
         if self._db_down_since is None:
             self._db_down_since = time.monotonic()
             log.warning("node %s: database unreachable: lock check failed: %s", self.node_id,
-                        exc)
+                        _describe(exc, self.lease_s))
         else:
             log.info("node %s: lock check failed again (%.1fs): %s", self.node_id,
-                     time.monotonic() - self._db_down_since, exc)
+                     time.monotonic() - self._db_down_since, _describe(exc, self.lease_s))
 
     async def _loop(self) -> None:
         while True:
@@ -300,3 +300,9 @@ class Election:
                 fn(old, new)
             except Exception:
                 log.exception("election listener failed")
+
+
+def _describe(exc: BaseException, lease_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within the lease ({lease_s:g}s)"
+    return str(exc) or type(exc).__name__
