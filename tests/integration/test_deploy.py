@@ -13,11 +13,10 @@ import pytest
 import yaml
 
 from dstore_batch.cli import _parser
-from dstore_batch.config import Config
-from dstore_batch.node import make_app
-from dstore_batch.store import DRAIN_TIMEOUT_S, Store
+from dstore_batch.core.store import DRAIN_TIMEOUT_S
+from dstore_batch.server.http_api import ROUTES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ["emulator", "gke"]
 K8S_VERSION = "1.30.0"
 
@@ -64,8 +63,7 @@ def test_wiring_matches_the_app(overlay: str) -> None:
     config = by_kind(docs, "ConfigMap")["data"]
 
     # Probe paths are routes of the node's app, on a declared port.
-    store = Store(Config(node_id="127.0.0.1:1", database="sqlite:///tmp/x.db"))
-    routes = {r.resource.canonical for r in make_app(store).router.routes() if r.resource}
+    routes = {path for _, path, _ in ROUTES}
     for probe in ("readinessProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
         assert get["path"] in routes and get["port"] in ports
@@ -74,7 +72,9 @@ def test_wiring_matches_the_app(overlay: str) -> None:
 
     # The node id comes from the pod IP through the downward API, as the variable that
     # `serve --id` reads, on the HTTP port; the metrics port is the configured one.
-    serve = next(a for a in _parser()._actions if a.dest == "command").choices["serve"]
+    commands = next(a for a in _parser()._actions if a.dest == "command").choices
+    assert isinstance(commands, dict)
+    serve = commands["serve"]
     flags = {a.dest: a for a in serve._actions}
     assert "DSTORE_ID" in flags["id"].help and "DSTORE_LISTEN" in flags["listen"].help
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"

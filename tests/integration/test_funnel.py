@@ -6,47 +6,30 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import msgpack
 import pytest
+from prometheus_client import generate_latest
 
 from dstore_batch import Config, Store
 from dstore_batch.config import BatchConfig, LimitsConfig
 from dstore_batch.peerlink.protocol import FATAL, encode_hello, encode_puts
 from dstore_batch.types import Row, Timestamp
+from tests.helpers import metric, running_stores, scrape, split
 
 
 @pytest.fixture
 async def cluster(make_config: Callable[..., Config]) -> AsyncIterator[list[Store]]:
-    stores = [Store(make_config()) for _ in range(3)]
-    for s in stores:
-        await s.start()
-    try:
-        leader = await stores[0].wait_for_leader(10)
-        for s in stores:
-            while s.leader != leader:
-                await s.core.election.wait_change(0.1)
+    async with running_stores([make_config() for _ in range(3)]) as stores:
         yield stores
-    finally:
-        for s in stores:
-            await s.stop()
 
 
-def split(stores: list[Store]) -> tuple[Store, list[Store]]:
-    leader = next(s for s in stores if s.is_leader)
-    return leader, [s for s in stores if s is not leader]
-
-
-async def scrape(session: aiohttp.ClientSession, store: Store, name: str) -> float:
-    """Sum a metric's samples from the node's own /metrics page."""
-    async with session.get(f"http://{store.node_id}/metrics") as resp:
-        text = await resp.text()
-    total = 0.0
-    for line in text.splitlines():
-        if re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? ", line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+async def scrape_node(http: aiohttp.ClientSession, store: Store, name: str, **labels: str
+                      ) -> float:
+    """One metric (summed over its other labels) from the node's own /metrics page."""
+    return metric(await scrape(http, f"http://{store.node_id}"), name, **labels)
 
 
 async def test_puts_through_each_node_are_readable_everywhere(cluster: list[Store]) -> None:
@@ -74,12 +57,12 @@ async def test_put_many_20000_through_a_follower(cluster: list[Store]) -> None:
     leader, (follower, _) = split(cluster)
     cap = leader.config.batch.max_rows
     async with aiohttp.ClientSession() as http:
-        before = await scrape(http, leader, "dstore_commits_total")
+        before = await scrape_node(http, leader, "dstore_commits_total")
         results = await follower.put_many([(f"bulk-{i}", "x" * 100) for i in range(20_000)])
         assert len(results) == 20_000 and len({r.id for r in results}) == 20_000
-        commits = await scrape(http, leader, "dstore_commits_total") - before
-        within_cap = await scrape(http, leader, f'dstore_commit_rows_bucket{{le="{cap}.0"}}')
-        total = await scrape(http, leader, "dstore_commit_rows_count")
+        commits = await scrape_node(http, leader, "dstore_commits_total") - before
+        within_cap = await scrape_node(http, leader, "dstore_commit_rows_bucket", le=f"{cap}.0")
+        total = await scrape_node(http, leader, "dstore_commit_rows_count")
     assert commits >= 20_000 / cap  # several multi-row commits
     assert within_cap == total  # no commit over the row cap (and so under 80,000 mutations)
     assert cap * 5 <= 80_000
@@ -92,11 +75,11 @@ async def test_put_many_20000_through_a_follower(cluster: list[Store]) -> None:
 async def test_concurrent_single_puts_share_commits(cluster: list[Store]) -> None:
     leader, followers = split(cluster)
     async with aiohttp.ClientSession() as http:
-        before = await scrape(http, leader, "dstore_commits_total")
+        before = await scrape_node(http, leader, "dstore_commits_total")
         results = await asyncio.gather(
             *(followers[i % 2].put(f"single-{i}", str(i)) for i in range(200))
         )
-        commits = await scrape(http, leader, "dstore_commits_total") - before
+        commits = await scrape_node(http, leader, "dstore_commits_total") - before
     assert len(results) == 200
     assert 1 <= commits <= 40, commits  # far fewer commits than puts
     print(f"200 concurrent puts through followers -> {commits:.0f} commits")
@@ -197,7 +180,7 @@ async def test_http_api_contract(cluster: list[Store]) -> None:
 
         as_json = {"Content-Type": "application/json"}
         huge = "x" * (1024 * 1024 + 1)
-        bad = [
+        bad: list[tuple[str, str, dict[str, Any], int, str]] = [
             ("post", "/v1/put", {"data": b"{not json", "headers": as_json}, 400, "invalid"),
             ("post", "/v1/put", {"json": {"key": "k"}}, 400, "invalid"),
             ("post", "/v1/put", {"json": {"key": "", "value": "v"}}, 400, "empty_key"),
@@ -241,10 +224,10 @@ async def test_caps_are_enforced_with_small_batches(make_config: Callable[..., C
         await store.wait_for_leader(5)
         results = await store.put_many([(f"c{i}", "y" * 1000) for i in range(500)])
         assert len(results) == 500
-        hist = store.metrics.commit_rows.collect()[0].samples
-        count = next(s.value for s in hist if s.name.endswith("_count"))
-        within = next(s.value for s in hist if s.labels.get("le") == "50.0")
+        text = generate_latest(store.metrics.registry).decode()
+        count = metric(text, "dstore_commit_rows_count")
+        within = metric(text, "dstore_commit_rows_bucket", le="50.0")
         assert count >= 10 and within == count
-        bytes_hist = store.metrics.commit_bytes.collect()[0].samples
-        biggest = max(s.value for s in bytes_hist if s.name.endswith("_sum")) / count
+        biggest = metric(text, "dstore_commit_bytes_sum") / count
         assert biggest <= 64 * 1024
+        assert metric(text, "dstore_commit_bytes_bucket", le="65536.0") == count  # each one

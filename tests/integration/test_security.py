@@ -14,34 +14,17 @@ import aiohttp
 import pytest
 
 from dstore_batch import Config, Store, UnauthorizedError
+from tests.helpers import metric, running_stores, scrape, split
 
 SECRET = "peer-secret-Zq8"
 TOKEN = "api-token-Kx3"
 
 
-async def cluster(configs: list[Config]) -> list[Store]:
-    stores = [Store(c) for c in configs]
-    for s in stores:
-        await s.start()
-    leader = await stores[0].wait_for_leader(10)
-    for s in stores:
-        while s.leader != leader:
-            await s.core.election.wait_change(0.1)
-    return stores
-
-
-async def stop(stores: list[Store]) -> None:
-    for s in stores:
-        await s.stop()
-
-
 async def test_peer_secret(make_config: Callable[..., Config],
                            caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    stores = await cluster([make_config(peer_secret=SECRET) for _ in range(2)])
-    try:
-        leader = next(s for s in stores if s.is_leader)
-        follower = next(s for s in stores if not s.is_leader)
+    async with running_stores([make_config(peer_secret=SECRET) for _ in range(2)]) as stores:
+        leader, (follower,) = split(stores)
         assert (await follower.put("k", "v")).timestamp > 0  # the right secret works
 
         async with aiohttp.ClientSession() as http:
@@ -56,18 +39,15 @@ async def test_peer_secret(make_config: Callable[..., Config],
             with pytest.raises(UnauthorizedError):
                 await stranger.put("k", "v", timeout=5)
         async with aiohttp.ClientSession() as http:
-            metrics = await (await http.get(f"http://{leader.node_id}/metrics")).text()
-    finally:
-        await stop(stores)
+            metrics = await scrape(http, f"http://{leader.node_id}")
     assert SECRET not in caplog.text and SECRET not in metrics
     assert SECRET not in repr(stores[0].config)
 
 
 async def test_api_token(make_config: Callable[..., Config]) -> None:
-    stores = await cluster([make_config(api_token=TOKEN) for _ in range(2)])
-    node = stores[1]
-    base = f"http://{node.node_id}"
-    try:
+    async with running_stores([make_config(api_token=TOKEN) for _ in range(2)]) as stores:
+        node = stores[1]
+        base = f"http://{node.node_id}"
         async with aiohttp.ClientSession() as http:
             for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}):
                 async with http.post(f"{base}/v1/put", json={"key": "k", "value": "v"},
@@ -83,11 +63,9 @@ async def test_api_token(make_config: Callable[..., Config]) -> None:
             for open_path in ("/healthz", "/readyz", "/metrics"):
                 async with http.get(base + open_path) as resp:
                     assert resp.status == 200, open_path
-            metrics = await (await http.get(base + "/metrics")).text()
+            metrics = await scrape(http, base)
             assert TOKEN not in metrics
-            assert 'dstore_puts_total{op="put",result="unauthorized"} 3.0' in metrics
-    finally:
-        await stop(stores)
+            assert metric(metrics, "dstore_puts_total", op="put", result="unauthorized") == 3
 
 
 def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
@@ -113,9 +91,8 @@ async def test_tls_between_peers_and_for_clients(make_config: Callable[..., Conf
     cert, key, ca = _make_certs(tmp_path)
     tls = {"tls_cert": str(cert), "tls_key": str(key), "tls_ca": str(ca),
            "peer_secret": SECRET}
-    stores = await cluster([make_config(**tls) for _ in range(2)])
-    try:
-        follower = next(s for s in stores if not s.is_leader)
+    async with running_stores([make_config(**tls) for _ in range(2)]) as stores:
+        _, (follower,) = split(stores)
         result = await follower.put("tls", "secure")  # over wss:// to the leader
         client_ctx = ssl.create_default_context(cafile=str(ca))
         async with aiohttp.ClientSession() as http:
@@ -125,8 +102,6 @@ async def test_tls_between_peers_and_for_clients(make_config: Callable[..., Conf
             assert body["items"][0]["id"] == result.id
             with pytest.raises(aiohttp.ClientError):  # plain HTTP is not served
                 await http.get(f"http://{follower.node_id}/healthz")
-    finally:
-        await stop(stores)
 
 
 async def test_each_limit_has_its_code_and_nothing_partial_is_written(
@@ -136,25 +111,24 @@ async def test_each_limit_has_its_code_and_nothing_partial_is_written(
 
     limits = LimitsConfig(max_key_bytes=16, max_value_bytes=64, max_items_per_request=10,
                           max_request_bytes=4096)
-    stores = await cluster([make_config(limits=limits) for _ in range(2)])
-    node = stores[1]
-    base = f"http://{node.node_id}"
-    cases = [
-        ({"items": [{"key": "ok1", "value": "v"}, {"key": "k" * 17, "value": "v"}]}, 413,
-         "key_too_large"),
-        ({"items": [{"key": "ok2", "value": "v"}, {"key": "k", "value": "v" * 65}]}, 413,
-         "value_too_large"),
-        ({"items": [{"key": f"ok3-{i}", "value": "v"} for i in range(11)]}, 413,
-         "too_many_items"),
-        ({"items": [{"key": "ok4", "value": "v"}, {"key": "", "value": "v"}]}, 400,
-         "empty_key"),
-        ({"items": [{"key": "ok5", "value": "v"}, {"key": "k", "value": "\ud800"}]}, 400,
-         "invalid_utf8"),
-        ({"items": [{"key": "ok6", "value": "v" * 60}] * 10}, 200, None),  # at the limits
-        ({"items": [{"key": "ok7-0", "value": "v"}], "padding": "x" * 5000}, 413,
-         "body_too_large"),
-    ]
-    try:
+    async with running_stores([make_config(limits=limits) for _ in range(2)]) as stores:
+        node = stores[1]
+        base = f"http://{node.node_id}"
+        cases = [
+            ({"items": [{"key": "ok1", "value": "v"}, {"key": "k" * 17, "value": "v"}]}, 413,
+             "key_too_large"),
+            ({"items": [{"key": "ok2", "value": "v"}, {"key": "k", "value": "v" * 65}]}, 413,
+             "value_too_large"),
+            ({"items": [{"key": f"ok3-{i}", "value": "v"} for i in range(11)]}, 413,
+             "too_many_items"),
+            ({"items": [{"key": "ok4", "value": "v"}, {"key": "", "value": "v"}]}, 400,
+             "empty_key"),
+            ({"items": [{"key": "ok5", "value": "v"}, {"key": "k", "value": "\ud800"}]}, 400,
+             "invalid_utf8"),
+            ({"items": [{"key": "ok6", "value": "v" * 60}] * 10}, 200, None),  # at the limits
+            ({"items": [{"key": "ok7-0", "value": "v"}], "padding": "x" * 5000}, 413,
+             "body_too_large"),
+        ]
         async with aiohttp.ClientSession() as http:
             for body, status, code in cases:
                 data = json.dumps(body).encode()
@@ -163,24 +137,21 @@ async def test_each_limit_has_its_code_and_nothing_partial_is_written(
                     assert resp.status == status, (code, await resp.text())
                     if code:
                         assert (await resp.json())["error"]["code"] == code
-            metrics = await (await http.get(base + "/metrics")).text()
+            metrics = await scrape(http, base)
         for code in ("key_too_large", "value_too_large", "too_many_items", "empty_key",
                      "invalid_utf8", "body_too_large"):
-            assert f'dstore_puts_total{{op="put_many",result="{code}"}} 1.0' in metrics, code
+            assert metric(metrics, "dstore_puts_total", op="put_many", result=code) == 1, code
         for key in ("ok1", "ok2", "ok3-0", "ok4", "ok5", "ok7-0"):
             assert await node.get(key, "all") == []  # nothing of a refused request
         assert len(await node.get("ok6", "all")) == 10
-    finally:
-        await stop(stores)
 
 
 async def test_follower_budget_makes_producers_wait(make_config: Callable[..., Config]) -> None:
     from dstore_batch.config import BatchConfig
 
     batch = BatchConfig(follower_inflight_bytes=4096)
-    stores = await cluster([make_config(batch=batch) for _ in range(2)])
-    try:
-        follower = next(s for s in stores if not s.is_leader)
+    async with running_stores([make_config(batch=batch) for _ in range(2)]) as stores:
+        _, (follower,) = split(stores)
         peak = 0
 
         async def watch() -> None:
@@ -196,34 +167,27 @@ async def test_follower_budget_makes_producers_wait(make_config: Callable[..., C
         watcher.cancel()
         assert len(results) == 40
         assert 0 < peak <= 4096 + 5 * 104  # never more than the budget (plus one request)
-    finally:
-        await stop(stores)
 
 
 async def test_peer_link_needs_the_api_token_when_no_secret(
     make_config: Callable[..., Config],
 ) -> None:
-    stores = await cluster([make_config(api_token=TOKEN) for _ in range(2)])
-    try:
-        leader = next(s for s in stores if s.is_leader)
-        follower = next(s for s in stores if not s.is_leader)
+    async with running_stores([make_config(api_token=TOKEN) for _ in range(2)]) as stores:
+        leader, (follower,) = split(stores)
         async with aiohttp.ClientSession() as http:
             with pytest.raises(aiohttp.WSServerHandshakeError) as info:
                 await http.ws_connect(f"http://{leader.node_id}/v1/peer")
             assert info.value.status == 401
         assert (await follower.put("k", "v")).timestamp > 0  # members present the token
-    finally:
-        await stop(stores)
 
 
 async def test_odd_input_gets_400_not_500(make_config: Callable[..., Config]) -> None:
     from dstore_batch import TooLargeError
     from dstore_batch.config import LimitsConfig
 
-    stores = await cluster([make_config(limits=LimitsConfig(max_request_bytes=10_000))
-                            for _ in range(2)])
-    node = stores[1]
-    try:
+    async with running_stores([make_config(limits=LimitsConfig(max_request_bytes=10_000))
+                            for _ in range(2)]) as stores:
+        node = stores[1]
         async with aiohttp.ClientSession() as http:
             for limit in ("²", "9" * 5000, "-1", "1.5"):
                 async with http.get(f"http://{node.node_id}/v1/get",
@@ -232,8 +196,6 @@ async def test_odd_input_gets_400_not_500(make_config: Callable[..., Config]) ->
         with pytest.raises(TooLargeError) as info:  # fits every item limit, not one frame
             await node.put_many([(f"k{i}", "v" * 900) for i in range(20)])
         assert info.value.code == "too_large"
-    finally:
-        await stop(stores)
 
 
 async def test_failed_start_cleans_up(make_config: Callable[..., Config]) -> None:

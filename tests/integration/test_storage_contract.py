@@ -1,22 +1,19 @@
-"""One contract every storage backend passes unchanged (SQLite and the Spanner emulator)."""
+"""The storage contract (tests/contract.py) on the Spanner emulator."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
-from dstore_batch.config import Config
-from dstore_batch.errors import NotLeaderError
-from dstore_batch.storage import Fence, Storage, open_storage
-from dstore_batch.types import Row
+from dstore_batch.storage import Storage
+from dstore_batch.storage.spanner import SpannerStorage
+from tests.contract import StorageContract
 
 
 @pytest.fixture
-async def storage(any_database: str, any_emulator_host: str | None) -> AsyncIterator[Storage]:
-    s = open_storage(Config(node_id="127.0.0.1:1", database=any_database,
-                            emulator_host=any_emulator_host))
+async def storage(database: str, emulator_host: str) -> AsyncIterator[Storage]:
+    s = SpannerStorage(database, emulator_host=emulator_host)
     await s.start()
     try:
         yield s
@@ -24,95 +21,5 @@ async def storage(any_database: str, any_emulator_host: str | None) -> AsyncIter
         await s.close()
 
 
-async def test_commit_returns_one_timestamp_for_all_rows(storage: Storage) -> None:
-    ts, _ = await storage.commit([Row("a", "k1", "v1"), Row("b", "k2", "v2")], "n:1", None)
-    for key in ("k1", "k2"):
-        (item,) = await storage.history(key, 1)
-        assert item.timestamp == ts
-
-
-async def test_timestamps_strictly_increase(storage: Storage) -> None:
-    stamps = [(await storage.commit([Row(str(i), "k", "v")], "n:1", None)).timestamp
-              for i in range(20)]
-    assert stamps == sorted(stamps) and len(set(stamps)) == 20
-
-
-async def test_history_limits(storage: Storage) -> None:
-    rows = [Row(f"id{i}", "h", f"v{i}") for i in range(5)]
-    stamps = [(await storage.commit([r], "n:1", None)).timestamp for r in rows]
-    assert [i.value for i in await storage.history("h", 1)] == ["v4"]
-    assert [i.value for i in await storage.history("h", 3)] == ["v4", "v3", "v2"]
-    all_items = await storage.history("h", "all")
-    assert [i.value for i in all_items] == ["v4", "v3", "v2", "v1", "v0"]
-    assert [i.timestamp for i in all_items] == stamps[::-1]
-    assert [i.value for i in await storage.history("h", "oldest")] == ["v0"]
-    assert await storage.history("missing", "all") == []
-    # A key that is a prefix of another is not mixed with it.
-    await storage.commit([Row("x", "hh", "other")], "n:1", None)
-    assert len(await storage.history("h", "all")) == 5
-
-
-async def test_reinsert_of_the_same_id_keeps_one_row(storage: Storage) -> None:
-    first, _ = await storage.commit([Row("same", "k", "v")], "n:1", None)
-    second, _ = await storage.commit([Row("same", "k", "v")], "n:2", None)
-    items = await storage.history("k", "all")
-    assert len(items) == 1 and items[0].timestamp == second > first
-
-
-async def test_kept_rows_are_not_written_again(storage: Storage) -> None:
-    first = await storage.commit([Row("c1", "ck", "v1", keep=True)], "n:1", None)
-    assert first.existing == {}
-    again = await storage.commit(
-        [Row("c2", "ck2", "x", keep=True), Row("c1", "ck", "changed", keep=True)], "n:1", None
-    )
-    assert again.existing == {1: first.timestamp}  # the stored row and its timestamp
-    (item,) = await storage.history("ck", "all")
-    assert (item.value, item.timestamp) == ("v1", first.timestamp)
-    assert (await storage.history("ck2", 1))[0].timestamp == again.timestamp
-
-
-async def test_lock_acquire_heartbeat_takeover_release(storage: Storage) -> None:
-    assert (await storage.lock_read("L")).token is None
-    token = await storage.lock_acquire("L", "a:1")
-    assert token is not None
-    assert await storage.lock_acquire("L", "b:1") is None  # only one can create it
-    state = await storage.lock_read("L")
-    assert state.token == token and state.writer == "a:1" and state.age_ms is not None
-    assert await storage.lock_heartbeat("L", token)
-
-    # A fresh lease cannot be taken over.
-    assert await storage.lock_takeover("L", token, 60_000, "b:1") is None
-    await asyncio.sleep(0.05)
-    new = await storage.lock_takeover("L", token, 10, "b:1")  # 10 ms lease: expired
-    assert new is not None and new != token
-    assert (await storage.lock_read("L")).writer == "b:1"
-    # The old holder's heartbeat and release no longer touch the row.
-    assert not await storage.lock_heartbeat("L", token)
-    assert not await storage.lock_release("L", token)
-    # A second takeover against the old token loses.
-    assert await storage.lock_takeover("L", token, 10, "c:1") is None
-
-    assert await storage.lock_heartbeat("L", new)  # also clears the takeover marker
-    assert await storage.lock_release("L", new)
-    released = await storage.lock_read("L")
-    assert released.age_ms is not None and released.age_ms > 60_000
-    assert await storage.lock_takeover("L", new, 60_000, "c:1") is not None
-
-
-async def test_heartbeat_keeps_other_locks_with_the_same_prefix(storage: Storage) -> None:
-    a = await storage.lock_acquire("L", "a:1")
-    b = await storage.lock_acquire("L_other", "b:1")
-    assert a is not None and b is not None
-    assert await storage.lock_heartbeat("L", a)
-    assert (await storage.lock_read("L_other")).token == b
-
-
-async def test_fenced_commit(storage: Storage) -> None:
-    token = await storage.lock_acquire("F", "a:1")
-    assert token is not None
-    await storage.commit([Row("1", "fk", "v")], "a:1", Fence("F", token))
-    await asyncio.sleep(0.05)
-    assert await storage.lock_takeover("F", token, 10, "b:1") is not None
-    with pytest.raises(NotLeaderError):
-        await storage.commit([Row("2", "fk", "w")], "a:1", Fence("F", token))
-    assert [i.id for i in await storage.history("fk", "all")] == ["1"]
+class TestSpanner(StorageContract):
+    pass

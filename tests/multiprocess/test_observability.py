@@ -25,7 +25,7 @@ from dstore_batch.testing.emulator import free_port
 from dstore_batch.observability.logs import JsonFormatter
 from dstore_batch.observability.metrics import Metrics
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "dashboards" / "dstore-batch.json"
 
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from dstore_batch.core.accumulator import Accumulator, Request, row_bytes
 from dstore_batch.config import SPANNER_MAX_MUTATIONS, BatchConfig
+from dstore_batch.core.accumulator import Accumulator, Request, row_bytes
 from dstore_batch.errors import BusyError, NotLeaderError
 from dstore_batch.types import Row, Timestamp
 

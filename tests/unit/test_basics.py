@@ -1,4 +1,5 @@
-"""Small pure pieces: timestamps, errors, limits, config, DDL file, public names."""
+"""Small pure pieces: timestamps, errors, limits, config, DDL file, public names, the
+emulator lookup."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import pytest
 import dstore_batch
 from dstore_batch import errors
 from dstore_batch.config import BatchConfig, Config, LimitsConfig
-from dstore_batch.storage.ddl import render_ddl
 from dstore_batch.core.items import check_rows, rows_from_items
+from dstore_batch.storage.ddl import render_ddl
 from dstore_batch.types import Row, Timestamp
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_timestamp_format_keeps_nanoseconds_and_sorts() -> None:
@@ -26,6 +27,7 @@ def test_timestamp_format_keeps_nanoseconds_and_sorts() -> None:
 
 
 def test_error_tree_and_codes() -> None:
+    cls: type[errors.DstoreError]
     for cls in (errors.InvalidInputError, errors.TooLargeError, errors.ProtocolError):
         assert issubclass(cls, errors.RejectedError)
     for cls in (errors.NotLeaderError, errors.BusyError, errors.NoLeaderError,
@@ -84,6 +86,9 @@ def test_config_validation() -> None:
     for kw in ({"node_id": "nohost"}, {"lock_table": "x; DROP"}, {"lock_name": ""}):
         with pytest.raises(ValueError):
             Config(**{"node_id": "127.0.0.1:80", "database": db, **kw})  # type: ignore[arg-type]
+    for lease in (0.5, 0.0):  # below the minimum lease
+        with pytest.raises(ValueError, match="lease_s"):
+            Config(node_id="127.0.0.1:1", database=db, lease_s=lease)
     with pytest.raises(ValueError, match="largest"):
         Config(node_id="h:1", database=db, batch=BatchConfig(max_bytes=4096),
                limits=LimitsConfig(max_value_bytes=8192))
@@ -135,3 +140,14 @@ def test_row_ids_are_unique_hex() -> None:
     drawn = [ids() for _ in range(10_000)]  # crosses many refills of the buffer
     assert len(set(drawn)) == len(drawn)
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in drawn)
+
+
+def test_missing_emulator_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dstore_batch.testing.emulator import EmulatorNotFound, find_emulator
+
+    with pytest.raises(EmulatorNotFound, match="not executable"):
+        find_emulator("/nonexistent/emulator_main")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr("dstore_batch.testing.emulator.DEFAULT_SDK_ROOT", "/nonexistent")
+    with pytest.raises(EmulatorNotFound, match="apt-get install google-cloud-cli-spanner-emulator"):
+        find_emulator()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from dstore_batch.peerlink import protocol
 from dstore_batch.errors import BusyError, ProtocolError
+from dstore_batch.peerlink import protocol
 from dstore_batch.types import Row
 
 LIMIT = 1 << 20

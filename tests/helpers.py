@@ -1,0 +1,408 @@
+"""Helpers shared by the test layers: waiting on conditions, reading /metrics, checking
+acked rows against the log table, clusters of nodes, and a storage wrapper that lets a
+test watch and steer a real backend. Fixtures live in conftest.py; test modules import
+from here and never from each other."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import random
+import sqlite3
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from dstore_batch.config import Config
+from dstore_batch.core.election import Election
+from dstore_batch.server.node import Store
+from dstore_batch.storage import open_storage
+from dstore_batch.storage.base import Fence, HistoryLimit, LockState, Storage
+from dstore_batch.storage.spanner import parse_database_path, spanner_client
+from dstore_batch.storage.sqlite import sqlite_path
+from dstore_batch.testing.cluster import LocalCluster, NodeProcess
+from dstore_batch.types import CommitResult, HistoryItem, Row, Timestamp
+
+T = TypeVar("T")
+S = TypeVar("S", bound=Storage)
+
+# Codes a put may end with while nodes die, stop or fall behind: each a typed answer.
+TYPED_CODES = frozenset({"not_leader", "busy", "no_leader", "unavailable", "deadline",
+                         "commit_failed"})
+
+# -- waiting on conditions ---------------------------------------------------------------
+
+
+@overload
+async def wait_until(condition: Callable[[], Awaitable[T | None]], timeout: float = ..., *,
+                     interval: float = ..., what: str | None = ...) -> T: ...
+
+
+@overload
+async def wait_until(condition: Callable[[], T | None], timeout: float = ..., *,
+                     interval: float = ..., what: str | None = ...) -> T: ...
+
+
+async def wait_until(
+    condition: Callable[[], Any],
+    timeout: float = 10.0,
+    *,
+    interval: float = 0.01,
+    what: str | None = None,
+) -> Any:
+    """Wait until ``condition()`` (plain or async) is truthy; return its value.
+
+    Raises AssertionError, naming ``what``, if it is still falsy after ``timeout``.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"not true within {timeout}s: {what or condition}")
+        await asyncio.sleep(interval)
+
+
+def wait_until_sync(
+    condition: Callable[[], T | None],
+    timeout: float = 10.0,
+    *,
+    interval: float = 0.05,
+    what: str | None = None,
+) -> T:
+    """``wait_until`` for code outside an event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true within {timeout}s: {what or condition}")
+        time.sleep(interval)
+
+
+# -- /metrics ------------------------------------------------------------------------------
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels``, in a
+    Prometheus text page (0.0 when there is none). ``name`` is the sample's name:
+    ``dstore_commits_total``, ``dstore_commit_rows_bucket`` (with ``le="50.0"``)..."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total
+
+
+async def scrape(http: aiohttp.ClientSession, base_url: str) -> str:
+    """A node's /metrics page (``base_url`` like ``http://127.0.0.1:8080``)."""
+    async with http.get(f"{base_url}/metrics") as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.text()
+
+
+def scrape_sync(base_url: str) -> str:
+    """``scrape`` for code outside an event loop."""
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as resp:
+        return resp.read().decode()  # type: ignore[no-any-return]
+
+
+# -- acked rows against the log table ------------------------------------------------------
+
+Acked = Mapping[tuple[str, str], str]  # (key, id) -> the acked timestamp, as text
+
+
+def table_rows(database: str, emulator_host: str | None) -> dict[tuple[str, str], Timestamp]:
+    """Every (key, id) of the log table with its timestamp, read once, strongly."""
+    path = sqlite_path(database)
+    if path is not None:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            found = conn.execute("SELECT key, id, timestamp FROM logtable").fetchall()
+        return {(k, i): Timestamp(ts) for k, i, ts in found}
+    project, instance, db = parse_database_path(database)
+    client = spanner_client(project, emulator_host)
+    try:
+        with client.instance(instance).database(db).snapshot() as snap:
+            rows = list(snap.execute_sql("SELECT key, id, timestamp FROM logtable"))
+    finally:
+        client.close()
+    table = {(k, i): Timestamp.from_datetime(ts) for k, i, ts in rows}
+    assert len(table) == len(rows)  # (key, id) is the primary key: never duplicated
+    return table
+
+
+def lost_or_changed(
+    database: str, emulator_host: str | None, acked: Acked
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Acked rows missing from the log table, and acked rows stored with another
+    timestamp than the one acked."""
+    table = table_rows(database, emulator_host)
+    missing = [k for k in acked if k not in table]
+    changed = [k for k, ts in acked.items() if k in table and str(table[k]) != ts]
+    return missing, changed
+
+
+def rows_by_leader(database: str, emulator_host: str | None, node: str) -> list[Timestamp]:
+    """Timestamps of the rows that ``node`` committed as leader."""
+    path = sqlite_path(database)
+    if path is not None:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            found = conn.execute("SELECT timestamp FROM logtable WHERE leader = ?",
+                                 (node,)).fetchall()
+        return [Timestamp(ts) for (ts,) in found]
+    from google.cloud.spanner_v1 import param_types
+
+    project, instance, db = parse_database_path(database)
+    client = spanner_client(project, emulator_host)
+    try:
+        with client.instance(instance).database(db).snapshot() as snap:
+            rows = snap.execute_sql("SELECT timestamp FROM logtable WHERE leader = @n",
+                                    params={"n": node}, param_types={"n": param_types.STRING})
+            return [Timestamp.from_datetime(r[0]) for r in rows]
+    finally:
+        client.close()
+
+
+async def lock_token(database: str, emulator_host: str | None) -> Timestamp | None:
+    """The token in the "dstore" lock row now."""
+    storage = open_storage(Config(node_id="127.0.0.1:1", database=database,
+                                  emulator_host=emulator_host))
+    await storage.start()
+    try:
+        return (await storage.lock_read("dstore")).token
+    finally:
+        await storage.close()
+
+
+# -- in-process nodes ----------------------------------------------------------------------
+
+
+async def agree(stores: Sequence[Store], timeout: float = 10.0) -> str:
+    """Wait until every store names the same leader; return its id."""
+    leader = await stores[0].wait_for_leader(timeout)
+    await wait_until(lambda: all(s.leader == leader for s in stores), timeout,
+                     what=f"every node names {leader}")
+    return leader
+
+
+@contextlib.asynccontextmanager
+async def running_stores(configs: Sequence[Config], timeout: float = 10.0
+                         ) -> AsyncIterator[list[Store]]:
+    """Start a Store per config, wait until they agree on a leader, stop them after."""
+    stores = [Store(c) for c in configs]
+    started: list[Store] = []
+    try:
+        for s in stores:
+            await s.start()
+            started.append(s)
+        await agree(stores, timeout)
+        yield stores
+    finally:
+        for s in started:
+            await s.stop()
+
+
+def split(stores: Sequence[Store]) -> tuple[Store, list[Store]]:
+    """The leader and the followers."""
+    leader = next(s for s in stores if s.is_leader)
+    return leader, [s for s in stores if s is not leader]
+
+
+@contextlib.asynccontextmanager
+async def elections(
+    make_storage: Callable[[], S], count: int, lease_s: float, lock_name: str = "test"
+) -> AsyncIterator[list[tuple[Election, S]]]:
+    """``count`` started Elections, each with its own storage object; stopped after."""
+    nodes: list[tuple[Election, S]] = []
+    for i in range(count):
+        storage = make_storage()
+        nodes.append((Election(storage, lock_name=lock_name, node_id=f"127.0.0.1:{9000 + i}",
+                               lease_s=lease_s), storage))
+    for _, storage in nodes:
+        await storage.start()
+    try:
+        for election, _ in nodes:
+            await election.start()
+        yield nodes
+    finally:
+        for election, _ in nodes:
+            await election.stop()
+        for _, storage in nodes:
+            await storage.close()
+
+
+async def settle(group: Sequence[Election], timeout: float) -> Election:
+    """Wait until exactly one election leads and every one names it; return it."""
+
+    def one_agreed() -> Election | None:
+        leaders = [e for e in group if e.is_leader]
+        if len(leaders) == 1 and {e.leader for e in group} == {leaders[0].node_id}:
+            return leaders[0]
+        return None
+
+    return await wait_until(one_agreed, timeout, interval=0.005,
+                            what=f"one agreed leader among {[e.node_id for e in group]}")
+
+
+# -- serve processes -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serve_cluster(database: str, emulator_host: str | None, size: int = 3, *,
+                  lease_ms: int = 2000, **kw: Any) -> Iterator[LocalCluster]:
+    """``size`` `dstore-batch serve` processes on the database, agreed on a leader."""
+    with LocalCluster(database, size, lease_ms=lease_ms, emulator_host=emulator_host,
+                      **kw) as cluster:
+        yield cluster
+
+
+@dataclass
+class Load:
+    """Producers of ``put_many`` requests through live nodes of a cluster: what was acked
+    (with when each acked request started) and what failed, by code."""
+
+    cluster: LocalCluster
+    targets: Callable[[], Sequence[NodeProcess]] | None = None  # default: live nodes
+    acked: dict[tuple[str, str], str] = field(default_factory=dict)
+    ack_starts: list[float] = field(default_factory=list)  # monotonic start of each ok
+    failed: dict[str, int] = field(default_factory=dict)
+    unreachable: int = 0
+    stop: bool = False
+
+    def nodes(self) -> Sequence[NodeProcess]:
+        if self.targets is not None:
+            return self.targets()
+        return [n for n in self.cluster.nodes if n.alive and not n.paused]
+
+    def acked_since(self, moment: float) -> int:
+        """Requests acked that were sent after ``moment`` (monotonic)."""
+        return sum(1 for s in self.ack_starts if s > moment)
+
+    async def producer(self, worker: int, items: int = 5, value: str = "x" * 50) -> None:
+        rng = random.Random(worker)
+        n = 0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            while not self.stop:
+                node = rng.choice(self.nodes())
+                batch = [{"key": f"c{worker}-{n}-{j}", "value": value} for j in range(items)]
+                n += 1
+                started = time.monotonic()
+                try:
+                    async with http.post(f"{node.url}/v1/put_many",
+                                         json={"items": batch}) as resp:
+                        body = await resp.json()
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    self.unreachable += 1  # the node died under the request: not acked
+                    await asyncio.sleep(0.05)  # pacing: do not spin on a dead node
+                    continue
+                if resp.status == 200:
+                    for item, r in zip(batch, body["results"], strict=True):
+                        self.acked[(item["key"], r["id"])] = r["timestamp"]
+                    self.ack_starts.append(started)
+                else:
+                    code = body["error"]["code"]
+                    self.failed[code] = self.failed.get(code, 0) + 1
+
+    async def grows(self, requests: int = 20, timeout: float = 30.0) -> None:
+        """Wait until ``requests`` more requests, sent from now on, are acked."""
+        now = time.monotonic()
+        await wait_until(lambda: self.acked_since(now) >= requests, timeout, interval=0.05,
+                         what=f"{requests} more acked requests (failed so far {self.failed})")
+
+
+# -- a storage a test can watch and steer --------------------------------------------------
+
+
+class StorageProbe:
+    """A Storage that delegates every call to a real backend, counts the calls as they
+    are made, and lets a test fail commits or hold commits and heartbeats."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+        self.commits: list[list[Row]] = []  # the rows of every commit attempt, in order
+        # Called with each commit's rows; an exception it returns is raised instead of
+        # committing (nothing is written).
+        self.fail_commit: Callable[[Sequence[Row]], BaseException | None] | None = None
+        # While set to an unset Event, commits wait on it after writing (and set `held`).
+        self.commit_gate: asyncio.Event | None = None
+        self.held = asyncio.Event()
+        # While set to an unset Event, heartbeats wait on it before running.
+        self.heartbeat_gate: asyncio.Event | None = None
+
+    @property
+    def aborted_attempts(self) -> int:
+        return int(getattr(self.inner, "aborted_attempts", 0))
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def commit(self, rows: Sequence[Row], leader: str, fence: Fence | None
+               ) -> Coroutine[Any, Any, CommitResult]:
+        self.calls["commit"] += 1
+        return self._commit(list(rows), leader, fence)
+
+    async def _commit(self, rows: list[Row], leader: str, fence: Fence | None) -> CommitResult:
+        self.commits.append(rows)
+        if self.fail_commit is not None and (exc := self.fail_commit(rows)) is not None:
+            raise exc
+        result = await self.inner.commit(rows, leader, fence)
+        if self.commit_gate is not None:
+            self.held.set()
+            await self.commit_gate.wait()
+        return result
+
+    def history(self, key: str, limit: HistoryLimit
+                ) -> Coroutine[Any, Any, list[HistoryItem]]:
+        self.calls["history"] += 1
+        return self.inner.history(key, limit)
+
+    def lock_read(self, name: str) -> Coroutine[Any, Any, LockState]:
+        self.calls["lock_read"] += 1
+        return self.inner.lock_read(name)
+
+    def lock_acquire(self, name: str, writer: str) -> Coroutine[Any, Any, Timestamp | None]:
+        self.calls["lock_acquire"] += 1
+        return self.inner.lock_acquire(name, writer)
+
+    def lock_takeover(self, name: str, seen_token: Timestamp, lease_ms: int, writer: str
+                      ) -> Coroutine[Any, Any, Timestamp | None]:
+        self.calls["lock_takeover"] += 1
+        return self.inner.lock_takeover(name, seen_token, lease_ms, writer)
+
+    def lock_heartbeat(self, name: str, token: Timestamp) -> Coroutine[Any, Any, bool]:
+        self.calls["lock_heartbeat"] += 1
+        return self._heartbeat(name, token)
+
+    async def _heartbeat(self, name: str, token: Timestamp) -> bool:
+        if self.heartbeat_gate is not None:
+            await self.heartbeat_gate.wait()
+        return await self.inner.lock_heartbeat(name, token)
+
+    def lock_release(self, name: str, token: Timestamp) -> Coroutine[Any, Any, bool]:
+        self.calls["lock_release"] += 1
+        return self.inner.lock_release(name, token)

@@ -1,0 +1,161 @@
+"""The committer on SQLite: failures reach exactly their requests, group commit, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from dstore_batch.config import BatchConfig
+from dstore_batch.core.committer import Committer
+from dstore_batch.errors import CommitError, InternalError, NotLeaderError
+from dstore_batch.observability.metrics import Metrics
+from dstore_batch.storage.base import Fence
+from dstore_batch.storage.sqlite import SQLiteStorage
+from dstore_batch.types import Row
+from tests.helpers import StorageProbe
+
+
+class Rig:
+    """A committer on a SQLite file through a StorageProbe, holding the lock "test"."""
+
+    def __init__(self, storage: StorageProbe, batch: BatchConfig, fence: Fence) -> None:
+        self.storage = storage
+        self.metrics = Metrics()
+        self.fence: Fence | None = fence  # what the committer's fence callback answers
+        self.committer = Committer(storage, batch, node_id="n:1", fence=lambda: self.fence,
+                                   metrics=self.metrics)
+
+    def sample(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+@contextlib.asynccontextmanager
+async def open_rig(tmp_path: Path, batch: BatchConfig) -> AsyncIterator[Rig]:
+    storage = StorageProbe(SQLiteStorage(str(tmp_path / "dstore.db")))
+    await storage.start()
+    try:
+        token = await storage.lock_acquire("test", "n:1")
+        assert token is not None
+        rig = Rig(storage, batch, Fence("test", token))
+        rig.committer.open()
+        try:
+            yield rig
+        finally:
+            if storage.commit_gate is not None:
+                storage.commit_gate.set()
+            await rig.committer.stop()
+    finally:
+        await storage.close()
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    """Two rows per commit."""
+    async with open_rig(tmp_path, BatchConfig(max_rows=2)) as r:
+        yield r
+
+
+@pytest.fixture
+async def big_rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    """The default batch size."""
+    async with open_rig(tmp_path, BatchConfig()) as r:
+        yield r
+
+
+def refuse_keys(prefix: str, exc: BaseException
+                ) -> Callable[[Sequence[Row]], BaseException | None]:
+    """A commit failure for batches holding a key that starts with ``prefix``."""
+    def check(rows: Sequence[Row]) -> BaseException | None:
+        return exc if any(r.key.startswith(prefix) for r in rows) else None
+
+    return check
+
+
+async def test_failed_commit_fails_exactly_its_requests(rig: Rig) -> None:
+    refused = CommitError("the database refused this batch")  # not transient
+    rig.storage.fail_commit = refuse_keys("bad", refused)
+    # Two rows per commit: [a, bad] fails as a whole, [c, d] commits.
+    a = rig.committer.submit([Row("a", "ka", "v")])
+    b = rig.committer.submit([Row("b", "bad", "v")])
+    c = rig.committer.submit([Row("c", "kc", "v")])
+    d = rig.committer.submit([Row("d", "kd", "v")])
+    done = await asyncio.gather(a, b, c, d, return_exceptions=True)
+    assert done[0] is refused and done[1] is refused
+    assert isinstance(done[2], list) and done[2] == done[3] and done[2][0] > 0
+    assert [len(rows) for rows in rig.storage.commits] == [2, 2]  # not retried
+    assert [i.id for i in await rig.storage.history("kc", "all")] == ["c"]
+    assert await rig.storage.history("ka", "all") == []
+    assert rig.sample("dstore_commits_total", result="commit_failed") == 1
+    assert rig.sample("dstore_commits_total", result="ok") == 1
+
+    rig.fence = None  # leadership lost: nothing is written
+    e = rig.committer.submit([Row("e", "ke", "v")])
+    with pytest.raises(NotLeaderError):
+        await e
+    assert await rig.storage.history("ke", "all") == []
+
+
+async def test_transient_failure_is_retried_with_the_same_rows(rig: Rig) -> None:
+    failures = [CommitError("unavailable for a moment", transient=True)]
+    rig.storage.fail_commit = lambda rows: failures.pop() if failures else None
+    stamps = await rig.committer.submit([Row("r1", "k", "v")])
+    assert [[r.id for r in rows] for rows in rig.storage.commits] == [["r1"], ["r1"]]
+    (item,) = await rig.storage.history("k", "all")
+    assert item.timestamp == stamps[0]
+    assert rig.sample("dstore_commit_retries_total") == 1
+
+
+async def test_a_bug_in_a_commit_fails_its_requests_as_internal(rig: Rig) -> None:
+    rig.storage.fail_commit = refuse_keys("bug", RuntimeError("a bug"))
+    with pytest.raises(InternalError, match="a bug"):
+        await rig.committer.submit([Row("x", "bug", "v")])
+    assert rig.sample("dstore_commits_total", result="internal") == 1
+    # The committer keeps going.
+    assert (await rig.committer.submit([Row("y", "fine", "v")]))[0] > 0
+    assert len(rig.storage.commits) == 2
+
+
+async def test_concurrent_submits_share_commits(big_rig: Rig) -> None:
+    gate = big_rig.storage.commit_gate = asyncio.Event()
+    first = big_rig.committer.submit([Row("first", "k-first", "v")])
+    await big_rig.storage.held.wait()  # the first commit is in flight (and held)
+    later = [big_rig.committer.submit([Row(f"r{i}", f"k{i}", "v")]) for i in range(100)]
+    gate.set()
+    stamps = await asyncio.gather(first, *later)
+    # Everything that arrived while one commit was in flight went in the next one.
+    assert [len(rows) for rows in big_rig.storage.commits] == [1, 100]
+    assert len({s[0] for s in stamps[1:]}) == 1 and stamps[1][0] > stamps[0][0]
+    assert big_rig.sample("dstore_commit_rows_count") == 2
+
+
+async def test_drain_waits_for_commits_in_flight(big_rig: Rig) -> None:
+    committer, storage = big_rig.committer, big_rig.storage
+    gate = storage.commit_gate = asyncio.Event()
+    first = committer.submit([Row("a", "ka", "v")])
+    await storage.held.wait()  # written, and held before it is acked
+    second = committer.submit([Row("b", "kb", "v")])  # queued behind it
+    drain = asyncio.create_task(committer.drain(timeout=10))
+    await asyncio.sleep(0)
+    assert not committer.accepting
+    with pytest.raises(NotLeaderError):
+        committer.submit([Row("c", "kc", "v")])
+    assert not drain.done() and not first.done() and not second.done()
+
+    gate.set()
+    await second  # both commits are done and acked...
+    assert first.done() and first.result()[0] < second.result()[0]
+    # ...and drain() returns within a few turns of the loop: it waits on an event, not
+    # on a polling timer.
+    for _ in range(5):
+        if drain.done():
+            break
+        await asyncio.sleep(0)
+    assert drain.done()
+    await drain
+    assert [i.id for i in await storage.history("kb", "all")] == ["b"]
+    assert [i.id for i in await storage.history("kc", "all")] == []

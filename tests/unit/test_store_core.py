@@ -1,0 +1,242 @@
+"""StoreCore on SQLite: the single-node store, and the retry loop of a follower, driven
+through a LeaderLink that hands rows to a leader StoreCore in this process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from dstore_batch.config import Config
+from dstore_batch.core.store import LeaderConnection, StoreCore
+from dstore_batch.errors import (
+    BusyError,
+    DeadlineExceededError,
+    InvalidInputError,
+    LinkDownError,
+    LinkLostError,
+    NoLeaderError,
+    NotLeaderError,
+    TooLargeError,
+)
+from dstore_batch.storage.sqlite import SQLiteStorage, sqlite_path
+from dstore_batch.testing.emulator import free_port
+from dstore_batch.types import NO_APPEND_ID, Row, Timestamp
+
+LEASE_S = 1.0
+
+
+def config(database: str, **kw: Any) -> Config:
+    kw.setdefault("lease_s", LEASE_S)
+    return Config(node_id=f"127.0.0.1:{free_port()}", database=database, **kw)
+
+
+def sample(core: StoreCore, name: str, **labels: str) -> float:
+    value = core.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+@dataclass
+class DirectLink:
+    """A LeaderLink to a leader StoreCore in this process, with scripted failures."""
+
+    leader: StoreCore
+    down: bool = False  # connection() raises LinkDownError: nothing is sent
+    fail_connects: list[Exception] = field(default_factory=list)  # raised by connection()
+    refuse: list[Exception] = field(default_factory=list)  # raised by request() before sending
+    lose_acks: int = 0  # requests whose rows the leader commits but whose ack is lost
+    lose_then_down: bool = False  # the link goes down for good after losing an ack
+    hold_reserve: bool = False  # reserve() never returns: the budget stays full
+    sent: list[list[Row]] = field(default_factory=list)
+    reserved: int = 0
+
+    async def connection(self, leader: str) -> LeaderConnection:
+        assert leader == self.leader.node_id
+        if self.down:
+            raise LinkDownError(f"cannot reach {leader}")
+        if self.fail_connects:
+            raise self.fail_connects.pop(0)
+        return DirectConnection(self)
+
+    async def reserve(self, nbytes: int) -> None:
+        if self.hold_reserve:
+            await asyncio.Event().wait()
+        self.reserved += nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.reserved -= nbytes
+
+
+@dataclass
+class DirectConnection:
+    link: DirectLink
+
+    async def request(self, rows: Sequence[Row], nbytes: int) -> list[Timestamp]:
+        link = self.link
+        if link.refuse:
+            raise link.refuse.pop(0)
+        link.sent.append(list(rows))
+        stamps = await link.leader.submit(rows, source="follower")
+        if link.lose_acks:
+            link.lose_acks -= 1
+            link.down = link.lose_then_down
+            raise LinkLostError("the link dropped before the ack arrived")
+        return stamps
+
+
+@pytest.fixture
+async def leader(sqlite_database: str) -> AsyncIterator[StoreCore]:
+    """A StoreCore with no link: it takes the lock of the empty database and leads."""
+    async with StoreCore(config(sqlite_database)) as core:
+        await core.wait_for_leader(LEASE_S)
+        assert core.is_leader and core.accepting
+        yield core
+
+
+@pytest.fixture
+async def follower(leader: StoreCore) -> AsyncIterator[tuple[StoreCore, DirectLink]]:
+    """A StoreCore on the same database that reaches ``leader`` through a DirectLink."""
+    link = DirectLink(leader)
+    async with StoreCore(config(leader.config.database), link=link) as core:
+        assert await core.wait_for_leader(LEASE_S) == leader.node_id
+        assert not core.is_leader
+        yield core, link
+    assert link.reserved == 0  # every reservation was given back
+
+
+async def test_single_node_put_put_many_get(leader: StoreCore) -> None:
+    one = await leader.put("k", "v1")
+    many = await leader.put_many([("k", "v2"), ("k2", "x"), {"key": "cfg", "value": "a",
+                                                             "no_append": True}])
+    assert many[2].id == NO_APPEND_ID and one.timestamp < many[0].timestamp
+    assert many[0].timestamp == many[1].timestamp  # one commit
+    history = await leader.get("k", "all")
+    assert [(h.id, h.value, h.timestamp) for h in history] == [
+        (many[0].id, "v2", many[0].timestamp), (one.id, "v1", one.timestamp)]
+    assert [h.value for h in await leader.get("k", "oldest")] == ["v1"]
+    assert await leader.get("nothing") == []
+    for bad_limit in (0, -1, "newest", True):
+        with pytest.raises(InvalidInputError):
+            await leader.get("k", bad_limit)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        await leader.get("")
+    assert sample(leader, "dstore_puts_total", op="put", result="ok") == 1
+    assert sample(leader, "dstore_puts_total", op="put_many", result="ok") == 1
+
+
+async def test_refused_input_writes_nothing(sqlite_database: str) -> None:
+    from dstore_batch.config import LimitsConfig
+
+    cfg = config(sqlite_database, limits=LimitsConfig(max_value_bytes=8))
+    async with StoreCore(cfg) as core:
+        await core.wait_for_leader(LEASE_S)
+        with pytest.raises(TooLargeError):
+            await core.put_many([("ok", "v"), ("big", "v" * 9)])
+        with pytest.raises(InvalidInputError):
+            await core.put("", "v")
+        assert await core.get("ok") == [] and await core.get("big") == []
+        assert sample(core, "dstore_puts_total", op="put_many", result="value_too_large") == 1
+
+
+async def test_deadline_without_a_reachable_leader_writes_nothing(sqlite_database: str) -> None:
+    # The lock row is held by another writer, fresh for the default 5 s lease: this node
+    # follows it, and with no link it cannot reach it.
+    path = sqlite_path(sqlite_database)
+    assert path is not None
+    holder = SQLiteStorage(path)
+    await holder.start()
+    try:
+        assert await holder.lock_acquire("dstore", "127.0.0.1:9") is not None
+    finally:
+        await holder.close()
+    async with StoreCore(config(sqlite_database, lease_s=5.0)) as core:
+        assert await core.wait_for_leader(LEASE_S) == "127.0.0.1:9"
+        with pytest.raises(NoLeaderError) as info:
+            await core.put("k", "v", timeout=0.3)
+        assert "nothing written" in info.value.message
+        assert await core.get("k", "all") == []
+        assert sample(core, "dstore_puts_total", op="put", result="no_leader") == 1
+
+
+async def test_put_through_a_follower(follower: tuple[StoreCore, DirectLink],
+                                      leader: StoreCore) -> None:
+    core, link = follower
+    results = await core.put_many([("a", "1"), ("b", "2")])
+    assert [[r.id for r in rows] for rows in link.sent] == [[r.id for r in results]]
+    for key, r in zip("ab", results, strict=True):
+        (item,) = await leader.get(key)
+        assert (item.id, item.timestamp) == (r.id, r.timestamp)
+
+
+async def test_lost_link_resends_kept_rows_and_acks_the_first_commit(
+    follower: tuple[StoreCore, DirectLink], leader: StoreCore,
+) -> None:
+    core, link = follower
+    link.lose_acks = 1  # committed, but the ack never reaches the follower
+    results = await core.put_many([("a", "1"), ("cfg", "x", True), ("b", "2")])
+    first, again = link.sent
+    assert [r.id for r in again] == [r.id for r in first] == [r.id for r in results]
+    assert [r.keep for r in first] == [False, False, False]
+    # Re-sent rows are marked keep, so the stored copy stays; `-` rows are overwrites.
+    assert [r.keep for r in again] == [True, False, True]
+    for key, r in zip(("a", "b"), (results[0], results[2]), strict=True):
+        (item,) = await leader.get(key, "all")  # stored once, with the first commit's time
+        assert (item.id, item.timestamp) == (r.id, r.timestamp)
+    assert results[0].timestamp < results[1].timestamp  # `-` was written again
+    assert sample(core, "dstore_resends_total") == 1
+
+
+@pytest.mark.parametrize("failure", ["link_down", "not_leader", "busy"])
+async def test_unavailable_answers_are_retried(
+    follower: tuple[StoreCore, DirectLink], failure: str,
+) -> None:
+    core, link = follower
+    if failure == "link_down":
+        link.fail_connects.append(LinkDownError("not reached"))
+    elif failure == "not_leader":
+        link.refuse.append(NotLeaderError("moved"))
+    else:
+        link.refuse.append(BusyError("full", retry_after=0.01))
+    result = await core.put("k", "v", timeout=5)
+    (sent,) = link.sent
+    assert [r.id for r in sent] == [result.id]
+    assert sample(core, "dstore_puts_total", op="put", result="ok") == 1
+
+
+async def test_deadline_after_a_lost_link_is_outcome_unknown(
+    follower: tuple[StoreCore, DirectLink], leader: StoreCore,
+) -> None:
+    core, link = follower
+    link.lose_acks, link.lose_then_down = 1, True  # sent, then the leader is unreachable
+    with pytest.raises(DeadlineExceededError) as info:
+        await core.put("k", "v", timeout=0.3)
+    assert "may or may not" in info.value.message
+    (sent,) = link.sent
+    (item,) = await leader.get("k")  # and indeed the put was committed
+    assert item.id == sent[0].id
+    assert sample(core, "dstore_puts_total", op="put", result="deadline") == 1
+
+
+async def test_deadline_while_the_link_is_down_says_nothing_written(
+    follower: tuple[StoreCore, DirectLink], leader: StoreCore,
+) -> None:
+    core, link = follower
+    link.down = True
+    with pytest.raises(NoLeaderError) as info:
+        await core.put("k", "v", timeout=0.3)
+    assert "link_down" in info.value.message and link.sent == []
+    assert await leader.get("k") == []
+
+
+async def test_a_full_budget_until_the_deadline_is_busy(
+    follower: tuple[StoreCore, DirectLink], leader: StoreCore,
+) -> None:
+    core, link = follower
+    link.hold_reserve = True
+    with pytest.raises(BusyError) as info:
+        await core.put("k", "v", timeout=0.3)
+    assert "nothing" in info.value.message and info.value.retry_after
+    assert link.sent == [] and await leader.get("k") == []
