@@ -17,6 +17,7 @@ import datetime as _dt
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -82,6 +83,32 @@ def spanner_client(project: str, emulator_host: str | None = None) -> Any:
     return spanner.Client(project=project, credentials=AnonymousCredentials(),
                           client_options={"api_endpoint": emulator_host},
                           disable_builtin_metrics=True)
+
+
+class _StopAt:
+    """A gapic ``retry`` decorator that ends a call's restarts at a deadline.
+
+    The client restarts a streaming read after UNAVAILABLE at once and without end
+    (``snapshot._restart_on_unavailable``): against an unreachable database that is a
+    busy loop on a thread nobody waits for any more. Each restart goes through the
+    call's ``retry`` decorator, so this one raises DeadlineExceeded once the deadline
+    has passed, and backs off between restarts until then. It retries nothing itself.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.calls = 0
+
+    def __call__(self, func: Callable[..., T]) -> Callable[..., T]:
+        def call(*args: Any, **kwargs: Any) -> T:
+            self.calls += 1
+            if self.calls > 1:
+                time.sleep(min(0.25, 0.005 * 2 ** min(self.calls, 6)))
+            if time.monotonic() >= self.deadline:
+                raise gexc.DeadlineExceeded("the call's deadline passed (dstore_batch)")
+            return func(*args, **kwargs)
+
+        return call
 
 
 def _insert_or_update_rows(txn: Any, table: str, rows: Sequence[Row], leader: str) -> None:
@@ -188,6 +215,10 @@ class SpannerStorage:
         if self._client is not None:
             self._client.close()
 
+    def _bound(self) -> dict[str, Any]:
+        """Per-call options that end a call, and the client's restarts of it, in time."""
+        return {"timeout": self._timeout, "retry": _StopAt(time.monotonic() + self._timeout)}
+
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any,
                    writes: bool = False) -> T:
         """Run ``fn`` in ``pool``, bounded by the call timeout.
@@ -259,13 +290,13 @@ class SpannerStorage:
         """Which of the ``keep`` rows are stored already, with their timestamps."""
         where = {(rows[i].key, rows[i].id): i for i in keep}
         found = txn.read(self.log_table, ("key", "id", "timestamp"),
-                         KeySet(keys=[list(k) for k in where]), timeout=self._timeout)
+                         KeySet(keys=[list(k) for k in where]), **self._bound())
         return {where[(k, i)]: Timestamp.from_datetime(ts) for k, i, ts in found}
 
     def _holds(self, txn: Any, fence: Fence) -> bool:
         rows = list(
             txn.read(self.lock_table, ("token",), KeySet(keys=[[fence.lock_name]]),
-                     timeout=self._timeout)
+                     **self._bound())
         )
         return bool(rows) and rows[0][0] is not None and (
             Timestamp.from_datetime(rows[0][0]) == fence.token
@@ -280,7 +311,7 @@ class SpannerStorage:
         def read() -> list[HistoryItem]:
             with self._db.snapshot() as snap:
                 rows = snap.read(self.log_table, ("id", "value", "timestamp"), keyset,
-                                 timeout=self._timeout)
+                                 **self._bound())
                 return [
                     HistoryItem(r[0], r[1], Timestamp.from_datetime(r[2]))
                     for r in rows
@@ -308,7 +339,7 @@ class SpannerStorage:
                 rows = list(
                     snap.execute_sql(
                         sql, params={"name": name}, param_types={"name": param_types.STRING},
-                        timeout=self._timeout,
+                        **self._bound(),
                     )
                 )
             if not rows or rows[0][1] is None:
@@ -345,7 +376,7 @@ class SpannerStorage:
             rows = list(
                 txn.execute_sql(
                     sql, params={"name": name}, param_types={"name": param_types.STRING},
-                    timeout=self._timeout,
+                    **self._bound(),
                 )
             )
             if not rows or rows[0][1] is None:
@@ -390,7 +421,7 @@ class SpannerStorage:
 
         def work(txn: Any) -> bool:
             _status, counts = txn.batch_update(
-                [(update, params, types), (cleanup, params, types)], timeout=self._timeout
+                [(update, params, types), (cleanup, params, types)], **self._bound()
             )
             return bool(counts) and counts[0] == 1
 
@@ -407,7 +438,7 @@ class SpannerStorage:
 
         def work(txn: Any) -> bool:
             return bool(txn.execute_update(sql, params=params, param_types=types,
-                                           timeout=self._timeout) == 1)
+                                           **self._bound()) == 1)
 
         released, _ = await self._run(self._locker, self._transact, work, writes=True)
         return bool(released)
