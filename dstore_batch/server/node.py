@@ -7,10 +7,12 @@ with TLS when configured. This module owns their order of start and stop.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any, Self
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config import Config
 from ..core.election import LeaderState
@@ -26,6 +28,27 @@ __all__ = ["Store"]
 
 # Frames carry a whole request plus framing; the HTTP body limit bounds the request.
 FRAME_SLACK_BYTES = 65536
+# A connection that sends nothing (or nothing more) for this long is closed. aiohttp's
+# default is an hour, so held-open sockets would pile up.
+IDLE_TIMEOUT_S = 20.0
+
+
+class _QuietMalformedRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse as an ERROR with a traceback: anyone
+    can fill a node's log that way, without credentials. They are answered 400 anyway;
+    keep them at DEBUG, one line each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = f"{record.getMessage()}: {exc.message}", ()
+        record.exc_info = record.exc_text = None
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_QUIET = _QuietMalformedRequests()
 
 
 class Store:
@@ -58,6 +81,9 @@ class Store:
             raise RuntimeError("Store.start() called twice")
         self._started = True
         try:
+            server_log = logging.getLogger("aiohttp.server")
+            if _QUIET not in server_log.filters:
+                server_log.addFilter(_QUIET)
             await self.peer.start()
             # Serve before competing for the lock: a node elected leader must already
             # take its followers' links.
@@ -75,7 +101,8 @@ class Store:
         # percent-encodes to at most 3 bytes per byte, plus the rest of the line.
         line = max(8190, 3 * self.config.limits.max_key_bytes + 1024)
         runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                               shutdown_timeout=1.0, max_line_size=line)
+                               shutdown_timeout=1.0, max_line_size=line,
+                               keepalive_timeout=IDLE_TIMEOUT_S)
         await runner.setup()
         self._runners.append(runner)
         host = self.config.listen_host_port[0]
