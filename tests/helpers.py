@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import random
 import sqlite3
 import time
@@ -23,6 +24,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import aiohttp
@@ -126,6 +128,16 @@ def scrape_sync(base_url: str) -> str:
     """``scrape`` for code outside an event loop."""
     with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as resp:
         return resp.read().decode()  # type: ignore[no-any-return]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "dashboards" / "dstore-batch.json"
+
+
+def dashboard_expressions() -> list[str]:
+    """Every PromQL expression of the Grafana dashboard."""
+    dash = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in dash["panels"] for t in p["targets"]]
 
 
 # -- acked rows against the log table ------------------------------------------------------
@@ -285,7 +297,7 @@ class Load:
     cluster: LocalCluster
     targets: Callable[[], Sequence[NodeProcess]] | None = None  # default: live nodes
     acked: dict[tuple[str, str], str] = field(default_factory=dict)
-    ack_starts: list[float] = field(default_factory=list)  # monotonic start of each ok
+    acks: list[tuple[float, float]] = field(default_factory=list)  # (sent, acked) of each ok
     failed: dict[str, int] = field(default_factory=dict)
     unreachable: int = 0
     stop: bool = False
@@ -295,9 +307,9 @@ class Load:
             return self.targets()
         return [n for n in self.cluster.nodes if n.alive and not n.paused]
 
-    def acked_since(self, moment: float) -> int:
-        """Requests acked that were sent after ``moment`` (monotonic)."""
-        return sum(1 for s in self.ack_starts if s > moment)
+    def acked_since(self, moment: float) -> list[float]:
+        """When each request sent after ``moment`` (monotonic) was acked."""
+        return [acked for sent, acked in self.acks if sent > moment]
 
     async def producer(self, worker: int, items: int = 5, value: str = "x" * 50) -> None:
         rng = random.Random(worker)
@@ -319,7 +331,7 @@ class Load:
                 if resp.status == 200:
                     for item, r in zip(batch, body["results"], strict=True):
                         self.acked[(item["key"], r["id"])] = r["timestamp"]
-                    self.ack_starts.append(started)
+                    self.acks.append((started, time.monotonic()))
                 else:
                     code = body["error"]["code"]
                     self.failed[code] = self.failed.get(code, 0) + 1
@@ -327,7 +339,7 @@ class Load:
     async def grows(self, requests: int = 20, timeout: float = 30.0) -> None:
         """Wait until ``requests`` more requests, sent from now on, are acked."""
         now = time.monotonic()
-        await wait_until(lambda: self.acked_since(now) >= requests, timeout, interval=0.05,
+        await wait_until(lambda: len(self.acked_since(now)) >= requests, timeout, interval=0.05,
                          what=f"{requests} more acked requests (failed so far {self.failed})")
 
 

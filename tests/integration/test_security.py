@@ -158,7 +158,7 @@ async def test_follower_budget_makes_producers_wait(make_config: Callable[..., C
             nonlocal peak
             while True:
                 peak = max(peak, follower.peer.budget.used)
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # sample once per turn of the loop
 
         watcher = asyncio.create_task(watch())
         results = await asyncio.gather(

@@ -6,40 +6,27 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 import signal
 import subprocess
 import sys
-import urllib.request
-from collections.abc import Iterator
+import time
 
 import pytest
-from test_multiprocess import lost_or_changed
 
-from dstore_batch import Client, InvalidInputError, SyncClient
+from dstore_batch import Client, InvalidInputError, PutResult, SyncClient
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
-
-pytestmark = pytest.mark.multiprocess
-
-
-@pytest.fixture
-def cluster(database: str) -> Iterator[LocalCluster]:
-    with LocalCluster(database, 3, lease_ms=2000) as c:
-        yield c
+from tests.helpers import lost_or_changed, metric, scrape_sync, wait_until
 
 
 def served(node: NodeProcess, path: str) -> float:
-    with urllib.request.urlopen(node.url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    match = re.search(rf'^dstore_http_requests_total{{path="{re.escape(path)}"}} (\S+)$', text,
-                      re.M)
-    return float(match.group(1)) if match else 0.0
+    """HTTP requests the node served on ``path``."""
+    return metric(scrape_sync(node.url), "dstore_http_requests_total", path=path)
 
 
 def test_concurrent_puts_are_coalesced(cluster: LocalCluster) -> None:
     before = sum(served(n, "/v1/put_many") + served(n, "/v1/put") for n in cluster.nodes)
 
-    async def run() -> list:  # type: ignore[type-arg]
+    async def run() -> list[PutResult]:
         async with Client([n.node_id for n in cluster.nodes]) as client:
             return await asyncio.gather(*(client.put(f"co-{i}", str(i)) for i in range(200)))
 
@@ -70,9 +57,10 @@ def test_same_id_through_two_nodes_is_stored_once(cluster: LocalCluster) -> None
     asyncio.run(run())
 
 
-def test_killed_node_costs_no_acked_put(cluster: LocalCluster) -> None:
+def test_killed_node_costs_no_acked_put(cluster: LocalCluster, emulator_host: str) -> None:
     leader = cluster.wait_for_leader()
     acked: dict[tuple[str, str], str] = {}
+    acked_at: list[float] = []  # when each put or put_many was acked
     errors: dict[str, int] = {}
     stop = False
 
@@ -90,6 +78,7 @@ def test_killed_node_costs_no_acked_put(cluster: LocalCluster) -> None:
                     for (key, _), r in zip(items, await client.put_many(items, timeout=20),
                                            strict=True):
                         acked[(key, r.id)] = str(r.timestamp)
+                acked_at.append(time.monotonic())
             except Exception as exc:
                 code = getattr(exc, "code", type(exc).__name__)
                 errors[code] = errors.get(code, 0) + 1
@@ -98,15 +87,24 @@ def test_killed_node_costs_no_acked_put(cluster: LocalCluster) -> None:
         nonlocal stop
         async with Client([n.node_id for n in cluster.nodes]) as client:
             tasks = [asyncio.create_task(producer(client, w)) for w in range(16)]
-            await asyncio.sleep(2)
-            leader.signal(signal.SIGKILL)
-            await asyncio.sleep(6)
-            stop = True
-            await asyncio.gather(*tasks)
+
+            async def acked_after(moment: float, count: int, timeout: float) -> None:
+                await wait_until(lambda: sum(t > moment for t in acked_at) >= count, timeout,
+                                 interval=0.05, what=f"{count} acks (errors {errors})")
+
+            try:
+                await acked_after(time.monotonic(), 50, 30)  # puts flow before the kill
+                leader.signal(signal.SIGKILL)
+                # A new leader takes over, and the client's puts go on being acked.
+                await asyncio.to_thread(cluster.wait_for_leader, 20, leader.node_id)
+                await acked_after(time.monotonic(), 100, 30)
+            finally:
+                stop = True
+                await asyncio.gather(*tasks)
             return client.requests_sent
 
     sent = asyncio.run(run())
-    missing, wrong = lost_or_changed(cluster.database, acked)
+    missing, wrong = lost_or_changed(cluster.database, emulator_host, acked)
     print(f"\nclient under SIGKILL: {len(acked)} rows acked with {sent} HTTP requests, "
           f"errors {errors}")
     assert acked and not missing and not wrong and not errors

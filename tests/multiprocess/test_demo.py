@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-
-import pytest
-
-pytestmark = pytest.mark.multiprocess
+from pathlib import Path
 
 
-def test_demo_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_on_sqlite(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "dstore_batch", "demo", "--seconds", "5",
          "--data-dir", str(tmp_path)],

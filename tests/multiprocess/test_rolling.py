@@ -8,49 +8,44 @@ import asyncio
 import signal
 import time
 
-import pytest
-from test_chaos import TYPED, Load
-from test_multiprocess import lost_or_changed
-
-from dstore_batch.testing.cluster import LocalCluster
-
-pytestmark = pytest.mark.multiprocess
+from tests.helpers import TYPED_CODES, Load, lost_or_changed, serve_cluster
 
 LEASE_MS = 5000  # the default lease: handover must not wait for it
 
 
-def test_rolling_restart_loses_nothing(database: str) -> None:
+def test_rolling_restart_loses_nothing(database: str, emulator_host: str) -> None:
     handovers: list[float] = []
     exit_codes: list[int | None] = []
-    with LocalCluster(database, 3, lease_ms=LEASE_MS) as cluster:
-        load = Load()
+    with serve_cluster(database, emulator_host, lease_ms=LEASE_MS) as cluster:
+        load = Load(cluster)
 
         async def roll() -> None:
-            producers = [asyncio.create_task(load.producer(cluster, w)) for w in range(6)]
-            await asyncio.sleep(1.5)
-            for node in list(cluster.nodes):
-                leader = await asyncio.to_thread(cluster.wait_for_leader)
-                was_leader = node is leader
-                stopped_at = time.monotonic()
-                node.signal(signal.SIGTERM)
-                if was_leader:
-                    await asyncio.to_thread(cluster.wait_for_leader, 20, node.node_id)
-                    handovers.append(time.monotonic() - stopped_at)
-                exit_codes.append(await asyncio.to_thread(node.wait, 30))
-                node.start()
-                await asyncio.to_thread(cluster.wait_healthy, node)
-                await asyncio.sleep(1.0)
-            await asyncio.sleep(1.0)
-            load.stop = True
-            await asyncio.gather(*producers)
+            producers = [asyncio.create_task(load.producer(w)) for w in range(6)]
+            try:
+                await load.grows(20)
+                for node in list(cluster.nodes):
+                    leader = await asyncio.to_thread(cluster.wait_for_leader)
+                    was_leader = node is leader
+                    stopped_at = time.monotonic()
+                    node.signal(signal.SIGTERM)
+                    if was_leader:
+                        await asyncio.to_thread(cluster.wait_for_leader, 20, node.node_id)
+                        handovers.append(time.monotonic() - stopped_at)
+                    exit_codes.append(await asyncio.to_thread(node.wait, 30))
+                    node.start()
+                    await asyncio.to_thread(cluster.wait_healthy, node)
+                    await load.grows(20)  # puts flow through the restarted cluster
+            finally:
+                load.stop = True
+                await asyncio.gather(*producers)
 
         asyncio.run(roll())
-        missing, wrong = lost_or_changed(cluster.database, load.acked)
+        missing, wrong = lost_or_changed(cluster.database, emulator_host, load.acked)
     print(f"\nrolling restart: {len(load.acked)} rows acked, failed {load.failed}, "
           f"{load.unreachable} requests cut by a stopping node, leader handover "
           f"{[round(h, 2) for h in handovers]} s (lease {LEASE_MS / 1000} s), exit codes "
           f"{exit_codes}")
     assert load.acked and not missing and not wrong
-    assert set(load.failed) <= TYPED, load.failed
+    assert set(load.failed) <= TYPED_CODES, load.failed
     assert exit_codes == [0, 0, 0]
     assert handovers and all(h < LEASE_MS / 1000 / 2 for h in handovers), handovers

@@ -140,7 +140,7 @@ async def test_drain_waits_for_commits_in_flight(big_rig: Rig) -> None:
     await storage.held.wait()  # written, and held before it is acked
     second = committer.submit([Row("b", "kb", "v")])  # queued behind it
     drain = asyncio.create_task(committer.drain(timeout=10))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn: drain() starts and waits
     assert not committer.accepting
     with pytest.raises(NotLeaderError):
         committer.submit([Row("c", "kc", "v")])
