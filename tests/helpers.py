@@ -292,7 +292,7 @@ def serve_cluster(database: str, emulator_host: str | None, size: int = 3, *,
 @dataclass
 class Load:
     """Producers of ``put_many`` requests through live nodes of a cluster: what was acked
-    (with when each acked request started) and what failed, by code."""
+    (and when each acked request was sent and answered) and what failed, by code."""
 
     cluster: LocalCluster
     targets: Callable[[], Sequence[NodeProcess]] | None = None  # default: live nodes

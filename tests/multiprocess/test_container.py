@@ -47,8 +47,10 @@ pytestmark = [pytest.mark.container, pytest.mark.multiprocess]
 ROOT = Path(__file__).resolve().parents[2]
 PODMAN = ("podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs")
 BASE_IMAGE = "localhost/python-base:3.11"
-IMAGE = "localhost/dstore-batch:container-test"
-LABEL = "dstore-batch-test=container"  # every container this module starts carries it
+# This session's image and containers carry its pid: a run cleans up what an interrupted
+# run left (its pid gone), never what another live session is using.
+LABEL = "dstore-batch-test.pid"
+IMAGE = f"localhost/dstore-batch:container-test-{os.getpid()}"
 INSTALL = ("install them as root with `apt-get install podman runc debootstrap` "
            "(deploy/README.md, 'Without a registry')")
 LEASE_MS = 5000  # the ConfigMap's
@@ -99,10 +101,31 @@ def require_podman() -> None:
     pytest.skip(why)
 
 
-def remove_test_containers() -> None:
-    ids = podman("ps", "-a", "-q", "--filter", f"label={LABEL}", check=False).stdout.split()
+def pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(pid: str | None = None) -> None:
+    """Containers and images of this session (``pid``) or of sessions that are gone."""
+    listed = podman("ps", "-a", "--filter", f"label={LABEL}", "--format",
+                    f'{{{{.ID}}}} {{{{index .Labels "{LABEL}"}}}}', check=False).stdout
+    ids = [cid for cid, owner in (line.split() for line in listed.splitlines() if line.strip())
+           if owner == pid or not pid_alive(owner)]
     if ids:
         podman("rm", "-f", "-t", "0", *ids, timeout=120, check=False)
+    tags = podman("images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/dstore-batch",
+                  check=False).stdout.split()
+    prefix = "localhost/dstore-batch:container-test-"
+    stale = [t for t in tags if t.startswith(prefix)
+             and (t[len(prefix):] == pid or not pid_alive(t[len(prefix):]))]
+    if stale:
+        podman("rmi", "-f", *stale, timeout=120, check=False)
 
 
 @dataclass
@@ -117,7 +140,7 @@ class Built:
 def image() -> Iterator[Built]:
     """The base (made if missing) and the image, built from the work tree; removed after."""
     require_podman()
-    remove_test_containers()  # left by an interrupted run
+    remove_leftovers()  # of an interrupted run
     base_made = podman("image", "exists", BASE_IMAGE, check=False).returncode != 0
     started = time.monotonic()
     base = subprocess.run([str(ROOT / "deploy" / "local-base.sh"), BASE_IMAGE],
@@ -135,8 +158,7 @@ def image() -> Iterator[Built]:
     try:
         yield Built(base_s, base_made, build_s, size / 1e6)
     finally:
-        remove_test_containers()
-        podman("rmi", "-f", IMAGE, timeout=120, check=False)
+        remove_leftovers(str(os.getpid()))
 
 
 # -- one node in a container ---------------------------------------------------------------
@@ -162,7 +184,8 @@ class Node:
         env = {**self.env, "DSTORE_ID": self.node_id,
                "DSTORE_METRICS_PORT": str(self.metrics_port)}
         started = time.monotonic()
-        podman("run", "-d", "--name", self.name, "--label", LABEL, "--network", "host",
+        podman("run", "-d", "--name", self.name, "--label", f"{LABEL}={os.getpid()}",
+               "--network", "host",
                # The Deployment's securityContext: read-only root filesystem with no
                # writable /tmp either (podman's default tmpfs mounts are off), no
                # capabilities, no privilege escalation. The uid is the image's USER.
