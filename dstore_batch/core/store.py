@@ -8,7 +8,7 @@ until the caller's deadline.
 
 The public ``dstore_batch.Store`` (server/node.py) is a StoreCore plus the HTTP server
 and the peer link. A StoreCore alone, with no link, is a whole single-node store: the
-unit tests drive it against SQLite or the in-memory backend.
+unit tests drive it against SQLite.
 """
 
 from __future__ import annotations
@@ -327,7 +327,10 @@ class StoreCore:
         nbytes = wire_bytes(rows)
         # Sticky: once an attempt may have written the rows, the deadline means "outcome
         # unknown", and re-sends keep a copy that is already stored (with its timestamp).
+        # An attempt answered not_leader or busy wrote nothing; one still in flight at
+        # the deadline, or cut by a lost link, may have.
         maybe_written = False
+        in_flight = False
         attempt = 0
         last_error: DstoreError | None = None
         while True:
@@ -337,7 +340,7 @@ class StoreCore:
             try:
                 if state.is_leader:
                     future = self.committer.submit(_kept(rows) if maybe_written else rows)
-                    maybe_written = True
+                    in_flight = True
                     return await _until(deadline, future)
                 if state.leader is None:
                     await self.election.wait_change(min(deadline - loop.time(), 0.5))
@@ -352,17 +355,19 @@ class StoreCore:
                     if maybe_written:
                         self.metrics.resends.inc()
                     send = _kept(rows) if maybe_written else rows
-                    maybe_written = True
+                    in_flight = True
                     return await _until(deadline, conn.request(send, nbytes))
                 finally:
                     self.link.release(nbytes)
             except TimeoutError:
-                raise _deadline_error(maybe_written, timeout, last_error) from None
+                raise _deadline_error(maybe_written or in_flight, timeout, last_error) from None
             except (UnavailableError, LinkLostError) as exc:
                 # Unavailable: not written (not_leader, busy, link down). A link lost
                 # after sending: maybe written; the rows go again with the same ids, kept
                 # if already stored. Other outcome-unknown answers (a commit that failed
                 # after the leader's own retries) go to the caller.
+                maybe_written = maybe_written or isinstance(exc, LinkLostError)
+                in_flight = False
                 last_error = exc
                 if not isinstance(exc, BusyError):
                     self.election.refresh()

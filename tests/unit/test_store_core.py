@@ -240,3 +240,16 @@ async def test_a_full_budget_until_the_deadline_is_busy(
         await core.put("k", "v", timeout=0.3)
     assert "nothing" in info.value.message and info.value.retry_after
     assert link.sent == [] and await leader.get("k") == []
+
+
+async def test_only_not_leader_answers_until_the_deadline_say_nothing_written(
+    follower: tuple[StoreCore, DirectLink], leader: StoreCore,
+) -> None:
+    # Every attempt reached a node that answered not_leader: none of them wrote, so the
+    # deadline says so (NoLeaderError), not "may or may not" (DeadlineExceededError).
+    core, link = follower
+    link.refuse.extend(NotLeaderError("moved") for _ in range(1000))
+    with pytest.raises(NoLeaderError) as info:
+        await core.put("k", "v", timeout=0.3)
+    assert "not_leader" in info.value.message and link.sent == []
+    assert await leader.get("k") == []
