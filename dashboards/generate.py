@@ -1,6 +1,6 @@
 """Writes dashboards/dstore-batch.json, the Grafana dashboard of the write path.
 
-Run `python dashboards/generate.py` after changing a panel; tests/test_observability.py
+Run `python dashboards/generate.py` after changing a panel; tests/unit/test_observability.py
 checks the JSON against the metrics the nodes export and, through a real Prometheus,
 that every expression returns data.
 """
