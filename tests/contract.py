@@ -111,3 +111,16 @@ class StorageContract:
         with pytest.raises(NotLeaderError):
             await storage.commit([Row("2", "fk", "w")], "a:1", Fence("F", token))
         assert [i.id for i in await storage.history("fk", "all")] == ["1"]
+
+    async def test_fenced_commit_refreshes_the_heartbeat(self, storage: Storage) -> None:
+        # A busy leader's commits keep its lease: no separate lock write needed.
+        token = await storage.lock_acquire("H", "a:1")
+        assert token is not None
+        await wait_until(lambda: lock_older_than(storage, "H", 300), 5)
+        await storage.commit([Row("1", "hk", "v")], "a:1", Fence("H", token))
+        state = await storage.lock_read("H")
+        assert state.token == token and state.age_ms is not None and state.age_ms < 300
+        # An unfenced commit (no leader) leaves the lock alone.
+        await wait_until(lambda: lock_older_than(storage, "H", 300), 5)
+        await storage.commit([Row("2", "hk", "w")], "a:1", None)
+        assert await lock_older_than(storage, "H", 300)

@@ -41,11 +41,14 @@ class Committer:
         node_id: str,
         fence: Callable[[], Fence | None],
         metrics: Metrics,
+        heartbeat: Callable[[Timestamp, float], None] | None = None,
     ) -> None:
         self._storage = storage
         self._config = config
         self._node_id = node_id
         self._fence = fence
+        # Told (token, monotonic start) after each fenced commit: it refreshed the lock.
+        self._heartbeat = heartbeat
         self._metrics = metrics
         self._acc = Accumulator(config)
         self._slots = asyncio.Semaphore(config.max_inflight)
@@ -198,6 +201,7 @@ class Committer:
             if fence is None:
                 raise NotLeaderError("lost leadership before the commit; nothing was written")
             started = time.perf_counter()
+            started_mono = time.monotonic()
             aborts_before = getattr(self._storage, "aborted_attempts", 0)
             try:
                 result = await self._storage.commit(batch.rows, self._node_id, fence)
@@ -217,4 +221,6 @@ class Committer:
                 if aborts > 0:
                     m.commit_aborts.inc(aborts)
             m.commit_latency.observe(time.perf_counter() - started)
+            if self._heartbeat is not None:
+                self._heartbeat(fence.token, started_mono)
             return result

@@ -101,6 +101,13 @@ class Election:
         st = self.state
         return Fence(self.lock_name, st.token) if st.is_leader and st.token else None
 
+    def heartbeat_succeeded(self, token: Timestamp, started: float) -> None:
+        """A fenced commit that began at ``started`` (monotonic) refreshed the lock under
+        ``token``: the lease holds from then, as after a heartbeat."""
+        st = self._state
+        if st.is_leader and st.token == token and started + self.lease_s > self._valid_until:
+            self._extend(started)
+
     def _extend(self, started: float) -> None:
         """Our lease holds until ``started`` + lease; schedule its end on the loop."""
         self._valid_until = started + self.lease_s
@@ -235,6 +242,8 @@ class Election:
         st = self._state
         started = time.monotonic()
         if st.is_leader and st.token is not None:
+            if started - (self._valid_until - self.lease_s) < self.lease_s / 3:
+                return  # a commit refreshed the lock a moment ago: no lock write needed
             if await self._storage.lock_heartbeat(self.lock_name, st.token):
                 self._extend(started)
             else:

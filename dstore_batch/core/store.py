@@ -112,6 +112,7 @@ class StoreCore:
         self.committer = Committer(
             self.storage, config.batch, node_id=config.node_id,
             fence=lambda: self.election.fence, metrics=self.metrics,
+            heartbeat=self.election.heartbeat_succeeded,
         )
         self.link: LeaderLink = link or _NoLink()
         self._active_puts = 0  # put calls through this node not yet answered

@@ -57,7 +57,8 @@ class Storage(Protocol):
 
         Rows with ``keep`` set are written only if (key, id) is not stored yet; the
         result names those that were, with their stored timestamps. Every written row
-        gets the commit timestamp.
+        gets the commit timestamp. A fenced commit also refreshes the lock's heartbeat
+        (to the commit timestamp): it proves the holder alive as a heartbeat would.
         Raises:
             NotLeaderError: ``fence`` no longer holds; nothing was written.
             CommitError: the database failed; the outcome is unknown.

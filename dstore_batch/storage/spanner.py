@@ -264,8 +264,13 @@ class SpannerStorage:
         keep = [i for i, r in enumerate(rows) if r.keep]
 
         def work(txn: Any) -> dict[int, Timestamp] | None:
-            if fence is not None and not self._holds(txn, fence):
-                return None
+            if fence is not None:
+                if not self._holds(txn, fence):
+                    return None
+                # A fenced commit is a heartbeat too: a busy leader's lease never waits
+                # for a separate lock write queued behind its commits.
+                txn.update(self.lock_table, ("name", "heartbeat"),
+                           [(fence.lock_name, spanner.COMMIT_TIMESTAMP)])
             existing = self._existing(txn, rows, keep) if keep else {}
             write = [r for i, r in enumerate(rows) if i not in existing]
             if write:

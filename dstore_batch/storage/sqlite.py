@@ -152,8 +152,12 @@ class SQLiteStorage:
         lookup = f"SELECT timestamp FROM {self.log_table} WHERE key = ? AND id = ?"
 
         def work(c: sqlite3.Connection, ts: Timestamp) -> CommitResult | None:
-            if fence is not None and not self._holds(c, fence):
-                return None
+            if fence is not None:
+                if not self._holds(c, fence):
+                    return None
+                # A fenced commit is a heartbeat too (as on Spanner).
+                c.execute(f"UPDATE {self.lock_table} SET heartbeat = ? WHERE name = ?",
+                          (ts, fence.lock_name))
             existing = {}
             for i, r in enumerate(rows):
                 if r.keep and (found := c.execute(lookup, (r.key, r.id)).fetchone()):

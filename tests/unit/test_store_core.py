@@ -25,6 +25,7 @@ from dstore_batch.errors import (
 from dstore_batch.storage.sqlite import SQLiteStorage, sqlite_path
 from dstore_batch.testing.emulator import free_port
 from dstore_batch.types import NO_APPEND_ID, Row, Timestamp
+from tests.helpers import StorageProbe
 
 LEASE_S = 1.0
 
@@ -253,3 +254,24 @@ async def test_only_not_leader_answers_until_the_deadline_say_nothing_written(
         await core.put("k", "v", timeout=0.3)
     assert "not_leader" in info.value.message and link.sent == []
     assert await leader.get("k") == []
+
+
+async def test_a_busy_leader_keeps_its_lease_through_its_commits(sqlite_database: str) -> None:
+    # Heartbeats that never finish (a lock write stuck behind slow commits): the fenced
+    # commits refresh the lock themselves, so the leader keeps leading while it commits.
+    path = sqlite_path(sqlite_database)
+    assert path is not None
+    probe = StorageProbe(SQLiteStorage(path))
+    async with StoreCore(config(sqlite_database), storage=probe) as core:
+        await core.wait_for_leader(LEASE_S)
+        probe.heartbeat_gate = asyncio.Event()  # from now on, a heartbeat hangs
+        token = core.leader_state().token
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 3 * LEASE_S
+        puts = 0
+        while loop.time() < end:
+            await core.put(f"k{puts}", "v", timeout=LEASE_S)
+            puts += 1
+            assert core.is_leader and core.leader_state().token == token
+        assert puts > 10 and probe.calls["lock_heartbeat"] <= 1
+        probe.heartbeat_gate.set()
