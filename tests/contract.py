@@ -124,3 +124,21 @@ class StorageContract:
         await wait_until(lambda: lock_older_than(storage, "H", 300), 5)
         await storage.commit([Row("2", "hk", "w")], "a:1", None)
         assert await lock_older_than(storage, "H", 300)
+
+    async def test_peer_reports(self, storage: Storage) -> None:
+        assert await storage.peer_reports("P") == []
+        await storage.peer_report("P", "f:1", None)
+        await storage.peer_report("P", "f:2", "l:1")
+        await storage.peer_report("Q", "f:3", None)  # another lock's reports stay apart
+        reports = {r.node: r for r in await storage.peer_reports("P")}
+        assert set(reports) == {"f:1", "f:2"}
+        assert reports["f:1"].unreachable is None and reports["f:2"].unreachable == "l:1"
+        assert all(0 <= r.age_ms < 5_000 for r in reports.values())
+        await storage.peer_report("P", "f:2", None)  # the same node's report is replaced
+        reports = {r.node: r for r in await storage.peer_reports("P")}
+        assert len(reports) == 2 and reports["f:2"].unreachable is None
+        # Reports are not locks: taking and heartbeating the lock leaves them be.
+        token = await storage.lock_acquire("P", "l:1")
+        assert token is not None and await storage.lock_heartbeat("P", token)
+        assert len(await storage.peer_reports("P")) == 2
+        assert (await storage.lock_read("P")).writer == "l:1"

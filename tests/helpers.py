@@ -34,7 +34,7 @@ from dstore_batch.config import Config
 from dstore_batch.core.election import Election
 from dstore_batch.server.node import Store
 from dstore_batch.storage import open_storage
-from dstore_batch.storage.base import Fence, HistoryLimit, LockState, Storage
+from dstore_batch.storage.base import Fence, HistoryLimit, LockState, PeerReport, Storage
 from dstore_batch.storage.spanner import parse_database_path, spanner_client
 from dstore_batch.storage.sqlite import sqlite_path
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
@@ -100,6 +100,32 @@ def wait_until_sync(
         if time.monotonic() >= deadline:
             raise AssertionError(f"not true within {timeout}s: {what or condition}")
         time.sleep(interval)
+
+
+# -- raw HTTP ------------------------------------------------------------------------------
+
+
+async def raw_http(address: str, data: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
+    """Send ``data`` exactly as given over a new TCP connection to ``address``
+    (``host:port``) and read the reply until the node closes the connection; return the
+    status and the body. For requests a client library would refuse to send (bytes that
+    are not Latin-1 text, malformed request lines); a well-formed one should carry
+    ``Connection: close``."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            reply = await reader.read(-1)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    assert len(status_line) >= 2 and status_line[0].startswith(b"HTTP/"), reply[:200]
+    return int(status_line[1]), body
 
 
 # -- /metrics ------------------------------------------------------------------------------
@@ -418,3 +444,12 @@ class StorageProbe:
     def lock_release(self, name: str, token: Timestamp) -> Coroutine[Any, Any, bool]:
         self.calls["lock_release"] += 1
         return self.inner.lock_release(name, token)
+
+    def peer_report(self, name: str, node: str, unreachable: str | None
+                    ) -> Coroutine[Any, Any, None]:
+        self.calls["peer_report"] += 1
+        return self.inner.peer_report(name, node, unreachable)
+
+    def peer_reports(self, name: str) -> Coroutine[Any, Any, list[PeerReport]]:
+        self.calls["peer_reports"] += 1
+        return self.inner.peer_reports(name)

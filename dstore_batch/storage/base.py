@@ -11,7 +11,8 @@ from typing import Literal, NamedTuple, Protocol
 
 from ..types import CommitResult, HistoryItem, Row, Timestamp
 
-__all__ = ["Fence", "HistoryLimit", "LockState", "Storage", "check_limit"]
+__all__ = ["Fence", "HistoryLimit", "LockState", "PeerReport", "Storage", "check_limit",
+           "peer_row_prefix"]
 
 # `get`'s history choices, as in the original: N newest (1 = latest), all, oldest.
 HistoryLimit = int | Literal["all", "oldest"]
@@ -32,6 +33,21 @@ class LockState(NamedTuple):
     token: Timestamp | None
     writer: str | None
     age_ms: int | None  # time since the last heartbeat, by the database's clock
+
+
+class PeerReport(NamedTuple):
+    """A follower's last word on the group, kept in the lock table: it is alive, and
+    which leader (if any) it has been unable to reach over the peer link."""
+
+    node: str
+    age_ms: int  # since the report was written, by the database's clock
+    unreachable: str | None  # the leader this node cannot reach, or None
+
+
+def peer_row_prefix(lock_name: str) -> str:
+    """Lock-table rows ``<lock>/peer/<node>`` hold the followers' reports. Never a
+    spindle marker (those are ``<lock>_<token>``) nor another lock's name."""
+    return f"{lock_name}/peer/"
 
 
 class Fence(NamedTuple):
@@ -89,4 +105,12 @@ class Storage(Protocol):
 
     async def lock_release(self, name: str, token: Timestamp) -> bool:
         """Age the heartbeat (guarded by ``token``) so the next check takes over."""
+        ...
+
+    async def peer_report(self, name: str, node: str, unreachable: str | None) -> None:
+        """Write (insert or update) ``node``'s report for lock ``name``, stamped now."""
+        ...
+
+    async def peer_reports(self, name: str) -> list[PeerReport]:
+        """Every report for lock ``name`` (strong read), with its age."""
         ...

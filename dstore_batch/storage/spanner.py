@@ -32,7 +32,7 @@ from google.cloud.spanner_v1.keyset import KeyRange, KeySet
 
 from ..errors import CommitError, NotLeaderError, ReadError
 from ..types import CommitResult, HistoryItem, Row, Timestamp
-from .base import Fence, HistoryLimit, LockState
+from .base import Fence, HistoryLimit, LockState, PeerReport, peer_row_prefix
 
 __all__ = ["SpannerStorage", "parse_database_path", "spanner_client"]
 
@@ -448,6 +448,34 @@ class SpannerStorage:
         released, _ = await self._run(self._locker, self._transact, work, writes=True)
         return bool(released)
 
+
+    async def peer_report(self, name: str, node: str, unreachable: str | None) -> None:
+        def work(txn: Any) -> None:
+            txn.insert_or_update(
+                self.lock_table, ("name", "heartbeat", "token", "writer"),
+                [(peer_row_prefix(name) + node, spanner.COMMIT_TIMESTAMP, None,
+                  unreachable or "")],
+            )
+
+        await self._run(self._locker, self._transact, work, writes=True)
+
+    async def peer_reports(self, name: str) -> list[PeerReport]:
+        prefix = peer_row_prefix(name)
+        sql = (
+            f"SELECT name, timestamp_diff(current_timestamp(), heartbeat, millisecond), "
+            f"writer FROM {self.lock_table} WHERE STARTS_WITH(name, @prefix) "
+            f"AND token IS NULL"
+        )
+
+        def read() -> list[PeerReport]:
+            with self._db.snapshot() as snap:
+                rows = list(snap.execute_sql(
+                    sql, params={"prefix": prefix}, param_types={"prefix": param_types.STRING},
+                    **self._bound(),
+                ))
+            return [PeerReport(r[0][len(prefix):], r[1], r[2] or None) for r in rows]
+
+        return await self._run(self._reader, read)
 
 def select_history(items: list[HistoryItem], limit: HistoryLimit) -> list[HistoryItem]:
     """Order a key's rows newest first and apply a history limit."""

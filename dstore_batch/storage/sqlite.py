@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from ..config import check_table_name
 from ..errors import CommitError, NotLeaderError, ReadError
 from ..types import CommitResult, HistoryItem, Row, Timestamp
-from .base import Fence, HistoryLimit, LockState
+from .base import Fence, HistoryLimit, LockState, PeerReport, peer_row_prefix
 
 __all__ = ["SQLiteStorage", "sqlite_path"]
 
@@ -264,6 +264,30 @@ class SQLiteStorage:
             return cur.rowcount == 1
 
         return await self._write(work)
+
+
+    async def peer_report(self, name: str, node: str, unreachable: str | None) -> None:
+        def work(c: sqlite3.Connection, ts: Timestamp) -> None:
+            c.execute(f"INSERT OR REPLACE INTO {self.lock_table} (name, heartbeat, token, "
+                      "writer) VALUES (?, ?, NULL, ?)",
+                      (peer_row_prefix(name) + node, ts, unreachable or ""))
+
+        await self._write(work)
+
+    async def peer_reports(self, name: str) -> list[PeerReport]:
+        prefix = peer_row_prefix(name)
+
+        def read() -> list[PeerReport]:
+            assert self._rconn is not None
+            rows = self._rconn.execute(
+                f"SELECT name, heartbeat, writer FROM {self.lock_table} "
+                "WHERE substr(name, 1, ?) = ? AND token IS NULL", (len(prefix), prefix),
+            ).fetchall()
+            now = time.time_ns()
+            return [PeerReport(r[0][len(prefix):], (now - r[1]) // 1_000_000, r[2] or None)
+                    for r in rows]
+
+        return await self._run(self._reader, read)
 
 
 @contextlib.contextmanager
