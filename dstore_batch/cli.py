@@ -94,6 +94,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark direct, funnel and per-put side by side")
     _bench_flags(p)
 
+    p = sub.add_parser("check", help="a cluster under load and faults: check the history "
+                       "of every operation (prints a table; non-zero exit on any anomaly)")
+    p.add_argument("--seconds", type=float, default=60.0, help="load and fault duration")
+    p.add_argument("--faults", default="all",
+                   help="comma list of kill, stop, peer-partition, db-partition, db-latency, "
+                        "emulator-restart (default all; none for load only)")
+    p.add_argument("--nodes", type=int, default=3, help="serve processes")
+    p.add_argument("--lease-ms", type=int, default=2000, help="election lease of the nodes")
+    p.add_argument("--json", help="also write the result as JSON to this file")
+    p.add_argument("--seed", type=int, help="seed of the workload and the fault schedule "
+                   "(printed; give it again to repeat a run)")
+    p.add_argument("--data-dir", help="folder for node logs and the history (default: "
+                   "temp, kept only when the check fails)")
+    _emulator_bin_flag(p)
+
     # Internal: one producing node of `bench` (a serve node with producers inside).
     p = sub.add_parser("bench-node")
     _serve_flags(p)
@@ -322,6 +337,12 @@ def _main(args: argparse.Namespace) -> int:
         from .tools.bench.runner import run_bench
 
         return run_bench(args)
+    if args.command == "check":
+        from .tools.checker.runner import run_check
+
+        return run_check(seconds=args.seconds, faults=args.faults, nodes=args.nodes,
+                         lease_ms=args.lease_ms, json_path=args.json, seed=args.seed,
+                         data_dir=args.data_dir, emulator_bin=args.emulator_bin)
     if args.command == "bench-node":
         from .tools.bench.funnel_node import run_node
         from .tools.bench.workload import WorkloadSpec

@@ -17,14 +17,15 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..observability.metrics import Metrics
-from ..storage.base import Fence, Storage
+from ..storage.base import Fence, PeerReport, Storage
 from ..types import Timestamp
 
-__all__ = ["Election", "LeaderState"]
+__all__ = ["Election", "LeaderState", "Reachability"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,18 @@ class LeaderState:
 _NOBODY = LeaderState(None, False, None)
 
 
+class Reachability(Protocol):
+    """What the election needs to know of the peer network (the node provides it)."""
+
+    def unreachable(self) -> str | None:
+        """The leader this node has failed to reach for more than a lease, or None."""
+        ...
+
+    async def reachable(self, nodes: Sequence[str]) -> int:
+        """How many of ``nodes`` this node reaches over the peer network now."""
+        ...
+
+
 class Election:
     """Runs the lock loop for one node and caches its outcome."""
 
@@ -52,8 +65,10 @@ class Election:
         node_id: str,
         lease_s: float,
         metrics: Metrics | None = None,
+        reach: Reachability | None = None,
     ) -> None:
         self._storage = storage
+        self._reach = reach
         self.lock_name = lock_name
         self.node_id = node_id
         self.lease_s = lease_s
@@ -72,6 +87,9 @@ class Election:
         self._background: set[asyncio.Task[bool]] = set()
         self._expiry: asyncio.TimerHandle | None = None
         self._db_down_since: float | None = None  # monotonic time of the first failure
+        self._last_report = -1e9  # monotonic time of this node's last peer report
+        self._stand_down_until = 0.0  # after stepping down: not a candidate until then
+        self._refused_since: float | None = None  # not taking the lock: peers unreachable
 
     # -- cached state (no I/O) -----------------------------------------------------
 
@@ -242,6 +260,9 @@ class Election:
         st = self._state
         started = time.monotonic()
         if st.is_leader and st.token is not None:
+            if await self._followers_cut_off():
+                await self._step_down(st.token)
+                return
             if started - (self._valid_until - self.lease_s) < self.lease_s / 3:
                 return  # a commit refreshed the lock a moment ago: no lock write needed
             if await self._storage.lock_heartbeat(self.lock_name, st.token):
@@ -251,9 +272,14 @@ class Election:
                 self.refresh()
             return
         lock = await self._storage.lock_read(self.lock_name)
-        if not self._candidate:
+        await self._report(started)
+        if not self._may_lead(started):
             fresh = lock.age_ms is not None and lock.age_ms <= self._lease_ms
             self._set_state(LeaderState(lock.writer if fresh else None, False, None))
+            return
+        if (lock.token is None or lock.age_ms is None or lock.age_ms > self._lease_ms) and (
+                not await self._peers_reachable()):
+            self._set_state(_NOBODY, "lock free, but this node reaches too few peers")
             return
         if lock.token is None:
             token = await self._storage.lock_acquire(self.lock_name, self.node_id)
@@ -274,6 +300,65 @@ class Election:
             self._won(token, started)
         else:
             self.refresh()
+
+    # -- leadership follows reachability ------------------------------------------------
+
+    def _may_lead(self, now: float) -> bool:
+        return self._candidate and now >= self._stand_down_until
+
+    async def _report(self, now: float) -> None:
+        """As a follower, tell the group (through the lock table) that this node is alive
+        and whether it can reach the leader, every half lease."""
+        if self._reach is None or now - self._last_report < self.lease_s / 2:
+            return
+        self._last_report = now
+        await self._storage.peer_report(self.lock_name, self.node_id,
+                                        self._reach.unreachable())
+
+    async def _live_reports(self) -> list[PeerReport]:
+        reports = await self._storage.peer_reports(self.lock_name)
+        # Reports come every half lease: two leases without one means that node is gone.
+        return [r for r in reports if r.age_ms <= 2 * self._lease_ms and r.node != self.node_id]
+
+    async def _followers_cut_off(self) -> bool:
+        """As leader: whether most live nodes (this one included) report that they cannot
+        reach it over the peer link. Then the group is better led from elsewhere."""
+        if self._reach is None:
+            return False
+        live = await self._live_reports()
+        against = sum(1 for r in live if r.unreachable == self.node_id)
+        return 2 * against > len(live) + 1
+
+    async def _step_down(self, token: Timestamp) -> None:
+        # Not a candidate for two leases, so that a node the others can reach takes the
+        # lock; then this one competes again like any other.
+        self._stand_down_until = time.monotonic() + 2 * self.lease_s
+        self._metrics.step_downs.inc()
+        self._set_state(_NOBODY, "stepping down: most nodes cannot reach this one")
+        try:
+            await self._storage.lock_release(self.lock_name, token)
+        except Exception as exc:  # the lock then simply expires
+            log.warning("node %s could not release the lock: %r", self.node_id, exc)
+
+    async def _peers_reachable(self) -> bool:
+        """Before taking a free lock: whether this node reaches at least half of the
+        other live nodes. A node cut off from the group must not lead it."""
+        if self._reach is None:
+            return True
+        others = [r.node for r in await self._live_reports()]
+        if not others:
+            return True
+        reached = await self._reach.reachable(others)
+        if 2 * reached >= len(others):
+            if self._refused_since is not None:
+                log.warning("node %s reaches its peers again", self.node_id)
+                self._refused_since = None
+            return True
+        if self._refused_since is None:
+            self._refused_since = time.monotonic()
+            log.warning("node %s: the lock is free but this node reaches %d of %d peers: "
+                        "not taking it", self.node_id, reached, len(others))
+        return False
 
     def _won(self, token: Timestamp, started: float) -> None:
         if not self._candidate:

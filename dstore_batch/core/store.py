@@ -14,6 +14,7 @@ unit tests drive it against SQLite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -73,6 +74,14 @@ class LeaderLink(Protocol):
         """Give back a reservation once its request is answered."""
         ...
 
+    def failing_for(self, leader: str) -> float:
+        """Seconds that every attempt to reach ``leader`` has failed (0 if it works)."""
+        ...
+
+    async def reachable(self, nodes: Sequence[str]) -> int:
+        """How many of ``nodes`` answer over the peer network now."""
+        ...
+
 
 class _NoLink:
     """The link of a node that never forwards: only its own leadership takes puts."""
@@ -85,6 +94,12 @@ class _NoLink:
 
     def release(self, nbytes: int) -> None:
         return None
+
+    def failing_for(self, leader: str) -> float:
+        return 0.0
+
+    async def reachable(self, nodes: Sequence[str]) -> int:
+        return len(nodes)  # no network of its own to judge by: assume the best
 
 
 class StoreCore:
@@ -105,16 +120,18 @@ class StoreCore:
         self.node_id = config.node_id
         self.metrics = metrics or Metrics()
         self.storage: Storage = storage or open_storage(config)
+        self.link: LeaderLink = link or _NoLink()
         self.election = Election(
             self.storage, lock_name=config.lock_name, node_id=config.node_id,
             lease_s=config.lease_s, metrics=self.metrics,
+            reach=_LinkReachability(self) if link is not None else None,
         )
         self.committer = Committer(
             self.storage, config.batch, node_id=config.node_id,
             fence=lambda: self.election.fence, metrics=self.metrics,
             heartbeat=self.election.heartbeat_succeeded,
         )
-        self.link: LeaderLink = link or _NoLink()
+        self._keeper: asyncio.Task[None] | None = None
         self._active_puts = 0  # put calls through this node not yet answered
         self._no_puts = asyncio.Event()  # set while _active_puts == 0
         self._no_puts.set()
@@ -131,6 +148,9 @@ class StoreCore:
             await self.storage.start()
             self.election.add_listener(self._on_leader_change)
             await self.election.start()
+            if not isinstance(self.link, _NoLink):
+                self._keeper = asyncio.create_task(self._keep_link(),
+                                                   name=f"link-keeper:{self.node_id}")
         except BaseException:
             self._state = "running"  # so that stop() tears down what did start
             await self.stop()
@@ -176,6 +196,11 @@ class StoreCore:
         """Step 5 of ``stop()``: stop the committer and election, close storage."""
         if self._state == "stopped":
             return
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+            self._keeper = None
         await self.committer.stop()
         await self.election.stop(release=True)
         await self.storage.close()
@@ -286,6 +311,21 @@ class StoreCore:
         """Count a put that a front end refused before it reached ``put``."""
         self.metrics.puts.labels(op, error.code).inc()
 
+    # -- the link to the leader --------------------------------------------------------
+
+    async def _keep_link(self) -> None:
+        """As a follower, keep the link to the leader open, puts or not: a link that
+        cannot be opened is how this node learns (and reports) that the leader is out of
+        its reach, and an open one answers the first put at once."""
+        interval = self.config.lease_s / 4
+        while True:
+            state = self.election.state
+            if state.leader is not None and not state.is_leader:
+                with contextlib.suppress(DstoreError, TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await self.link.connection(state.leader)
+            await self.election.wait_change(interval)
+
     # -- write path ------------------------------------------------------------------
 
     def submit(
@@ -376,6 +416,25 @@ class StoreCore:
                 attempt += 1
                 delay = min(exc.retry_after or backoff, max(deadline - loop.time(), 0))
                 await asyncio.sleep(delay)
+
+
+class _LinkReachability:
+    """The election's view of the peer network, from this node's link."""
+
+    def __init__(self, core: StoreCore) -> None:
+        self._core = core
+
+    def unreachable(self) -> str | None:
+        core = self._core
+        state = core.election.state
+        if state.leader is None or state.is_leader:
+            return None
+        if core.link.failing_for(state.leader) > core.config.lease_s:
+            return state.leader
+        return None
+
+    async def reachable(self, nodes: Sequence[str]) -> int:
+        return await self._core.link.reachable(nodes)
 
 
 def _deadline_error(maybe_written: bool, timeout: float, last: DstoreError | None

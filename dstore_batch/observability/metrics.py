@@ -106,6 +106,11 @@ class Metrics:
             "1 while this node's last lock check or heartbeat reached the database.",
             registry=r,
         )
+        self.step_downs = Counter(
+            "dstore_step_downs_total",
+            "Times this node gave up the lock because most nodes could not reach it.",
+            registry=r,
+        )
         self.election_check_failures = Counter(
             "dstore_election_check_failures_total",
             "Lock-table checks or heartbeats that failed.", registry=r,

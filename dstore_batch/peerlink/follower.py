@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import ssl
+import time
 from collections.abc import Sequence
 
 import aiohttp
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 FRAME_TARGET_BYTES = 4 * 1024 * 1024  # coalesce requests up to about this much per frame
 CONNECT_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 1.0
 
 
 class ByteBudget:
@@ -190,8 +192,13 @@ class PeerLink:
         inflight_bytes: int = 64 * 1024 * 1024,
         scheme: str = "http",
         ssl_context: ssl.SSLContext | None = None,
+        heartbeat_s: float | None = None,
     ) -> None:
         self.node_id = node_id
+        # Pings on an open link: a leader that stops answering (a cut network sends no
+        # error, only silence) is noticed within this, not at the next put's deadline.
+        self._heartbeat_s = heartbeat_s
+        self._failing_since: dict[str, float] = {}  # leader -> first failure (monotonic)
         self.budget = ByteBudget(inflight_bytes)
         self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         self._scheme = scheme
@@ -224,7 +231,33 @@ class PeerLink:
             await self._session.close()
             self._session = None
 
+    def failing_for(self, leader: str) -> float:
+        """Seconds that every attempt to reach ``leader`` has failed (0 if it works)."""
+        since = self._failing_since.get(leader)
+        return 0.0 if since is None else time.monotonic() - since
+
+    def _failed(self, leader: str) -> None:
+        self._failing_since.setdefault(leader, time.monotonic())
+
+    async def reachable(self, nodes: Sequence[str]) -> int:
+        """How many of ``nodes`` answer GET /healthz on their peer address now."""
+        session = self._session
+        if session is None or session.closed:
+            return 0
+
+        async def probe(node: str) -> bool:
+            try:
+                async with session.get(f"{self._scheme}://{node}/healthz", ssl=self._ssl,
+                                       timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+                                       ) as resp:
+                    return resp.status == 200
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                return False
+
+        return sum(await asyncio.gather(*(probe(n) for n in nodes)))
+
     def connection_lost(self, conn: _Connection) -> None:
+        self._failed(conn.leader)
         if self._conn is conn:
             self._conn = None
             self.metrics.peer_connections.labels("follower").set(0)
@@ -240,7 +273,12 @@ class PeerLink:
                 return conn
             if conn is not None:
                 await conn.close()
-            self._conn = await self._connect(leader)
+            try:
+                self._conn = await self._connect(leader)
+            except BaseException:  # a typed refusal, or the caller's deadline
+                self._failed(leader)
+                raise
+            self._failing_since.pop(leader, None)
             self.metrics.peer_connections.labels("follower").set(1)
             return self._conn
 
@@ -249,10 +287,14 @@ class PeerLink:
             raise LinkDownError("this node's peer link is closed (stopping)")
         url = f"{self._scheme}://{leader}{PEER_PATH}"
         try:
-            ws = await self._session.ws_connect(
-                url, max_msg_size=self.max_frame_bytes, autoping=True, heartbeat=None,
-                headers=self._headers, ssl=self._ssl,
-            )
+            # Bounded as a whole: a leader behind a cut network may accept the TCP
+            # connection (a proxy, a load balancer) and then never answer the upgrade.
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                ws = await self._session.ws_connect(
+                    url, max_msg_size=self.max_frame_bytes, autoping=True,
+                    heartbeat=self._heartbeat_s,
+                    headers=self._headers, ssl=self._ssl,
+                )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 401:
                 raise UnauthorizedError(

@@ -68,6 +68,7 @@ class Store:
             secret=config.peer_secret or config.api_token, scheme=config.scheme,
             ssl_context=client_ssl(config),
             inflight_bytes=config.batch.follower_inflight_bytes,
+            heartbeat_s=config.lease_s / 2,
         )
         self.core = StoreCore(config, storage=storage, metrics=self.metrics, link=self.peer)
         self._runners: list[web.AppRunner] = []

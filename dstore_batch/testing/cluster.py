@@ -1,6 +1,9 @@
 """A local cluster of `dstore-batch serve` processes on free loopback ports.
 
-Used by the multi-process tests, `dstore-batch demo` and `dstore-batch bench`.
+Used by the multi-process tests, `dstore-batch demo`, `dstore-batch bench` and
+`dstore-batch check`. By default each node listens on its node id; with ``addresses`` a
+node listens on an address of its own and tells its peers another one (a ``FaultProxy``
+in front of it, say), and the harness talks to it directly (``NodeProcess.url``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,10 +38,13 @@ class NodeProcess:
     signalled: bool = False  # stopped on purpose: its exit is not a failure
     paused: bool = False  # SIGSTOPped: alive, but answers nothing
     command: str = "serve"
+    listen: str | None = None  # host:port it binds, when not its node id
 
     @property
     def url(self) -> str:
-        return f"http://{self.node_id}"
+        """Where the harness reaches the node: its listen address (the node id unless
+        ``listen`` is set)."""
+        return f"http://{self.listen or self.node_id}"
 
     @property
     def alive(self) -> bool:
@@ -88,7 +95,13 @@ class NodeProcess:
 
 
 class LocalCluster:
-    """N serve processes sharing one database; every node has a fresh free port."""
+    """N serve processes sharing one database; every node has a fresh free port.
+
+    ``addresses``: one ``(node_id, listen)`` pair per node instead of fresh ports: the node
+    binds ``listen`` (``--listen``) and peers dial ``node_id`` (``--id``). ``node_args``:
+    one list of extra arguments per node (after ``extra_args``), e.g. each node's own
+    ``--emulator-host``.
+    """
 
     def __init__(
         self,
@@ -101,19 +114,27 @@ class LocalCluster:
         log_dir: str | None = None,
         command: str = "serve",
         emulator_host: str | None = None,
+        addresses: Sequence[tuple[str, str]] | None = None,
+        node_args: Sequence[Sequence[str]] | None = None,
     ) -> None:
+        if addresses is not None and len(addresses) != size:
+            raise ValueError(f"{len(addresses)} addresses for {size} nodes")
+        if node_args is not None and len(node_args) != size:
+            raise ValueError(f"{len(node_args)} argument lists for {size} nodes")
         self.database = database
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="dstore-cluster-"))
         self.lease_ms = lease_ms
         self.nodes: list[NodeProcess] = []
         for i in range(size):
-            node_id = f"127.0.0.1:{free_port()}"
-            args = ["--id", node_id, "--database", database, "--lease-ms", str(lease_ms),
+            node_id, listen = (addresses[i] if addresses is not None
+                               else (f"127.0.0.1:{free_port()}", None))
+            args = ["--id", node_id, *(["--listen", listen] if listen else []),
+                    "--database", database, "--lease-ms", str(lease_ms),
                     *(["--emulator-host", emulator_host] if emulator_host else []),
-                    *(extra_args or [])]
+                    *(extra_args or []), *(node_args[i] if node_args is not None else [])]
             self.nodes.append(
                 NodeProcess(node_id, args, self.log_dir / f"node{i}.log", extra_env=env or {},
-                            command=command)
+                            command=command, listen=listen)
             )
 
     def start(self, timeout: float = 30.0) -> LocalCluster:

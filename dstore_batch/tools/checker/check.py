@@ -1,0 +1,469 @@
+"""The checks of a history against what the reads returned.
+
+Reads are the gets of the history and the final reads (every key through every node,
+``GET /v1/get?key=K&limit=all``, once the group is quiet). A row is ``(key, client id)``;
+its status joins every put that carried it: ``ok`` if one was acked, else ``unknown`` if
+one may have been written, else ``failed`` (every attempt definitely failed).
+
+An emulator restart empties the database (the emulator keeps it in memory), so time is
+cut into epochs at each restart, and a claim about what a read must contain holds only
+within one epoch: a read sees the rows of puts acked in its own epoch, and the final
+reads see those of the last epoch. Claims that hold whatever happened (a failed put is
+never stored, a row is stored at most once, no row appears that nobody put) are checked
+on every read.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...types import Timestamp
+from .history import History, Op, Seen
+
+__all__ = ["CHECKS", "Anomaly", "FinalRead", "Report", "check_history"]
+
+# Every check, and what an anomaly of it means (the table prints these).
+CHECKS: dict[str, str] = {
+    "lost_ack": "an acked row is missing from the final state (through some node)",
+    "wrong_timestamp": "a row stored, read or acked again with a timestamp other than "
+                       "its ack",
+    "duplicate": "a row stored more than once (its id twice in a key, or its value "
+                 "under another id)",
+    "failed_but_stored": "a row whose every put definitely failed was stored or read",
+    "stale_read": "a get that started after a put's ack did not return its row",
+    "order_violation": "per key, timestamps against real-time order, the order inside "
+                       "one put_many, or stored order against ack order",
+    "duplicate_timestamp": "two rows of one key with one timestamp",
+    "phantom_row": "a row nobody put, with another value, or read before it was sent",
+    "vanished_row": "a row a get returned is missing from the final state (same epoch)",
+    "node_disagreement": "the final reads of a key through two nodes differ",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FinalRead:
+    """One final read of ``key`` through ``node``; ``rows`` newest first."""
+
+    node: str
+    key: str
+    invoke: float
+    complete: float
+    rows: tuple[Seen, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    check: str
+    key: str
+    row_id: str | None
+    message: str
+    ops: tuple[int, ...] = ()  # indexes of the operations involved
+
+    def to_dict(self, history: History | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"check": self.check, "key": self.key, "row_id": self.row_id,
+                               "message": self.message, "ops": list(self.ops)}
+        if history is not None:
+            out["history"] = [history.ops[i].to_dict() for i in self.ops[:12]]
+        return out
+
+
+@dataclass
+class Report:
+    counts: dict[str, int]  # every check, zeros included
+    anomalies: list[Anomaly]
+    rows: dict[str, int]
+    scope: list[str]
+    gets_checked: int = 0
+    final_reads: int = 0
+    keys: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self, history: History | None = None, limit: int = 50) -> dict[str, Any]:
+        return {"anomalies": dict(self.counts), "total": self.total, "rows": dict(self.rows),
+                "scope": list(self.scope), "gets_checked": self.gets_checked,
+                "final_reads": self.final_reads, "keys": self.keys,
+                "details": [a.to_dict(history) for a in self.anomalies[:limit]]}
+
+
+@dataclass
+class _Row:
+    key: str
+    id: str
+    value: str
+    attempts: list[Op] = field(default_factory=list)
+    oks: list[tuple[Op, Timestamp]] = field(default_factory=list)  # (op, its ack)
+
+    @property
+    def status(self) -> str:
+        if self.oks:
+            return "ok"
+        if any(op.outcome != "failed" for op in self.attempts):
+            return "unknown"
+        return "failed"
+
+    @property
+    def first_invoke(self) -> float:
+        return min(op.invoke for op in self.attempts)
+
+    @property
+    def writable_from(self) -> float | None:
+        """The earliest invoke of an attempt that may have written the row."""
+        times = [op.invoke for op in self.attempts if op.outcome != "failed"]
+        return min(times) if times else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    label: str
+    key: str
+    invoke: float
+    complete: float
+    rows: tuple[Seen, ...]
+    op: int | None  # the get's index; None for a final read
+    epoch: int | None
+
+
+class _Epochs:
+    """Epoch e runs from the end of restart e-1 (the old emulator had exited) to the
+    beginning of restart e."""
+
+    def __init__(self, history: History) -> None:
+        restarts = sorted(history.restarts, key=lambda r: r.begin)
+        self.starts = [float("-inf"), *(r.end for r in restarts)]
+        self.ends = [*(r.begin for r in restarts), float("inf")]
+        self.last = len(restarts)
+
+    def of(self, start: float, end: float) -> int | None:
+        """The epoch that holds all of [start, end], if one does."""
+        e = bisect.bisect_right(self.starts, start) - 1
+        return e if e >= 0 and end <= self.ends[e] else None
+
+
+class _Checker:
+    def __init__(self, history: History, final: Sequence[FinalRead]) -> None:
+        self.history = history
+        self.final = list(final)
+        self.epochs = _Epochs(history)
+        self.anomalies: list[Anomaly] = []
+        self._reported: set[tuple[object, ...]] = set()
+        self.rows: dict[tuple[str, str], _Row] = {}
+        self.by_value: dict[str, tuple[str, str]] = {}
+        # (key, epoch) -> ok attempts fully in that epoch: (complete, ts, row id, op)
+        self.oks: dict[tuple[str, int], list[tuple[float, Timestamp, str, int]]] = (
+            defaultdict(list))
+        # (key, epoch) -> {row id: timestamp} as acked or read in that epoch
+        self.known_ts: dict[tuple[str, int], dict[str, Timestamp]] = defaultdict(dict)
+        self._index()
+
+    # -- building -------------------------------------------------------------------------
+
+    def _index(self) -> None:
+        for op in self.history.ops:
+            if op.kind == "get":
+                continue
+            for i, item in enumerate(op.items):
+                row = self.rows.get((item.key, item.id))
+                if row is None:
+                    row = self.rows[(item.key, item.id)] = _Row(item.key, item.id, item.value)
+                    self.by_value.setdefault(item.value, (item.key, item.id))
+                row.attempts.append(op)
+                if op.outcome == "ok":
+                    row.oks.append((op, op.acks[i]))
+                    epoch = self.epochs.of(op.invoke, op.end)
+                    if epoch is not None:
+                        self.oks[(item.key, epoch)].append(
+                            (op.end, op.acks[i], item.id, op.index))
+                        self.known_ts[(item.key, epoch)].setdefault(item.id, op.acks[i])
+        for attempts in self.oks.values():
+            attempts.sort()
+
+    def add(self, check: str, key: str, row_id: str | None, message: str,
+            ops: Iterable[int] = (), *, dedupe: tuple[object, ...] | None = None) -> None:
+        token = dedupe if dedupe is not None else (check, key, row_id, message)
+        if token in self._reported:
+            return
+        self._reported.add(token)
+        self.anomalies.append(Anomaly(check, key, row_id, message, tuple(ops)))
+
+    def _row_ops(self, key: str, row_id: str) -> list[int]:
+        row = self.rows.get((key, row_id))
+        return [op.index for op in row.attempts] if row is not None else []
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        self.check_acks()
+        reads = self.reads()
+        for read in reads:
+            self.check_read(read)
+        self.check_vanished(reads)
+        self.check_nodes_agree()
+        self.check_real_time_order()
+        self.check_final_order()
+        counts = {name: 0 for name in CHECKS}
+        for a in self.anomalies:
+            counts[a.check] += 1
+        return Report(counts, self.anomalies, self.row_counts(), self.scope(),
+                      gets_checked=sum(1 for r in reads if r.op is not None),
+                      final_reads=len(self.final),
+                      keys=len({r.key for r in self.final}))
+
+    def check_acks(self) -> None:
+        """Acks of one row in one epoch agree; same-key items of one put_many are acked
+        in input order."""
+        for row in self.rows.values():
+            by_epoch: dict[int, tuple[Op, Timestamp]] = {}
+            for op, ts in row.oks:
+                epoch = self.epochs.of(op.invoke, op.end)
+                if epoch is None:
+                    continue
+                first = by_epoch.setdefault(epoch, (op, ts))
+                if first[1] != ts:
+                    self.add("wrong_timestamp", row.key, row.id,
+                             f"acked with {first[1]} (op {first[0].index}) and with {ts} "
+                             f"(op {op.index})", [first[0].index, op.index])
+        for op in self.history.ops:
+            if op.kind == "get" or op.outcome != "ok":
+                continue
+            last: dict[str, tuple[Timestamp, str]] = {}
+            for item, ts in zip(op.items, op.acks, strict=True):
+                prev = last.get(item.key)
+                if prev is not None and ts <= prev[0]:
+                    self.add("order_violation", item.key, item.id,
+                             f"op {op.index}: item {item.id} comes after {prev[1]} in the "
+                             f"request but was acked with {ts} <= {prev[0]}", [op.index])
+                last[item.key] = (ts, item.id)
+
+    def reads(self) -> list[_Read]:
+        out: list[_Read] = []
+        for op in self.history.ops:
+            if op.kind == "get" and op.outcome == "ok" and op.key is not None:
+                out.append(_Read(f"get op {op.index} via {op.node}", op.key, op.invoke,
+                                 op.end, op.seen, op.index,
+                                 self.epochs.of(op.invoke, op.end)))
+        for f in self.final:
+            out.append(_Read(f"final read via {f.node}", f.key, f.invoke, f.complete, f.rows,
+                             None, self.epochs.of(f.invoke, f.complete)))
+        return out
+
+    def check_read(self, read: _Read) -> None:
+        final = read.op is None
+        ops = [read.op] if read.op is not None else []
+        where = "final" if final else read.op
+        ids: dict[str, Seen] = {}
+        stamps: dict[Timestamp, str] = {}
+        for seen in read.rows:
+            if seen.id in ids:
+                self.add("duplicate", read.key, seen.id,
+                         f"{read.label}: id {seen.id} twice ({ids[seen.id].timestamp}, "
+                         f"{seen.timestamp})", ops + self._row_ops(read.key, seen.id),
+                         dedupe=("duplicate-id", read.key, seen.id, where))
+            ids.setdefault(seen.id, seen)
+            if seen.timestamp in stamps and stamps[seen.timestamp] != seen.id:
+                self.add("duplicate_timestamp", read.key, seen.id,
+                         f"{read.label}: {seen.id} and {stamps[seen.timestamp]} share "
+                         f"{seen.timestamp}", ops,
+                         dedupe=("ts", read.key, seen.timestamp, where))
+            stamps.setdefault(seen.timestamp, seen.id)
+            self._check_seen(read, seen, ops, where)
+        if read.epoch is None:
+            return
+        # Every put acked in this epoch before the read began is in it.
+        attempts = self.oks.get((read.key, read.epoch), [])
+        for complete, ts, row_id, op_index in attempts[:bisect.bisect_left(
+                attempts, (read.invoke,))]:
+            got = ids.get(row_id)
+            if got is None:
+                check = "lost_ack" if final else "stale_read"
+                self.add(check, read.key, row_id,
+                         f"{read.label} (started {read.invoke:.3f}) lacks {row_id}, acked "
+                         f"with {ts} at {complete:.3f} by op {op_index}",
+                         [*ops, op_index], dedupe=(check, read.key, row_id, where))
+            elif got.timestamp != ts:
+                self.add("wrong_timestamp", read.key, row_id,
+                         f"{read.label}: {row_id} at {got.timestamp}, acked with {ts} by op "
+                         f"{op_index}", [*ops, op_index],
+                         dedupe=("wrong_timestamp", read.key, row_id, ts, got.timestamp))
+
+    def _check_seen(self, read: _Read, seen: Seen, ops: list[int], where: object) -> None:
+        row = self.rows.get((read.key, seen.id))
+        if row is None:
+            owner = self.by_value.get(seen.value)
+            if owner is not None:
+                self.add("duplicate", read.key, owner[1],
+                         f"{read.label}: the value of {owner[1]} (key {owner[0]}) is also "
+                         f"stored as {seen.id}", ops + self._row_ops(*owner),
+                         dedupe=("duplicate-value", read.key, seen.id, where))
+            else:
+                self.add("phantom_row", read.key, seen.id,
+                         f"{read.label}: row {seen.id} was never put", ops,
+                         dedupe=("phantom", read.key, seen.id, where))
+            return
+        attempt_ops = [op.index for op in row.attempts]
+        if seen.value != row.value:
+            self.add("phantom_row", read.key, seen.id,
+                     f"{read.label}: {seen.id} holds {seen.value[:40]!r}, put with "
+                     f"{row.value[:40]!r}", ops + attempt_ops,
+                     dedupe=("value", read.key, seen.id, where))
+        status = row.status
+        if status == "failed":
+            self.add("failed_but_stored", read.key, seen.id,
+                     f"{read.label} returned {seen.id} ({seen.timestamp}); every put of it "
+                     f"definitely failed ({', '.join(str(op.error) for op in row.attempts)})",
+                     ops + attempt_ops, dedupe=("failed_but_stored", read.key, seen.id, where))
+            return
+        writable = row.writable_from
+        if writable is not None and writable > read.complete:
+            self.add("phantom_row", read.key, seen.id,
+                     f"{read.label} (done {read.complete:.3f}) returned {seen.id} before "
+                     f"any put that might write it was sent ({writable:.3f})",
+                     ops + attempt_ops, dedupe=("early", read.key, seen.id, where))
+        if read.epoch is None:
+            return
+        known = self.known_ts[(read.key, read.epoch)]
+        ts = known.setdefault(seen.id, seen.timestamp)
+        for op, acked in row.oks:
+            if self.epochs.of(op.invoke, op.end) == read.epoch and acked != seen.timestamp:
+                self.add("wrong_timestamp", read.key, seen.id,
+                         f"{read.label}: {seen.id} at {seen.timestamp}, acked with {acked} "
+                         f"by op {op.index}", [*ops, op.index],
+                         dedupe=("wrong_timestamp", read.key, seen.id, acked, seen.timestamp))
+        if ts != seen.timestamp and not row.oks:
+            self.add("wrong_timestamp", read.key, seen.id,
+                     f"{read.label}: {seen.id} at {seen.timestamp}, read earlier at {ts} "
+                     "in the same epoch", ops + attempt_ops,
+                     dedupe=("reread", read.key, seen.id, ts, seen.timestamp))
+
+    def check_vanished(self, reads: Sequence[_Read]) -> None:
+        """What a get of the last epoch returned is in every final read of its key."""
+        last = self.epochs.last
+        finals: dict[str, list[_Read]] = defaultdict(list)
+        for r in reads:
+            if r.op is None and r.epoch == last:
+                finals[r.key].append(r)
+        for r in reads:
+            if r.op is None or r.epoch != last or r.key not in finals:
+                continue
+            for final in finals[r.key]:
+                stored = {s.id: s.timestamp for s in final.rows}
+                for seen in r.rows:
+                    ts = stored.get(seen.id)
+                    if ts is None:
+                        self.add("vanished_row", r.key, seen.id,
+                                 f"{r.label} returned {seen.id} ({seen.timestamp}); "
+                                 f"{final.label} does not",
+                                 [r.op, *self._row_ops(r.key, seen.id)],
+                                 dedupe=("vanished", r.key, seen.id))
+                    elif ts != seen.timestamp:
+                        self.add("wrong_timestamp", r.key, seen.id,
+                                 f"{r.label} returned {seen.id} at {seen.timestamp}; "
+                                 f"{final.label} at {ts}", [r.op],
+                                 dedupe=("wrong_timestamp", r.key, seen.id, seen.timestamp,
+                                         ts))
+
+    def check_nodes_agree(self) -> None:
+        by_key: dict[str, list[FinalRead]] = defaultdict(list)
+        for f in self.final:
+            by_key[f.key].append(f)
+        for key, finals in by_key.items():
+            views = {f.node: {(s.id, s.timestamp) for s in f.rows} for f in finals}
+            first_node, first = next(iter(views.items()))
+            for node, view in views.items():
+                if view != first:
+                    only_a = sorted(first - view)[:3]
+                    only_b = sorted(view - first)[:3]
+                    self.add("node_disagreement", key, None,
+                             f"through {first_node} only {only_a}; through {node} only "
+                             f"{only_b}", dedupe=("nodes", key))
+
+    def check_real_time_order(self) -> None:
+        """Per key and epoch: a row acked before another row was first sent has the
+        lower timestamp (the second commit began after the first was acked)."""
+        for (key, epoch), acked in self.oks.items():
+            known = self.known_ts[(key, epoch)]
+            later = sorted((self.rows[(key, rid)].first_invoke, ts, rid)
+                           for rid, ts in known.items())
+            violations: dict[str, list[str]] = defaultdict(list)
+            best: tuple[Timestamp, str, int] | None = None
+            i = 0
+            for first_invoke, ts, rid in later:
+                while i < len(acked) and acked[i][0] < first_invoke:
+                    _, a_ts, a_rid, a_op = acked[i]
+                    if best is None or a_ts > best[0]:
+                        best = (a_ts, a_rid, a_op)
+                    i += 1
+                if best is not None and best[0] >= ts and best[1] != rid:
+                    violations[best[1]].append(f"{rid} ({ts})")
+            for rid, rows in violations.items():
+                ts = known[rid]
+                self.add("order_violation", key, rid,
+                         f"{rid} was acked with {ts} before {len(rows)} later put(s) were "
+                         f"sent, which got timestamps not above it: {', '.join(rows[:3])}",
+                         self._row_ops(key, rid), dedupe=("realtime", key, rid, epoch))
+
+    def check_final_order(self) -> None:
+        """In the final state, the acked rows of a key ordered by stored timestamp are in
+        the order of their ack timestamps."""
+        last = self.epochs.last
+        for f in self.final:
+            acks: dict[str, Timestamp] = {}
+            for _, ts, rid, _ in self.oks.get((f.key, last), []):
+                acks.setdefault(rid, ts)
+            stored = [(s.timestamp, s.id) for s in f.rows if s.id in acks]
+            by_stored = [rid for _, rid in sorted(stored)]
+            by_ack = sorted(by_stored, key=lambda rid: (acks[rid], rid))
+            if by_stored != by_ack:
+                at = next(i for i, (a, b) in enumerate(zip(by_stored, by_ack, strict=True))
+                          if a != b)
+                self.add("order_violation", f.key, by_stored[at],
+                         f"final read via {f.node}: stored order differs from ack order at "
+                         f"position {at} ({by_stored[at]} where the acks put {by_ack[at]})",
+                         self._row_ops(f.key, by_stored[at]), dedupe=("final-order", f.key))
+
+    # -- summaries --------------------------------------------------------------------------
+
+    def row_counts(self) -> dict[str, int]:
+        stored = {(f.key, s.id) for f in self.final for s in f.rows}
+        last = self.epochs.last
+        counts = {"rows": len(self.rows), "ok": 0, "failed": 0, "unknown": 0,
+                  "unknown_stored": 0, "unknown_absent": 0, "stored_final": len(stored),
+                  "ok_in_final_scope": 0, "ok_before_restart": 0}
+        in_final_scope = {(key, rid) for (key, epoch), acked in self.oks.items()
+                          if epoch == last for _, _, rid, _ in acked}
+        for k, row in self.rows.items():
+            status = row.status
+            counts[status] += 1
+            if status == "unknown":
+                counts["unknown_stored" if k in stored else "unknown_absent"] += 1
+            elif status == "ok":
+                counts["ok_in_final_scope" if k in in_final_scope else "ok_before_restart"] += 1
+        return counts
+
+    def scope(self) -> list[str]:
+        restarts = self.history.restarts
+        if not restarts:
+            return ["no emulator restart: every check covers the whole run"]
+        straddling = sum(1 for op in self.history.ops
+                         if op.outcome is not None and self.epochs.of(op.invoke, op.end) is None)
+        counts = self.row_counts()
+        return [
+            f"{len(restarts)} emulator restart(s): the emulator keeps the database in memory, "
+            "so each restart empties it",
+            f"final-state checks cover the {counts['ok_in_final_scope']} acked rows whose "
+            f"put ran after the last restart; {counts['ok_before_restart']} acked rows "
+            "from before it are checked only by the gets of their own epoch",
+            f"{straddling} operations overlapped a restart: their rows are checked only "
+            "for at-most-once, failed-absent and no-phantom",
+        ]
+
+
+def check_history(history: History, final: Sequence[FinalRead]) -> Report:
+    """Run every check of ``CHECKS`` on ``history`` and the final reads."""
+    return _Checker(history, final).run()

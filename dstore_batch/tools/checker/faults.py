@@ -1,0 +1,243 @@
+"""Faults injected into a running cluster, one at a time, each healed before it returns.
+
+- ``kill``: SIGKILL a node (the leader, or another), wait for the others to agree on a
+  leader, start it again;
+- ``stop``: SIGSTOP a node for longer than a lease, then SIGCONT;
+- ``peer-partition``: black-hole the ``FaultProxy`` in front of a node's peer address
+  (its node id) for a while: followers cannot reach it if it leads;
+- ``db-partition``: black-hole the database connection of one node (the leader or a
+  follower) or of every node for longer than a lease;
+- ``db-latency``: add 50-100 ms each way on every node's database connection for a while;
+- ``emulator-restart``: stop the emulator and start it again on the same port, then
+  create the database again. The emulator keeps its data in memory: what was stored is
+  gone, and the history records the restart so that the checks are scoped to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ...testing.cluster import LocalCluster, NodeProcess
+from ...testing.emulator import Emulator
+from ...testing.faultproxy import FaultProxy
+from .history import EmulatorRestart, FaultEvent, History
+
+__all__ = ["FAULT_KINDS", "Faults", "Rig"]
+
+FAULT_KINDS: tuple[str, ...] = ("kill", "stop", "peer-partition", "db-partition",
+                                "db-latency", "emulator-restart")
+
+
+@dataclass
+class Rig:
+    """The cluster under test and the handles the faults act on. ``db_proxies[i]`` and
+    ``peer_proxies[i]`` belong to ``cluster.nodes[i]``."""
+
+    cluster: LocalCluster
+    emulator: Emulator
+    database: str  # projects/P/instances/I/databases/D
+    db_proxies: list[FaultProxy]
+    peer_proxies: list[FaultProxy]
+    lease_s: float
+
+    def create_database(self) -> None:
+        """The database again, with its tables, on a (restarted) emulator."""
+        parts = self.database.split("/")
+        self.emulator.create_database(parts[5], project=parts[1], instance=parts[3])
+
+
+class Faults:
+    """Injects faults on ``rig`` and records each in ``history.faults``."""
+
+    def __init__(self, rig: Rig, history: History, rng: random.Random,
+                 say: Callable[[str], None]) -> None:
+        self.rig = rig
+        self.history = history
+        self.rng = rng
+        self.say = say
+        self.emulator_down = False
+
+    # -- helpers --------------------------------------------------------------------------
+
+    @property
+    def nodes(self) -> list[NodeProcess]:
+        return self.rig.cluster.nodes
+
+    async def leader(self) -> NodeProcess | None:
+        answers = await asyncio.to_thread(self.rig.cluster.leaders)
+        named = {a for a in answers.values() if a}
+        if len(named) != 1:
+            return None
+        return self.rig.cluster.node(named.pop())
+
+    async def pick(self, leader_share: float) -> tuple[NodeProcess, str]:
+        """The leader (with probability ``leader_share``, when there is one) or another
+        node; and which it was."""
+        leader = await self.leader()
+        if leader is not None and self.rng.random() < leader_share:
+            return leader, "leader"
+        others = [n for n in self.nodes if n is not leader] or self.nodes
+        return self.rng.choice(others), "follower" if leader is not None else "node"
+
+    def index(self, node: NodeProcess) -> int:
+        return self.nodes.index(node)
+
+    async def wait_for_leader(self, timeout: float, exclude: str | None = None) -> float | None:
+        """Seconds until every live node names one leader (None: not within timeout)."""
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(self.rig.cluster.wait_for_leader, timeout, exclude)
+        except (TimeoutError, RuntimeError):
+            return None
+        return time.monotonic() - started
+
+    # -- injection --------------------------------------------------------------------------
+
+    async def inject(self, kind: str) -> FaultEvent:
+        """Inject ``kind``, heal it, wait for the group to agree on a leader again."""
+        handler = {
+            "kill": self._kill, "stop": self._stop, "peer-partition": self._peer_partition,
+            "db-partition": self._db_partition, "db-latency": self._db_latency,
+            "emulator-restart": self._emulator_restart,
+        }[kind]
+        event = FaultEvent(kind, "", "", time.monotonic(), time.time())
+        self.history.faults.append(event)
+        try:
+            await handler(event)
+        except Exception as exc:  # a fault that could not be injected is reported, not fatal
+            event.error = f"{type(exc).__name__}: {exc}"
+            self.say(f"    fault {kind} failed: {event.error}")
+            await self.heal_all()
+        finally:
+            event.end, event.end_wall = time.monotonic(), time.time()
+        event.recovered_s = await self.wait_for_leader(30.0)
+        self.say(f"<<< {kind} healed; leader agreed "
+                 + (f"after {event.recovered_s:.2f}s" if event.recovered_s is not None
+                    else "NOT within 30s"))
+        return event
+
+    def _begin(self, event: FaultEvent, target: str, detail: str) -> None:
+        event.target, event.detail = target, detail
+        event.start, event.start_wall = time.monotonic(), time.time()
+        self.say(f">>> {event.kind}: {detail}")
+
+    async def _kill(self, event: FaultEvent) -> None:
+        victim, role = await self.pick(0.6)
+        self._begin(event, victim.node_id, f"SIGKILL the {role} {victim.node_id}")
+        victim.signal(signal.SIGKILL)
+        await asyncio.to_thread(victim.wait, 5)
+        try:
+            if role == "leader":
+                took = await self.wait_for_leader(10 * self.rig.lease_s, victim.node_id)
+                self.say("    new leader " + (f"after {took:.2f}s" if took is not None
+                                              else "not agreed within 10 leases"))
+            else:
+                await asyncio.sleep(0.5)
+        finally:
+            victim.start()
+            await asyncio.to_thread(self.rig.cluster.wait_healthy, victim, 30.0)
+
+    async def _stop(self, event: FaultEvent) -> None:
+        victim, role = await self.pick(0.6)
+        hold = 1.5 * self.rig.lease_s + 0.5
+        self._begin(event, victim.node_id,
+                    f"SIGSTOP the {role} {victim.node_id} for {hold:.1f}s")
+        victim.signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            victim.signal(signal.SIGCONT)
+
+    async def _peer_partition(self, event: FaultEvent) -> None:
+        victim, role = await self.pick(0.75)
+        proxy = self.rig.peer_proxies[self.index(victim)]
+        hold = max(3.0, 1.5 * self.rig.lease_s)
+        self._begin(event, victim.node_id,
+                    f"black-hole the peer address of the {role} {victim.node_id} "
+                    f"for {hold:.1f}s")
+        await asyncio.to_thread(proxy.set_mode, "blackhole")
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            await asyncio.to_thread(proxy.set_mode, "pass")
+
+    async def _db_partition(self, event: FaultEvent) -> None:
+        hold = 1.5 * self.rig.lease_s + 0.5
+        if self.rng.random() < 0.3:
+            proxies, target = list(self.rig.db_proxies), "all"
+            what = "every node"
+        else:
+            victim, role = await self.pick(0.6)
+            proxies, target = [self.rig.db_proxies[self.index(victim)]], victim.node_id
+            what = f"the {role} {victim.node_id}"
+        self._begin(event, target, f"black-hole the database connection of {what} "
+                                   f"for {hold:.1f}s")
+        try:
+            for p in proxies:
+                await asyncio.to_thread(p.set_mode, "blackhole")
+            await asyncio.sleep(hold)
+        finally:
+            for p in proxies:
+                await asyncio.to_thread(p.set_mode, "pass")
+
+    async def _db_latency(self, event: FaultEvent) -> None:
+        delay = round(self.rng.uniform(0.05, 0.1), 3)
+        hold = max(4.0, 2 * self.rig.lease_s)
+        self._begin(event, "all", f"{delay * 1000:.0f} ms each way on every node's "
+                                  f"database connection for {hold:.1f}s")
+        try:
+            for p in self.rig.db_proxies:
+                await asyncio.to_thread(p.set_mode, "pass", delay_s=delay)
+            await asyncio.sleep(hold)
+        finally:
+            for p in self.rig.db_proxies:
+                await asyncio.to_thread(p.set_mode, "pass", delay_s=0.0)
+
+    async def _emulator_restart(self, event: FaultEvent) -> None:
+        self._begin(event, self.rig.emulator.host,
+                    f"stop the emulator {self.rig.emulator.host}, start it again, re-create "
+                    "the database (everything stored so far is gone)")
+        begin = time.monotonic()
+        self.emulator_down = True
+        await asyncio.to_thread(self.rig.emulator.stop)
+        # The old process has exited: nothing sent from now on can be committed to it.
+        self.history.restarts.append(EmulatorRestart(begin, time.monotonic()))
+        await self._start_emulator()
+        self.say(f"    emulator back with an empty database after "
+                 f"{time.monotonic() - begin:.2f}s")
+
+    async def _start_emulator(self) -> None:
+        await asyncio.to_thread(self.rig.emulator.start)
+        for attempt in range(10):
+            try:
+                await asyncio.to_thread(self.rig.create_database)
+                break
+            except Exception:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(0.5)
+        self.emulator_down = False
+
+    async def heal_all(self) -> None:
+        """Undo whatever may be left of a fault: proxies pass with no delay, stopped nodes
+        continue, dead nodes start again, the emulator runs."""
+        for p in (*self.rig.db_proxies, *self.rig.peer_proxies):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(p.set_mode, "pass", delay_s=0.0)
+        for node in self.nodes:
+            if node.paused:
+                node.signal(signal.SIGCONT)
+        if self.emulator_down:
+            with contextlib.suppress(Exception):
+                await self._start_emulator()
+        for node in self.nodes:
+            if not node.alive:
+                node.start()
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.rig.cluster.wait_healthy, node, 30.0)

@@ -1,0 +1,274 @@
+"""The history of a checked run: every client operation (invoke, then ok, failed or
+unknown, with its times), the faults injected, and the emulator restarts.
+
+An operation's outcome comes from what its caller saw, by the error class
+(`dstore_batch.errors`): ``RejectedError`` and ``UnavailableError`` say nothing was
+written (``failed``); ``OutcomeUnknownError``, a timeout or a connection cut after the
+request may have left say it may have been (``unknown``); a connection that was never
+made is ``failed`` (nothing was sent). A retry of a put carries the same row ids and is
+an operation of its own, linked by ``retry_of``.
+
+Times are ``time.monotonic()`` (what the checks compare, in this process) and
+``time.time()`` (for people and logs).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+
+from ...errors import DstoreError, OutcomeUnknownError, RejectedError, UnavailableError
+from ...types import Timestamp
+
+__all__ = [
+    "EmulatorRestart",
+    "FaultEvent",
+    "History",
+    "Op",
+    "OpKind",
+    "Outcome",
+    "PutItem",
+    "Seen",
+    "classify",
+]
+
+OpKind = Literal["put", "put_many", "get"]
+Outcome = Literal["ok", "failed", "unknown"]
+OUTCOMES: tuple[Outcome, ...] = ("ok", "failed", "unknown")
+KINDS: tuple[OpKind, ...] = ("put", "put_many", "get")
+
+
+def classify(exc: BaseException) -> tuple[Outcome, str]:
+    """The outcome an error means for a put, and a short label for it (its code)."""
+    if isinstance(exc, DstoreError):
+        if isinstance(exc, RejectedError | UnavailableError):
+            return "failed", exc.code
+        if isinstance(exc, OutcomeUnknownError):
+            return "unknown", exc.code
+        return "unknown", exc.code  # outside the three middle classes: read it safely
+    # Never connected (refused, or the connect timed out): the node never had the request.
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return "failed", "connect"
+    if isinstance(exc, TimeoutError):
+        return "unknown", "timeout"
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return "unknown", "connection"
+    return "unknown", type(exc).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class PutItem:
+    """One item of a put: its key, client row id and value."""
+
+    key: str
+    id: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One row as a read returned it."""
+
+    id: str
+    timestamp: Timestamp
+    value: str
+
+
+@dataclass(slots=True)
+class Op:
+    """One client operation. ``complete`` is None while it is in flight."""
+
+    index: int
+    kind: OpKind
+    node: str  # host:port it was sent to ("client" for the Client's own choice)
+    process: str  # the producer that made it
+    invoke: float
+    invoke_wall: float
+    items: tuple[PutItem, ...] = ()  # puts
+    key: str | None = None  # gets
+    retry_of: int | None = None  # the op whose ids this put re-sends
+    complete: float | None = None
+    complete_wall: float | None = None
+    outcome: Outcome | None = None
+    error: str | None = None  # the code or kind of error, when not ok
+    acks: tuple[Timestamp, ...] = ()  # ok puts: one ack timestamp per item, input order
+    seen: tuple[Seen, ...] = ()  # ok gets: the rows returned, newest first
+
+    @property
+    def end(self) -> float:
+        """When the caller stopped waiting (infinity while in flight)."""
+        return self.complete if self.complete is not None else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "index": self.index, "kind": self.kind, "node": self.node,
+            "process": self.process, "invoke": round(self.invoke, 6),
+            "invoke_wall": round(self.invoke_wall, 6),
+            "complete": None if self.complete is None else round(self.complete, 6),
+            "complete_wall": (None if self.complete_wall is None
+                              else round(self.complete_wall, 6)),
+            "outcome": self.outcome, "error": self.error,
+        }
+        if self.kind == "get":
+            out["key"] = self.key
+            out["seen"] = [[s.id, str(s.timestamp), s.value] for s in self.seen]
+        else:
+            out["items"] = [[i.key, i.id, i.value] for i in self.items]
+            out["acks"] = [str(t) for t in self.acks]
+            if self.retry_of is not None:
+                out["retry_of"] = self.retry_of
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Op:
+        return cls(
+            index=int(d["index"]), kind=d["kind"], node=d["node"], process=d["process"],
+            invoke=float(d["invoke"]), invoke_wall=float(d["invoke_wall"]),
+            items=tuple(PutItem(k, i, v) for k, i, v in d.get("items", ())),
+            key=d.get("key"), retry_of=d.get("retry_of"),
+            complete=d.get("complete"), complete_wall=d.get("complete_wall"),
+            outcome=d.get("outcome"), error=d.get("error"),
+            acks=tuple(Timestamp.parse(t) for t in d.get("acks", ())),
+            seen=tuple(Seen(i, Timestamp.parse(t), v) for i, t, v in d.get("seen", ())),
+        )
+
+
+@dataclass(slots=True)
+class FaultEvent:
+    """One fault injected: what, on which node(s), from when until it was healed, and
+    how long the group took to agree on a leader again afterwards."""
+
+    kind: str
+    target: str
+    detail: str
+    start: float
+    start_wall: float
+    end: float | None = None
+    end_wall: float | None = None
+    recovered_s: float | None = None  # healed -> every live node names one leader
+    error: str | None = None  # the injection itself failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "target": self.target, "detail": self.detail,
+                "start": round(self.start, 6), "start_wall": round(self.start_wall, 6),
+                "end": None if self.end is None else round(self.end, 6),
+                "end_wall": None if self.end_wall is None else round(self.end_wall, 6),
+                "recovered_s": (None if self.recovered_s is None
+                                else round(self.recovered_s, 3)),
+                "error": self.error}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FaultEvent:
+        return cls(**d)
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorRestart:
+    """The emulator was stopped at ``begin`` and its process had exited by ``end``: the
+    database (kept in its memory) was empty after that. Nothing sent after ``end`` can
+    have been committed to the old one; what was committed before ``begin`` is gone."""
+
+    begin: float
+    end: float
+
+
+@dataclass
+class History:
+    """Operations in invoke order, fault events, emulator restarts."""
+
+    ops: list[Op] = field(default_factory=list)
+    faults: list[FaultEvent] = field(default_factory=list)
+    restarts: list[EmulatorRestart] = field(default_factory=list)
+
+    # -- recording (``at``: a monotonic time, for hand-made histories) -------------------
+
+    @staticmethod
+    def _times(at: float | None) -> tuple[float, float]:
+        if at is None:
+            return time.monotonic(), time.time()
+        return at, time.time() - time.monotonic() + at
+
+    def invoke_put(self, node: str, process: str, items: Sequence[PutItem], *,
+                   kind: OpKind | None = None, retry_of: int | None = None,
+                   at: float | None = None) -> Op:
+        mono, wall = self._times(at)
+        op = Op(len(self.ops), kind or ("put" if len(items) == 1 else "put_many"), node,
+                process, mono, wall, items=tuple(items), retry_of=retry_of)
+        self.ops.append(op)
+        return op
+
+    def invoke_get(self, node: str, process: str, key: str, *, at: float | None = None) -> Op:
+        mono, wall = self._times(at)
+        op = Op(len(self.ops), "get", node, process, mono, wall, key=key)
+        self.ops.append(op)
+        return op
+
+    def _complete(self, op: Op, outcome: Outcome, at: float | None) -> None:
+        if op.outcome is not None:
+            raise ValueError(f"op {op.index} already completed ({op.outcome})")
+        op.complete, op.complete_wall = self._times(at)
+        op.outcome = outcome
+
+    def ok_put(self, op: Op, timestamps: Sequence[Timestamp], *, at: float | None = None
+               ) -> None:
+        if len(timestamps) != len(op.items):
+            raise ValueError(f"op {op.index}: {len(timestamps)} acks for "
+                             f"{len(op.items)} items")
+        self._complete(op, "ok", at)
+        op.acks = tuple(timestamps)
+
+    def ok_get(self, op: Op, seen: Iterable[Seen], *, at: float | None = None) -> None:
+        self._complete(op, "ok", at)
+        op.seen = tuple(seen)
+
+    def fail(self, op: Op, error: str, *, at: float | None = None) -> None:
+        """Definitely not written (for a put)."""
+        self._complete(op, "failed", at)
+        op.error = error
+
+    def unknown(self, op: Op, error: str, *, at: float | None = None) -> None:
+        """Maybe written (for a put)."""
+        self._complete(op, "unknown", at)
+        op.error = error
+
+    def error(self, op: Op, exc: BaseException, *, at: float | None = None) -> Outcome:
+        """Complete ``op`` with the outcome ``exc`` means (``classify``); return it."""
+        outcome, label = classify(exc)
+        (self.fail if outcome == "failed" else self.unknown)(op, label, at=at)
+        return outcome
+
+    # -- summaries ------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Operations by kind and outcome (``pending`` for ones still in flight)."""
+        out: dict[str, dict[str, int]] = {k: {o: 0 for o in (*OUTCOMES, "pending")}
+                                          for k in KINDS}
+        for op in self.ops:
+            out[op.kind][op.outcome or "pending"] += 1
+        return out
+
+    # -- files ----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ops": [op.to_dict() for op in self.ops],
+                "faults": [f.to_dict() for f in self.faults],
+                "restarts": [[r.begin, r.end] for r in self.restarts]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        return cls(ops=[Op.from_dict(o) for o in d["ops"]],
+                   faults=[FaultEvent.from_dict(f) for f in d.get("faults", ())],
+                   restarts=[EmulatorRestart(b, e) for b, e in d.get("restarts", ())])
+
+    def dump(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> History:
+        return cls.from_dict(json.loads(Path(path).read_text()))

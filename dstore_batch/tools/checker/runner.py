@@ -1,0 +1,624 @@
+"""`dstore-batch check`: a cluster under load and faults, its history checked.
+
+Starts a Spanner emulator and ``nodes`` `serve` processes. Every node's database
+connection goes through a ``FaultProxy`` of its own in front of the emulator, and every
+node's peer address (its node id) is a ``FaultProxy`` in front of its real port (the
+harness talks to the real port). Producers put, put_many and get through chosen nodes
+over HTTP (and through ``dstore_batch.Client``), with client row ids, recording every
+operation; a schedule injects the chosen faults one at a time for ``seconds``. Then every
+fault is healed, the group settles, every key is read through every node, the checks of
+``check.py`` run, and a table is printed: faults injected, operations by kind and
+outcome, anomalies by check. The exit status is 0 only with no anomaly, every chosen
+fault injected, and every final read done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+import aiohttp
+
+from ...client import Client
+from ...errors import error_from_code
+from ...testing.cluster import LocalCluster, NodeProcess
+from ...testing.emulator import Emulator, free_port
+from ...testing.faultproxy import FaultProxy
+from ...types import Timestamp
+from .check import CHECKS, FinalRead, Report, check_history
+from .faults import FAULT_KINDS, Faults, Rig
+from .history import History, Op, PutItem, Seen
+
+__all__ = ["CheckConfig", "CheckResult", "parse_faults", "run_check", "run_checker"]
+
+WARMUP_S = 3.0  # load before the first fault
+WINDOW_S = 10.0  # producers move to fresh keys this often (keeps histories short)
+PROGRESS_S = 5.0
+MAX_RETRIES = 2  # re-sends, with the same ids, of a put whose outcome is unknown
+# How long each fault takes, heal and re-election included (for the schedule only).
+ESTIMATE_S = {"kill": 5.0, "stop": 5.0, "peer-partition": 5.0, "db-partition": 6.0,
+              "db-latency": 6.0, "emulator-restart": 8.0}
+
+
+@dataclass
+class CheckConfig:
+    seconds: float = 60.0
+    faults: tuple[str, ...] = FAULT_KINDS
+    nodes: int = 3
+    lease_ms: int = 2000
+    seed: int | None = None
+    json_path: str | None = None
+    data_dir: str | None = None  # node logs and, on anomalies, the history
+    emulator_bin: str | None = None
+    producers: int = 6  # raw HTTP producers (plus two tasks on one Client)
+    keys: int = 12  # keys per window
+    put_timeout_ms: int = 5000
+    db_timeout_ms: int = 3000
+
+    @property
+    def lease_s(self) -> float:
+        return self.lease_ms / 1000
+
+    @property
+    def client_timeout_s(self) -> float:
+        return self.put_timeout_ms / 1000 + 3.0
+
+
+@dataclass
+class CheckResult:
+    config: CheckConfig
+    history: History
+    report: Report | None
+    injected: dict[str, int]
+    problems: list[str] = field(default_factory=list)  # why the run itself fell short
+    wall_s: float = 0.0
+    log_dir: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        if self.report is not None and self.report.total:
+            return 1
+        return 2 if self.problems or self.report is None else 0
+
+
+def parse_faults(text: str) -> tuple[str, ...]:
+    """``kill,stop,...`` (or ``all``/``none``) as a tuple of fault kinds."""
+    if text.strip() in ("all", ""):
+        return FAULT_KINDS
+    if text.strip() == "none":
+        return ()
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown fault(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(FAULT_KINDS)}")
+    return kinds
+
+
+class _Say:
+    """Progress lines, each with the seconds since the start."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.t0 = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", file=self.out, flush=True)
+
+
+# -- the workload ------------------------------------------------------------------------
+
+
+class Workload:
+    """Producers that record every operation in ``history``."""
+
+    def __init__(self, config: CheckConfig, nodes: Sequence[NodeProcess], history: History,
+                 seed: int) -> None:
+        self.config = config
+        self.nodes = list(nodes)
+        self.history = history
+        self.seed = seed
+        self.tag = f"s{seed}"
+        self.t0 = time.monotonic()
+        self.stop = asyncio.Event()
+        self._seq = 0
+
+    def key(self, rng: random.Random) -> str:
+        window = int((time.monotonic() - self.t0) / WINDOW_S)
+        return f"{self.tag}-w{window}-k{rng.randrange(self.config.keys)}"
+
+    def items(self, rng: random.Random, producer: str, count: int) -> list[PutItem]:
+        out = []
+        for _ in range(count):
+            self._seq += 1
+            rid = f"{self.tag}-{producer}-{self._seq}"
+            out.append(PutItem(self.key(rng), rid, f"{rid}|{'x' * rng.randrange(8, 64)}"))
+        return out
+
+    async def producer(self, n: int, http: aiohttp.ClientSession) -> None:
+        rng = random.Random(self.seed * 1000 + n)
+        name = f"p{n}"
+        while not self.stop.is_set():
+            node = rng.choice(self.nodes)
+            r = rng.random()
+            if r < 0.2:
+                outcome = await self.get(http, node, name, self.key(rng))
+            else:
+                count = 1 if r < 0.6 else rng.randrange(2, 7)
+                items = self.items(rng, name, count)
+                outcome, first = await self.put(http, node, name, items)
+                for _ in range(MAX_RETRIES):
+                    if outcome != "unknown" or self.stop.is_set():
+                        break
+                    await asyncio.sleep(rng.uniform(0.05, 0.3))
+                    node = rng.choice([m for m in self.nodes if m is not node] or self.nodes)
+                    outcome, _ = await self.put(http, node, name, items, retry_of=first.index)
+            if outcome != "ok":
+                await asyncio.sleep(0.05)  # do not spin on a dead or stopped node
+            await asyncio.sleep(rng.uniform(0.0, 0.02))
+
+    async def put(self, http: aiohttp.ClientSession, node: NodeProcess, process: str,
+                  items: list[PutItem], retry_of: int | None = None) -> tuple[str, Op]:
+        op = self.history.invoke_put(node.node_id, process, items, retry_of=retry_of)
+        single = len(items) == 1
+        wire = [{"key": i.key, "value": i.value, "id": i.id} for i in items]
+        try:
+            if single:
+                body: Any = wire[0]
+                path = "/v1/put"
+            else:
+                body, path = {"items": wire}, "/v1/put_many"
+            async with http.post(node.url + path, json=body) as resp:
+                raw, status = await resp.read(), resp.status
+        except Exception as exc:
+            return self.history.error(op, exc), op
+        if status == 200:
+            try:
+                reply = json.loads(raw)
+                results = [reply] if single else reply["results"]
+                if [r["id"] for r in results] != [i.id for i in items]:
+                    raise ValueError("ids do not match the request")
+                stamps = [Timestamp.parse(r["timestamp"]) for r in results]
+            except (ValueError, KeyError, TypeError) as exc:
+                self.history.unknown(op, f"bad_reply: {exc}: {raw[:200]!r}")
+                return "unknown", op
+            self.history.ok_put(op, stamps)
+            return "ok", op
+        return self.history.error(op, _http_error(raw, status)), op
+
+    async def get(self, http: aiohttp.ClientSession, node: NodeProcess, process: str,
+                  key: str) -> str:
+        op = self.history.invoke_get(node.node_id, process, key)
+        try:
+            async with http.get(node.url + "/v1/get", params={"key": key, "limit": "all"}
+                                ) as resp:
+                raw, status = await resp.read(), resp.status
+        except Exception as exc:
+            return self.history.error(op, exc)
+        if status != 200:
+            return self.history.error(op, _http_error(raw, status))
+        try:
+            seen = _rows(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            self.history.unknown(op, f"bad_reply: {exc}: {raw[:200]!r}")
+            return "unknown"
+        self.history.ok_get(op, seen)
+        return "ok"
+
+    async def client_producer(self, n: int, client: Client) -> None:
+        """Puts through ``dstore_batch.Client``: it picks the node and retries by itself."""
+        rng = random.Random(self.seed * 1000 + 500 + n)
+        name = f"c{n}"
+        while not self.stop.is_set():
+            count = 1 if rng.random() < 0.5 else rng.randrange(2, 5)
+            items = self.items(rng, name, count)
+            op = self.history.invoke_put("client", name, items)
+            try:
+                if count == 1:
+                    results = [await client.put(items[0].key, items[0].value, id=items[0].id)]
+                else:
+                    results = await client.put_many(
+                        [{"key": i.key, "value": i.value, "id": i.id} for i in items])
+            except Exception as exc:
+                self.history.error(op, exc)
+                await asyncio.sleep(0.05)
+                continue
+            if [r.id for r in results] != [i.id for i in items]:
+                self.history.unknown(op, "bad_reply: ids do not match the request")
+                continue
+            self.history.ok_put(op, [r.timestamp for r in results])
+            await asyncio.sleep(rng.uniform(0.0, 0.02))
+
+
+def _http_error(raw: bytes, status: int) -> BaseException:
+    """The typed error a node's reply names; a reply that names none is read as outcome
+    unknown (the safe reading)."""
+    try:
+        error = json.loads(raw)["error"]
+        return error_from_code(str(error["code"]), str(error.get("message", "")))
+    except (ValueError, KeyError, TypeError):
+        return error_from_code("outcome_unknown", f"HTTP {status}: {raw[:200]!r}")
+
+
+def _rows(body: Any) -> list[Seen]:
+    return [Seen(str(i["id"]), Timestamp.parse(i["timestamp"]), str(i["value"]))
+            for i in body["items"]]
+
+
+# -- one run -------------------------------------------------------------------------------
+
+
+class _Run:
+    def __init__(self, config: CheckConfig, out: TextIO) -> None:
+        self.config = config
+        self.out = out
+        self.say = _Say(out)
+        self.seed = config.seed if config.seed is not None else random.randrange(1, 10**6)
+        self.history = History()
+        self.problems: list[str] = []
+        self.log_dir = Path(config.data_dir or tempfile.mkdtemp(prefix="dstore-check-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.emulator: Emulator | None = None
+        self.cluster: LocalCluster | None = None
+        self.proxies: list[FaultProxy] = []
+        self.rig: Rig | None = None
+        self.report: Report | None = None
+        self.started = time.monotonic()
+
+    # -- setup and teardown -----------------------------------------------------------------
+
+    def setup(self) -> Rig:
+        c = self.config
+        self.emulator = Emulator(binary=c.emulator_bin).start()
+        database = self.emulator.create_database("check", project="check-project",
+                                                 instance="check-instance")
+        db_proxies = [self._proxy(self.emulator.port) for _ in range(c.nodes)]
+        real_ports = [free_port() for _ in range(c.nodes)]
+        peer_proxies = [self._proxy(port) for port in real_ports]
+        self.cluster = LocalCluster(
+            database, c.nodes, lease_ms=c.lease_ms, log_dir=str(self.log_dir),
+            addresses=[(p.address, f"127.0.0.1:{port}")
+                       for p, port in zip(peer_proxies, real_ports, strict=True)],
+            node_args=[["--emulator-host", p.address] for p in db_proxies],
+            extra_args=["--put-timeout-ms", str(c.put_timeout_ms),
+                        "--db-timeout-ms", str(c.db_timeout_ms)],
+        )
+        self.cluster.start(timeout=60.0)
+        leader = self.cluster.wait_for_leader(60.0)
+        self.say(f"emulator {self.emulator.host}; {c.nodes} nodes (peer address -> real "
+                 "port): " + ", ".join(f"{n.node_id}->{n.listen}" for n in self.cluster.nodes)
+                 + f"; leader {leader.node_id}; logs in {self.log_dir}")
+        self.rig = Rig(self.cluster, self.emulator, database, db_proxies, peer_proxies,
+                       c.lease_s)
+        return self.rig
+
+    def _proxy(self, upstream_port: int) -> FaultProxy:
+        proxy = FaultProxy(upstream_port).start()
+        self.proxies.append(proxy)
+        return proxy
+
+    def teardown(self) -> None:
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.stop()
+        for proxy in self.proxies:
+            with contextlib.suppress(Exception):
+                proxy.stop()
+        if self.emulator is not None:
+            with contextlib.suppress(Exception):
+                self.emulator.stop()
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def main(self, rig: Rig) -> None:
+        c = self.config
+        faults = Faults(rig, self.history, random.Random(self.seed), self.say)
+        workload = Workload(c, rig.cluster.nodes, self.history, self.seed)
+        timeout = aiohttp.ClientTimeout(total=c.client_timeout_s, connect=2.0)
+        nodes = [n.url for n in rig.cluster.nodes]
+        async with aiohttp.ClientSession(timeout=timeout) as http, Client(
+                nodes, timeout_s=c.client_timeout_s) as client:
+            tasks = [asyncio.create_task(workload.producer(i, http))
+                     for i in range(c.producers)]
+            tasks += [asyncio.create_task(workload.client_producer(i, client))
+                      for i in range(2)]
+            progress = asyncio.create_task(self.progress(workload))
+            try:
+                await self.schedule(faults, c.seconds)
+            finally:
+                workload.stop.set()
+                self.say("load stopped; waiting for operations in flight")
+                await asyncio.gather(*tasks, return_exceptions=True)
+                progress.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await progress
+                await faults.heal_all()
+            self.say(self.ops_line())
+            took = await faults.wait_for_leader(60.0)
+            if took is None:
+                self.problems.append("no agreed leader 60 s after the faults were healed")
+            await self.settle(http, rig.cluster.nodes)
+            final = await self.final_reads(http, rig.cluster.nodes)
+        self.say(f"checking {len(self.history.ops)} operations and {len(final)} final reads")
+        self.report = await asyncio.to_thread(check_history, self.history, final)
+
+    async def schedule(self, faults: Faults, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        rng = random.Random(self.seed + 1)
+        kinds = list(self.config.faults)
+        rng.shuffle(kinds)
+        await asyncio.sleep(min(WARMUP_S, seconds))
+        i = 0
+        while kinds:
+            kind = kinds[i % len(kinds)]
+            if loop.time() + ESTIMATE_S[kind] > deadline:
+                break
+            await faults.inject(kind)
+            i += 1
+            await asyncio.sleep(max(0.0, min(rng.uniform(1.5, 3.0), deadline - loop.time())))
+        await asyncio.sleep(max(0.0, deadline - loop.time()))
+
+    def ops_line(self) -> str:
+        counts = self.history.counts()
+        puts = {o: counts["put"][o] + counts["put_many"][o] for o in counts["put"]}
+        rows = sum(len(op.items) for op in self.history.ops if op.outcome == "ok")
+        return (f"ops {len(self.history.ops)}: puts ok {puts['ok']} failed {puts['failed']} "
+                f"unknown {puts['unknown']}; gets ok {counts['get']['ok']} not ok "
+                f"{counts['get']['failed'] + counts['get']['unknown']}; rows acked {rows}")
+
+    async def progress(self, workload: Workload) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_S)
+            self.say(self.ops_line())
+
+    async def settle(self, http: aiohttp.ClientSession, nodes: Sequence[NodeProcess]) -> None:
+        """Wait until no node has rows queued or requests in flight (puts the producers
+        gave up on may still commit until then), twice in a row, within a bound."""
+        deadline = time.monotonic() + self.config.put_timeout_ms / 1000 + 10.0
+        quiet = 0
+        while time.monotonic() < deadline and quiet < 2:
+            busy = 0.0
+            for node in nodes:
+                try:
+                    async with http.get(node.url + "/metrics") as resp:
+                        text = await resp.text()
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    busy += 1
+                    continue
+                busy += _metric(text, "dstore_queue_rows")
+                busy += _metric(text, "dstore_inflight_requests")
+            quiet = quiet + 1 if busy == 0 else 0
+            await asyncio.sleep(0.5)
+        if quiet < 2:
+            self.say("warning: the nodes did not become quiet; reading anyway")
+
+    async def final_reads(self, http: aiohttp.ClientSession, nodes: Sequence[NodeProcess]
+                          ) -> list[FinalRead]:
+        keys = sorted({i.key for op in self.history.ops for i in op.items})
+        self.say(f"final reads: {len(keys)} keys through each of {len(nodes)} nodes")
+        gate = asyncio.Semaphore(16)
+
+        async def read(node: NodeProcess, key: str) -> FinalRead | None:
+            async with gate:
+                for _ in range(20):
+                    invoke = time.monotonic()
+                    try:
+                        async with http.get(node.url + "/v1/get",
+                                            params={"key": key, "limit": "all"}) as resp:
+                            if resp.status == 200:
+                                rows = _rows(await resp.json())
+                                return FinalRead(node.node_id, key, invoke, time.monotonic(),
+                                                 tuple(rows))
+                    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                        pass
+                    await asyncio.sleep(0.25)
+            return None
+
+        async def read_all(which: Sequence[str]) -> dict[tuple[str, str], FinalRead]:
+            got = await asyncio.gather(*(read(n, k) for k in which for n in nodes))
+            out = {}
+            for r in got:
+                if r is not None:
+                    out[(r.node, r.key)] = r
+            return out
+
+        reads = await read_all(keys)
+        missing = len(keys) * len(nodes) - len(reads)
+        if missing:
+            self.problems.append(f"{missing} final reads failed after 20 tries each")
+        # A row a put gave up on may still land between two nodes' reads: read a key whose
+        # nodes disagree again (the checks report what still differs).
+        for _ in range(3):
+            split = [k for k in keys if len({frozenset((s.id, s.timestamp) for s in r.rows)
+                                             for (_, key), r in reads.items()
+                                             if key == k}) > 1]
+            if not split:
+                break
+            await asyncio.sleep(1.0)
+            reads.update(await read_all(split))
+        return list(reads.values())
+
+    # -- output ------------------------------------------------------------------------------
+
+    def result(self) -> CheckResult:
+        injected = {k: 0 for k in self.config.faults}
+        for event in self.history.faults:
+            if event.error is None:
+                injected[event.kind] = injected.get(event.kind, 0) + 1
+            else:
+                self.problems.append(f"fault {event.kind} failed: {event.error}")
+        never = [k for k, n in injected.items() if n == 0]
+        if never and self.report is not None:
+            self.problems.append(f"never injected (too short a run?): {', '.join(never)}")
+        return CheckResult(self.config, self.history, self.report, injected, self.problems,
+                           time.monotonic() - self.started, str(self.log_dir))
+
+
+def _metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            with contextlib.suppress(ValueError):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def _table(rows: Sequence[Sequence[object]], header: Sequence[str], align: str) -> list[str]:
+    """Rows under a header; ``align`` has one ``<`` or ``>`` per column."""
+    cells = [[str(c) for c in header], *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  " + "  ".join(c.ljust(w) if a == "<" else c.rjust(w)
+                             for c, w, a in zip(r, widths, align, strict=True)).rstrip()
+            for r in cells]
+
+
+def render(result: CheckResult) -> str:
+    """The summary table of a run."""
+    c = result.config
+    h = result.history
+    lines = [f"dstore-batch check: {c.seconds:.0f} s of load, {c.nodes} nodes, lease "
+             f"{c.lease_ms} ms, seed {c.seed}, faults {','.join(c.faults) or 'none'} "
+             f"({result.wall_s:.0f} s in all)", "", "faults injected"]
+    rows = []
+    for kind in c.faults:
+        events = [e for e in h.faults if e.kind == kind and e.error is None]
+        recoveries = [e.recovered_s for e in events if e.recovered_s is not None]
+        rows.append([kind, len(events),
+                     f"{max(recoveries):.2f}" if recoveries else "-",
+                     sum(1 for e in events if e.recovered_s is None)])
+    lines += _table(rows, ["fault", "injected", "max s to agreed leader", "no leader in 30s"],
+                     "<>>>")
+    lines += ["", "operations"]
+    counts = h.counts()
+    lines += _table([[k, v["ok"], v["failed"], v["unknown"], sum(v.values())]
+                     for k, v in counts.items()], ["kind", "ok", "failed", "unknown", "total"],
+                     "<>>>>")
+    errors: dict[str, int] = {}
+    for op in h.ops:
+        if op.outcome in ("failed", "unknown") and op.error:
+            label = f"{op.outcome}:{op.error.split(':')[0]}"
+            errors[label] = errors.get(label, 0) + 1
+    if errors:
+        lines.append("  errors: " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())))
+    if result.report is not None:
+        r = result.report
+        lines.append(f"  rows: {r.rows['rows']} put ({r.rows['ok']} acked, {r.rows['failed']} "
+                     f"definitely failed, {r.rows['unknown']} unknown: "
+                     f"{r.rows['unknown_stored']} stored, {r.rows['unknown_absent']} absent); "
+                     f"{r.gets_checked} gets and {r.final_reads} final reads checked over "
+                     f"{r.keys} keys")
+        lines += ["", "anomalies (must all be 0)"]
+        lines += _table([[k, r.counts[k], CHECKS[k]] for k in CHECKS] + [["total", r.total, ""]],
+                        ["check", "count", "meaning"], "<><")
+        lines += ["", "scope"] + [f"  {s}" for s in r.scope]
+        if r.anomalies:
+            lines += ["", "first anomalies"]
+            for a in r.anomalies[:20]:
+                lines.append(f"  {a.check} key {a.key} row {a.row_id}: {a.message} "
+                             f"(ops {list(a.ops[:6])})")
+    if result.problems:
+        lines += ["", "the run fell short"] + [f"  {p}" for p in result.problems]
+    total = result.report.total if result.report is not None else 0
+    verdict = ("PASS: 0 anomalies" if result.exit_code == 0 else
+               f"FAIL: {total} anomalies" if result.exit_code == 1 else
+               "INCOMPLETE: see above")
+    lines += ["", verdict + (f"; logs and history in {result.log_dir}" if result.exit_code
+                             else "")]
+    return "\n".join(lines)
+
+
+def to_json(result: CheckResult) -> dict[str, Any]:
+    h = result.history
+    return {
+        "config": asdict(result.config),
+        "exit_code": result.exit_code,
+        "wall_s": round(result.wall_s, 2),
+        "log_dir": result.log_dir,
+        "faults": {kind: {"injected": n,
+                          "events": [e.to_dict() for e in h.faults if e.kind == kind]}
+                   for kind, n in result.injected.items()},
+        "operations": h.counts(),
+        "restarts": [[r.begin, r.end] for r in h.restarts],
+        "problems": result.problems,
+        "report": result.report.to_dict(h) if result.report is not None else None,
+    }
+
+
+# -- entry points ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM cleans up like Ctrl-C (main thread only)."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_checker(config: CheckConfig, out: TextIO | None = None) -> CheckResult:
+    """Run one check (see the module docstring) and return its result; prints progress
+    and the table to ``out`` (stdout by default)."""
+    out = out or sys.stdout
+    run = _Run(config, out)
+    config.seed = run.seed
+    with _sigterm_as_interrupt():
+        try:
+            rig = run.setup()
+            asyncio.run(run.main(rig))
+        except KeyboardInterrupt:
+            run.problems.append("interrupted")
+            run.say("interrupted: stopping the cluster, the proxies and the emulator")
+        except Exception as exc:
+            run.problems.append(f"the run failed: {type(exc).__name__}: {exc}")
+            run.say(f"the run failed: {type(exc).__name__}: {exc}")
+        finally:
+            run.teardown()
+    result = run.result()
+    if result.exit_code != 0:
+        with contextlib.suppress(OSError):
+            run.history.dump(run.log_dir / "history.json")
+    print("\n" + render(result), file=out, flush=True)
+    if config.json_path:
+        Path(config.json_path).write_text(json.dumps(to_json(result), indent=1))
+    if result.exit_code == 0 and config.data_dir is None:
+        shutil.rmtree(run.log_dir, ignore_errors=True)
+    return result
+
+
+def run_check(*, seconds: float, faults: str, nodes: int = 3, lease_ms: int = 2000,
+              json_path: str | None = None, seed: int | None = None,
+              data_dir: str | None = None, emulator_bin: str | None = None) -> int:
+    """`dstore-batch check`: run, print the table, return the exit status."""
+    if nodes < 2:
+        raise ValueError("--nodes must be at least 2")
+    if seconds <= 0:
+        raise ValueError("--seconds must be positive")
+    config = CheckConfig(seconds=seconds, faults=parse_faults(faults), nodes=nodes,
+                         lease_ms=lease_ms, seed=seed, json_path=json_path,
+                         data_dir=data_dir, emulator_bin=emulator_bin)
+    return run_checker(config).exit_code
