@@ -26,6 +26,8 @@ MIN_LEASE_S = 1.0
 SPANNER_MAX_MUTATIONS = 80_000
 SPANNER_MAX_COMMIT_BYTES = 100_000_000
 LOG_TABLE_COLUMNS = 5  # id, key, value, leader, timestamp: one mutation each
+# A fenced commit also refreshes the lock row's heartbeat (name, heartbeat).
+LOCK_HEARTBEAT_MUTATIONS = 2
 # Per-row bytes we count beyond key and value: id, leader and framing.
 ROW_OVERHEAD_BYTES = 96
 
@@ -52,11 +54,13 @@ class BatchConfig:
     follower_inflight_bytes: int = 64 * 1024 * 1024  # a follower's unacked bytes; then wait
 
     def __post_init__(self) -> None:
-        max_rows_by_mutations = SPANNER_MAX_MUTATIONS // LOG_TABLE_COLUMNS
+        max_rows_by_mutations = (
+            (SPANNER_MAX_MUTATIONS - LOCK_HEARTBEAT_MUTATIONS) // LOG_TABLE_COLUMNS)
         if not 1 <= self.max_rows <= max_rows_by_mutations:
             raise ValueError(
                 f"max_rows must be 1..{max_rows_by_mutations} "
-                f"({SPANNER_MAX_MUTATIONS} mutations / {LOG_TABLE_COLUMNS} columns)"
+                f"({SPANNER_MAX_MUTATIONS} mutations, less {LOCK_HEARTBEAT_MUTATIONS} for the "
+                f"lock's heartbeat, / {LOG_TABLE_COLUMNS} columns)"
             )
         if not 1024 <= self.max_bytes <= SPANNER_MAX_COMMIT_BYTES // 2:
             raise ValueError(
