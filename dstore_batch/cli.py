@@ -184,6 +184,10 @@ def _bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-rows", type=int, default=_BATCH.max_rows)
     p.add_argument("--linger-ms", type=float, default=0.0)
     p.add_argument("--max-inflight", type=int, default=_BATCH.max_inflight)
+    p.add_argument("--lease-ms", type=int, default=5000, help="lease of the funnel's nodes")
+    p.add_argument("--db-latency-ms", default="",
+                   help="comma list: run the funnel once per latency added each way between "
+                        "the nodes and the emulator (a proxy), e.g. 0,10,50,100")
     p.add_argument("--per-put-producers", type=int, default=8,
                    help="producers for the per-put mode (the original is slow)")
     p.add_argument("--json", help="also write the result as JSON to this file")

@@ -20,6 +20,7 @@ COUNTERS = {
     "commits": "dstore_commit_rows_count",
     "bytes": "dstore_commit_bytes_sum",
     "aborts": "dstore_commit_aborts_total",
+    "leader_changes": "dstore_leader_changes_total",
 }
 
 

@@ -33,6 +33,7 @@ def summarize(raw: dict[str, Any], seconds: float) -> dict[str, Any]:
         "aborts": raw.get("aborts", 0),
         "errors": window.get("errors", {}),
         "cpu_s": raw.get("cpu", {}),
+        "leader_changes": raw.get("leader_changes", 0),
     }
     if "follower_latencies_us" in raw:
         out["follower_p50_ms"] = percentiles([us / 1e6 for us in raw["follower_latencies_us"]])[
@@ -52,7 +53,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     rows = [("puts/s", "puts_s"), ("calls/s", "calls_s"), ("put latency p50 ms", "p50_ms"),
             ("put latency p99 ms", "p99_ms"), ("put latency p99.9 ms", "p999_ms"),
             ("rows per commit", "rows_per_commit"), ("bytes per commit", "bytes_per_commit"),
-            ("commits/s", "commits_s"), ("aborted+retried", "aborts")]
+            ("commits/s", "commits_s"), ("aborted+retried", "aborts"),
+            ("leader changes", "leader_changes")]
     lines = [["", *modes]]
     for label, key in rows:
         lines.append([label, *(_fmt(results[m].get(key, "")) for m in modes)])

@@ -22,6 +22,7 @@ from typing import Any
 
 from ...testing.cluster import LocalCluster
 from ...testing.emulator import Emulator
+from ...testing.faultproxy import FaultProxy
 from .direct import run_direct
 from .perput import run_per_put
 from .report import summarize, table
@@ -43,15 +44,28 @@ def _database(args: argparse.Namespace, label: str) -> Iterator[tuple[str, Emula
 
 
 def _funnel(database: str, spec: WorkloadSpec, args: argparse.Namespace,
-            emulator: Emulator | None) -> dict[str, Any]:
+            emulator: Emulator | None, db_latency_ms: float = 0.0) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        host = emulator.host if emulator else args.emulator_host
+        if db_latency_ms and emulator is not None:
+            # Every node reaches the database through one proxy that adds the latency
+            # each way (a far-away or slow database).
+            proxy = stack.enter_context(FaultProxy(emulator.port))
+            proxy.set_mode("pass", delay_s=db_latency_ms / 1000)
+            host = proxy.address
+        return _funnel_on(database, spec, args, emulator, host)
+
+
+def _funnel_on(database: str, spec: WorkloadSpec, args: argparse.Namespace,
+               emulator: Emulator | None, emulator_host: str | None) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="dstore-bench-"))
     start_at = time.time() + STARTUP_S
     extra = [*spec.to_args(), f"--start-at={start_at}",
              f"--max-batch-rows={args.max_batch_rows}", f"--linger-ms={args.linger_ms}",
              f"--max-inflight={args.max_inflight}", "--log-level=warning"]
-    cluster = LocalCluster(database, 3, lease_ms=5000, extra_args=extra, log_dir=str(folder),
-                           command="bench-node",
-                           emulator_host=emulator.host if emulator else args.emulator_host)
+    cluster = LocalCluster(database, 3, lease_ms=args.lease_ms, extra_args=extra,
+                           log_dir=str(folder), command="bench-node",
+                           emulator_host=emulator_host)
     for i, node in enumerate(cluster.nodes):
         node.args.append(f"--out={folder / f'result{i}.json'}")
     emu_cpu: dict[str, float] = {}
@@ -69,6 +83,8 @@ def _funnel(database: str, spec: WorkloadSpec, args: argparse.Namespace,
     merged: dict[str, Any] = {"window": {"puts": 0, "calls": 0, "latencies_us": [],
                                          "errors": {}}, "cpu": {}, "follower_latencies_us": []}
     totals = {"rows": 0.0, "commits": 0.0, "bytes": 0.0, "aborts": 0.0}
+    # Every node counts each change it sees: the most any node saw is the group's count.
+    merged["leader_changes"] = max(int(p["delta"].get("leader_changes", 0)) for p in parts)
     followers = 0
     for part in parts:
         w = part["window"]
@@ -93,13 +109,15 @@ def _funnel(database: str, spec: WorkloadSpec, args: argparse.Namespace,
 
 
 def _run_mode(mode: str, spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, Any]:
+    mode, _, latency = mode.partition("@")
     with _database(args, mode.replace("-", "")) as (database, emulator):
         host = emulator.host if emulator else args.emulator_host
         cpu0 = emulator.cpu_seconds() if emulator else 0.0
         if mode == "direct":
             raw = run_direct(database, host, spec, args.max_batch_rows)
         elif mode == "funnel":
-            return summarize(_funnel(database, spec, args, emulator), spec.duration_s)
+            ms = float(latency.removesuffix("ms")) if latency else 0.0
+            return summarize(_funnel(database, spec, args, emulator, ms), spec.duration_s)
         elif mode == "per-put":
             # The original has only Put: its producers make single puts.
             raw = run_per_put(database, host,
@@ -152,7 +170,13 @@ def run_bench(args: argparse.Namespace) -> int:
 
         return run_sweep(spec, args, _run_mode)
     results: dict[str, dict[str, Any]] = {}
-    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.db_latency_ms:
+        # The funnel once per added database latency, side by side (funnel@50ms, ...).
+        latencies = [float(x) for x in str(args.db_latency_ms).split(",") if x.strip()]
+        modes = [m for m in modes if m != "funnel"] + [
+            f"funnel@{ms:g}ms" for ms in latencies]
+    for mode in modes:
         print(f"running {mode} ...", flush=True)
         results[mode] = _run_mode(mode, spec, args)
         print(f"  {mode}: {results[mode]['puts_s']:,.0f} puts/s, "
