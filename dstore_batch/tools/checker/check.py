@@ -80,6 +80,7 @@ class Report:
     gets_checked: int = 0
     final_reads: int = 0
     keys: int = 0
+    checked: dict[str, int] = field(default_factory=dict)  # claims each check examined
 
     @property
     def total(self) -> int:
@@ -87,6 +88,7 @@ class Report:
 
     def to_dict(self, history: History | None = None, limit: int = 50) -> dict[str, Any]:
         return {"anomalies": dict(self.counts), "total": self.total, "rows": dict(self.rows),
+                "checked": dict(self.checked),
                 "scope": list(self.scope), "gets_checked": self.gets_checked,
                 "final_reads": self.final_reads, "keys": self.keys,
                 "details": [a.to_dict(history) for a in self.anomalies[:limit]]}
@@ -152,6 +154,7 @@ class _Checker:
         self.final = list(final)
         self.epochs = _Epochs(history)
         self.anomalies: list[Anomaly] = []
+        self.checked: dict[str, int] = {name: 0 for name in CHECKS}
         self._reported: set[tuple[object, ...]] = set()
         self.rows: dict[tuple[str, str], _Row] = {}
         self.by_value: dict[str, tuple[str, str]] = {}
@@ -183,6 +186,10 @@ class _Checker:
                         self.known_ts[(item.key, epoch)].setdefault(item.id, op.acks[i])
         for attempts in self.oks.values():
             attempts.sort()
+        self.failed_rows: dict[str, int] = defaultdict(int)  # key -> rows that must be absent
+        for row in self.rows.values():
+            if row.status == "failed":
+                self.failed_rows[row.key] += 1
 
     def add(self, check: str, key: str, row_id: str | None, message: str,
             ops: Iterable[int] = (), *, dedupe: tuple[object, ...] | None = None) -> None:
@@ -213,7 +220,7 @@ class _Checker:
         return Report(counts, self.anomalies, self.row_counts(), self.scope(),
                       gets_checked=sum(1 for r in reads if r.op is not None),
                       final_reads=len(self.final),
-                      keys=len({r.key for r in self.final}))
+                      keys=len({r.key for r in self.final}), checked=self.checked)
 
     def check_acks(self) -> None:
         """Acks of one row in one epoch agree; same-key items of one put_many are acked
@@ -225,6 +232,8 @@ class _Checker:
                 if epoch is None:
                     continue
                 first = by_epoch.setdefault(epoch, (op, ts))
+                if first[0] is not op:
+                    self.checked["wrong_timestamp"] += 1
                 if first[1] != ts:
                     self.add("wrong_timestamp", row.key, row.id,
                              f"acked with {first[1]} (op {first[0].index}) and with {ts} "
@@ -235,6 +244,8 @@ class _Checker:
             last: dict[str, tuple[Timestamp, str]] = {}
             for item, ts in zip(op.items, op.acks, strict=True):
                 prev = last.get(item.key)
+                if prev is not None:
+                    self.checked["order_violation"] += 1
                 if prev is not None and ts <= prev[0]:
                     self.add("order_violation", item.key, item.id,
                              f"op {op.index}: item {item.id} comes after {prev[1]} in the "
@@ -259,6 +270,10 @@ class _Checker:
         where = "final" if final else read.op
         ids: dict[str, Seen] = {}
         stamps: dict[Timestamp, str] = {}
+        self.checked["duplicate"] += len(read.rows)
+        self.checked["duplicate_timestamp"] += len(read.rows)
+        self.checked["phantom_row"] += len(read.rows)
+        self.checked["failed_but_stored"] += self.failed_rows.get(read.key, 0)
         for seen in read.rows:
             if seen.id in ids:
                 self.add("duplicate", read.key, seen.id,
@@ -277,8 +292,9 @@ class _Checker:
             return
         # Every put acked in this epoch before the read began is in it.
         attempts = self.oks.get((read.key, read.epoch), [])
-        for complete, ts, row_id, op_index in attempts[:bisect.bisect_left(
-                attempts, (read.invoke,))]:
+        required = attempts[:bisect.bisect_left(attempts, (read.invoke,))]
+        self.checked["lost_ack" if final else "stale_read"] += len(required)
+        for complete, ts, row_id, op_index in required:
             got = ids.get(row_id)
             if got is None:
                 check = "lost_ack" if final else "stale_read"
@@ -290,7 +306,7 @@ class _Checker:
                 self.add("wrong_timestamp", read.key, row_id,
                          f"{read.label}: {row_id} at {got.timestamp}, acked with {ts} by op "
                          f"{op_index}", [*ops, op_index],
-                         dedupe=("wrong_timestamp", read.key, row_id, ts, got.timestamp))
+                         dedupe=_ts_token(read.key, row_id, ts, got.timestamp))
 
     def _check_seen(self, read: _Read, seen: Seen, ops: list[int], where: object) -> None:
         row = self.rows.get((read.key, seen.id))
@@ -330,16 +346,19 @@ class _Checker:
         known = self.known_ts[(read.key, read.epoch)]
         ts = known.setdefault(seen.id, seen.timestamp)
         for op, acked in row.oks:
-            if self.epochs.of(op.invoke, op.end) == read.epoch and acked != seen.timestamp:
+            if self.epochs.of(op.invoke, op.end) != read.epoch:
+                continue
+            self.checked["wrong_timestamp"] += 1
+            if acked != seen.timestamp:
                 self.add("wrong_timestamp", read.key, seen.id,
                          f"{read.label}: {seen.id} at {seen.timestamp}, acked with {acked} "
                          f"by op {op.index}", [*ops, op.index],
-                         dedupe=("wrong_timestamp", read.key, seen.id, acked, seen.timestamp))
+                         dedupe=_ts_token(read.key, seen.id, acked, seen.timestamp))
         if ts != seen.timestamp and not row.oks:
             self.add("wrong_timestamp", read.key, seen.id,
                      f"{read.label}: {seen.id} at {seen.timestamp}, read earlier at {ts} "
                      "in the same epoch", ops + attempt_ops,
-                     dedupe=("reread", read.key, seen.id, ts, seen.timestamp))
+                     dedupe=_ts_token(read.key, seen.id, ts, seen.timestamp))
 
     def check_vanished(self, reads: Sequence[_Read]) -> None:
         """What a get of the last epoch returned is in every final read of its key."""
@@ -354,7 +373,11 @@ class _Checker:
             for final in finals[r.key]:
                 stored = {s.id: s.timestamp for s in final.rows}
                 for seen in r.rows:
+                    row = self.rows.get((r.key, seen.id))
+                    if row is None or row.status == "failed":
+                        continue  # reported as a phantom or as failed-but-stored
                     ts = stored.get(seen.id)
+                    self.checked["vanished_row"] += 1
                     if ts is None:
                         self.add("vanished_row", r.key, seen.id,
                                  f"{r.label} returned {seen.id} ({seen.timestamp}); "
@@ -365,8 +388,7 @@ class _Checker:
                         self.add("wrong_timestamp", r.key, seen.id,
                                  f"{r.label} returned {seen.id} at {seen.timestamp}; "
                                  f"{final.label} at {ts}", [r.op],
-                                 dedupe=("wrong_timestamp", r.key, seen.id, seen.timestamp,
-                                         ts))
+                                 dedupe=_ts_token(r.key, seen.id, seen.timestamp, ts))
 
     def check_nodes_agree(self) -> None:
         by_key: dict[str, list[FinalRead]] = defaultdict(list)
@@ -374,6 +396,7 @@ class _Checker:
             by_key[f.key].append(f)
         for key, finals in by_key.items():
             views = {f.node: {(s.id, s.timestamp) for s in f.rows} for f in finals}
+            self.checked["node_disagreement"] += len(views) - 1
             first_node, first = next(iter(views.items()))
             for node, view in views.items():
                 if view != first:
@@ -399,6 +422,8 @@ class _Checker:
                     if best is None or a_ts > best[0]:
                         best = (a_ts, a_rid, a_op)
                     i += 1
+                if best is not None:
+                    self.checked["order_violation"] += 1
                 if best is not None and best[0] >= ts and best[1] != rid:
                     violations[best[1]].append(f"{rid} ({ts})")
             for rid, rows in violations.items():
@@ -419,6 +444,7 @@ class _Checker:
             stored = [(s.timestamp, s.id) for s in f.rows if s.id in acks]
             by_stored = [rid for _, rid in sorted(stored)]
             by_ack = sorted(by_stored, key=lambda rid: (acks[rid], rid))
+            self.checked["order_violation"] += 1
             if by_stored != by_ack:
                 at = next(i for i, (a, b) in enumerate(zip(by_stored, by_ack, strict=True))
                           if a != b)
@@ -437,6 +463,10 @@ class _Checker:
                   "ok_in_final_scope": 0, "ok_before_restart": 0}
         in_final_scope = {(key, rid) for (key, epoch), acked in self.oks.items()
                           if epoch == last for _, _, rid, _ in acked}
+        # Acked rows whose every put was over before the last restart began: the restart
+        # emptied the database, so none of them may be in the final state.
+        wiped_before = self.history.restarts[-1].begin if self.history.restarts else None
+        counts["wiped"] = counts["wiped_but_stored"] = 0
         for k, row in self.rows.items():
             status = row.status
             counts[status] += 1
@@ -444,6 +474,10 @@ class _Checker:
                 counts["unknown_stored" if k in stored else "unknown_absent"] += 1
             elif status == "ok":
                 counts["ok_in_final_scope" if k in in_final_scope else "ok_before_restart"] += 1
+                if wiped_before is not None and all(
+                        op.outcome != "unknown" and op.end < wiped_before
+                        for op in row.attempts):
+                    counts["wiped_but_stored" if k in stored else "wiped"] += 1
         return counts
 
     def scope(self) -> list[str]:
@@ -459,9 +493,18 @@ class _Checker:
             f"final-state checks cover the {counts['ok_in_final_scope']} acked rows whose "
             f"put ran after the last restart; {counts['ok_before_restart']} acked rows "
             "from before it are checked only by the gets of their own epoch",
+            f"{counts['wiped']} acked rows from before the last restart are gone from the "
+            f"final state as expected; {counts['wiped_but_stored']} are still there "
+            "(must be 0: else the restart did not empty the database, or something "
+            "committed them again)",
             f"{straddling} operations overlapped a restart: their rows are checked only "
             "for at-most-once, failed-absent and no-phantom",
         ]
+
+
+def _ts_token(key: str, row_id: str, a: Timestamp, b: Timestamp) -> tuple[object, ...]:
+    """One report per pair of timestamps a row was seen with, whichever read saw which."""
+    return ("wrong_timestamp", key, row_id, min(a, b), max(a, b))
 
 
 def check_history(history: History, final: Sequence[FinalRead]) -> Report:

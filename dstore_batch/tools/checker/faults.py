@@ -45,6 +45,7 @@ class Rig:
     db_proxies: list[FaultProxy]
     peer_proxies: list[FaultProxy]
     lease_s: float
+    put_timeout_s: float = 5.0  # the nodes' --put-timeout-ms
 
     def create_database(self) -> None:
         """The database again, with its tables, on a (restarted) emulator."""
@@ -157,7 +158,8 @@ class Faults:
     async def _peer_partition(self, event: FaultEvent) -> None:
         victim, role = await self.pick(0.75)
         proxy = self.rig.peer_proxies[self.index(victim)]
-        hold = max(3.0, 1.5 * self.rig.lease_s)
+        # Longer than a put's deadline: held puts end in errors, not just in latency.
+        hold = max(3 * self.rig.lease_s, self.rig.put_timeout_s + 1.0)
         self._begin(event, victim.node_id,
                     f"black-hole the peer address of the {role} {victim.node_id} "
                     f"for {hold:.1f}s")

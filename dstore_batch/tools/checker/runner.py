@@ -48,8 +48,10 @@ WINDOW_S = 10.0  # producers move to fresh keys this often (keeps histories shor
 PROGRESS_S = 5.0
 MAX_RETRIES = 2  # re-sends, with the same ids, of a put whose outcome is unknown
 # How long each fault takes, heal and re-election included (for the schedule only).
-ESTIMATE_S = {"kill": 5.0, "stop": 5.0, "peer-partition": 5.0, "db-partition": 6.0,
-              "db-latency": 6.0, "emulator-restart": 8.0}
+ESTIMATE_S = {"kill": 4.5, "stop": 4.0, "peer-partition": 6.5, "db-partition": 4.0,
+              "db-latency": 4.5, "emulator-restart": 1.5}
+IMPATIENT_S = 1.5  # the request timeout of every other producer: it gives up early and
+# re-sends the same ids elsewhere while the first request may still be in flight
 
 
 @dataclass
@@ -62,7 +64,7 @@ class CheckConfig:
     json_path: str | None = None
     data_dir: str | None = None  # node logs and, on anomalies, the history
     emulator_bin: str | None = None
-    producers: int = 6  # raw HTTP producers (plus two tasks on one Client)
+    producers: int = 8  # raw HTTP producers (plus two tasks on one Client)
     keys: int = 12  # keys per window
     put_timeout_ms: int = 5000
     db_timeout_ms: int = 3000
@@ -134,6 +136,7 @@ class Workload:
         self.t0 = time.monotonic()
         self.stop = asyncio.Event()
         self._seq = 0
+        self.timeouts: dict[str, aiohttp.ClientTimeout] = {}  # per producer
 
     def key(self, rng: random.Random) -> str:
         window = int((time.monotonic() - self.t0) / WINDOW_S)
@@ -150,6 +153,9 @@ class Workload:
     async def producer(self, n: int, http: aiohttp.ClientSession) -> None:
         rng = random.Random(self.seed * 1000 + n)
         name = f"p{n}"
+        self.timeouts[name] = (aiohttp.ClientTimeout(total=IMPATIENT_S, connect=1.0) if n % 2
+                               else aiohttp.ClientTimeout(total=self.config.client_timeout_s,
+                                                          connect=2.0))
         while not self.stop.is_set():
             node = rng.choice(self.nodes)
             r = rng.random()
@@ -180,7 +186,8 @@ class Workload:
                 path = "/v1/put"
             else:
                 body, path = {"items": wire}, "/v1/put_many"
-            async with http.post(node.url + path, json=body) as resp:
+            async with http.post(node.url + path, json=body,
+                                 timeout=self.timeouts[process]) as resp:
                 raw, status = await resp.read(), resp.status
         except Exception as exc:
             return self.history.error(op, exc), op
@@ -202,8 +209,8 @@ class Workload:
                   key: str) -> str:
         op = self.history.invoke_get(node.node_id, process, key)
         try:
-            async with http.get(node.url + "/v1/get", params={"key": key, "limit": "all"}
-                                ) as resp:
+            async with http.get(node.url + "/v1/get", params={"key": key, "limit": "all"},
+                                timeout=self.timeouts[process]) as resp:
                 raw, status = await resp.read(), resp.status
         except Exception as exc:
             return self.history.error(op, exc)
@@ -275,6 +282,7 @@ class _Run:
         self.proxies: list[FaultProxy] = []
         self.rig: Rig | None = None
         self.report: Report | None = None
+        self.final: list[FinalRead] = []
         self.started = time.monotonic()
 
     # -- setup and teardown -----------------------------------------------------------------
@@ -301,7 +309,7 @@ class _Run:
                  "port): " + ", ".join(f"{n.node_id}->{n.listen}" for n in self.cluster.nodes)
                  + f"; leader {leader.node_id}; logs in {self.log_dir}")
         self.rig = Rig(self.cluster, self.emulator, database, db_proxies, peer_proxies,
-                       c.lease_s)
+                       c.lease_s, c.put_timeout_ms / 1000)
         return self.rig
 
     def _proxy(self, upstream_port: int) -> FaultProxy:
@@ -351,6 +359,7 @@ class _Run:
                 self.problems.append("no agreed leader 60 s after the faults were healed")
             await self.settle(http, rig.cluster.nodes)
             final = await self.final_reads(http, rig.cluster.nodes)
+        self.final = final
         self.say(f"checking {len(self.history.ops)} operations and {len(final)} final reads")
         self.report = await asyncio.to_thread(check_history, self.history, final)
 
@@ -368,7 +377,7 @@ class _Run:
                 break
             await faults.inject(kind)
             i += 1
-            await asyncio.sleep(max(0.0, min(rng.uniform(1.5, 3.0), deadline - loop.time())))
+            await asyncio.sleep(max(0.0, min(rng.uniform(1.0, 2.0), deadline - loop.time())))
         await asyncio.sleep(max(0.0, deadline - loop.time()))
 
     def ops_line(self) -> str:
@@ -453,6 +462,16 @@ class _Run:
 
     # -- output ------------------------------------------------------------------------------
 
+    def dump(self, path: Path) -> None:
+        """The history and the final reads, to check again or to read."""
+        data = self.history.to_dict()
+        data["seed"] = self.seed
+        data["final"] = [{"node": f.node, "key": f.key, "invoke": f.invoke,
+                          "complete": f.complete,
+                          "rows": [[r.id, str(r.timestamp), r.value] for r in f.rows]}
+                         for f in self.final]
+        path.write_text(json.dumps(data))
+
     def result(self) -> CheckResult:
         injected = {k: 0 for k in self.config.faults}
         for event in self.history.faults:
@@ -463,6 +482,11 @@ class _Run:
         never = [k for k, n in injected.items() if n == 0]
         if never and self.report is not None:
             self.problems.append(f"never injected (too short a run?): {', '.join(never)}")
+        if self.report is not None and self.report.rows.get("wiped_but_stored"):
+            self.problems.append(
+                f"{self.report.rows['wiped_but_stored']} acked rows from before the last "
+                "emulator restart are still stored: the restart did not empty the database, "
+                "or something committed them again")
         return CheckResult(self.config, self.history, self.report, injected, self.problems,
                            time.monotonic() - self.started, str(self.log_dir))
 
@@ -524,8 +548,9 @@ def render(result: CheckResult) -> str:
                      f"{r.gets_checked} gets and {r.final_reads} final reads checked over "
                      f"{r.keys} keys")
         lines += ["", "anomalies (must all be 0)"]
-        lines += _table([[k, r.counts[k], CHECKS[k]] for k in CHECKS] + [["total", r.total, ""]],
-                        ["check", "count", "meaning"], "<><")
+        lines += _table([[k, r.counts[k], r.checked.get(k, 0), CHECKS[k]] for k in CHECKS]
+                        + [["total", r.total, sum(r.checked.values()), ""]],
+                        ["check", "anomalies", "claims checked", "meaning"], "<>><")
         lines += ["", "scope"] + [f"  {s}" for s in r.scope]
         if r.anomalies:
             lines += ["", "first anomalies"]
@@ -599,9 +624,9 @@ def run_checker(config: CheckConfig, out: TextIO | None = None) -> CheckResult:
         finally:
             run.teardown()
     result = run.result()
-    if result.exit_code != 0:
+    if result.exit_code != 0 or config.data_dir is not None:
         with contextlib.suppress(OSError):
-            run.history.dump(run.log_dir / "history.json")
+            run.dump(run.log_dir / "history.json")
     print("\n" + render(result), file=out, flush=True)
     if config.json_path:
         Path(config.json_path).write_text(json.dumps(to_json(result), indent=1))

@@ -1,0 +1,348 @@
+"""The history checker's checks (dstore_batch/tools/checker/check.py) on hand-made
+histories: a clean history passes, and each kind of anomaly is found. A checker that
+cannot fail checks nothing, so every check has a history here that must fail it."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from dstore_batch.errors import (
+    BusyError,
+    DeadlineExceededError,
+    InvalidInputError,
+    LinkLostError,
+    NoLeaderError,
+    NotLeaderError,
+)
+from dstore_batch.tools.checker.check import CHECKS, FinalRead, Report, check_history
+from dstore_batch.tools.checker.history import (
+    EmulatorRestart,
+    History,
+    Op,
+    PutItem,
+    Seen,
+    classify,
+)
+from dstore_batch.tools.checker.runner import parse_faults
+from dstore_batch.types import Timestamp
+
+NODES = ("n1", "n2", "n3")
+BASE = 1_800_000_000_000_000_000
+
+
+def ts(n: int) -> Timestamp:
+    return Timestamp(BASE + n)
+
+
+def value(rid: str) -> str:
+    return f"{rid}|xxxx"
+
+
+def put(h: History, start: float, end: float, *items: tuple[str, str],
+        acks: tuple[int, ...] | None = None, outcome: str = "ok", node: str = "n1",
+        retry_of: int | None = None) -> Op:
+    """A put of ``items`` ((key, id) pairs) from ``start`` to ``end``."""
+    op = h.invoke_put(node, "p0", [PutItem(k, i, value(i)) for k, i in items], at=start,
+                      retry_of=retry_of)
+    if outcome == "ok":
+        assert acks is not None
+        h.ok_put(op, [ts(a) for a in acks], at=end)
+    elif outcome == "failed":
+        h.fail(op, "no_leader", at=end)
+    elif outcome == "unknown":
+        h.unknown(op, "deadline", at=end)
+    return op
+
+
+def get(h: History, start: float, end: float, key: str, *rows: tuple[str, int],
+        node: str = "n2") -> Op:
+    """A get of ``key`` that returned ``rows`` ((id, timestamp) pairs)."""
+    op = h.invoke_get(node, "p1", key, at=start)
+    h.ok_get(op, [Seen(i, ts(t), value(i)) for i, t in sorted(rows, key=lambda r: -r[1])],
+             at=end)
+    return op
+
+
+def final(key: str, *rows: tuple[str, int], at: float = 100.0,
+          nodes: tuple[str, ...] = NODES) -> list[FinalRead]:
+    """The same final read of ``key`` through every node."""
+    seen = tuple(Seen(i, ts(t), value(i)) for i, t in sorted(rows, key=lambda r: -r[1]))
+    return [FinalRead(n, key, at, at + 0.01, seen) for n in nodes]
+
+
+def only(report: Report) -> dict[str, int]:
+    """The checks that found something."""
+    return {k: v for k, v in report.counts.items() if v}
+
+
+def clean_history() -> tuple[History, list[FinalRead]]:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    put(h, 1.2, 1.3, ("a", "r2"), ("b", "r3"), ("a", "r4"), acks=(20, 21, 22))
+    put(h, 1.25, 1.5, ("a", "r5"), acks=(15,), node="n2")  # concurrent with r2: any order
+    put(h, 2.0, 2.1, ("a", "r6"), outcome="failed")
+    put(h, 2.0, 7.0, ("b", "r7"), outcome="unknown")  # stored
+    put(h, 2.0, 7.0, ("b", "r8"), outcome="unknown")  # not stored
+    get(h, 1.35, 1.4, "a", ("r1", 10), ("r2", 20), ("r4", 22))  # r5 not acked yet: fine
+    get(h, 3.0, 3.1, "a", ("r1", 10), ("r2", 20), ("r4", 22), ("r5", 15))
+    get(h, 3.0, 3.1, "b", ("r3", 21), ("r7", 30))
+    return h, [*final("a", ("r1", 10), ("r5", 15), ("r2", 20), ("r4", 22)),
+               *final("b", ("r3", 21), ("r7", 30))]
+
+
+def test_a_clean_history_has_no_anomaly() -> None:
+    h, reads = clean_history()
+    report = check_history(h, reads)
+    assert report.total == 0, report.anomalies
+    assert set(report.counts) == set(CHECKS)
+    assert report.rows["ok"] == 5 and report.rows["failed"] == 1
+    assert report.rows["unknown_stored"] == 1 and report.rows["unknown_absent"] == 1
+    assert report.gets_checked == 3 and report.final_reads == 6 and report.keys == 2
+    # Not vacuous: every check examined something.
+    assert all(report.checked[k] > 0 for k in CHECKS), report.checked
+
+
+def test_lost_ack() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    put(h, 1.2, 1.3, ("a", "r2"), acks=(20,))
+    report = check_history(h, final("a", ("r1", 10)))
+    assert only(report) == {"lost_ack": 1}
+    (a,) = report.anomalies
+    assert a.row_id == "r2" and a.ops == (1,)
+
+
+def test_lost_ack_through_one_node_only() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    reads = [*final("a", ("r1", 10), nodes=("n1", "n2")), *final("a", nodes=("n3",))]
+    assert only(check_history(h, reads)) == {"lost_ack": 1, "node_disagreement": 1}
+
+
+def test_duplicate_id() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    # The second copy also carries a timestamp other than the ack.
+    assert only(check_history(h, final("a", ("r1", 10), ("r1", 11)))) == {
+        "duplicate": 1, "wrong_timestamp": 1}
+
+
+def test_duplicate_value_under_another_id() -> None:
+    # A put stored twice, the second time under an id its caller never sent.
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    reads = [FinalRead(n, "a", 100.0, 100.1, (Seen("server-made", ts(11), value("r1")),
+                                              Seen("r1", ts(10), value("r1"))))
+             for n in NODES]
+    assert only(check_history(h, reads)) == {"duplicate": 1}
+
+
+def test_unknown_put_stored_twice() -> None:
+    h = History()
+    first = put(h, 1.0, 2.5, ("a", "r1"), outcome="unknown")
+    put(h, 2.6, 4.0, ("a", "r1"), outcome="unknown", retry_of=first.index)
+    assert only(check_history(h, final("a", ("r1", 10), ("r1", 12)))) == {
+        "duplicate": 1, "wrong_timestamp": 1}
+
+
+def test_wrong_timestamp_in_the_final_state() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    report = check_history(h, final("a", ("r1", 11)))
+    assert only(report) == {"wrong_timestamp": 1}
+
+
+def test_wrong_timestamp_in_a_get() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    get(h, 0.9, 1.05, "a", ("r1", 9))  # concurrent with the put: may see it, not elsewhere
+    assert only(check_history(h, final("a", ("r1", 10)))) == {"wrong_timestamp": 1}
+
+
+def test_two_acks_of_one_row_disagree() -> None:
+    h = History()
+    first = put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    put(h, 1.2, 1.3, ("a", "r1"), acks=(12,), retry_of=first.index)
+    assert only(check_history(h, final("a", ("r1", 10)))) == {"wrong_timestamp": 2}
+
+
+def test_failed_but_stored() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), outcome="failed")
+    report = check_history(h, final("a", ("r1", 10)))
+    assert only(report) == {"failed_but_stored": 1}
+
+
+def test_failed_but_read_by_a_get() -> None:
+    h = History()
+    first = put(h, 1.0, 1.1, ("a", "r1"), outcome="failed")
+    put(h, 1.2, 1.3, ("a", "r1"), outcome="failed", retry_of=first.index)
+    get(h, 1.5, 1.6, "a", ("r1", 10))
+    assert only(check_history(h, final("a"))) == {"failed_but_stored": 1}
+
+
+def test_failed_then_retried_is_not_failed() -> None:
+    h = History()
+    first = put(h, 1.0, 1.1, ("a", "r1"), outcome="failed")
+    put(h, 1.2, 1.3, ("a", "r1"), acks=(10,), retry_of=first.index)
+    assert check_history(h, final("a", ("r1", 10))).total == 0
+
+
+def test_read_before_any_attempt_that_could_write_it() -> None:
+    h = History()
+    get(h, 0.5, 0.6, "a", ("r1", 10))
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    assert only(check_history(h, final("a", ("r1", 10)))) == {"phantom_row": 1}
+
+
+def test_stale_read() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    put(h, 1.2, 1.3, ("a", "r2"), acks=(20,))
+    get(h, 1.4, 1.5, "a", ("r1", 10))  # started after r2's ack, lacks it
+    get(h, 1.25, 1.5, "a", ("r1", 10))  # started before r2's ack: fine
+    report = check_history(h, final("a", ("r1", 10), ("r2", 20)))
+    assert only(report) == {"stale_read": 1}
+    (a,) = report.anomalies
+    assert a.row_id == "r2" and a.ops == (2, 1)
+
+
+def test_order_violation_against_real_time() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(20,))
+    put(h, 1.2, 1.3, ("a", "r2"), acks=(10,))  # sent after r1's ack, older timestamp
+    report = check_history(h, final("a", ("r1", 20), ("r2", 10)))
+    assert only(report) == {"order_violation": 1}
+    assert report.anomalies[0].row_id == "r1"
+
+
+def test_order_violation_with_an_unknown_put() -> None:
+    # The unknown put's row is stored with a timestamp below one acked before it was sent.
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(20,))
+    put(h, 1.2, 3.0, ("a", "r2"), outcome="unknown")
+    assert only(check_history(h, final("a", ("r1", 20), ("r2", 10)))) == {
+        "order_violation": 1}
+
+
+def test_order_inside_one_put_many() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), ("a", "r2"), acks=(20, 10))
+    assert only(check_history(h, final("a", ("r1", 20), ("r2", 10)))) == {
+        "order_violation": 1}
+
+
+def test_concurrent_puts_may_commit_in_any_order() -> None:
+    h = History()
+    put(h, 1.0, 1.3, ("a", "r1"), acks=(20,))
+    put(h, 1.1, 1.2, ("a", "r2"), acks=(10,), node="n2")
+    assert check_history(h, final("a", ("r1", 20), ("r2", 10))).total == 0
+
+
+def test_a_retry_keeps_the_first_attempts_place_in_time() -> None:
+    # r2's first attempt was sent before r1 was acked; its retry, after, returns the
+    # timestamp the first attempt committed: no order violation.
+    h = History()
+    first = put(h, 0.9, 1.05, ("a", "r2"), outcome="unknown")
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(20,))
+    put(h, 1.2, 1.3, ("a", "r2"), acks=(15,), retry_of=first.index)
+    assert check_history(h, final("a", ("r2", 15), ("r1", 20))).total == 0
+
+
+def test_duplicate_timestamp() -> None:
+    h = History()
+    put(h, 1.0, 1.5, ("a", "r1"), acks=(10,))
+    put(h, 1.0, 1.5, ("a", "r2"), acks=(10,), node="n2")
+    assert only(check_history(h, final("a", ("r1", 10), ("r2", 10)))) == {
+        "duplicate_timestamp": 1}
+
+
+def test_phantom_row() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    report = check_history(h, final("a", ("r1", 10), ("nobody", 11)))
+    assert only(report) == {"phantom_row": 1}
+
+
+def test_vanished_row() -> None:
+    h = History()
+    put(h, 1.0, 3.0, ("a", "r1"), outcome="unknown")
+    get(h, 3.5, 3.6, "a", ("r1", 10))  # the unknown put was written...
+    assert only(check_history(h, final("a"))) == {"vanished_row": 1}  # ...and is gone
+
+
+def test_nodes_disagree() -> None:
+    h = History()
+    put(h, 1.0, 3.0, ("a", "r1"), outcome="unknown")
+    reads = [*final("a", ("r1", 10), nodes=("n1",)), *final("a", nodes=("n2", "n3"))]
+    assert only(check_history(h, reads)) == {"node_disagreement": 1}
+
+
+def test_an_emulator_restart_scopes_the_checks() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))  # before the restart: gone, as it should be
+    put(h, 1.5, 2.5, ("a", "r2"), acks=(5,))  # overlaps the restart: out of scope
+    h.restarts.append(EmulatorRestart(2.0, 2.2))
+    put(h, 3.0, 3.1, ("a", "r3"), acks=(3,))  # a restarted emulator's clock may be behind
+    get(h, 3.2, 3.3, "a", ("r3", 3))  # no r1: fine, the restart emptied the database
+    get(h, 1.2, 1.3, "a", ("r1", 10))  # in the first epoch, r1 was there
+    report = check_history(h, final("a", ("r3", 3)))
+    assert report.total == 0, report.anomalies
+    assert report.rows["wiped"] == 1 and report.rows["wiped_but_stored"] == 0
+    assert report.rows["ok_in_final_scope"] == 1
+    assert any("restart" in line for line in report.scope)
+
+
+def test_an_emulator_restart_does_not_hide_what_came_after() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    h.restarts.append(EmulatorRestart(2.0, 2.2))
+    put(h, 3.0, 3.1, ("a", "r2"), acks=(3,))
+    put(h, 3.0, 3.1, ("b", "r3"), outcome="failed")
+    get(h, 1.2, 1.3, "a")  # stale within the first epoch
+    report = check_history(h, [*final("a", ("r1", 10)), *final("b", ("r3", 4))])
+    assert only(report) == {"stale_read": 1, "lost_ack": 1, "failed_but_stored": 1}
+    assert report.rows["wiped_but_stored"] == 1
+
+
+def test_history_round_trips_through_json(tmp_path: object) -> None:
+    h, reads = clean_history()
+    h.restarts.append(EmulatorRestart(50.0, 50.5))
+    path = f"{tmp_path}/h.json"
+    h.dump(path)
+    again = History.load(path)
+    assert [op.to_dict() for op in again.ops] == [op.to_dict() for op in h.ops]
+    assert again.restarts == h.restarts
+    assert check_history(again, reads).counts == check_history(h, reads).counts
+
+
+@pytest.mark.parametrize(("exc", "outcome"), [
+    (NotLeaderError(), "failed"),
+    (NoLeaderError(), "failed"),
+    (BusyError(), "failed"),
+    (InvalidInputError(), "failed"),
+    (DeadlineExceededError(), "unknown"),
+    (LinkLostError(), "unknown"),
+    (TimeoutError(), "unknown"),
+    (aiohttp.ServerDisconnectedError(), "unknown"),
+    (ConnectionResetError(), "unknown"),
+    (aiohttp.ConnectionTimeoutError(), "failed"),
+])
+def test_outcomes_by_error_class(exc: BaseException, outcome: str) -> None:
+    assert classify(exc)[0] == outcome
+
+
+def test_an_op_completes_once() -> None:
+    h = History()
+    op = put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    with pytest.raises(ValueError):
+        h.fail(op, "late")
+
+
+def test_parse_faults() -> None:
+    assert parse_faults("all")[0] == "kill" and len(parse_faults("all")) == 6
+    assert parse_faults("kill, db-latency") == ("kill", "db-latency")
+    assert parse_faults("none") == ()
+    with pytest.raises(ValueError, match="unknown fault"):
+        parse_faults("kill,flood")
