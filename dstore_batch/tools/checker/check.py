@@ -330,9 +330,11 @@ class _Checker:
                      dedupe=("value", read.key, seen.id, where))
         status = row.status
         if status == "failed":
+            shape = _shape(row.attempts[0])
             self.add("failed_but_stored", read.key, seen.id,
                      f"{read.label} returned {seen.id} ({seen.timestamp}); every put of it "
-                     f"definitely failed ({', '.join(str(op.error) for op in row.attempts)})",
+                     f"definitely failed ({', '.join(str(op.error) for op in row.attempts)})"
+                     + (f"; {shape}" if shape else ""),
                      ops + attempt_ops, dedupe=("failed_but_stored", read.key, seen.id, where))
             return
         writable = row.writable_from
@@ -500,6 +502,17 @@ class _Checker:
             f"{straddling} operations overlapped a restart: their rows are checked only "
             "for at-most-once, failed-absent and no-phantom",
         ]
+
+
+def _shape(op: Op) -> str:
+    """What may matter about a put's shape: rows of one key never share a commit, so a
+    put with two rows of one key is committed in more than one commit."""
+    keys = [item.key for item in op.items]
+    repeated = len(keys) - len(set(keys))
+    if not repeated:
+        return ""
+    return (f"op {op.index} carried {len(keys)} rows over {len(set(keys))} keys, so more "
+            "than one commit")
 
 
 def _ts_token(key: str, row_id: str, a: Timestamp, b: Timestamp) -> tuple[object, ...]:

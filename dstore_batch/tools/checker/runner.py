@@ -347,11 +347,11 @@ class _Run:
                 await self.schedule(faults, c.seconds)
             finally:
                 workload.stop.set()
-                self.say("load stopped; waiting for operations in flight")
-                await asyncio.gather(*tasks, return_exceptions=True)
                 progress.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await progress
+                self.say("load stopped; waiting for operations in flight")
+                await asyncio.gather(*tasks, return_exceptions=True)
                 await faults.heal_all()
             self.say(self.ops_line())
             took = await faults.wait_for_leader(60.0)

@@ -1,0 +1,94 @@
+"""`dstore-batch check`, the CI form: a short run with every fault kind at least once.
+
+The command starts its own emulator, proxies and `serve` processes; the test reads its
+JSON result. Zero anomalies, every fault injected, a run that did what it was asked.
+The checks themselves are tested on hand-made histories in tests/unit/test_checker.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dstore_batch.tools.checker.faults import FAULT_KINDS
+
+SECONDS = 42  # all six faults fit in about 35 s; the whole run takes about a minute
+SEED = 7
+
+
+def test_short_check_with_every_fault(tmp_path: Path) -> None:
+    out = tmp_path / "check.json"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "dstore_batch", "check", "--seconds", str(SECONDS),
+         "--faults", ",".join(FAULT_KINDS), "--nodes", "3", "--seed", str(SEED),
+         "--json", str(out), "--data-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=115, check=False,
+    )
+    wall = time.monotonic() - started
+    print(proc.stdout[-6000:])
+    result = json.loads(out.read_text())
+    report = result["report"]
+    assert report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report["total"] == 0, json.dumps(report["details"][:5], indent=1)
+    assert all(result["faults"][k]["injected"] >= 1 for k in FAULT_KINDS), result["faults"]
+    assert not result["problems"], result["problems"]
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    # Enough happened to mean something.
+    ops = result["operations"]
+    assert ops["put"]["ok"] + ops["put_many"]["ok"] > 500, ops
+    assert ops["get"]["ok"] > 100, ops
+    assert report["checked"]["stale_read"] > 1000 and report["checked"]["lost_ack"] > 100
+    assert report["rows"]["wiped"] > 0  # the emulator restart emptied the database
+    assert "anomalies (must all be 0)" in proc.stdout and "PASS" in proc.stdout
+    assert wall < 120, wall
+
+
+def test_interrupt_leaves_no_process(tmp_path: Path) -> None:
+    # Ctrl-C in the middle of a run: the cluster, the proxies and the emulator go away.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dstore_batch", "check", "--seconds", "60", "--faults",
+         "stop", "--data-dir", str(tmp_path / "run")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # our own group: the signal reaches only the command
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until the cluster is up and under load
+        if "ops " in line:
+            break
+    children = _descendants(proc.pid)
+    assert len(children) >= 4, children  # three nodes and the emulator at least
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 2, rest
+    assert "interrupted" in rest
+    left = [pid for pid in children if _alive(pid)]
+    assert not left, left
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True,
+                         check=True).stdout
+    parents: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        child, parent = (int(x) for x in line.split())
+        parents.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
