@@ -41,7 +41,7 @@ from .check import CHECKS, FinalRead, Report, check_history
 from .faults import FAULT_KINDS, Faults, Rig
 from .history import History, Op, PutItem, Seen
 
-__all__ = ["CheckConfig", "CheckResult", "parse_faults", "run_check", "run_checker"]
+__all__ = ["CheckConfig", "CheckResult", "parse_faults", "recheck", "run_check", "run_checker"]
 
 WARMUP_S = 3.0  # load before the first fault
 WINDOW_S = 10.0  # producers move to fresh keys this often (keeps histories short)
@@ -489,6 +489,16 @@ class _Run:
                 "or something committed them again")
         return CheckResult(self.config, self.history, self.report, injected, self.problems,
                            time.monotonic() - self.started, str(self.log_dir))
+
+
+def recheck(path: str | Path) -> Report:
+    """Check again the history a run left in its folder (``history.json``: written when a
+    run fails, or always with ``--data-dir``)."""
+    data = json.loads(Path(path).read_text())
+    final = [FinalRead(f["node"], f["key"], f["invoke"], f["complete"],
+                       tuple(Seen(i, Timestamp.parse(t), v) for i, t, v in f["rows"]))
+             for f in data.get("final", ())]
+    return check_history(History.from_dict(data), final)
 
 
 def _metric(text: str, name: str) -> float:
