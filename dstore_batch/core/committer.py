@@ -79,6 +79,11 @@ class Committer:
         return future
 
     @property
+    def committing(self) -> bool:
+        """Whether a commit is in flight now."""
+        return self._inflight > 0
+
+    @property
     def accepting(self) -> bool:
         """Whether ``submit`` takes rows now (this node leads and is not draining)."""
         return self._accepting

@@ -66,9 +66,11 @@ class Election:
         lease_s: float,
         metrics: Metrics | None = None,
         reach: Reachability | None = None,
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self._storage = storage
         self._reach = reach
+        self._busy = busy  # whether a fenced commit (which refreshes the lock) is running
         self.lock_name = lock_name
         self.node_id = node_id
         self.lease_s = lease_s
@@ -88,6 +90,7 @@ class Election:
         self._expiry: asyncio.TimerHandle | None = None
         self._db_down_since: float | None = None  # monotonic time of the first failure
         self._last_report = -1e9  # monotonic time of this node's last peer report
+        self._reported: str | None = None  # what it said then
         self._stand_down_until = 0.0  # after stepping down: not a candidate until then
         self._refused_since: float | None = None  # not taking the lock: peers unreachable
 
@@ -263,8 +266,10 @@ class Election:
             if await self._followers_cut_off():
                 await self._step_down(st.token)
                 return
-            if started - (self._valid_until - self.lease_s) < self.lease_s / 3:
-                return  # a commit refreshed the lock a moment ago: no lock write needed
+            if self._busy() or started - (self._valid_until - self.lease_s) < self.lease_s / 3:
+                # A commit refreshed the lock a moment ago, or one in flight will: a lock
+                # write now would only wait behind it (one writer thread).
+                return
             if await self._storage.lock_heartbeat(self.lock_name, st.token):
                 self._extend(started)
             else:
@@ -308,16 +313,22 @@ class Election:
 
     async def _report(self, now: float) -> None:
         """As a follower, tell the group (through the lock table) that this node is alive
-        and whether it can reach the leader, every half lease."""
-        if self._reach is None or now - self._last_report < self.lease_s / 2:
+        and which leader it cannot reach: at once when that changes, else once a lease.
+
+        Few writes on purpose: on the emulator every write of another node can abort the
+        leader's commit (one transaction at a time), and with a slow database an aborted
+        commit costs a lease."""
+        if self._reach is None:
             return
-        self._last_report = now
-        await self._storage.peer_report(self.lock_name, self.node_id,
-                                        self._reach.unreachable())
+        unreachable = self._reach.unreachable()
+        if unreachable == self._reported and now - self._last_report < self.lease_s:
+            return
+        await self._storage.peer_report(self.lock_name, self.node_id, unreachable)
+        self._last_report, self._reported = now, unreachable
 
     async def _live_reports(self) -> list[PeerReport]:
         reports = await self._storage.peer_reports(self.lock_name)
-        # Reports come every half lease: two leases without one means that node is gone.
+        # Reports come at least once a lease: two without one means that node is gone.
         return [r for r in reports if r.age_ms <= 2 * self._lease_ms and r.node != self.node_id]
 
     async def _followers_cut_off(self) -> bool:

@@ -125,6 +125,7 @@ class StoreCore:
             self.storage, lock_name=config.lock_name, node_id=config.node_id,
             lease_s=config.lease_s, metrics=self.metrics,
             reach=_LinkReachability(self) if link is not None else None,
+            busy=lambda: self.committer.committing,
         )
         self.committer = Committer(
             self.storage, config.batch, node_id=config.node_id,
