@@ -44,6 +44,7 @@ from .history import History, Op, PutItem, Seen
 __all__ = ["CheckConfig", "CheckResult", "parse_faults", "recheck", "run_check", "run_checker"]
 
 WARMUP_S = 3.0  # load before the first fault
+TAIL_S = 5.0  # load with no fault at the end, so the final state holds fresh rows
 WINDOW_S = 10.0  # producers move to fresh keys this often (keeps histories short)
 PROGRESS_S = 5.0
 MAX_RETRIES = 2  # re-sends, with the same ids, of a put whose outcome is unknown
@@ -373,7 +374,7 @@ class _Run:
         i = 0
         while kinds:
             kind = kinds[i % len(kinds)]
-            if loop.time() + ESTIMATE_S[kind] > deadline:
+            if loop.time() + ESTIMATE_S[kind] > deadline - min(TAIL_S, seconds / 10):
                 break
             await faults.inject(kind)
             i += 1
