@@ -24,6 +24,8 @@ branch on the three middle classes::
         ├── CommitError            code "commit_failed"    HTTP 504
         ├── LinkLostError          code "link_lost"        (follower: link dropped
         │                                                   after the request was sent)
+        ├── PartialCommitError     code "partial_commit"   HTTP 504 (some rows of the
+        │                                                   request committed, not all)
         └── InternalError          code "internal"         HTTP 500 (a bug on a node)
 
 ``OutcomeUnknownError`` is safe to retry with the same row ids: writes are
@@ -49,6 +51,7 @@ __all__ = [
     "NoLeaderError",
     "NotLeaderError",
     "OutcomeUnknownError",
+    "PartialCommitError",
     "ProtocolError",
     "ReadError",
     "RejectedError",
@@ -186,6 +189,14 @@ class LinkLostError(OutcomeUnknownError):
     code = "link_lost"
 
 
+class PartialCommitError(OutcomeUnknownError):
+    """Some rows of the request were committed and the rest were not (its rows spanned
+    several commits and something failed between them). Re-sending it with the same ids
+    completes it: rows already stored are kept with their timestamps."""
+
+    code = "partial_commit"
+
+
 class InternalError(OutcomeUnknownError):
     """An unexpected failure (a bug) on a node; what it did to the write is unknown."""
 
@@ -209,6 +220,7 @@ _CLASSES: tuple[type[DstoreError], ...] = (
     DeadlineExceededError,
     CommitError,
     LinkLostError,
+    PartialCommitError,
     InternalError,
 )
 _BY_CODE: dict[str, type[DstoreError]] = {cls.code: cls for cls in _CLASSES}

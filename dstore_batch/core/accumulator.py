@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..config import ROW_OVERHEAD_BYTES, BatchConfig
-from ..errors import BusyError, DstoreError
+from ..errors import BusyError, DstoreError, OutcomeUnknownError, PartialCommitError
 from ..types import Row, Timestamp
 
 __all__ = ["Accumulator", "Batch", "Request", "row_bytes"]
@@ -58,8 +58,15 @@ class Request:
             self.future.set_result(self.timestamps)
 
     def fail(self, exc: DstoreError) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
+        if self.future.done():
+            return
+        committed = len(self.rows) - self.remaining
+        if committed and not isinstance(exc, OutcomeUnknownError):
+            # Part of it is stored: "nothing written" would be false.
+            exc = PartialCommitError(
+                f"{committed} of {len(self.rows)} rows were committed before the rest "
+                f"failed ({exc.code}: {exc.message}); re-send with the same ids")
+        self.future.set_exception(exc)
 
 
 @dataclass(slots=True)

@@ -28,6 +28,7 @@ from ..errors import (
     InvalidInputError,
     LinkLostError,
     NoLeaderError,
+    PartialCommitError,
     UnavailableError,
 )
 from ..observability.metrics import Metrics
@@ -403,12 +404,13 @@ class StoreCore:
                     self.link.release(nbytes)
             except TimeoutError:
                 raise _deadline_error(maybe_written or in_flight, timeout, last_error) from None
-            except (UnavailableError, LinkLostError) as exc:
+            except (UnavailableError, LinkLostError, PartialCommitError) as exc:
                 # Unavailable: not written (not_leader, busy, link down). A link lost
-                # after sending: maybe written; the rows go again with the same ids, kept
-                # if already stored. Other outcome-unknown answers (a commit that failed
-                # after the leader's own retries) go to the caller.
-                maybe_written = maybe_written or isinstance(exc, LinkLostError)
+                # after sending, or a request only partly committed: maybe written; the
+                # rows go again with the same ids, kept if already stored. Other
+                # outcome-unknown answers (a commit that failed after the leader's own
+                # retries) go to the caller.
+                maybe_written = maybe_written or not isinstance(exc, UnavailableError)
                 in_flight = False
                 last_error = exc
                 if not isinstance(exc, BusyError):

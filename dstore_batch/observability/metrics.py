@@ -27,7 +27,7 @@ ROLES = ("leader", "follower")
 ERROR_CODES = ("invalid", "empty_key", "invalid_utf8", "invalid_id", "too_large", "key_too_large",
                "value_too_large", "too_many_items", "body_too_large", "unauthorized",
                "not_leader", "busy", "no_leader", "unavailable", "link_down", "deadline",
-               "commit_failed", "link_lost", "internal")
+               "commit_failed", "link_lost", "partial_commit", "internal")
 COMMIT_RESULTS = ("not_leader", "commit_failed", "internal")
 HTTP_PATHS = ("/v1/put", "/v1/put_many", "/v1/get", "/v1/leader", "/v1/peer", "/healthz",
               "/readyz", "/metrics", "other")

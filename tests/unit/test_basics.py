@@ -105,7 +105,8 @@ def test_public_names() -> None:
         "BatchConfig", "BusyError", "Client", "CommitError", "Config", "DeadlineExceededError",
         "DstoreError", "HistoryItem", "InternalError", "InvalidInputError", "LimitsConfig",
         "LinkDownError", "LinkLostError", "NoLeaderError", "NotLeaderError",
-        "OutcomeUnknownError", "ProtocolError", "PutResult", "ReadError", "RejectedError",
+        "OutcomeUnknownError", "PartialCommitError", "ProtocolError", "PutResult",
+        "ReadError", "RejectedError",
         "Store", "SyncClient", "Timestamp", "TooLargeError", "UnauthorizedError",
         "UnavailableError",
     }

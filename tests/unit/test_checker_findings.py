@@ -1,8 +1,7 @@
 """What `dstore-batch check` found, reproduced deterministically (on SQLite, in-process).
 
-Each test here is a bug of the package that the history checker found under faults. They
-are marked ``xfail(strict=True)``: they fail today, and a fix makes them pass, which
-turns the mark into an error, so whoever fixes the bug removes the mark.
+Each test here is a bug of the package that the history checker found under faults. A test
+stays ``xfail(strict=True)`` while its bug is open; the fix removes the mark.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import pytest
 
 from dstore_batch.config import BatchConfig
 from dstore_batch.core.committer import Committer
-from dstore_batch.errors import DstoreError, UnavailableError
+from dstore_batch.errors import DstoreError, PartialCommitError, UnavailableError
 from dstore_batch.observability.metrics import Metrics
 from dstore_batch.storage.base import Fence
 from dstore_batch.storage.sqlite import SQLiteStorage
@@ -23,11 +22,7 @@ from dstore_batch.types import Row
 from tests.helpers import StorageProbe
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a request whose rows span two commits (two rows of one key never share a commit) "
-    "is failed whole with not_leader when leadership is lost between its commits, "
-    "although its first commit is stored: callers are told 'nothing written' "
-    "(failed_but_stored, `dstore-batch check --seed 3`, with emulator-restart)"))
+# Found by `dstore-batch check --seed 3` (with emulator-restart): fixed by PartialCommitError.
 async def test_a_partly_committed_request_is_not_reported_as_not_written(
         tmp_path: Path) -> None:
     storage = StorageProbe(SQLiteStorage(str(tmp_path / "dstore.db")))
@@ -57,7 +52,9 @@ async def test_a_partly_committed_request_is_not_reported_as_not_written(
         stored = await storage.history("k", "all")
         assert len(storage.commits) == 1  # the second commit never started
         assert [r.id for r in stored] == ["id-1"]  # the first is stored
-        # What the request was answered must not say "nothing written".
+        # What the request was answered must not say "nothing written", and must tell
+        # the caller to re-send with the same ids.
+        assert isinstance(caught.value, PartialCommitError), caught.value
         assert not isinstance(caught.value, UnavailableError), (
             f"answered {caught.value.code} ({type(caught.value).__name__}: nothing "
             f"written) with {[r.id for r in stored]} stored")

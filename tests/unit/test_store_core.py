@@ -20,6 +20,7 @@ from dstore_batch.errors import (
     LinkLostError,
     NoLeaderError,
     NotLeaderError,
+    PartialCommitError,
     TooLargeError,
 )
 from dstore_batch.storage.sqlite import SQLiteStorage, sqlite_path
@@ -275,3 +276,16 @@ async def test_a_busy_leader_keeps_its_lease_through_its_commits(sqlite_database
             assert core.is_leader and core.leader_state().token == token
         assert puts > 10 and probe.calls["lock_heartbeat"] <= 1
         probe.heartbeat_gate.set()
+
+
+async def test_a_partly_committed_request_is_sent_again_with_kept_rows(
+    follower: tuple[StoreCore, DirectLink], leader: StoreCore,
+) -> None:
+    # The leader answered partial_commit (some rows stored): the follower re-sends the
+    # same ids marked keep, so the call completes and nothing is stored twice.
+    core, link = follower
+    link.refuse.append(PartialCommitError("1 of 2 rows were committed"))
+    results = await core.put_many([("k", "a"), ("k", "b")], timeout=5)
+    (sent,) = link.sent  # the refused attempt never reached the leader in this fake
+    assert all(r.keep for r in sent)
+    assert [i.id for i in await leader.get("k", "all")] == [r.id for r in reversed(results)]
