@@ -201,16 +201,29 @@ class Committer:
         m = self._metrics
         give_up = time.monotonic() + RETRY_LIMIT_S
         attempt = 0
+        # A failed attempt's outcome is unknown (the commit may have landed and only its
+        # answer been lost): after one, "lost leadership, nothing written" is no longer
+        # true of the batch, so that ending becomes a CommitError too.
+        unknown: CommitError | None = None
         while True:
             fence = self._fence()
             if fence is None:
+                if unknown is not None:
+                    raise CommitError(f"lost leadership while retrying a commit whose "
+                                      f"outcome is unknown ({unknown.message})")
                 raise NotLeaderError("lost leadership before the commit; nothing was written")
             started = time.perf_counter()
             started_mono = time.monotonic()
             aborts_before = getattr(self._storage, "aborted_attempts", 0)
             try:
                 result = await self._storage.commit(batch.rows, self._node_id, fence)
+            except NotLeaderError as exc:
+                if unknown is not None:
+                    raise CommitError(f"{exc.message}, after an attempt whose outcome is "
+                                      f"unknown ({unknown.message})") from exc
+                raise
             except CommitError as exc:
+                unknown = exc
                 waiting = any(not r.future.done() for r in batch.requests())
                 if not exc.transient or not waiting or time.monotonic() > give_up:
                     raise
