@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,6 +40,7 @@ class LeaderState:
 
 
 _NOBODY = LeaderState(None, False, None)
+REPORT_IDLE_LEASES = 10  # a follower with nothing to report writes once in this many
 
 
 class Reachability(Protocol):
@@ -51,6 +52,10 @@ class Reachability(Protocol):
 
     async def reachable(self, nodes: Sequence[str]) -> int:
         """How many of ``nodes`` this node reaches over the peer network now."""
+        ...
+
+    def followers(self) -> Collection[str]:
+        """As leader: the followers whose peer links to this node are open now."""
         ...
 
 
@@ -312,33 +317,40 @@ class Election:
         return self._candidate and now >= self._stand_down_until
 
     async def _report(self, now: float) -> None:
-        """As a follower, tell the group (through the lock table) that this node is alive
-        and which leader it cannot reach: at once when that changes, else once a lease.
+        """As a follower, tell the group (through the lock table) which leader it cannot
+        reach: at once when that changes; while it lasts, once a lease (so the leader
+        sees it fresh); otherwise once every REPORT_IDLE_LEASES leases, as a sign of life
+        for candidates' reachability checks.
 
         Few writes on purpose: on the emulator every write of another node can abort the
         leader's commit (one transaction at a time), and with a slow database an aborted
-        commit costs a lease."""
+        commit costs a lease. On real Spanner they never conflict (other rows)."""
         if self._reach is None:
             return
         unreachable = self._reach.unreachable()
-        if unreachable == self._reported and now - self._last_report < self.lease_s:
+        every = self.lease_s * (1 if unreachable else REPORT_IDLE_LEASES)
+        if unreachable == self._reported and now - self._last_report < every:
             return
         await self._storage.peer_report(self.lock_name, self.node_id, unreachable)
         self._last_report, self._reported = now, unreachable
 
-    async def _live_reports(self) -> list[PeerReport]:
+    async def _reports(self, within_leases: float) -> list[PeerReport]:
         reports = await self._storage.peer_reports(self.lock_name)
-        # Reports come at least once a lease: two without one means that node is gone.
-        return [r for r in reports if r.age_ms <= 2 * self._lease_ms and r.node != self.node_id]
+        limit = within_leases * self._lease_ms
+        return [r for r in reports if r.age_ms <= limit and r.node != self.node_id]
 
     async def _followers_cut_off(self) -> bool:
         """As leader: whether most live nodes (this one included) report that they cannot
         reach it over the peer link. Then the group is better led from elsewhere."""
         if self._reach is None:
             return False
-        live = await self._live_reports()
-        against = sum(1 for r in live if r.unreachable == self.node_id)
-        return 2 * against > len(live) + 1
+        # Complaints are refreshed every lease: two without one and it is over.
+        against = {r.node for r in await self._reports(2) if r.unreachable == self.node_id}
+        if not against:
+            return False
+        # The live nodes: those linked to this leader now, and those complaining.
+        live = against | set(self._reach.followers())
+        return 2 * len(against) > len(live) + 1
 
     async def _step_down(self, token: Timestamp) -> None:
         # Not a candidate for two leases, so that a node the others can reach takes the
@@ -356,7 +368,7 @@ class Election:
         other live nodes. A node cut off from the group must not lead it."""
         if self._reach is None:
             return True
-        others = [r.node for r in await self._live_reports()]
+        others = [r.node for r in await self._reports(REPORT_IDLE_LEASES + 2)]
         if not others:
             return True
         reached = await self._reach.reachable(others)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, Self, TypeVar
 
@@ -134,6 +135,7 @@ class StoreCore:
             heartbeat=self.election.heartbeat_succeeded,
         )
         self._keeper: asyncio.Task[None] | None = None
+        self._links_in: Counter[str] = Counter()  # followers linked to this node now
         self._active_puts = 0  # put calls through this node not yet answered
         self._no_puts = asyncio.Event()  # set while _active_puts == 0
         self._no_puts.set()
@@ -313,7 +315,21 @@ class StoreCore:
         """Count a put that a front end refused before it reached ``put``."""
         self.metrics.puts.labels(op, error.code).inc()
 
-    # -- the link to the leader --------------------------------------------------------
+    # -- the links to and from this node ----------------------------------------------
+
+    def link_opened(self, peer: str) -> None:
+        """A follower linked to this node (the leader end of the peer link says so)."""
+        self._links_in[peer] += 1
+
+    def link_closed(self, peer: str) -> None:
+        """A follower's link to this node closed."""
+        self._links_in[peer] -= 1
+        if self._links_in[peer] <= 0:
+            del self._links_in[peer]
+
+    def linked_followers(self) -> list[str]:
+        """The followers with a link to this node open now."""
+        return list(self._links_in)
 
     async def _keep_link(self) -> None:
         """As a follower, keep the link to the leader open, puts or not: a link that
@@ -438,6 +454,9 @@ class _LinkReachability:
 
     async def reachable(self, nodes: Sequence[str]) -> int:
         return await self._core.link.reachable(nodes)
+
+    def followers(self) -> list[str]:
+        return self._core.linked_followers()
 
 
 def _deadline_error(maybe_written: bool, timeout: float, last: DstoreError | None

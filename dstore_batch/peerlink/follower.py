@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 FRAME_TARGET_BYTES = 4 * 1024 * 1024  # coalesce requests up to about this much per frame
 CONNECT_TIMEOUT_S = 2.0
-PROBE_TIMEOUT_S = 1.0
 
 
 class ByteBudget:
@@ -193,12 +192,14 @@ class PeerLink:
         scheme: str = "http",
         ssl_context: ssl.SSLContext | None = None,
         heartbeat_s: float | None = None,
+        probe_timeout_s: float = 1.0,
     ) -> None:
         self.node_id = node_id
         # Pings on an open link: a leader that stops answering (a cut network sends no
         # error, only silence) is noticed within this, not at the next put's deadline.
         self._heartbeat_s = heartbeat_s
         self._failing_since: dict[str, float] = {}  # leader -> first failure (monotonic)
+        self._probe_timeout_s = probe_timeout_s
         self.budget = ByteBudget(inflight_bytes)
         self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         self._scheme = scheme
@@ -248,7 +249,7 @@ class PeerLink:
         async def probe(node: str) -> bool:
             try:
                 async with session.get(f"{self._scheme}://{node}/healthz", ssl=self._ssl,
-                                       timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+                                       timeout=aiohttp.ClientTimeout(total=self._probe_timeout_s)
                                        ) as resp:
                     return resp.status == 200
             except (aiohttp.ClientError, OSError, TimeoutError):

@@ -41,6 +41,14 @@ class Intake(Protocol):
         """Whether this node takes puts as leader now."""
         ...
 
+    def link_opened(self, peer: str) -> None:
+        """A follower's link to this node is up (after its hello)."""
+        ...
+
+    def link_closed(self, peer: str) -> None:
+        """That follower's link is down."""
+        ...
+
     def submit(self, rows: Sequence[Row], source: str) -> asyncio.Future[list[Timestamp]]:
         """Check ``rows`` against the limits and queue them for commit.
 
@@ -150,6 +158,7 @@ async def serve_follower(ws: web.WebSocketResponse, intake: Intake, metrics: Met
                 await ws.send_bytes(protocol.encode_welcome(node_id))
                 log.info("node %s: follower %s connected", node_id, peer)
                 session = _Session(intake, ws, peer, metrics)
+                intake.link_opened(peer)
                 writer = asyncio.create_task(session.writer(), name=f"peer-acks:{peer}")
                 continue
             session.handle(frame)
@@ -164,6 +173,8 @@ async def serve_follower(ws: web.WebSocketResponse, intake: Intake, metrics: Met
         await ws.close(code=code, message=exc.code.encode())
     finally:
         metrics.peer_connections.labels("leader").dec()
+        if session is not None:
+            intake.link_closed(peer)
         if session is not None and writer is not None:
             # Acks already queued go out if the socket still takes them; the follower
             # re-sends whatever it does not hear back about.

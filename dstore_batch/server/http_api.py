@@ -200,7 +200,9 @@ async def _peer(request: web.Request) -> web.StreamResponse:
                     core.node_id, request.remote)
         raise
     max_bytes = config.limits.max_request_bytes + 65536
-    ws = web.WebSocketResponse(max_msg_size=max_bytes)
+    # Pings from this end too: a follower that vanished behind a cut network is dropped
+    # from the leader's count of linked followers within a lease.
+    ws = web.WebSocketResponse(max_msg_size=max_bytes, heartbeat=config.lease_s / 2)
     await ws.prepare(request)
     request.app[SOCKETS_KEY].add(ws)
     await serve_follower(ws, core, core.metrics, max_bytes=max_bytes,

@@ -69,6 +69,8 @@ class Store:
             ssl_context=client_ssl(config),
             inflight_bytes=config.batch.follower_inflight_bytes,
             heartbeat_s=config.lease_s / 2,
+            # Probes run inside an election round, which must end within a lease.
+            probe_timeout_s=config.lease_s / 4,
         )
         self.core = StoreCore(config, storage=storage, metrics=self.metrics, link=self.peer)
         self._runners: list[web.AppRunner] = []

@@ -23,6 +23,10 @@ class Scripted:
 
     cannot_reach: str | None = None
     reaches: int | None = None  # None: every node asked about
+    linked: tuple[str, ...] = ()  # as leader: the followers linked to it
+
+    def followers(self) -> tuple[str, ...]:
+        return self.linked
 
     def unreachable(self) -> str | None:
         return self.cannot_reach
@@ -79,6 +83,8 @@ async def test_a_minority_that_cannot_reach_the_leader_moves_nothing(tmp_path: P
     async with group(tmp_path, 3) as nodes:
         elections = [e for e, _, _ in nodes]
         leader = await settle(elections, 3 * LEASE_S)
+        next(r for e, r, _ in nodes if e is leader).linked = tuple(
+            e.node_id for e in elections if e is not leader)
         complainer = next(r for e, r, _ in nodes if e is not leader)
         complainer.cannot_reach = leader.node_id
         await asyncio.sleep(4 * LEASE_S)  # the scenario: four leases of one complaint
