@@ -290,6 +290,8 @@ class _Run:
 
     def setup(self) -> Rig:
         c = self.config
+        self.say(f"seed {self.seed}; faults {','.join(c.faults) or 'none'}; {c.seconds:.0f} s "
+                 f"of load on {c.nodes} nodes")
         self.emulator = Emulator(binary=c.emulator_bin).start()
         database = self.emulator.create_database("check", project="check-project",
                                                  instance="check-instance")
