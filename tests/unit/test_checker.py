@@ -14,6 +14,7 @@ from dstore_batch.errors import (
     LinkLostError,
     NoLeaderError,
     NotLeaderError,
+    PartialCommitError,
 )
 from dstore_batch.tools.checker.check import CHECKS, FinalRead, Report, check_history
 from dstore_batch.tools.checker.history import (
@@ -324,6 +325,7 @@ def test_history_round_trips_through_json(tmp_path: object) -> None:
     (InvalidInputError(), "failed"),
     (DeadlineExceededError(), "unknown"),
     (LinkLostError(), "unknown"),
+    (PartialCommitError(), "unknown"),
     (TimeoutError(), "unknown"),
     (aiohttp.ServerDisconnectedError(), "unknown"),
     (ConnectionResetError(), "unknown"),
