@@ -118,9 +118,13 @@ class Faults:
         finally:
             event.end, event.end_wall = time.monotonic(), time.time()
         event.recovered_s = await self.wait_for_leader(30.0)
-        self.say(f"<<< {kind} healed; leader agreed "
-                 + (f"after {event.recovered_s:.2f}s" if event.recovered_s is not None
-                    else "NOT within 30s"))
+        if event.recovered_s is not None:
+            self.say(f"<<< {kind} healed; leader agreed after {event.recovered_s:.2f}s")
+        else:
+            answers = await asyncio.to_thread(self.rig.cluster.leaders)
+            event.error_after = f"no agreed leader 30 s after healing: {answers}"
+            self.say(f"<<< {kind} healed; leader agreed NOT within 30s; /v1/leader answers "
+                     f"{answers}")
         return event
 
     def _begin(self, event: FaultEvent, target: str, detail: str) -> None:

@@ -153,6 +153,7 @@ class FaultEvent:
     end_wall: float | None = None
     recovered_s: float | None = None  # healed -> every live node names one leader
     error: str | None = None  # the injection itself failed
+    error_after: str | None = None  # what was wrong after it was healed
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "target": self.target, "detail": self.detail,
@@ -161,7 +162,7 @@ class FaultEvent:
                 "end_wall": None if self.end_wall is None else round(self.end_wall, 6),
                 "recovered_s": (None if self.recovered_s is None
                                 else round(self.recovered_s, 3)),
-                "error": self.error}
+                "error": self.error, "error_after": self.error_after}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FaultEvent:

@@ -88,6 +88,7 @@ class CheckResult:
     problems: list[str] = field(default_factory=list)  # why the run itself fell short
     wall_s: float = 0.0
     log_dir: str = ""
+    started: float = 0.0  # monotonic time the run began (progress lines count from it)
 
     @property
     def exit_code(self) -> int:
@@ -491,7 +492,7 @@ class _Run:
                 "emulator restart are still stored: the restart did not empty the database, "
                 "or something committed them again")
         return CheckResult(self.config, self.history, self.report, injected, self.problems,
-                           time.monotonic() - self.started, str(self.log_dir))
+                           time.monotonic() - self.started, str(self.log_dir), self.say.t0)
 
 
 def recheck(path: str | Path) -> Report:
@@ -541,6 +542,10 @@ def render(result: CheckResult) -> str:
                      sum(1 for e in events if e.recovered_s is None)])
     lines += _table(rows, ["fault", "injected", "max s to agreed leader", "no leader in 30s"],
                      "<>>>")
+    for e in h.faults:
+        if e.error_after:
+            lines.append(f"  after {e.kind} at {e.start - result.started:.1f}s "
+                         f"({e.detail}): {e.error_after}")
     lines += ["", "operations"]
     counts = h.counts()
     lines += _table([[k, v["ok"], v["failed"], v["unknown"], sum(v.values())]
