@@ -100,8 +100,9 @@ class Faults:
 
     # -- injection --------------------------------------------------------------------------
 
-    async def inject(self, kind: str) -> FaultEvent:
-        """Inject ``kind``, heal it, wait for the group to agree on a leader again."""
+    async def inject(self, kind: str, agree_s: float = 30.0) -> FaultEvent:
+        """Inject ``kind``, heal it, wait (up to ``agree_s``) for the group to agree on a
+        leader again."""
         handler = {
             "kill": self._kill, "stop": self._stop, "peer-partition": self._peer_partition,
             "db-partition": self._db_partition, "db-latency": self._db_latency,
@@ -117,14 +118,14 @@ class Faults:
             await self.heal_all()
         finally:
             event.end, event.end_wall = time.monotonic(), time.time()
-        event.recovered_s = await self.wait_for_leader(30.0)
+        event.recovered_s = await self.wait_for_leader(agree_s)
         if event.recovered_s is not None:
             self.say(f"<<< {kind} healed; leader agreed after {event.recovered_s:.2f}s")
         else:
             answers = await asyncio.to_thread(self.rig.cluster.leaders)
-            event.error_after = f"no agreed leader 30 s after healing: {answers}"
-            self.say(f"<<< {kind} healed; leader agreed NOT within 30s; /v1/leader answers "
-                     f"{answers}")
+            event.error_after = f"no agreed leader {agree_s:.0f} s after healing: {answers}"
+            self.say(f"<<< {kind} healed; leader agreed NOT within {agree_s:.0f}s; /v1/leader "
+                     f"answers {answers}")
         return event
 
     def _begin(self, event: FaultEvent, target: str, detail: str) -> None:
