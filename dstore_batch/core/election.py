@@ -40,7 +40,7 @@ class LeaderState:
 
 
 _NOBODY = LeaderState(None, False, None)
-REPORT_IDLE_LEASES = 10  # a follower with nothing to report writes once in this many
+REPORT_IDLE_LEASES = 5  # a follower with nothing to report writes once in this many
 
 
 class Reachability(Protocol):
@@ -144,8 +144,14 @@ class Election:
 
     def _expire(self) -> None:
         self._expiry = None
-        if self._state.is_leader and time.monotonic() >= self._valid_until:
-            self._set_state(_NOBODY, "lease ran out without a heartbeat")
+        if not self._state.is_leader:
+            return
+        remaining = self._valid_until - time.monotonic()
+        if remaining > 0:
+            # Fired early (uvloop's timers have millisecond resolution): wait the rest.
+            self._expiry = asyncio.get_running_loop().call_later(remaining, self._expire)
+            return
+        self._set_state(_NOBODY, "lease ran out without a heartbeat")
 
     def add_listener(self, fn: Callable[[LeaderState, LeaderState], None]) -> None:
         """Call ``fn(old, new)`` on every change of state (in the event loop)."""
@@ -288,7 +294,7 @@ class Election:
             self._set_state(LeaderState(lock.writer if fresh else None, False, None))
             return
         if (lock.token is None or lock.age_ms is None or lock.age_ms > self._lease_ms) and (
-                not await self._peers_reachable()):
+                not await self._peers_reachable(lock.writer)):
             self._set_state(_NOBODY, "lock free, but this node reaches too few peers")
             return
         if lock.token is None:
@@ -363,12 +369,16 @@ class Election:
         except Exception as exc:  # the lock then simply expires
             log.warning("node %s could not release the lock: %r", self.node_id, exc)
 
-    async def _peers_reachable(self) -> bool:
+    async def _peers_reachable(self, old_leader: str | None) -> bool:
         """Before taking a free lock: whether this node reaches at least half of the
-        other live nodes. A node cut off from the group must not lead it."""
+        other live nodes. A node cut off from the group must not lead it.
+
+        The leader whose lease ran out is not counted: it is gone, or stepped down
+        because the others could not reach it."""
         if self._reach is None:
             return True
-        others = [r.node for r in await self._reports(REPORT_IDLE_LEASES + 2)]
+        others = [r.node for r in await self._reports(REPORT_IDLE_LEASES + 2)
+                  if r.node != old_leader]
         if not others:
             return True
         reached = await self._reach.reachable(others)

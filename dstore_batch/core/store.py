@@ -315,6 +315,13 @@ class StoreCore:
         """Count a put that a front end refused before it reached ``put``."""
         self.metrics.puts.labels(op, error.code).inc()
 
+    def _db_note(self) -> str:
+        """What a deadline error adds when this node cannot reach the database."""
+        if self.election.database_reachable:
+            return ""
+        return (f"; this node cannot reach the database {self.config.database}, so it "
+                f"does not know the leader")
+
     # -- the links to and from this node ----------------------------------------------
 
     def link_opened(self, peer: str) -> None:
@@ -394,7 +401,7 @@ class StoreCore:
         last_error: DstoreError | None = None
         while True:
             if deadline - loop.time() <= 0:
-                raise _deadline_error(maybe_written, timeout, last_error)
+                raise _deadline_error(maybe_written, timeout, last_error, self._db_note())
             state = self.election.state
             try:
                 if state.is_leader:
@@ -419,7 +426,8 @@ class StoreCore:
                 finally:
                     self.link.release(nbytes)
             except TimeoutError:
-                raise _deadline_error(maybe_written or in_flight, timeout, last_error) from None
+                raise _deadline_error(maybe_written or in_flight, timeout, last_error,
+                                      self._db_note()) from None
             except (UnavailableError, LinkLostError, PartialCommitError) as exc:
                 # Unavailable: not written (not_leader, busy, link down). A link lost
                 # after sending, or a request only partly committed: maybe written; the
@@ -459,9 +467,10 @@ class _LinkReachability:
         return self._core.linked_followers()
 
 
-def _deadline_error(maybe_written: bool, timeout: float, last: DstoreError | None
-                    ) -> DstoreError:
+def _deadline_error(maybe_written: bool, timeout: float, last: DstoreError | None,
+                    note: str = "") -> DstoreError:
     why = f" (last error: {last.code}: {last.message})" if last else ""
+    why += note
     if maybe_written:
         return DeadlineExceededError(
             f"no ack within {timeout}s; the put may or may not be committed, "

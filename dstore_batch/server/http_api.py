@@ -16,6 +16,8 @@ from typing import Any
 
 import msgpack
 from aiohttp import WSCloseCode, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..core.store import StoreCore
@@ -61,6 +63,10 @@ async def _body(request: web.Request) -> Any:
         limit = _core(request).config.limits.max_request_bytes
         raise TooLargeError(f"request body is over {limit} bytes",
                             code="body_too_large") from None
+    except (RequestPayloadError, HttpProcessingError, ConnectionError) as exc:
+        # A body that does not decode by its Content-Encoding, or a client gone before
+        # its Content-Length arrived: the request's fault, not the node's.
+        raise InvalidInputError(f"request body could not be read: {exc}") from None
     try:
         if request.content_type == MSGPACK:
             return msgpack.unpackb(data, raw=False)

@@ -43,7 +43,8 @@ class _QuietMalformedRequests(logging.Filter):
         if not isinstance(exc, HttpProcessingError):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        record.msg, record.args = f"{record.getMessage()}: {exc.message}", ()
+        reason = str(exc.message).strip().splitlines()[0] if exc.message else type(exc).__name__
+        record.msg, record.args = f"{record.getMessage()}: {reason}", ()
         record.exc_info = record.exc_text = None
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 

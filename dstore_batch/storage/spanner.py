@@ -30,7 +30,7 @@ from google.cloud import spanner
 from google.cloud.spanner_v1 import Mutation, param_types
 from google.cloud.spanner_v1.keyset import KeyRange, KeySet
 
-from ..errors import CommitError, NotLeaderError, ReadError
+from ..errors import CommitError, DstoreError, NotLeaderError, ReadError
 from ..types import CommitResult, HistoryItem, Row, Timestamp
 from .base import Fence, HistoryLimit, LockState, PeerReport, peer_row_prefix
 
@@ -183,6 +183,7 @@ class SpannerStorage:
         self._db: Any = None
         self._client: Any = None
         self._abort_lock = threading.Lock()
+        self._closing = False
         self.aborted_attempts = 0  # read-write attempts the database aborted and we retried
 
     async def start(self) -> None:
@@ -197,6 +198,7 @@ class SpannerStorage:
         # keeps restarting against an unreachable database included), so the pools'
         # threads finish. Not Database.close(): in 3.71 it joins the session manager's
         # maintenance thread, which sleeps for minutes; that thread is a daemon.
+        self._closing = True
         if self._db is not None:
             with contextlib.suppress(Exception):
                 self._db.spanner_api.transport.close()
@@ -235,6 +237,15 @@ class SpannerStorage:
             if writes:
                 raise CommitError(f"{what}; the write may or may not be committed",
                                   transient=True) from None
+            raise ReadError(what) from None
+        except Exception as exc:
+            if not self._closing or isinstance(exc, DstoreError):
+                raise
+            # close() closed the channel under a call in flight (its client raises a
+            # bare ValueError then): the call is over, and says so by type.
+            what = f"database {self.database_path}: this node is stopping ({exc!r})"
+            if writes:
+                raise CommitError(f"{what}; the write may or may not be committed") from None
             raise ReadError(what) from None
 
     def _transact(self, work: Callable[[Any], T]) -> tuple[T, Timestamp]:

@@ -158,12 +158,7 @@ async def test_stop_of_a_cut_follower_with_a_get_in_flight_is_prompt(
 
 @pytest.mark.parametrize("fault", [
     "blackhole",
-    pytest.param("reset", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: a get retrying against a reset database when stop() closes the gRPC channel "
-        "raises a bare ValueError('Cannot invoke RPC: Channel closed!') from Store.get: "
-        "storage/spanner.py:328-331 (history) turns only GoogleAPICallError, RetryError "
-        "and grpc.RpcError into ReadError; the channel closed by close() (spanner.py:202) "
-        "makes the client's next restart of the streaming read raise ValueError"))),
+    "reset",
 ])
 async def test_a_get_in_flight_when_a_cut_node_stops_ends_with_a_typed_error(
     database: str, emulator: Emulator, proxy: FaultProxy, fault: Fault
@@ -213,13 +208,6 @@ async def test_put_through_a_cut_leader_fails_with_a_typed_error_in_time(
               f"{later_took:.2f}s")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a put on a cut node that no longer knows a leader (it cannot read the lock) "
-    "waits its whole deadline and ends in NoLeaderError 'no leader accepted the put "
-    "within 3s; nothing written': core/store.py:404 waits for a leader and "
-    "_deadline_error (store.py:462-473) names no cause, though the node knows the "
-    "database is unreachable (election.database_reachable; /readyz says so): the 503 "
-    "does not name the database, as the outage issue asks of every error it causes"))
 async def test_put_on_a_cut_node_without_a_leader_names_the_database(
     database: str, emulator: Emulator, proxy: FaultProxy
 ) -> None:
@@ -246,14 +234,6 @@ async def test_stop_of_an_idle_cut_leader_is_bounded(
     assert took <= DB_TIMEOUT_S + 1, took
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (since the reachability rule, a31a4c6/8cc39c5): in a two-node group the node "
-    "left never takes the lock from a leader that stopped (or died) until that node's "
-    "last peer report is REPORT_IDLE_LEASES + 2 = 12 leases old: core/election.py "
-    "_peers_reachable counts the stopped node as a live peer it cannot reach (0 of 1) "
-    "and refuses the free lock. Measured 24.5 s with a 2 s lease here (and 21.4 s after "
-    "a clean stop() of the leader, SQLite, no fault); the election's docstring promises "
-    "~1.25 leases"))
 async def test_the_other_node_takes_over_from_a_stopped_cut_leader(
     database: str, emulator: Emulator, proxy: FaultProxy
 ) -> None:

@@ -303,10 +303,6 @@ async def test_malformed_request_lines_log_no_error_and_no_traceback(
     assert "Traceback" not in caplog.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: server/node.py:46 _QuietMalformedRequests appends aiohttp's exc.message, which "
-    "spans several lines (the reason, a blank line, the offending bytes and a caret): "
-    "each malformed request is one DEBUG record but 3-5 lines of log, not one line"))
 async def test_malformed_request_lines_log_one_line_each(
     node: Store, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -103,13 +103,7 @@ async def test_a_put_whose_commit_outcome_is_unknown_is_never_called_unwritten(
 
 @pytest.mark.parametrize("early", [
     0.0,
-    pytest.param(0.002, marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: core/election.py:145-148 _expire does nothing when its timer fires before "
-        "_valid_until by time.monotonic() (uvloop's timers have millisecond resolution: "
-        "5 of 20 trials under uvloop) and never re-arms, so the cached state stays "
-        "'leader' until a round succeeds: the committer keeps accepting followers' puts "
-        "and fails each batch with not_leader (a WARNING per batch: ~100 lines in the "
-        "20 s outage of tests/multiprocess/test_outage.py), dstore_is_leader stays 1"))),
+    0.002,
 ])
 async def test_a_lease_that_runs_out_ends_leadership_even_if_its_timer_fires_early(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, early: float,

@@ -71,6 +71,12 @@ class DirectLink:
     def release(self, nbytes: int) -> None:
         self.reserved -= nbytes
 
+    def failing_for(self, leader: str) -> float:
+        return 0.0
+
+    async def reachable(self, nodes: Sequence[str]) -> int:
+        return len(nodes)
+
 
 @dataclass
 class DirectConnection:
