@@ -46,6 +46,10 @@ MUTATIONS_PER_ROW = len(LOG_COLUMNS)
 # The emulator sends no retry delay with an abort, and the client then sleeps
 # 2**attempt seconds. Our own transactions are serialized, so a short retry is right.
 ABORT_RETRY_DELAY_S = 0.02
+# Errors that say the database no longer knows this client's session; after a few in a
+# row, the storage makes a new client.
+STALE_SESSION_SIGNS = ("Session not found", "Invalid transaction ID")
+STALE_SESSION_ERRORS = 3
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -184,14 +188,32 @@ class SpannerStorage:
         self._client: Any = None
         self._abort_lock = threading.Lock()
         self._closing = False
+        self._stale = 0  # calls in a row that failed for a session the database forgot
         self.aborted_attempts = 0  # read-write attempts the database aborted and we retried
 
     async def start(self) -> None:
-        def connect() -> Any:
-            self._client = spanner_client(self.project, self.emulator_host)
-            return self._client.instance(self.instance_id).database(self.database_id)
+        self._db = await self._run(self._reader, self._connect)
 
-        self._db = await self._run(self._reader, connect)
+    def _connect(self) -> Any:
+        self._client = spanner_client(self.project, self.emulator_host)
+        return self._client.instance(self.instance_id).database(self.database_id)
+
+    async def _reconnect(self) -> None:
+        """A new client, sessions and channel, after the database forgot ours.
+
+        After an emulator restart (or a database re-created) the client can keep failing
+        every call with "Session not found" or "Invalid transaction ID" for minutes:
+        it holds on to a session and transaction ids the database no longer knows.
+        """
+        old = self._db
+        self._stale = 0
+        self._db = await asyncio.get_running_loop().run_in_executor(self._reader,
+                                                                     self._connect)
+        log.warning("spanner storage: the database forgot this node's session; "
+                    "reconnected to %s", self.database_path)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.spanner_api.transport.close()
 
     async def close(self) -> None:
         # Closing the gRPC channel ends every call still in flight (a read the client
@@ -229,9 +251,17 @@ class SpannerStorage:
         (it may still commit: the thread is not stopped, only no longer waited for).
         """
         loop = asyncio.get_running_loop()
+        if self._stale >= STALE_SESSION_ERRORS and not self._closing:
+            await self._reconnect()
         try:
             async with asyncio.timeout(self._timeout):
-                return await loop.run_in_executor(pool, functools.partial(fn, *args))
+                result = await loop.run_in_executor(pool, functools.partial(fn, *args))
+            self._stale = 0
+            return result
+        except gexc.GoogleAPICallError as exc:
+            if any(sign in exc.message for sign in STALE_SESSION_SIGNS):
+                self._stale += 1
+            raise  # the caller types it (commit: CommitError, history: ReadError)
         except TimeoutError:
             what = f"database {self.database_path} did not answer within {self._timeout:g}s"
             if writes:
