@@ -13,6 +13,7 @@ from typing import Any, Self
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..config import Config
 from ..core.election import LeaderState
@@ -40,10 +41,13 @@ class _QuietMalformedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError):
+        # Also a body that cannot be read (bad Content-Encoding, cut short): aiohttp
+        # raises it again while it drains the rest after our 400 answer.
+        if not isinstance(exc, (HttpProcessingError, RequestPayloadError)):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        reason = str(exc.message).strip().splitlines()[0] if exc.message else type(exc).__name__
+        text = str(getattr(exc, "message", "") or exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
         record.msg, record.args = f"{record.getMessage()}: {reason}", ()
         record.exc_info = record.exc_text = None
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
