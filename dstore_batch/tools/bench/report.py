@@ -35,6 +35,13 @@ def summarize(raw: dict[str, Any], seconds: float) -> dict[str, Any]:
         "cpu_s": raw.get("cpu", {}),
         "leader_changes": raw.get("leader_changes", 0),
     }
+    cpu = raw.get("cpu", {})
+    if window["puts"]:
+        # Process CPU in the window per row acked in it (emulator and client included).
+        out["cpu_us_per_row"] = {k: v / window["puts"] * 1e6 for k, v in cpu.items()
+                                 if "whole run" not in k}
+    if commits and "leader" in cpu:
+        out["leader_cpu_ms_per_commit"] = cpu["leader"] / commits * 1000
     if "follower_latencies_us" in raw:
         out["follower_p50_ms"] = percentiles([us / 1e6 for us in raw["follower_latencies_us"]])[
             "p50_ms"]

@@ -125,7 +125,7 @@ def _run_mode(mode: str, spec: WorkloadSpec, args: argparse.Namespace) -> dict[s
         elif mode == "client":
             from .client_mode import run_client_mode
 
-            raw = run_client_mode(database, host, spec)
+            raw = run_client_mode(database, host, spec, args)
         elif mode == "low-load":
             # One producer per node, single puts only, against one-row commits.
             low = replace(spec, producers=1, mix=0.0)
@@ -190,8 +190,20 @@ def run_bench(args: argparse.Namespace) -> int:
     if "funnel" in results and "per-put" in results:
         ratios["funnel/per-put"] = _ratio(results["funnel"]["puts_s"],
                                           results["per-put"]["puts_s"])
+    if "funnel" in results and "client" in results:
+        # Like with like: the same workload (--mix 0: single puts, 1: put_many) from
+        # producers inside the nodes against producers outside them over HTTP.
+        ratios["client/funnel"] = _ratio(results["client"]["puts_s"],
+                                         results["funnel"]["puts_s"])
     for name, value in ratios.items():
         print(f"{name}: {value:,.2f}")
+    for mode, r in results.items():
+        per_row = r.get("cpu_us_per_row", {})
+        if per_row:
+            print(f"{mode}: CPU per row (us): " + ", ".join(
+                f"{k} {v:,.0f}" for k, v in per_row.items()) +
+                f"; leader CPU per commit {r.get('leader_cpu_ms_per_commit', float('nan')):.2f}"
+                " ms")
     if "low-load" in results:
         low = results["low-load"]
         print(f"low load: one put through a follower p50 {low['follower_p50_ms']:.2f} ms vs a "
