@@ -42,11 +42,13 @@ BACKOFF_S = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class _Pending:
-    __slots__ = ("future", "item")
+    __slots__ = ("fresh", "future", "item")
 
-    def __init__(self, item: dict[str, Any], future: asyncio.Future[PutResult]) -> None:
+    def __init__(self, item: dict[str, Any], future: asyncio.Future[PutResult],
+                 fresh: bool) -> None:
         self.item = item
         self.future = future
+        self.fresh = fresh  # its id was made here and has not been sent yet
 
 
 class Client:
@@ -108,7 +110,7 @@ class Client:
         """Append ``value`` to ``key``, coalesced with concurrent puts. Raises as Store.put."""
         item = _wire_item(key, value, no_append, id)
         future: asyncio.Future[PutResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(item, future))
+        self._pending.append(_Pending(item, future, id is None))
         self._pending_bytes += len(key) + len(value) + 64
         if (len(self._pending) >= self.max_batch_items
                 or self._pending_bytes >= self.max_batch_bytes):
@@ -129,12 +131,19 @@ class Client:
                        ) -> list[PutResult]:
         """Append many items (``(key, value[, no_append])`` or mappings with an optional
         ``id``), split into requests under the batch limits; results in input order."""
-        prepared = [_from_caller(it, i) for i, it in enumerate(items)]
+        prepared = []
+        fresh = True  # no id came from the caller: all were made here, never sent
+        for i, it in enumerate(items):
+            wire, given = _from_caller(it, i)
+            prepared.append(wire)
+            fresh = fresh and not given
         if not prepared:
             raise InvalidInputError("a put needs at least one item")
         deadline = asyncio.get_running_loop().time() + (timeout or self.timeout_s)
         chunks = list(self._chunks(prepared))
-        parts = await asyncio.gather(*(self._put_chunk(c, deadline) for c in chunks),
+        if len(chunks) == 1:  # the common case: no gather, no extra task
+            return await self._put_chunk(chunks[0], deadline, fresh)
+        parts = await asyncio.gather(*(self._put_chunk(c, deadline, fresh) for c in chunks),
                                      return_exceptions=True)
         errors = [p for p in parts if isinstance(p, BaseException)]
         if not errors:
@@ -194,17 +203,18 @@ class Client:
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
 
-    async def _send_coalesced(self, batch: list[_Pending]) -> None:
+    async def _send_coalesced(self, batch: list[_Pending], retry: bool = False) -> None:
         deadline = asyncio.get_running_loop().time() + self.timeout_s
+        fresh = not retry and all(p.fresh for p in batch)
         try:
-            results = await self._put_chunk([p.item for p in batch], deadline)
+            results = await self._put_chunk([p.item for p in batch], deadline, fresh)
         except RejectedError as exc:
             if len(batch) == 1:
                 _settle(batch[0].future, exc)
                 return
             # One bad item refuses the whole request: send each alone, so only the bad
             # one fails (ids are fixed, so this cannot store anything twice).
-            await asyncio.gather(*(self._send_coalesced([p]) for p in batch))
+            await asyncio.gather(*(self._send_coalesced([p], True) for p in batch))
             return
         except DstoreError as exc:
             for p in batch:
@@ -218,25 +228,46 @@ class Client:
             if not p.future.done():
                 p.future.set_result(r)
 
-    async def _put_chunk(self, items: list[dict[str, Any]], deadline: float) -> list[PutResult]:
+    async def _put_chunk(self, items: list[dict[str, Any]], deadline: float,
+                         fresh: bool = False) -> list[PutResult]:
+        # ``fresh`` (every id made here, never sent): the first attempt says so, and the
+        # leader skips reading for rows already stored under these ids. A retry may
+        # follow a request that was written, so it never says so.
         body = await self._call("POST", "/v1/put_many", None, {"items": items}, deadline,
-                                idempotent=True)
-        return [PutResult(r["id"], Timestamp.parse(r["timestamp"])) for r in body["results"]]
+                                idempotent=True, fresh=fresh)
+        # The rows of one commit share a timestamp: parse each distinct text once.
+        stamps: dict[str, Timestamp] = {}
+        out = []
+        for r in body["results"]:
+            text = r["timestamp"]
+            ts = stamps.get(text)
+            if ts is None:
+                ts = stamps[text] = Timestamp.parse(text)
+            out.append(PutResult(r["id"], ts))
+        return out
 
     # -- one request, retried -----------------------------------------------------------------
 
     async def _call(self, method: str, path: str, query: dict[str, str] | None,
-                    payload: Any, deadline: float, *, idempotent: bool) -> Any:
+                    payload: Any, deadline: float, *, idempotent: bool,
+                    fresh: bool = False) -> Any:
         if self._session is None:
             raise RuntimeError("use the Client as `async with Client(...)`")
         loop = asyncio.get_running_loop()
-        data = msgpack.packb(payload) if payload is not None else None
+        data = None
+        if fresh:
+            data = _packb({**payload, "fresh": True})
+        elif payload is not None:
+            data = _packb(payload)
         sent = False
         last: DstoreError | None = None
         for attempt in itertools.count():
             node = self.nodes[next(self._rr)]
             if loop.time() >= deadline:
                 break
+            if attempt and fresh:
+                # The first attempt may have written the rows: no longer fresh.
+                data, fresh = _packb(payload), False
             # Counted as sent from here on: a timeout or a cut connection may come after
             # the node has the request; only a failed connect proves it never got it.
             sent_before, sent = sent, True
@@ -307,6 +338,10 @@ def _wire_item(key: str, value: str, no_append: bool, rid: str | None, index: in
     return {"key": item.key, "value": item.value, "id": item.id or new_id()}
 
 
-def _from_caller(raw: Any, index: int) -> dict[str, Any]:
+def _from_caller(raw: Any, index: int) -> tuple[dict[str, Any], bool]:
+    """The item as sent, and whether the caller gave its id."""
     item = parse_item(raw, index)
-    return _wire_item(item.key, item.value, item.no_append, item.id, index)
+    return _wire_item(item.key, item.value, item.no_append, item.id, index), item.id is not None
+
+
+_packb = msgpack.Packer(use_bin_type=True).pack

@@ -150,17 +150,24 @@ def parse_item(item: Any, index: int) -> Item:
     return Item(key, value, no_append, rid)
 
 
-def rows_from_items(items: Iterable[Any]) -> list[Row]:
+def rows_from_items(items: Iterable[Any], *, fresh: bool = False) -> list[Row]:
     """Turn caller items into rows, with fresh ids unless the caller gave one.
 
     A given id makes the put idempotent: a row already stored under (key, id) is kept,
     with its original timestamp. Raises InvalidInputError.
+
+    ``fresh``: the sender made the given ids for this request and has never sent them
+    before (a `Client`'s first attempt), so no row can be stored under them yet: they
+    are written as this node's own ids are, without the leader's read of the rows
+    already stored (a re-send inside the node marks them ``keep`` again, as it does its
+    own ids).
     """
+    keep = not fresh
     rows = []
     for i, raw in enumerate(items):
         item = parse_item(raw, i)
         if item.id is not None:
-            rows.append(Row(item.id, item.key, item.value, True))
+            rows.append(Row(item.id, item.key, item.value, keep))
         else:
             rows.append(Row(NO_APPEND_ID if item.no_append else new_id(), item.key, item.value))
     return rows

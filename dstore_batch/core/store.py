@@ -290,10 +290,14 @@ class StoreCore:
         return await self._put(lambda: rows_from_items(items), "put_many", timeout)
 
     async def put_items(
-        self, items: Iterable[Any], *, op: str, timeout: float | None = None
+        self, items: Iterable[Any], *, op: str, timeout: float | None = None,
+        fresh: bool = False,
     ) -> list[PutResult]:
-        """``put_many`` counted under another operation name (the HTTP layer uses this)."""
-        return await self._put(lambda: rows_from_items(items), op, timeout)
+        """``put_many`` counted under another operation name (the HTTP layer uses this).
+
+        ``fresh``: the items' ids were made by the sender for this request and never sent
+        before (see ``rows_from_items``)."""
+        return await self._put(lambda: rows_from_items(items, fresh=fresh), op, timeout)
 
     async def get(self, key: str, limit: HistoryLimit = 1) -> list[HistoryItem]:
         """A key's history by a strong read: newest first; ``limit`` is N, "all" or "oldest".

@@ -120,35 +120,52 @@ def _result(r: PutResult) -> dict[str, str]:
     return {"id": r.id, "timestamp": str(r.timestamp)}
 
 
+def _results(results: list[PutResult]) -> list[dict[str, str]]:
+    """The answer's items; the rows of one commit share a timestamp, formatted once."""
+    texts: dict[int, str] = {}
+    out = []
+    for r in results:
+        ts = r.timestamp
+        text = texts.get(ts)
+        if text is None:
+            text = texts[ts] = str(ts)
+        out.append({"id": r.id, "timestamp": text})
+    return out
+
+
 # -- HTTP API ------------------------------------------------------------------------------
 
 
-async def _put_body(request: web.Request, shape: str) -> Any:
+async def _put_body(request: web.Request, shape: str) -> tuple[Any, bool]:
+    """The items of a put body, and whether the sender says their ids are fresh."""
     try:
         body = await _body(request)
         if shape == "put":
             if not isinstance(body, dict):
                 raise InvalidInputError('expected an object {"key", "value", "no_append"?}')
-            return (body,)
+            return (body,), False
         items = body.get("items") if isinstance(body, dict) else None
         if not isinstance(items, list):
             raise InvalidInputError('expected an object {"items": [{"key", "value"}, ...]}')
-        return items
+        # Optional, sent by `Client` on a request's first attempt: the items' ids were
+        # made for it and never sent before, so none can be stored yet (no read of the
+        # stored rows before the commit). Anything but true is "not fresh".
+        return items, body.get("fresh") is True
     except DstoreError as exc:
         _count_refused(request, exc)
         raise
 
 
 async def _put(request: web.Request) -> web.Response:
-    items = await _put_body(request, "put")
+    items, _ = await _put_body(request, "put")
     (result,) = await _core(request).put_items(items, op="put")
     return _reply(request, _result(result))
 
 
 async def _put_many(request: web.Request) -> web.Response:
-    items = await _put_body(request, "put_many")
-    results = await _core(request).put_items(items, op="put_many")
-    return _reply(request, {"results": [_result(r) for r in results]})
+    items, fresh = await _put_body(request, "put_many")
+    results = await _core(request).put_items(items, op="put_many", fresh=fresh)
+    return _reply(request, {"results": _results(results)})
 
 
 async def _get(request: web.Request) -> web.Response:
