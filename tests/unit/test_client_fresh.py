@@ -30,7 +30,7 @@ async def _node(answers: list[int]) -> tuple[TestServer, list[dict[str, Any]]]:
         bodies.append(body)
         status = answers.pop(0) if answers else 200
         if status != 200:
-            reply = {"error": {"code": "unavailable", "message": "try again",
+            reply: dict[str, Any] = {"error": {"code": "unavailable", "message": "try again",
                                "retry_after": 0.01}}
         else:
             reply = {"results": [{"id": i["id"], "timestamp": STAMP} for i in body["items"]]}
