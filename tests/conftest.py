@@ -29,10 +29,20 @@ TESTS = Path(__file__).resolve().parent
 EMULATOR_FIXTURES = {"emulator", "emulator_host", "database", "any_database"}
 
 
+# In-process tests that wait out real deadlines, leases and idle timeouts, or run
+# thousands of generated cases: marked `slow`, out of the fast loop.
+SLOW = {("integration", name) for name in (
+    "test_database_outage.py", "test_partitions.py", "test_reachability.py",
+    "test_fuzz_peer.py", "test_fuzz_http.py", "test_outside_findings.py")}
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        layer = item.path.resolve().relative_to(TESTS).parts[0]
+        parts = item.path.resolve().relative_to(TESTS).parts
+        layer = parts[0]
+        if parts[:2] in SLOW:
+            item.add_marker(pytest.mark.slow)
         if layer == "multiprocess":
             item.add_marker(pytest.mark.multiprocess)
         elif layer == "unit":

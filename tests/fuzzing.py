@@ -7,7 +7,8 @@ Hypothesis drives plain (sync) test functions; the node they talk to runs a `Sto
 SQLite on an event loop in a background thread, so a node that hangs shows up as a
 timeout in the test thread, never as a hung test.
 
-``DSTORE_FUZZ_EXAMPLES`` (default 2000) sets the number of cases of every target.
+``DSTORE_FUZZ_EXAMPLES`` (default 2000 with CI=true, else 300) sets the number of cases of
+every target.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ from tests.helpers import table_rows
 
 T = TypeVar("T")
 
-EXAMPLES = int(os.environ.get("DSTORE_FUZZ_EXAMPLES", "2000"))
+# 2,000 cases a target in CI (CI=true), fewer in a developer's loop; any number with
+# the variable.
+EXAMPLES = int(os.environ.get("DSTORE_FUZZ_EXAMPLES", "2000" if os.environ.get("CI") else "300"))
 # Bound of one call into the node (a request, a peer session): a node that does not
 # answer within it is hung, and the test fails instead of waiting.
 CALL_TIMEOUT_S = 15.0
