@@ -30,6 +30,8 @@ def summarize(raw: dict[str, Any], seconds: float) -> dict[str, Any]:
         "rows_per_commit": raw["rows"] / commits if commits else float("nan"),
         "bytes_per_commit": raw.get("bytes", 0) / commits if commits else float("nan"),
         "commits_s": commits / seconds,
+        # The database's side of the same window (the nodes' counters).
+        "committed_rows_s": raw["rows"] / seconds if commits else float("nan"),
         "aborts": raw.get("aborts", 0),
         "errors": window.get("errors", {}),
         "cpu_s": raw.get("cpu", {}),
@@ -60,7 +62,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     rows = [("puts/s", "puts_s"), ("calls/s", "calls_s"), ("put latency p50 ms", "p50_ms"),
             ("put latency p99 ms", "p99_ms"), ("put latency p99.9 ms", "p999_ms"),
             ("rows per commit", "rows_per_commit"), ("bytes per commit", "bytes_per_commit"),
-            ("commits/s", "commits_s"), ("aborted+retried", "aborts"),
+            ("commits/s", "commits_s"), ("rows committed/s", "committed_rows_s"),
+            ("aborted+retried", "aborts"),
             ("leader changes", "leader_changes")]
     lines = [["", *modes]]
     for label, key in rows:
