@@ -122,6 +122,9 @@ class Client:
             async with asyncio.timeout(timeout or self.timeout_s):
                 return await asyncio.shield(future)
         except TimeoutError:
+            # The shared request still ends later: take its outcome then, so that asyncio
+            # does not log "Future exception was never retrieved" for a caller gone.
+            future.add_done_callback(_retrieve)
             raise DeadlineExceededError(
                 "no ack in time; the put may or may not be committed; put it again with "
                 f"id={item['id']!r} to be sure it is stored once"
@@ -322,6 +325,11 @@ def _decode(raw: bytes, status: int) -> Any:
         text = raw[:200].decode(errors="replace").strip()
         return {"error": {"code": _STATUS_CODES.get(status, "outcome_unknown"),
                           "message": f"HTTP {status} (not a dstore reply): {text}"}}
+
+
+def _retrieve(future: asyncio.Future[PutResult]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _settle(future: asyncio.Future[PutResult], exc: BaseException) -> None:
