@@ -305,13 +305,13 @@ class SpannerStorage:
         keep = [i for i, r in enumerate(rows) if r.keep]
 
         def work(txn: Any) -> dict[int, Timestamp] | None:
-            if fence is not None:
-                if not self._holds(txn, fence):
-                    return None
-                # A fenced commit is a heartbeat too: a busy leader's lease never waits
-                # for a separate lock write queued behind its commits.
-                txn.update(self.lock_table, ("name", "heartbeat"),
-                           [(fence.lock_name, spanner.COMMIT_TIMESTAMP)])
+            # One statement is the fence and the heartbeat: it touches the lock row only
+            # while it holds our token (a busy leader's lease never waits for a separate
+            # lock write queued behind its commits). A DML call, not a streaming read:
+            # the read and the client thread that serves it were a third of the leader's
+            # CPU per commit at low load.
+            if fence is not None and not self._fence_and_heartbeat(txn, fence):
+                return None
             existing = self._existing(txn, rows, keep) if keep else {}
             write = [r for i, r in enumerate(rows) if i not in existing]
             if write:
@@ -339,14 +339,14 @@ class SpannerStorage:
                          KeySet(keys=[list(k) for k in where]), **self._bound())
         return {where[(k, i)]: Timestamp.from_datetime(ts) for k, i, ts in found}
 
-    def _holds(self, txn: Any, fence: Fence) -> bool:
-        rows = list(
-            txn.read(self.lock_table, ("token",), KeySet(keys=[[fence.lock_name]]),
-                     **self._bound())
-        )
-        return bool(rows) and rows[0][0] is not None and (
-            Timestamp.from_datetime(rows[0][0]) == fence.token
-        )
+    def _fence_and_heartbeat(self, txn: Any, fence: Fence) -> bool:
+        sql = (f"UPDATE {self.lock_table} SET heartbeat = PENDING_COMMIT_TIMESTAMP() "
+               f"WHERE name = @name AND token = @token")
+        count = txn.execute_update(
+            sql, params={"name": fence.lock_name, "token": _to_spanner_ts(fence.token)},
+            param_types={"name": param_types.STRING, "token": param_types.TIMESTAMP},
+            **self._bound())
+        return bool(count == 1)
 
     async def history(self, key: str, limit: HistoryLimit) -> list[HistoryItem]:
         # A key-range read over the (key, id) primary key: a range scan on real Spanner,
