@@ -6,13 +6,19 @@ The Spanner backend is production; an embedded backend fits the same protocol.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal, NamedTuple, Protocol
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
+from ..errors import CommitError, ReadError
 from ..types import CommitResult, HistoryItem, Row, Timestamp
 
+T = TypeVar("T")
+
 __all__ = ["Fence", "HistoryLimit", "LockState", "PeerReport", "Storage", "check_limit",
-           "peer_row_prefix"]
+           "peer_row_prefix", "run_bounded"]
 
 # `get`'s history choices, as in the original: N newest (1 = latest), all, oldest.
 HistoryLimit = int | Literal["all", "oldest"]
@@ -33,6 +39,25 @@ class LockState(NamedTuple):
     token: Timestamp | None
     writer: str | None
     age_ms: int | None  # time since the last heartbeat, by the database's clock
+
+
+async def run_bounded(pool: Executor, fn: Callable[..., T], *args: Any, timeout: float,
+                      database: str, writes: bool) -> T:
+    """Run a backend's blocking ``fn`` in ``pool``, waiting ``timeout`` at most.
+
+    Raises ReadError on time out (nothing written), or CommitError (transient, outcome
+    unknown) when ``writes``: the thread is not stopped, only no longer waited for.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            return await loop.run_in_executor(pool, functools.partial(fn, *args))
+    except TimeoutError:
+        what = f"database {database} did not answer within {timeout:g}s"
+        if writes:
+            raise CommitError(f"{what}; the write may or may not be committed",
+                              transient=True) from None
+        raise ReadError(what) from None
 
 
 class PeerReport(NamedTuple):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
-import functools
 import logging
 import threading
 import time
@@ -32,7 +31,7 @@ from google.cloud.spanner_v1.keyset import KeyRange, KeySet
 
 from ..errors import CommitError, DstoreError, NotLeaderError, ReadError
 from ..types import CommitResult, HistoryItem, Row, Timestamp
-from .base import Fence, HistoryLimit, LockState, PeerReport, peer_row_prefix
+from .base import Fence, HistoryLimit, LockState, PeerReport, peer_row_prefix, run_bounded
 
 __all__ = ["SpannerStorage", "parse_database_path", "spanner_client"]
 
@@ -250,24 +249,17 @@ class SpannerStorage:
         Raises ReadError on time out (nothing written), or CommitError when ``writes``
         (it may still commit: the thread is not stopped, only no longer waited for).
         """
-        loop = asyncio.get_running_loop()
         if self._stale >= STALE_SESSION_ERRORS and not self._closing:
             await self._reconnect()
         try:
-            async with asyncio.timeout(self._timeout):
-                result = await loop.run_in_executor(pool, functools.partial(fn, *args))
+            result = await run_bounded(pool, fn, *args, timeout=self._timeout,
+                                       database=self.database_path, writes=writes)
             self._stale = 0
             return result
         except gexc.GoogleAPICallError as exc:
             if any(sign in exc.message for sign in STALE_SESSION_SIGNS):
                 self._stale += 1
             raise  # the caller types it (commit: CommitError, history: ReadError)
-        except TimeoutError:
-            what = f"database {self.database_path} did not answer within {self._timeout:g}s"
-            if writes:
-                raise CommitError(f"{what}; the write may or may not be committed",
-                                  transient=True) from None
-            raise ReadError(what) from None
         except Exception as exc:
             if not self._closing or isinstance(exc, DstoreError):
                 raise

@@ -12,9 +12,7 @@ reader connection), off the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +23,7 @@ from typing import Any, TypeVar
 from ..config import check_table_name
 from ..errors import CommitError, NotLeaderError, ReadError
 from ..types import CommitResult, HistoryItem, Row, Timestamp
-from .base import Fence, HistoryLimit, LockState, PeerReport, peer_row_prefix
+from .base import Fence, HistoryLimit, LockState, PeerReport, peer_row_prefix, run_bounded
 
 __all__ = ["SQLiteStorage", "sqlite_path"]
 
@@ -121,16 +119,8 @@ class SQLiteStorage:
 
         Raises ReadError on time out (nothing written), or CommitError when ``writes``.
         """
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await loop.run_in_executor(pool, functools.partial(fn, *args))
-        except TimeoutError:
-            what = f"database {self.path} did not answer within {self._timeout:g}s"
-            if writes:
-                raise CommitError(f"{what}; the write may or may not be committed",
-                                  transient=True) from None
-            raise ReadError(what) from None
+        return await run_bounded(pool, fn, *args, timeout=self._timeout, database=self.path,
+                                 writes=writes)
 
     async def _write(self, work: Callable[[sqlite3.Connection, Timestamp], T]) -> T:
         """Run ``work(conn, commit_ts)`` in one serialized write transaction."""
