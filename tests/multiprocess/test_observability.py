@@ -85,8 +85,15 @@ def test_every_dashboard_expression_returns_data(
         def without_data() -> list[str]:
             return [e for e in dashboard_expressions() if not prom.query(concrete(e))]
 
+        def committed() -> float:
+            result = prom.query("sum(dstore_committed_rows_total)")
+            return float(result[0]["value"][1]) if result else 0.0
+
         async def all_have_data() -> bool:
-            return not await asyncio.to_thread(without_data)  # off the producers' loop
+            # A rate has data (0) after two scrapes of any counter: wait for commits
+            # scraped too, or a loaded machine can get here before the first one.
+            return (not await asyncio.to_thread(without_data)  # off the producers' loop
+                    and await asyncio.to_thread(committed) > 0)
 
         async def under_load() -> list[str]:
             stop = asyncio.Event()
@@ -105,7 +112,7 @@ def test_every_dashboard_expression_returns_data(
         missing = asyncio.run(under_load())
         assert not missing, f"expressions with no data: {missing}"
         # And the numbers mean something: rows were committed and the leader is one node.
-        assert float(prom.query("sum(dstore_committed_rows_total)")[0]["value"][1]) > 0
+        assert committed() > 0
         assert len(prom.query("dstore_is_leader == 1")) == 1
     finally:
         prom.stop()
