@@ -97,6 +97,7 @@ class Election:
         self._last_report = -1e9  # monotonic time of this node's last peer report
         self._reported: str | None = None  # what it said then
         self._stand_down_until = 0.0  # after stepping down: not a candidate until then
+        self._leading_since = 0.0  # monotonic time this node last took the lock
         self._refused_since: float | None = None  # not taking the lock: peers unreachable
 
     # -- cached state (no I/O) -----------------------------------------------------
@@ -288,9 +289,12 @@ class Election:
                 self.refresh()
             return
         lock = await self._storage.lock_read(self.lock_name)
+        fresh = lock.age_ms is not None and lock.age_ms <= self._lease_ms
+        if fresh and lock.writer != self.node_id:
+            # Learn who leads before anything else of this round can fail.
+            self._set_state(LeaderState(lock.writer, False, None))
         await self._report(started)
         if not self._may_lead(started):
-            fresh = lock.age_ms is not None and lock.age_ms <= self._lease_ms
             self._set_state(LeaderState(lock.writer if fresh else None, False, None))
             return
         if (lock.token is None or lock.age_ms is None or lock.age_ms > self._lease_ms) and (
@@ -337,7 +341,11 @@ class Election:
         every = self.lease_s * (1 if unreachable else REPORT_IDLE_LEASES)
         if unreachable == self._reported and now - self._last_report < every:
             return
-        await self._storage.peer_report(self.lock_name, self.node_id, unreachable)
+        try:
+            await self._storage.peer_report(self.lock_name, self.node_id, unreachable)
+        except Exception as exc:  # a lost report is sent again next round; not an outage
+            log.info("node %s: peer report not written: %r", self.node_id, exc)
+            return
         self._last_report, self._reported = now, unreachable
 
     async def _reports(self, within_leases: float) -> list[PeerReport]:
@@ -350,8 +358,12 @@ class Election:
         reach it over the peer link. Then the group is better led from elsewhere."""
         if self._reach is None:
             return False
-        # Complaints are refreshed every lease: two without one and it is over.
-        against = {r.node for r in await self._reports(2) if r.unreachable == self.node_id}
+        # Complaints are refreshed every lease: two without one and it is over. Only those
+        # written while this node leads count: one from before (when this node id was
+        # down, or led before) says nothing about this term.
+        leading_ms = (time.monotonic() - self._leading_since) * 1000
+        against = {r.node for r in await self._reports(2)
+                   if r.unreachable == self.node_id and r.age_ms < leading_ms}
         if not against:
             return False
         # The live nodes: those linked to this leader now, and those complaining.
@@ -402,6 +414,7 @@ class Election:
             task.add_done_callback(self._background.discard)
             return
         self._extend(started)
+        self._leading_since = time.monotonic()
         self._set_state(LeaderState(self.node_id, True, token), "acquired the lock")
 
     def _set_state(self, new: LeaderState, why: str = "") -> None:

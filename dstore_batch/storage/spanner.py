@@ -88,6 +88,11 @@ def spanner_client(project: str, emulator_host: str | None = None) -> Any:
                           disable_builtin_metrics=True)
 
 
+def _close_quietly(db: Any) -> None:
+    with contextlib.suppress(Exception):
+        db.spanner_api.transport.close()
+
+
 class _StopAt:
     """A gapic ``retry`` decorator that ends a call's restarts at a deadline.
 
@@ -211,8 +216,8 @@ class SpannerStorage:
         log.warning("spanner storage: the database forgot this node's session; "
                     "reconnected to %s", self.database_path)
         if old is not None:
-            with contextlib.suppress(Exception):
-                old.spanner_api.transport.close()
+            # Off the event loop: closing a channel waits for its calls to be cancelled.
+            await asyncio.to_thread(_close_quietly, old)
 
     async def close(self) -> None:
         # Closing the gRPC channel ends every call still in flight (a read the client
@@ -221,8 +226,7 @@ class SpannerStorage:
         # maintenance thread, which sleeps for minutes; that thread is a daemon.
         self._closing = True
         if self._db is not None:
-            with contextlib.suppress(Exception):
-                self._db.spanner_api.transport.close()
+            await asyncio.to_thread(_close_quietly, self._db)
         for pool in (self._writer, self._reader):
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -313,12 +317,14 @@ class SpannerStorage:
         try:
             existing, ts = await self._run(self._writer, self._transact, work, writes=True)
         except gexc.GoogleAPICallError as exc:
-            raise CommitError(f"commit of {len(rows)} rows failed: {exc.message}",
+            raise CommitError(f"commit of {len(rows)} rows to {self.database_path} failed: "
+                              f"{exc.message}",
                               transient=isinstance(exc, TRANSIENT)) from exc
         except (gexc.RetryError, grpc.RpcError) as exc:
             # A retry deadline inside the client, or a raw gRPC failure: the database
             # or the network, worth another try. Anything else is a bug and propagates.
-            raise CommitError(f"commit of {len(rows)} rows failed: {exc!r}",
+            raise CommitError(f"commit of {len(rows)} rows to {self.database_path} failed: "
+                              f"{exc!r}",
                               transient=True) from exc
         if existing is None:
             raise NotLeaderError("lost the lock before this commit; nothing was written")

@@ -620,19 +620,24 @@ def to_json(result: CheckResult) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM cleans up like Ctrl-C (main thread only)."""
+    """SIGTERM and SIGINT both end the run as Ctrl-C does (main thread only).
+
+    SIGINT too: left to asyncio.run, it only cancels the main task, and a task that
+    swallows the cancellation keeps the run going (seen in CI: the run went on to its
+    end after a Ctrl-C)."""
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def run_checker(config: CheckConfig, out: TextIO | None = None) -> CheckResult:
