@@ -198,7 +198,10 @@ class PeerLink:
         # Pings on an open link: a leader that stops answering (a cut network sends no
         # error, only silence) is noticed within this, not at the next put's deadline.
         self._heartbeat_s = heartbeat_s
-        self._failing_since: dict[str, float] = {}  # leader -> first failure (monotonic)
+        # The leader this node last tried to reach, and since when every try failed (None:
+        # the last try worked). One entry only: a failure to reach an earlier leader (a
+        # node that died and came back) says nothing about reaching it as leader now.
+        self._failing: tuple[str, float | None] | None = None
         self._probe_timeout_s = probe_timeout_s
         self.budget = ByteBudget(inflight_bytes)
         self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
@@ -234,11 +237,16 @@ class PeerLink:
 
     def failing_for(self, leader: str) -> float:
         """Seconds that every attempt to reach ``leader`` has failed (0 if it works)."""
-        since = self._failing_since.get(leader)
-        return 0.0 if since is None else time.monotonic() - since
+        if self._failing is None or self._failing[0] != leader or self._failing[1] is None:
+            return 0.0
+        return time.monotonic() - self._failing[1]
 
     def _failed(self, leader: str) -> None:
-        self._failing_since.setdefault(leader, time.monotonic())
+        if self._failing is None or self._failing[0] != leader or self._failing[1] is None:
+            self._failing = (leader, time.monotonic())
+
+    def _reached(self, leader: str) -> None:
+        self._failing = (leader, None)
 
     async def reachable(self, nodes: Sequence[str]) -> int:
         """How many of ``nodes`` answer GET /healthz on their peer address now."""
@@ -279,7 +287,7 @@ class PeerLink:
             except BaseException:  # a typed refusal, or the caller's deadline
                 self._failed(leader)
                 raise
-            self._failing_since.pop(leader, None)
+            self._reached(leader)
             self.metrics.peer_connections.labels("follower").set(1)
             return self._conn
 

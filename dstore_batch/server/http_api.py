@@ -226,7 +226,12 @@ async def _peer(request: web.Request) -> web.StreamResponse:
     # Pings from this end too: a follower that vanished behind a cut network is dropped
     # from the leader's count of linked followers within a lease.
     ws = web.WebSocketResponse(max_msg_size=max_bytes, heartbeat=config.lease_s / 2)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:  # the follower gave up on this upgrade already
+        log.debug("node %s: peer link from %s closed before the upgrade", core.node_id,
+                  request.remote)
+        return ws
     request.app[SOCKETS_KEY].add(ws)
     await serve_follower(ws, core, core.metrics, max_bytes=max_bytes,
                          remote=request.remote or "?")
