@@ -289,6 +289,7 @@ class Election:
                 self.refresh()
             return
         lock = await self._storage.lock_read(self.lock_name)
+        self._round_ok()  # the database answered (the report below may still fail)
         fresh = lock.age_ms is not None and lock.age_ms <= self._lease_ms
         if fresh and lock.writer != self.node_id:
             # Learn who leads before anything else of this round can fail.

