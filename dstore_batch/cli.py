@@ -59,10 +59,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ddl", help="print the Spanner DDL for the lock and log tables")
     _table_flags(p)
+    _retention_days_flag(p)
 
     p = sub.add_parser("init-db", help="create the tables if missing (and, on the "
                        "emulator, the instance and database)")
     _database_flags(p)
+    _retention_days_flag(p)
 
     p = sub.add_parser("demo", help="a three-node cluster on this machine, a workload and "
                        "a failover")
@@ -82,11 +84,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("value")
     p.add_argument("--no-append", action="store_true", help="overwrite the key's '-' row")
     p.add_argument("--row-id", help="a row id of your own: re-running stores it once")
+    p.add_argument("--if-latest", help="only if the key's newest row has this id")
+    p.add_argument("--if-absent", action="store_true", help="only if the key has no live row")
+
+    p = sub.add_parser("delete", help="append a tombstone to a key (prints JSON)")
+    _client_flags(p)
+    p.add_argument("key")
+    p.add_argument("--if-latest", help="only if the key's newest row has this id")
+    p.add_argument("--row-id", help="a row id of your own: re-running stores it once")
 
     p = sub.add_parser("get", help="read a key's history (prints JSON)")
     _client_flags(p)
     p.add_argument("key")
-    p.add_argument("--limit", default="1", help="N, all or oldest (default 1)")
+    p.add_argument("--limit", default=None,
+                   help="N, all or oldest: rows with tombstones (default: the live value)")
+    p.add_argument("--max-staleness-ms", type=int, help="a bounded-staleness read")
+
+    p = sub.add_parser("list", help="list keys with their newest live values (prints JSON "
+                       "lines, one key a line; pages through every key under the prefix)")
+    _client_flags(p)
+    p.add_argument("--prefix", default="", help="only keys that start with this")
+    p.add_argument("--after", help="start after this key")
+    p.add_argument("--limit", type=int, help="at most this many keys in all (default: every "
+                   "key)")
+    p.add_argument("--page-size", type=int, default=1000, help="keys per request (1-10000)")
+    p.add_argument("--max-staleness-ms", type=int, help="a bounded-staleness read")
 
     p = sub.add_parser("leader", help="ask the nodes who leads (prints JSON)")
     _client_flags(p)
@@ -129,6 +151,12 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--timeout-ms", 30000, type=int, help="deadline of the call")
 
 
+def _retention_days_flag(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--retention-days", None, type=int,
+          help="rows older than this many days are deleted (Spanner: a row deletion policy "
+               "on the timestamp column; it removes a key's only row too)")
+
+
 def _client_command(args: argparse.Namespace) -> int:
     import json
 
@@ -137,18 +165,34 @@ def _client_command(args: argparse.Namespace) -> int:
 
     nodes = [n.strip() for n in str(args.nodes).split(",") if n.strip()]
     timeout = int(args.timeout_ms) / 1000
+    staleness = getattr(args, "max_staleness_ms", None)
+    staleness_s = None if staleness is None else staleness / 1000
     try:
         with SyncClient(nodes, token=args.api_token or None, timeout_s=timeout) as client:
             if args.command == "put":
                 r = client.put(args.key, args.value, no_append=args.no_append,
-                               id=args.row_id)
+                               id=args.row_id, if_latest=args.if_latest,
+                               if_absent=args.if_absent)
                 out: object = {"id": r.id, "timestamp": str(r.timestamp)}
+            elif args.command == "delete":
+                r = client.delete(args.key, if_latest=args.if_latest, id=args.row_id)
+                out = {"id": r.id, "timestamp": str(r.timestamp)}
             elif args.command == "get":
-                limit = int(args.limit) if args.limit.isdigit() else args.limit
-                items = client.get(args.key, limit)
-                out = {"key": args.key, "items": [
-                    {"id": i.id, "value": i.value, "timestamp": str(i.timestamp)}
-                    for i in items]}
+                limit = args.limit
+                if limit is not None and limit.isdigit():
+                    limit = int(limit)
+                items = client.get(args.key, limit, max_staleness=staleness_s)
+                body: dict[str, object] = {"key": args.key, "items": [
+                    {"id": i.id, "value": None if i.deleted else i.value,
+                     "timestamp": str(i.timestamp), "deleted": i.deleted} for i in items],
+                    "read_timestamp": str(items.read_timestamp)}
+                if items.deleted is not None:
+                    body["deleted"] = {"id": items.deleted.id,
+                                       "timestamp": str(items.deleted.timestamp)}
+                out = body
+            elif args.command == "list":
+                _list_all(client, args, staleness_s)
+                return 0
             else:
                 out = client.leader()
     except DstoreError as exc:
@@ -156,6 +200,25 @@ def _client_command(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(out))
     return 0
+
+
+def _list_all(client: Any, args: argparse.Namespace, staleness_s: float | None) -> None:
+    """Print every key under the prefix, one JSON object a line, page by page."""
+    import json
+
+    after = args.after
+    left = args.limit
+    while left is None or left > 0:
+        size = args.page_size if left is None else min(args.page_size, left)
+        page = client.list(args.prefix, size, after, max_staleness=staleness_s)
+        for i in page.items:
+            print(json.dumps({"key": i.key, "id": i.id, "value": i.value,
+                              "timestamp": str(i.timestamp)}))
+        if left is not None:
+            left -= len(page.items)
+        if page.next is None:
+            return
+        after = page.next
 
 
 def _workload_flags(p: argparse.ArgumentParser) -> None:
@@ -226,6 +289,10 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--tls-key", help="PEM private key of --tls-cert")
     _flag(p, "--tls-ca", help="CA bundle that peers use to verify each other")
     _flag(p, "--init-db", "false", help="create missing tables first (true/false)")
+    _flag(p, "--keep-versions", None, type=int,
+          help="each key keeps its newest N rows; the leader deletes older ones in the "
+               "background (at most a tenth of the database's time)")
+    _retention_days_flag(p)
     _flag(p, "--metrics-port", None, type=int, help="also serve /metrics on this port")
     _flag(p, "--log-level", "info", help="debug, info, warning")
     _flag(p, "--log-format", "text", choices=("text", "json"), help="text or json lines")
@@ -267,6 +334,8 @@ def _config(args: argparse.Namespace) -> Config:
         tls_key=args.tls_key or None,
         tls_ca=args.tls_ca or None,
         metrics_port=int(args.metrics_port) if args.metrics_port else None,
+        keep_versions=int(args.keep_versions) if args.keep_versions else None,
+        retention_days=int(args.retention_days) if args.retention_days else None,
     )
 
 
@@ -287,7 +356,7 @@ async def _serve(config: Config) -> None:
 
 
 def _init_db(database: str, lock_table: str, log_table: str,
-             emulator_host: str | None) -> list[str]:
+             emulator_host: str | None, retention_days: int | None = None) -> list[str]:
     from .storage.sqlite import sqlite_path
 
     if sqlite_path(database) is not None:
@@ -295,7 +364,14 @@ def _init_db(database: str, lock_table: str, log_table: str,
     from .storage.admin import init_database
 
     return init_database(database, lock_table=lock_table, log_table=log_table,
-                         emulator_host=emulator_host)
+                         emulator_host=emulator_host, retention_days=retention_days)
+
+
+def _days(value: Any) -> int | None:
+    days = int(value) if value not in (None, "") else None
+    if days is not None and not 1 <= days <= 36500:
+        raise ValueError("--retention-days must be 1..36500")
+    return days
 
 
 def _run(coro: Any) -> None:
@@ -321,13 +397,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     if args.command == "ddl":
-        sys.stdout.write(render_ddl(args.lock_table, args.log_table))
+        sys.stdout.write(render_ddl(args.lock_table, args.log_table,
+                                    retention_days=_days(args.retention_days)))
         return 0
     if args.command == "init-db":
         if not args.database:
             raise SystemExit("init-db needs --database projects/P/instances/I/databases/D")
         created = _init_db(args.database, args.lock_table, args.log_table,
-                           args.emulator_host or None)
+                           args.emulator_host or None, _days(args.retention_days))
         print("created: " + (", ".join(created) if created else "nothing (tables exist)"))
         return 0
     if args.command == "demo":
@@ -335,7 +412,7 @@ def _main(args: argparse.Namespace) -> int:
 
         return run_demo(backend=args.backend, data_dir=args.data_dir, keep=args.keep,
                         seconds=args.seconds, emulator_bin=args.emulator_bin)
-    if args.command in ("put", "get", "leader"):
+    if args.command in ("put", "delete", "get", "list", "leader"):
         return _client_command(args)
     if args.command == "bench":
         from .tools.bench.runner import run_bench
@@ -360,7 +437,7 @@ def _main(args: argparse.Namespace) -> int:
         config = _config(args)
         if str(args.init_db).lower() in ("1", "true", "yes"):
             _init_db(config.database, config.lock_table, config.log_table,
-                     config.emulator_host)
+                     config.emulator_host, config.retention_days)
         _run(_serve(config))
         return 0
     return 2

@@ -118,6 +118,9 @@ class Config:
     tls_ca: str | None = None  # CA that signed the nodes' certificates (peers verify)
     batch: BatchConfig = field(default_factory=BatchConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    keep_versions: int | None = None  # each key keeps its newest N rows (leader trims)
+    retention_days: int | None = None  # rows older than this go (Spanner: its TTL policy)
+    retention_interval_s: float = 30.0  # pause between retention passes that found nothing
 
     def __post_init__(self) -> None:
         host, sep, port = self.node_id.rpartition(":")
@@ -137,6 +140,12 @@ class Config:
             raise ValueError("put_timeout_s must be positive")
         if not 0.1 <= self.db_timeout_s <= 600:
             raise ValueError("db_timeout_s must be 0.1..600 seconds")
+        if self.keep_versions is not None and self.keep_versions < 1:
+            raise ValueError("keep_versions must be at least 1 (a key's newest row stays)")
+        if self.retention_days is not None and not 1 <= self.retention_days <= 36500:
+            raise ValueError("retention_days must be 1..36500")
+        if self.retention_interval_s <= 0:
+            raise ValueError("retention_interval_s must be positive")
         if self.limits.max_value_bytes + self.limits.max_key_bytes + ROW_OVERHEAD_BYTES > (
             self.batch.max_bytes
         ):

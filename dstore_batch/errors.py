@@ -12,6 +12,8 @@ branch on the three middle classes::
     │   │                          (or "key_too_large", "value_too_large",
     │   │                           "too_many_items", "body_too_large")
     │   ├── UnauthorizedError      code "unauthorized"     HTTP 401
+    │   ├── ConflictError          code "conflict"         HTTP 409 (a condition
+    │   │                          (if_latest / if_absent) failed at commit time)
     │   └── ProtocolError          code "bad_frame"        (peer link only)
     ├── UnavailableError         not written; safe to retry (same ids or new)
     │   ├── NotLeaderError         code "not_leader"       HTTP 503
@@ -39,9 +41,12 @@ the safe reading of an answer that cannot be understood.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BusyError",
     "CommitError",
+    "ConflictError",
     "DeadlineExceededError",
     "DstoreError",
     "InternalError",
@@ -111,6 +116,39 @@ class UnauthorizedError(RejectedError):
 
     code = "unauthorized"
     http_status = 401
+
+
+class ConflictError(RejectedError):
+    """A conditional write's condition did not hold when the leader committed it.
+
+    ``latest``: the key's newest row then, as ``{"id", "timestamp" (RFC 3339),
+    "deleted"}``, or None if the key had no rows; ``index``: in an atomic put_many, the
+    first item whose condition failed (the whole request was refused).
+    """
+
+    code = "conflict"
+    http_status = 409
+
+    def __init__(self, message: str = "", *, latest: dict[str, Any] | None = None,
+                 index: int | None = None, retry_after: float | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message, retry_after=retry_after, code=code)
+        self.latest = latest
+        self.index = index
+
+    def details(self) -> dict[str, Any]:
+        """What the error carries beyond its code and message (wire and HTTP)."""
+        body: dict[str, Any] = {"latest": self.latest}
+        if self.index is not None:
+            body["index"] = self.index
+        return body
+
+    def to_dict(self) -> dict[str, object]:
+        body = super().to_dict()
+        err = body["error"]
+        assert isinstance(err, dict)
+        err.update(self.details())
+        return body
 
 
 class ProtocolError(RejectedError):
@@ -209,6 +247,7 @@ _CLASSES: tuple[type[DstoreError], ...] = (
     InvalidInputError,
     TooLargeError,
     UnauthorizedError,
+    ConflictError,
     ProtocolError,
     UnavailableError,
     NotLeaderError,
@@ -237,7 +276,23 @@ DETAIL_CODES: dict[str, type[DstoreError]] = {
 }
 
 
-def error_from_code(code: str, message: str, retry_after: float | None = None) -> DstoreError:
-    """Rebuild the typed error a peer or node reported by its wire code."""
+def error_from_code(code: str, message: str, retry_after: float | None = None,
+                    details: Any = None) -> DstoreError:
+    """Rebuild the typed error a peer or node reported by its wire code.
+
+    ``details``: a conflict's ``{"latest": {"id", "timestamp", "deleted"} | None,
+    "index"?}`` (a malformed part is dropped: it cannot change what the error means)."""
     cls = _BY_CODE.get(code) or DETAIL_CODES.get(code, OutcomeUnknownError)
+    if cls is ConflictError:
+        latest, index = None, None
+        if isinstance(details, dict):
+            raw, index = details.get("latest"), details.get("index")
+            if (isinstance(raw, dict) and type(raw.get("id")) is str
+                    and type(raw.get("timestamp")) is str
+                    and type(raw.get("deleted")) is bool):
+                latest = {k: raw[k] for k in ("id", "timestamp", "deleted")}
+            if type(index) is not int:
+                index = None
+        return ConflictError(message, latest=latest, index=index, retry_after=retry_after,
+                             code=code)
     return cls(message, retry_after=retry_after, code=code)

@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import NamedTuple
 
-__all__ = ["NO_APPEND_ID", "CommitResult", "HistoryItem", "PutResult", "Row", "Timestamp"]
+__all__ = [
+    "IF_ABSENT",
+    "NO_APPEND_ID",
+    "CommitResult",
+    "History",
+    "HistoryItem",
+    "Latest",
+    "ListItem",
+    "Listing",
+    "PutResult",
+    "Row",
+    "Timestamp",
+    "TrimResult",
+]
 
 # The original library's fixed id for `no_append` puts: each such put overwrites the
 # previous `-` row of its key instead of adding one.
 NO_APPEND_ID = "-"
+
+# `Row.cond` of an `if_absent` put: the key must have no live row (no rows, or a newest
+# row that is a tombstone). Never a row id: ids are 1-64 characters.
+IF_ABSENT = ""
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
@@ -64,19 +83,38 @@ class Row(NamedTuple):
 
     ``keep``: the id came from the client, so a row already stored under (key, id) is
     kept as it is (with its original timestamp) instead of being written again.
+    ``cond``: None (unconditional), ``IF_ABSENT``, or the id the key's newest row must
+    have; checked by the leader inside the commit's transaction.
+    ``delete``: a tombstone (stored with a NULL value; ``value`` is ignored).
     """
 
     id: str
     key: str
     value: str
     keep: bool = False
+    cond: str | None = None
+    delete: bool = False
+
+
+class Latest(NamedTuple):
+    """A key's newest row, as a failed condition reports it."""
+
+    id: str
+    timestamp: Timestamp
+    deleted: bool = False
+
+
+_NONE: Mapping[int, Latest | None] = MappingProxyType({})
 
 
 class CommitResult(NamedTuple):
-    """A commit's timestamp, and the rows (by index) that already existed with theirs."""
+    """A commit's timestamp; the rows (by index) that already existed, with their
+    timestamps; and the conditional rows whose condition failed, with the key's newest
+    row (None: the key has no rows). Rows in neither were written at ``timestamp``."""
 
     timestamp: Timestamp
-    existing: dict[int, Timestamp]
+    existing: Mapping[int, Timestamp]
+    conflicts: Mapping[int, Latest | None] = _NONE
 
 
 class PutResult(NamedTuple):
@@ -88,8 +126,55 @@ class PutResult(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class HistoryItem:
-    """One row of a key's history, as `get` returns it."""
+    """One row of a key's history, as `get` returns it (a tombstone: ``deleted``, value "")."""
 
     id: str
     value: str
     timestamp: Timestamp
+    deleted: bool = False
+
+
+class History(list[HistoryItem]):
+    """A key's rows, newest first, as `get` returns them: a list, plus
+
+    ``read_timestamp``: the time the read saw the database at;
+    ``deleted``: with the default limit, the tombstone that hides the key's last value
+    (the list is then empty), else None.
+    """
+
+    def __init__(self, items: Iterable[HistoryItem] = (), *,
+                 read_timestamp: int = 0,
+                 deleted: HistoryItem | None = None) -> None:
+        super().__init__(items)
+        self.read_timestamp = Timestamp(read_timestamp)
+        self.deleted = deleted
+
+
+class ListItem(NamedTuple):
+    """One key of a `list` page, with its newest live row."""
+
+    key: str
+    id: str
+    value: str
+    timestamp: Timestamp
+
+
+class Listing(NamedTuple):
+    """One page of `list`: keys in ascending order; ``next`` is the ``after`` of the
+    next page (None: this was the last); ``read_timestamp`` as in `History`."""
+
+    items: list[ListItem]
+    next: str | None
+    read_timestamp: Timestamp
+
+
+class TrimResult(NamedTuple):
+    """One step of retention over the log table, in primary-key order.
+
+    ``removed``: rows deleted; ``next``: the key to resume after (None: the end of the
+    table was reached); ``oldest``: the oldest timestamp among the rows left in the
+    keys this step looked at (None if it looked at none)."""
+
+    removed: int
+    next: str | None
+    oldest: Timestamp | None

@@ -21,7 +21,7 @@ from typing import Any, Self
 import aiohttp
 import msgpack
 
-from ..core.items import new_id, parse_item
+from ..core.items import Item, check_staleness, new_id, parse_item
 from ..errors import (
     DeadlineExceededError,
     DstoreError,
@@ -33,7 +33,7 @@ from ..errors import (
     error_from_code,
 )
 from ..storage.base import HistoryLimit, check_limit
-from ..types import HistoryItem, PutResult, Timestamp
+from ..types import IF_ABSENT, History, HistoryItem, Listing, ListItem, PutResult, Timestamp
 
 __all__ = ["Client"]
 
@@ -106,8 +106,19 @@ class Client:
     # -- API ------------------------------------------------------------------------------
 
     async def put(self, key: str, value: str, *, no_append: bool = False, id: str | None = None,
+                  if_latest: str | None = None, if_absent: bool = False,
                   timeout: float | None = None) -> PutResult:
-        """Append ``value`` to ``key``, coalesced with concurrent puts. Raises as Store.put."""
+        """Append ``value`` to ``key``, coalesced with concurrent puts. Raises as Store.put.
+
+        A conditional put (``if_latest`` / ``if_absent``) is sent on its own; a re-send
+        after a lost answer carries the same id, so the leader acks its own first write
+        instead of calling it a conflict.
+        """
+        if if_latest is not None or if_absent:
+            raw = {"key": key, "value": value, "no_append": no_append, "id": id,
+                   "if_latest": if_latest, "if_absent": if_absent}
+            wire, _ = _from_caller(raw, 0)
+            return await self._single("/v1/put", wire, id is None, timeout)
         item = _wire_item(key, value, no_append, id)
         future: asyncio.Future[PutResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(item, future, id is None))
@@ -130,19 +141,27 @@ class Client:
                 f"id={item['id']!r} to be sure it is stored once"
             ) from None
 
-    async def put_many(self, items: Iterable[Any], *, timeout: float | None = None
-                       ) -> list[PutResult]:
+    async def put_many(self, items: Iterable[Any], *, atomic: bool = False,
+                       timeout: float | None = None) -> list[PutResult]:
         """Append many items (``(key, value[, no_append])`` or mappings with an optional
-        ``id``), split into requests under the batch limits; results in input order."""
+        ``id``), split into requests under the batch limits; results in input order.
+
+        ``atomic``: one request, committed in one transaction or not at all (never
+        split); items may carry ``if_latest`` / ``if_absent``."""
         prepared = []
         fresh = True  # no id came from the caller: all were made here, never sent
         for i, it in enumerate(items):
             wire, given = _from_caller(it, i)
+            if not atomic and ("if_latest" in wire or "if_absent" in wire):
+                raise InvalidInputError(f"item {i}: conditions (if_latest, if_absent) need "
+                                        "put or an atomic put_many")
             prepared.append(wire)
             fresh = fresh and not given
         if not prepared:
             raise InvalidInputError("a put needs at least one item")
         deadline = asyncio.get_running_loop().time() + (timeout or self.timeout_s)
+        if atomic:
+            return await self._put_chunk(prepared, deadline, fresh, atomic=True)
         chunks = list(self._chunks(prepared))
         if len(chunks) == 1:  # the common case: no gather, no extra task
             return await self._put_chunk(chunks[0], deadline, fresh)
@@ -160,18 +179,34 @@ class Client:
             f"failed ({errors[0]!r}); put the items again with ids to store each once"
         )
 
-    async def get(self, key: str, limit: HistoryLimit = 1, *, timeout: float | None = None
-                  ) -> list[HistoryItem]:
-        """A key's history (strong read on whichever node answers), newest first."""
-        try:
-            check_limit(limit)
-        except ValueError as exc:
-            raise InvalidInputError(str(exc)) from None
+    async def delete(self, key: str, *, if_latest: str | None = None, id: str | None = None,
+                     timeout: float | None = None) -> PutResult:
+        """Append a tombstone to ``key``. Raises as Store.delete."""
+        payload: dict[str, Any] = {"key": key, "id": id or new_id()}
+        if if_latest is not None:
+            payload["if_latest"] = if_latest
+        return await self._single("/v1/delete", payload, id is None, timeout)
+
+    async def get(self, key: str, limit: HistoryLimit | None = None, *,
+                  max_staleness: float | None = None, timeout: float | None = None
+                  ) -> History:
+        """A key's history, newest first, as Store.get (whichever node answers)."""
+        query = {"key": key}
+        if limit is not None:
+            try:
+                check_limit(limit)
+            except ValueError as exc:
+                raise InvalidInputError(str(exc)) from None
+            query["limit"] = str(limit)
+        _staleness_query(query, max_staleness)
         deadline = asyncio.get_running_loop().time() + (timeout or self.timeout_s)
-        body = await self._call("GET", "/v1/get", {"key": key, "limit": str(limit)}, None,
-                                deadline, idempotent=True)
-        return [HistoryItem(i["id"], i["value"], Timestamp.parse(i["timestamp"]))
-                for i in body["items"]]
+        body = await self._call("GET", "/v1/get", query, None, deadline, idempotent=True)
+        deleted = body.get("deleted")
+        return History(
+            (_history_item(i) for i in body["items"]),
+            read_timestamp=Timestamp.parse(body["read_timestamp"]),
+            deleted=None if deleted is None else HistoryItem(
+                deleted["id"], "", Timestamp.parse(deleted["timestamp"]), True))
 
     async def leader(self, *, timeout: float | None = None) -> dict[str, Any]:
         """What a node says about the leader: ``{"node", "leader", "is_leader"}``."""
@@ -231,12 +266,23 @@ class Client:
             if not p.future.done():
                 p.future.set_result(r)
 
+    async def _single(self, path: str, payload: dict[str, Any], fresh: bool,
+                      timeout: float | None) -> PutResult:
+        """One uncoalesced write (a conditional put, a delete), retried with its id."""
+        deadline = asyncio.get_running_loop().time() + (timeout or self.timeout_s)
+        body = await self._call("POST", path, None, payload, deadline, idempotent=True,
+                                fresh=fresh)
+        return PutResult(body["id"], Timestamp.parse(body["timestamp"]))
+
     async def _put_chunk(self, items: list[dict[str, Any]], deadline: float,
-                         fresh: bool = False) -> list[PutResult]:
+                         fresh: bool = False, atomic: bool = False) -> list[PutResult]:
         # ``fresh`` (every id made here, never sent): the first attempt says so, and the
         # leader skips reading for rows already stored under these ids. A retry may
         # follow a request that was written, so it never says so.
-        body = await self._call("POST", "/v1/put_many", None, {"items": items}, deadline,
+        payload: dict[str, Any] = {"items": items}
+        if atomic:
+            payload["atomic"] = True
+        body = await self._call("POST", "/v1/put_many", None, payload, deadline,
                                 idempotent=True, fresh=fresh)
         # The rows of one commit share a timestamp: parse each distinct text once.
         stamps: dict[str, Timestamp] = {}
@@ -297,7 +343,7 @@ class Client:
                 error = body.get("error", {}) if isinstance(body, dict) else {}
                 err = error_from_code(error.get("code", "outcome_unknown"),
                                       error.get("message", f"HTTP {status}"),
-                                      error.get("retry_after"))
+                                      error.get("retry_after"), error)
                 if status not in (503, 504) or not idempotent:
                     raise err
                 last = err
@@ -311,11 +357,25 @@ class Client:
                                         f"same ids{why}")
         raise NoLeaderError(f"no node answered in time; nothing written{why}")
 
+    async def list(self, prefix: str = "", limit: int = 100, after: str | None = None, *,
+                   max_staleness: float | None = None, timeout: float | None = None
+                   ) -> Listing:
+        """One page of keys with their newest live rows, as Store.list."""
+        query = {"prefix": prefix, "limit": str(limit)}
+        if after is not None:
+            query["after"] = after
+        _staleness_query(query, max_staleness)
+        deadline = asyncio.get_running_loop().time() + (timeout or self.timeout_s)
+        body = await self._call("GET", "/v1/list", query, None, deadline, idempotent=True)
+        return Listing([ListItem(i["key"], i["id"], i["value"], Timestamp.parse(i["timestamp"]))
+                        for i in body["items"]], body["next"],
+                       Timestamp.parse(body["read_timestamp"]))
+
 
 # The class of a reply that is not one of ours (a proxy's, or the HTTP server's own
 # refusal before our handlers run), by its status.
-_STATUS_CODES = {400: "invalid", 401: "unauthorized", 413: "too_large", 429: "busy",
-                 503: "unavailable"}
+_STATUS_CODES = {400: "invalid", 401: "unauthorized", 409: "conflict", 413: "too_large",
+                 429: "busy", 503: "unavailable"}
 
 
 def _decode(raw: bytes, status: int) -> Any:
@@ -341,15 +401,36 @@ def _wire_item(key: str, value: str, no_append: bool, rid: str | None, index: in
                ) -> dict[str, Any]:
     """A checked item as sent: with an id made here unless it is a no_append put."""
     item = parse_item({"key": key, "value": value, "no_append": no_append, "id": rid}, index)
+    return _wire(item)
+
+
+def _wire(item: Item) -> dict[str, Any]:
     if item.no_append:
         return {"key": item.key, "value": item.value, "no_append": True, "id": None}
-    return {"key": item.key, "value": item.value, "id": item.id or new_id()}
+    wire: dict[str, Any] = {"key": item.key, "value": item.value, "id": item.id or new_id()}
+    if item.cond == IF_ABSENT:
+        wire["if_absent"] = True
+    elif item.cond is not None:
+        wire["if_latest"] = item.cond
+    return wire
 
 
 def _from_caller(raw: Any, index: int) -> tuple[dict[str, Any], bool]:
     """The item as sent, and whether the caller gave its id."""
     item = parse_item(raw, index)
-    return _wire_item(item.key, item.value, item.no_append, item.id, index), item.id is not None
+    return _wire(item), item.id is not None
+
+
+def _history_item(i: dict[str, Any]) -> HistoryItem:
+    deleted = i.get("deleted") is True
+    return HistoryItem(i["id"], "" if deleted else i["value"], Timestamp.parse(i["timestamp"]),
+                       deleted)
+
+
+def _staleness_query(query: dict[str, str], max_staleness: float | None) -> None:
+    if max_staleness is not None:
+        check_staleness(max_staleness)
+        query["max_staleness_ms"] = str(round(max_staleness * 1000))
 
 
 _packb = msgpack.Packer(use_bin_type=True).pack

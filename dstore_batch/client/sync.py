@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Self
 
 from ..storage.base import HistoryLimit
-from ..types import HistoryItem, PutResult
+from ..types import History, Listing, PutResult
 from .client import Client
 
 __all__ = ["SyncClient"]
@@ -36,8 +36,15 @@ class SyncClient:
     def put_many(self, items: Iterable[Any], **kw: Any) -> list[PutResult]:
         return self._runner.run(self._client.put_many(items, **kw))
 
-    def get(self, key: str, limit: HistoryLimit = 1, **kw: Any) -> list[HistoryItem]:
+    def delete(self, key: str, **kw: Any) -> PutResult:
+        return self._runner.run(self._client.delete(key, **kw))
+
+    def get(self, key: str, limit: HistoryLimit | None = None, **kw: Any) -> History:
         return self._runner.run(self._client.get(key, limit, **kw))
+
+    def list(self, prefix: str = "", limit: int = 100, after: str | None = None,
+             **kw: Any) -> Listing:
+        return self._runner.run(self._client.list(prefix, limit, after, **kw))
 
     def leader(self, **kw: Any) -> dict[str, Any]:
         return self._runner.run(self._client.leader(**kw))

@@ -6,6 +6,9 @@ Rules it keeps:
 - two rows of one key never share a batch, and a key with a batch in flight waits for it,
   so rows of one key commit in the order the leader received them, each with its own
   commit timestamp;
+- the rows of an atomic request go into one batch together, once each of them is at
+  the head of its key's queue (requests are queued whole, in arrival order, so the
+  oldest waiting request always has all its rows at the heads: no deadlock);
 - the queue is bounded in bytes: past ``queue_max_bytes`` new requests get ``busy``;
   once it is half full, a source (one follower, or the leader's own callers) holding more
   than its fair share (the bound divided among the sources with rows queued) gets
@@ -39,12 +42,14 @@ def row_bytes(row: Row) -> int:
 class Request:
     """One put or put_many call waiting for its rows to commit."""
 
-    __slots__ = ("future", "nbytes", "remaining", "rows", "sizes", "source", "timestamps")
+    __slots__ = ("atomic", "future", "nbytes", "remaining", "rows", "sizes", "source",
+                 "timestamps")
 
     def __init__(self, rows: Sequence[Row], future: asyncio.Future[list[Timestamp]],
-                 source: str = "local") -> None:
+                 source: str = "local", atomic: bool = False) -> None:
         self.rows = rows
         self.source = source
+        self.atomic = atomic and len(rows) > 1
         self.sizes = [row_bytes(r) for r in rows]
         self.nbytes = sum(self.sizes)
         self.future = future
@@ -77,6 +82,7 @@ class Batch:
     slots: list[tuple[Request, int]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     nbytes: int = 0
+    groups: list[list[int]] = field(default_factory=list)  # atomic requests' row indices
 
     def requests(self) -> list[Request]:
         """The distinct requests with rows in this batch."""
@@ -129,8 +135,9 @@ class Accumulator:
         cfg = self._config
         batch = Batch()
         taken: list[str] = []
+        claimed: set[str] = set()  # keys an atomic request put in this batch
         for key, queue in self._pending.items():
-            if key in self._inflight_keys:
+            if key in self._inflight_keys or key in claimed:
                 continue
             # Rows of requests whose caller gave up (deadline, cancel) are dropped here.
             while queue and queue[0][0].future.done():
@@ -140,6 +147,16 @@ class Accumulator:
                 taken.append(key)
                 continue
             request, index = queue[0]
+            if request.atomic:
+                fits = self._take_atomic(batch, request, claimed)
+                if fits is None:
+                    continue  # a row of it waits behind another request of its key
+                if not fits:
+                    break
+                taken.extend(r.key for r in request.rows)
+                if len(batch.rows) >= cfg.max_rows:
+                    break
+                continue
             size = request.sizes[index]
             if batch.rows and batch.nbytes + size > cfg.max_bytes:
                 break
@@ -153,6 +170,8 @@ class Accumulator:
             if len(batch.rows) >= cfg.max_rows:
                 break
         for key in taken:
+            if key not in self._pending:
+                continue  # an atomic request's key listed twice
             if self._pending[key]:
                 self._pending.move_to_end(key)
             else:
@@ -166,6 +185,33 @@ class Accumulator:
         if not self._pending:
             self._wakeup.clear()
         return batch
+
+    def _take_atomic(self, batch: Batch, request: Request, claimed: set[str]) -> bool | None:
+        """Add all of an atomic request's rows to ``batch``: True if done, False if it
+        does not fit the batch (it goes first in the next one), None if one of its rows
+        is not at the head of its key's queue or its key has a batch in flight."""
+        pending = self._pending
+        in_batch = set(batch.keys)
+        for index, row in enumerate(request.rows):
+            queue = pending.get(row.key)
+            if (not queue or queue[0][0] is not request or queue[0][1] != index
+                    or row.key in self._inflight_keys or row.key in in_batch):
+                return None
+        cfg = self._config
+        if batch.rows and (len(batch.rows) + len(request.rows) > cfg.max_rows
+                           or batch.nbytes + request.nbytes > cfg.max_bytes):
+            return False
+        start = len(batch.rows)
+        for index, row in enumerate(request.rows):
+            pending[row.key].popleft()
+            batch.rows.append(row)
+            batch.slots.append((request, index))
+            batch.keys.append(row.key)
+            claimed.add(row.key)
+        self._release_bytes(request.source, request.nbytes)
+        batch.nbytes += request.nbytes
+        batch.groups.append(list(range(start, len(batch.rows))))
+        return True
 
     def _forget(self, request: Request, size: int) -> None:
         self.rows -= 1

@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..config import BatchConfig
-from ..errors import CommitError, DstoreError, InternalError, NotLeaderError
+from ..errors import CommitError, ConflictError, DstoreError, InternalError, NotLeaderError
 from ..observability.metrics import Metrics
 from ..storage.base import Fence, Storage
-from ..types import CommitResult, Row, Timestamp
+from ..types import IF_ABSENT, CommitResult, Latest, Row, Timestamp
 from .accumulator import Accumulator, Batch, Request
 
 __all__ = ["Committer"]
@@ -62,9 +62,12 @@ class Committer:
     # -- intake ----------------------------------------------------------------------
 
     def submit(
-        self, rows: Sequence[Row], source: str = "local"
+        self, rows: Sequence[Row], source: str = "local", atomic: bool = False
     ) -> asyncio.Future[list[Timestamp]]:
         """Queue rows for commit; the future gives each row's commit timestamp.
+
+        ``atomic``: every row commits in one transaction, or none does (the caller has
+        checked that they fit one commit and write each key once).
 
         Raises:
             NotLeaderError: this node is not accepting puts as leader.
@@ -73,7 +76,7 @@ class Committer:
         if not self._accepting:
             raise NotLeaderError("this node is not the leader")
         future: asyncio.Future[list[Timestamp]] = asyncio.get_running_loop().create_future()
-        self._acc.add(Request(rows, future, source))
+        self._acc.add(Request(rows, future, source, atomic))
         self._quiet.clear()
         self._gauge()
         return future
@@ -178,9 +181,11 @@ class Committer:
             m.commit_rows.observe(len(batch.rows))
             m.commit_bytes.observe(batch.nbytes)
             m.committed_rows.inc(len(batch.rows))
-            ts, existing = result
+            ts, existing, conflicts = result
+            refused = _refuse(batch, conflicts) if conflicts else ()
             for n, (request, index) in enumerate(batch.slots):
-                request.resolve(index, existing.get(n, ts))
+                if request not in refused:
+                    request.resolve(index, existing.get(n, ts))
         finally:
             self._acc.release(batch)
             self._slots.release()
@@ -216,7 +221,8 @@ class Committer:
             started_mono = time.monotonic()
             aborts_before = getattr(self._storage, "aborted_attempts", 0)
             try:
-                result = await self._storage.commit(batch.rows, self._node_id, fence)
+                result = await self._storage.commit(batch.rows, self._node_id, fence,
+                                                    batch.groups)
             except NotLeaderError as exc:
                 if unknown is not None:
                     raise CommitError(f"{exc.message}, after an attempt whose outcome is "
@@ -242,3 +248,30 @@ class Committer:
             if self._heartbeat is not None:
                 self._heartbeat(fence.token, started_mono)
             return result
+
+
+def _refuse(batch: Batch, conflicts: Mapping[int, Latest | None]) -> set[Request]:
+    """Fail the requests with a failed condition (before any of their rows resolves:
+    an atomic request's rows are all in this batch, and none of them was written)."""
+    first: dict[Request, tuple[int, Latest | None]] = {}
+    for n in sorted(conflicts):
+        request, index = batch.slots[n]
+        if request not in first or index < first[request][0]:
+            first[request] = (index, conflicts[n])
+    for request, (index, latest) in first.items():
+        row = request.rows[index]
+        if latest is None:
+            now = "the key has no rows"
+        else:
+            now = (f"its newest row is {latest.id} at {latest.timestamp}"
+                   + (" (a tombstone)" if latest.deleted else ""))
+        want = "no live row" if row.cond == IF_ABSENT else f"newest row {row.cond}"
+        where = f"item {index}: " if request.atomic else ""
+        request.fail(ConflictError(
+            f"{where}condition failed on key {row.key[:200]!r}: expected {want}, but {now}"
+            + ("; nothing of the request was written" if request.atomic else ""),
+            latest=None if latest is None else {
+                "id": latest.id, "timestamp": str(latest.timestamp),
+                "deleted": latest.deleted},
+            index=index if request.atomic else None))
+    return set(first)

@@ -13,12 +13,17 @@ from typing import Any, NamedTuple
 
 from ..config import LimitsConfig
 from ..errors import InvalidInputError, TooLargeError
-from ..types import NO_APPEND_ID, Row
+from ..types import IF_ABSENT, NO_APPEND_ID, Row
 
 __all__ = [
+    "ITEM_FIELDS",
     "Item",
+    "check_atomic",
     "check_client_id",
+    "check_list_limit",
     "check_rows",
+    "check_staleness",
+    "delete_row",
     "new_id",
     "parse_item",
     "rows_from_items",
@@ -121,18 +126,51 @@ class Item(NamedTuple):
     value: str
     no_append: bool
     id: str | None  # a client-made id (idempotent put), or None
+    cond: str | None = None  # None, IF_ABSENT, or the id the key's newest row must have
+
+
+# Every field an item mapping may have. Anything else is refused, never dropped: a
+# field this node does not know may be a condition the caller relies on.
+ITEM_FIELDS = frozenset({"key", "value", "no_append", "id", "if_latest", "if_absent"})
+
+
+def check_expected_id(expected: object, what: str) -> str:
+    """An ``if_latest`` id: any row id (a client's, a node's, or the no_append "-")."""
+    if type(expected) is not str or not (expected == NO_APPEND_ID
+                                         or CLIENT_ID.fullmatch(expected)):
+        raise InvalidInputError(f"{what}: if_latest must be a row id (1-64 characters of "
+                                "A-Z a-z 0-9 _ . : -)")
+    return expected
+
+
+def parse_condition(if_latest: object, if_absent: object, what: str) -> str | None:
+    """The ``Row.cond`` of a caller's ``if_latest`` / ``if_absent``. Raises InvalidInputError."""
+    if if_absent is not None and type(if_absent) is not bool:
+        raise InvalidInputError(f"{what}: if_absent must be a boolean")
+    if if_latest is not None:
+        if if_absent:
+            raise InvalidInputError(f"{what}: if_latest and if_absent cannot go together")
+        return check_expected_id(if_latest, what)
+    return IF_ABSENT if if_absent else None
 
 
 def parse_item(item: Any, index: int) -> Item:
     """Check one caller item's shape; the one set of rules for Store, HTTP and Client.
 
     An item is ``(key, value)``, ``(key, value, no_append)`` or a mapping with ``key``,
-    ``value`` and optional ``no_append`` and ``id``. Raises InvalidInputError.
+    ``value`` and optional ``no_append``, ``id``, ``if_latest`` and ``if_absent``; a
+    mapping with any other field is refused. Raises InvalidInputError.
     """
     rid = None
+    cond = None
     if isinstance(item, Mapping):
+        unknown = [f for f in item if f not in ITEM_FIELDS]
+        if unknown:
+            raise InvalidInputError(f"item {index}: unknown field {str(unknown[0])[:100]!r} "
+                                    f"(known: {', '.join(sorted(ITEM_FIELDS))})")
         key, value, no_append = item.get("key"), item.get("value"), item.get("no_append", False)
         rid = item.get("id")
+        cond = parse_condition(item.get("if_latest"), item.get("if_absent"), f"item {index}")
     elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
         key, value = item[0], item[1]
         no_append = item[2] if len(item) == 3 else False
@@ -142,15 +180,19 @@ def parse_item(item: Any, index: int) -> Item:
         raise InvalidInputError(f"item {index}: key and value must be strings")
     if type(no_append) is not bool:
         raise InvalidInputError(f"item {index}: no_append must be a boolean")
+    if no_append and cond is not None:
+        raise InvalidInputError(f"item {index}: a condition cannot go with no_append "
+                                "(a no_append row replaces itself, it is never conditional)")
     if rid is not None:
         if no_append:
             raise InvalidInputError(f"item {index}: an id cannot go with no_append",
                                     code="invalid_id")
         rid = check_client_id(rid, index)
-    return Item(key, value, no_append, rid)
+    return Item(key, value, no_append, rid, cond)
 
 
-def rows_from_items(items: Iterable[Any], *, fresh: bool = False) -> list[Row]:
+def rows_from_items(items: Iterable[Any], *, fresh: bool = False,
+                    conditions: bool = False) -> list[Row]:
     """Turn caller items into rows, with fresh ids unless the caller gave one.
 
     A given id makes the put idempotent: a row already stored under (key, id) is kept,
@@ -161,13 +203,69 @@ def rows_from_items(items: Iterable[Any], *, fresh: bool = False) -> list[Row]:
     are written as this node's own ids are, without the leader's read of the rows
     already stored (a re-send inside the node marks them ``keep`` again, as it does its
     own ids).
+
+    ``conditions``: whether items may carry ``if_latest`` / ``if_absent`` (a single put,
+    or an atomic put_many; in a plain put_many a condition would hold for one item and
+    not the request, so it is refused).
     """
     keep = not fresh
     rows = []
     for i, raw in enumerate(items):
         item = parse_item(raw, i)
+        if item.cond is not None and not conditions:
+            raise InvalidInputError(f"item {i}: conditions (if_latest, if_absent) need "
+                                    "put or an atomic put_many")
         if item.id is not None:
-            rows.append(Row(item.id, item.key, item.value, keep))
+            rows.append(Row(item.id, item.key, item.value, keep, item.cond))
         else:
-            rows.append(Row(NO_APPEND_ID if item.no_append else new_id(), item.key, item.value))
+            rid = NO_APPEND_ID if item.no_append else new_id()
+            rows.append(Row(rid, item.key, item.value, False, item.cond))
     return rows
+
+
+def delete_row(key: Any, if_latest: Any = None, rid: Any = None, *, fresh: bool = False) -> Row:
+    """The tombstone row of a delete. Raises InvalidInputError."""
+    if type(key) is not str:
+        raise InvalidInputError("key must be a string")
+    cond = None if if_latest is None else check_expected_id(if_latest, "delete")
+    if rid is None:
+        return Row(new_id(), key, "", False, cond, True)
+    return Row(check_client_id(rid, 0), key, "", not fresh, cond, True)
+
+
+def check_atomic(rows: Sequence[Row], max_rows: int, max_bytes: int, nbytes: int) -> None:
+    """An atomic request must fit one commit and write each key once."""
+    if len(rows) > max_rows or nbytes > max_bytes:
+        raise TooLargeError(
+            f"an atomic put_many commits in one transaction: at most {max_rows} items and "
+            f"{max_bytes} bytes (this one: {len(rows)} items, {nbytes} bytes)",
+            code="too_many_items")
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        if row.key in seen:
+            raise InvalidInputError(f"item {i}: an atomic put_many writes each key once "
+                                    f"(rows of one key get distinct commit timestamps)")
+        seen.add(row.key)
+
+
+MAX_LIST_LIMIT = 10_000
+
+
+def check_list_limit(limit: object) -> int:
+    """A ``list`` page size: 1..10,000. Raises InvalidInputError."""
+    if type(limit) is not int or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidInputError(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
+    return limit
+
+
+MAX_STALENESS_S = 3600.0
+
+
+def check_staleness(max_staleness: object) -> float | None:
+    """A bounded-staleness read's bound in seconds (None: a strong read)."""
+    if max_staleness is None:
+        return None
+    if (isinstance(max_staleness, bool) or not isinstance(max_staleness, (int, float))
+            or not 0 <= max_staleness <= MAX_STALENESS_S):
+        raise InvalidInputError(f"max_staleness must be 0..{MAX_STALENESS_S:g} seconds")
+    return float(max_staleness)

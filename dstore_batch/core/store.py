@@ -35,10 +35,19 @@ from ..errors import (
 from ..observability.metrics import Metrics
 from ..storage import open_storage
 from ..storage.base import HistoryLimit, Storage, check_limit
-from ..types import NO_APPEND_ID, HistoryItem, PutResult, Row, Timestamp
+from ..types import NO_APPEND_ID, History, Listing, PutResult, Row, Timestamp
 from .committer import Committer
 from .election import Election, LeaderState
-from .items import check_rows, rows_from_items, wire_bytes
+from .items import (
+    check_atomic,
+    check_list_limit,
+    check_rows,
+    check_staleness,
+    delete_row,
+    rows_from_items,
+    wire_bytes,
+)
+from .retention import Retention, RetentionPolicy
 
 __all__ = ["LeaderConnection", "LeaderLink", "StoreCore"]
 
@@ -52,8 +61,10 @@ DRAIN_TIMEOUT_S = 10.0
 class LeaderConnection(Protocol):
     """An open link to the leader."""
 
-    async def request(self, rows: Sequence[Row], nbytes: int) -> list[Timestamp]:
-        """Send rows, wait for their commit timestamps.
+    async def request(self, rows: Sequence[Row], nbytes: int,
+                      atomic: bool = False) -> list[Timestamp]:
+        """Send rows (``atomic``: to commit in one transaction), wait for their commit
+        timestamps.
 
         Raises LinkDownError (not sent), LinkLostError (maybe sent), or the leader's
         typed answer.
@@ -134,7 +145,14 @@ class StoreCore:
             fence=lambda: self.election.fence, metrics=self.metrics,
             heartbeat=self.election.heartbeat_succeeded,
         )
+        self.retention = Retention(
+            self.storage,
+            RetentionPolicy(keep_versions=config.keep_versions,
+                            retention_days=config.retention_days,
+                            interval_s=config.retention_interval_s),
+            fence=lambda: self.election.fence, metrics=self.metrics, node_id=config.node_id)
         self._keeper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._links_in: Counter[str] = Counter()  # followers linked to this node now
         self._active_puts = 0  # put calls through this node not yet answered
         self._no_puts = asyncio.Event()  # set while _active_puts == 0
@@ -205,6 +223,7 @@ class StoreCore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
             self._keeper = None
+        await self.retention.stop()
         await self.committer.stop()
         await self.election.stop(release=True)
         await self.storage.close()
@@ -220,8 +239,12 @@ class StoreCore:
     def _on_leader_change(self, old: LeaderState, new: LeaderState) -> None:
         if new.is_leader and not old.is_leader and self._state in ("starting", "running"):
             self.committer.open()
+            self.retention.start()
         elif old.is_leader and not new.is_leader:
             self.committer.close()
+            task = asyncio.get_running_loop().create_task(self.retention.stop())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # -- state -----------------------------------------------------------------------
 
@@ -268,52 +291,93 @@ class StoreCore:
     # -- API -------------------------------------------------------------------------
 
     async def put(
-        self, key: str, value: str, *, no_append: bool = False, timeout: float | None = None
+        self, key: str, value: str, *, no_append: bool = False, if_latest: str | None = None,
+        if_absent: bool = False, timeout: float | None = None,
     ) -> PutResult:
         """Append ``value`` to ``key``; return once committed, with the row id and timestamp.
 
+        ``if_latest=ID``: append only if the key's newest row has id ``ID``;
+        ``if_absent=True``: only if the key has no live row. The leader checks either in
+        the transaction that commits the row.
         Raises:
+            ConflictError: the condition did not hold (a RejectedError); nothing written.
             RejectedError: bad input; nothing written.
             UnavailableError: no leader in time; nothing written.
             OutcomeUnknownError: deadline passed after sending; maybe written.
         """
-        item = ((key, value, no_append),)
-        return (await self._put(lambda: rows_from_items(item), "put", timeout))[0]
+        item = {"key": key, "value": value, "no_append": no_append}
+        if if_latest is not None:
+            item["if_latest"] = if_latest
+        if if_absent:
+            item["if_absent"] = if_absent
+        return (await self._put(lambda: rows_from_items((item,), conditions=True), "put",
+                                timeout))[0]
 
     async def put_many(
-        self, items: Iterable[Any], *, timeout: float | None = None
+        self, items: Iterable[Any], *, atomic: bool = False, timeout: float | None = None
     ) -> list[PutResult]:
         """Append many items (``(key, value[, no_append])`` or mappings) in one request.
 
-        Returns one result per item, in input order. Raises as ``put``.
+        Returns one result per item, in input order. ``atomic``: every item commits in one
+        transaction or none does; items may then carry ``if_latest`` / ``if_absent``, and
+        one failed condition refuses the whole request (ConflictError with ``index``).
+        Raises as ``put``.
         """
-        return await self._put(lambda: rows_from_items(items), "put_many", timeout)
+        return await self.put_items(items, op="put_many", atomic=atomic, timeout=timeout)
 
     async def put_items(
         self, items: Iterable[Any], *, op: str, timeout: float | None = None,
-        fresh: bool = False,
+        fresh: bool = False, atomic: bool = False,
     ) -> list[PutResult]:
         """``put_many`` counted under another operation name (the HTTP layer uses this).
 
         ``fresh``: the items' ids were made by the sender for this request and never sent
-        before (see ``rows_from_items``)."""
-        return await self._put(lambda: rows_from_items(items, fresh=fresh), op, timeout)
+        before (see ``rows_from_items``). Conditions are allowed in a single put and in
+        an atomic request."""
+        conditions = atomic or op == "put"
+        return await self._put(
+            lambda: rows_from_items(items, fresh=fresh, conditions=conditions), op, timeout,
+            atomic)
 
-    async def get(self, key: str, limit: HistoryLimit = 1) -> list[HistoryItem]:
-        """A key's history by a strong read: newest first; ``limit`` is N, "all" or "oldest".
+    async def delete(
+        self, key: str, *, if_latest: str | None = None, id: str | None = None,
+        timeout: float | None = None, fresh: bool = False,
+    ) -> PutResult:
+        """Append a tombstone to ``key`` (history keeps it); return its id and timestamp.
 
+        ``if_latest``: only if the key's newest row has that id. ``id``: a client-made row
+        id (idempotent, as in put). Raises as ``put``.
+        """
+        return (await self._put(lambda: [delete_row(key, if_latest, id, fresh=fresh)],
+                                "delete", timeout))[0]
+
+    async def get(self, key: str, limit: HistoryLimit | None = None, *,
+                  max_staleness: float | None = None) -> History:
+        """A key's history: newest first.
+
+        ``limit`` None (the default): the newest live value: one item, or none when the
+        key has no rows or its newest row is a tombstone (then ``History.deleted`` is that
+        tombstone). ``limit`` N, "all" or "oldest": the rows themselves, tombstones
+        included (``HistoryItem.deleted``). A strong read, or with ``max_staleness``
+        (seconds) a bounded-staleness read; ``History.read_timestamp`` says when.
         Raises:
             InvalidInputError: empty key or a bad limit.
             ReadError: the database read failed or did not answer within
                 ``config.db_timeout_s``.
         """
+        if type(key) is not str or not key:
+            raise InvalidInputError("key must be a non-empty string")
+        staleness = check_staleness(max_staleness)
+        if limit is None:
+            history = await self.storage.history(key, 1, staleness)
+            if history and history[0].deleted:
+                return History(read_timestamp=history.read_timestamp, deleted=history[0])
+            return history
         try:
             limit = check_limit(limit)
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
-        if type(key) is not str or not key:
-            raise InvalidInputError("key must be a non-empty string")
-        return await self.storage.history(key, limit)
+        return await self.storage.history(key, limit, staleness)
 
     def count_refused(self, op: str, error: DstoreError) -> None:
         """Count a put that a front end refused before it reached ``put``."""
@@ -358,18 +422,25 @@ class StoreCore:
     # -- write path ------------------------------------------------------------------
 
     def submit(
-        self, rows: Sequence[Row], source: str = "local"
+        self, rows: Sequence[Row], source: str = "local", atomic: bool = False
     ) -> asyncio.Future[list[Timestamp]]:
         """Check rows and queue them in this node's committer (leader only).
 
         ``source`` (a follower's id, or "local") is what the queue's fair share is kept
         by. Raises RejectedError, NotLeaderError or BusyError.
         """
+        self._check(rows, atomic)
+        return self.committer.submit(rows, source, atomic)
+
+    def _check(self, rows: Sequence[Row], atomic: bool) -> None:
         check_rows(rows, self.config.limits)
-        return self.committer.submit(rows, source)
+        if atomic:
+            batch = self.config.batch
+            check_atomic(rows, batch.max_rows, batch.max_bytes, wire_bytes(rows))
 
     async def _put(
-        self, make_rows: Callable[[], Sequence[Row]], op: str, timeout: float | None
+        self, make_rows: Callable[[], Sequence[Row]], op: str, timeout: float | None,
+        atomic: bool = False,
     ) -> list[PutResult]:
         started = time.perf_counter()
         role = "leader" if self.election.is_leader else "follower"
@@ -377,8 +448,8 @@ class StoreCore:
         self._no_puts.clear()
         try:
             rows = make_rows()
-            check_rows(rows, self.config.limits)
-            stamps = await self._submit(rows, timeout or self.config.put_timeout_s)
+            self._check(rows, atomic)
+            stamps = await self._submit(rows, timeout or self.config.put_timeout_s, atomic)
         except DstoreError as exc:
             self.metrics.puts.labels(op, exc.code).inc()
             raise
@@ -391,7 +462,8 @@ class StoreCore:
         self.metrics.put_rows.inc(len(rows))
         return [PutResult(r.id, ts) for r, ts in zip(rows, stamps, strict=True)]
 
-    async def _submit(self, rows: Sequence[Row], timeout: float) -> list[Timestamp]:
+    async def _submit(self, rows: Sequence[Row], timeout: float,
+                      atomic: bool = False) -> list[Timestamp]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         nbytes = wire_bytes(rows)
@@ -409,7 +481,8 @@ class StoreCore:
             state = self.election.state
             try:
                 if state.is_leader:
-                    future = self.committer.submit(_kept(rows) if maybe_written else rows)
+                    future = self.committer.submit(_kept(rows) if maybe_written else rows,
+                                                   atomic=atomic)
                     in_flight = True
                     return await _until(deadline, future)
                 if state.leader is None:
@@ -426,7 +499,7 @@ class StoreCore:
                         self.metrics.resends.inc()
                     send = _kept(rows) if maybe_written else rows
                     in_flight = True
-                    return await _until(deadline, conn.request(send, nbytes))
+                    return await _until(deadline, conn.request(send, nbytes, atomic))
                 finally:
                     self.link.release(nbytes)
             except TimeoutError:
@@ -447,6 +520,19 @@ class StoreCore:
                 attempt += 1
                 delay = min(exc.retry_after or backoff, max(deadline - loop.time(), 0))
                 await asyncio.sleep(delay)
+
+
+    async def list(self, prefix: str = "", limit: int = 100, after: str | None = None, *,
+                   max_staleness: float | None = None) -> Listing:
+        """Keys starting with ``prefix``, ascending, each with its newest live row;
+        deleted keys left out. ``limit`` 1..10,000 keys a page; pass the page's ``next``
+        as ``after`` for the next one. Strong, or bounded-staleness with
+        ``max_staleness`` (seconds). Raises InvalidInputError, ReadError.
+        """
+        if type(prefix) is not str or (after is not None and type(after) is not str):
+            raise InvalidInputError("prefix and after must be strings")
+        staleness = check_staleness(max_staleness)
+        return await self.storage.list_keys(prefix, check_list_limit(limit), after, staleness)
 
 
 class _LinkReachability:

@@ -21,16 +21,17 @@ LATENCY_BUCKETS = (
 ROW_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 16000)
 BYTE_BUCKETS = tuple(float(4**i * 256) for i in range(11))  # 256 B .. 256 MiB
 
-OPS = ("put", "put_many")
+OPS = ("put", "put_many", "delete")
 ROLES = ("leader", "follower")
 # Wire codes a put can end with (dstore_batch.errors); "ok" is the success result.
 ERROR_CODES = ("invalid", "empty_key", "invalid_utf8", "invalid_id", "too_large", "key_too_large",
-               "value_too_large", "too_many_items", "body_too_large", "unauthorized",
+               "value_too_large", "too_many_items", "body_too_large", "unauthorized", "conflict",
                "not_leader", "busy", "no_leader", "unavailable", "link_down", "deadline",
                "commit_failed", "link_lost", "partial_commit", "internal")
 COMMIT_RESULTS = ("not_leader", "commit_failed", "internal")
-HTTP_PATHS = ("/v1/put", "/v1/put_many", "/v1/get", "/v1/leader", "/v1/peer", "/healthz",
-              "/readyz", "/metrics", "other")
+HTTP_PATHS = ("/v1/put", "/v1/put_many", "/v1/delete", "/v1/get", "/v1/list", "/v1/leader",
+              "/v1/peer", "/healthz", "/readyz", "/metrics", "other")
+RETENTION_KINDS = ("versions", "age")
 
 
 class Metrics:
@@ -123,6 +124,17 @@ class Metrics:
             "dstore_resends_total",
             "Put requests re-sent after a leader change or a lost link.", registry=r,
         )
+        self.retention_removed = Counter(
+            "dstore_retention_removed_rows_total",
+            "Rows deleted by retention on this node as leader, by rule "
+            "(versions: --keep-versions; age: --retention-days on SQLite).",
+            ("kind",), registry=r,
+        )
+        self.retention_oldest_age = Gauge(
+            "dstore_retention_oldest_row_age_seconds",
+            "Age of the oldest row retention left behind in its last full pass "
+            "(0 before the first pass ends).", registry=r,
+        )
         self._initialize()
 
     def _initialize(self) -> None:
@@ -144,3 +156,5 @@ class Metrics:
             self.peer_connections.labels(side)
         for path in HTTP_PATHS:
             self.http_requests.labels(path)
+        for kind in RETENTION_KINDS:
+            self.retention_removed.labels(kind)

@@ -67,7 +67,7 @@ class _Connection:
         self.ws = ws
         self._link = link
         self._pending: dict[int, asyncio.Future[list[Timestamp]]] = {}
-        self._outbox: list[tuple[int, Sequence[Row], int]] = []
+        self._outbox: list[tuple[int, Sequence[Row], int, bool]] = []
         self._wake = asyncio.Event()
         self.closed = False
         self._tasks = [
@@ -75,8 +75,10 @@ class _Connection:
             asyncio.create_task(self._reader(), name=f"peer-reader:{leader}"),
         ]
 
-    async def request(self, rows: Sequence[Row], nbytes: int) -> list[Timestamp]:
-        """Send one put request and wait for its ack.
+    async def request(self, rows: Sequence[Row], nbytes: int,
+                      atomic: bool = False) -> list[Timestamp]:
+        """Send one put request (``atomic``: to commit whole or not at all) and wait
+        for its ack.
 
         Raises:
             LinkLostError: the socket dropped while the request was in flight.
@@ -87,7 +89,7 @@ class _Connection:
         rid = next(self._link.ids)
         future: asyncio.Future[list[Timestamp]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        self._outbox.append((rid, rows, nbytes))
+        self._outbox.append((rid, rows, nbytes, atomic))
         self._wake.set()
         gauge = self._link.metrics.inflight_requests
         gauge.inc()
@@ -114,7 +116,7 @@ class _Connection:
                         size += outbox[end][2]
                         end += 1
                     frame = protocol.encode_puts(
-                        [(rid, rows) for rid, rows, _ in outbox[start:end]]
+                        [(rid, rows, atomic) for rid, rows, _, atomic in outbox[start:end]]
                     )
                     await self.ws.send_bytes(frame)
                     m.peer_frames.labels("out").inc()
@@ -141,12 +143,18 @@ class _Connection:
                         if fut is not None and not fut.done():
                             fut.set_result([Timestamp(t) for t in stamps])
                 elif kind == protocol.ERROR:
-                    for rid, code, message, retry_after in frame[1]:
+                    for entry in frame[1]:
+                        if len(entry) not in (4, 5):
+                            raise ProtocolError("error entries are [id, code, message, "
+                                                "retry, details?]")
+                        rid, code, message, retry_after = entry[:4]
                         if type(code) is not str or type(message) is not str:
                             raise ProtocolError("error entries are [id, code, message, retry]")
                         fut = self._pending.pop(rid, None)
                         if fut is not None and not fut.done():
-                            fut.set_exception(error_from_code(code, message, retry_after))
+                            details = entry[4] if len(entry) == 5 else None
+                            fut.set_exception(
+                                error_from_code(code, message, retry_after, details))
                 elif kind == protocol.FATAL:
                     why = f"leader closed the link: {frame[1]}: {frame[2]}"
                     break

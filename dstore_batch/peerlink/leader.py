@@ -49,8 +49,10 @@ class Intake(Protocol):
         """That follower's link is down."""
         ...
 
-    def submit(self, rows: Sequence[Row], source: str) -> asyncio.Future[list[Timestamp]]:
-        """Check ``rows`` against the limits and queue them for commit.
+    def submit(self, rows: Sequence[Row], source: str,
+               atomic: bool = False) -> asyncio.Future[list[Timestamp]]:
+        """Check ``rows`` against the limits and queue them for commit (``atomic``: in
+        one transaction, or not at all).
 
         Raises RejectedError (bad rows), NotLeaderError or BusyError.
         """
@@ -115,10 +117,10 @@ class _Session:
             raise ProtocolError(f"a follower may only send put frames, got type {frame[0]}")
         # The whole frame is checked before any of it is queued: a frame that breaks the
         # protocol ends the link with nothing of it committed.
-        requests = [(entry[0], protocol.rows_from_wire(entry[1])) for entry in frame[1]]
-        for rid, rows in requests:
+        requests = [protocol.request_from_wire(entry) for entry in frame[1]]
+        for rid, rows, atomic in requests:
             try:
-                future = self.intake.submit(rows, self.peer)
+                future = self.intake.submit(rows, self.peer, atomic)
             except DstoreError as exc:
                 self._errors.append((rid, exc))
                 self._wake.set()
@@ -148,10 +150,10 @@ async def serve_follower(ws: web.WebSocketResponse, intake: Intake, metrics: Met
             if session is None:
                 if frame[0] != protocol.HELLO:
                     raise ProtocolError("the first frame must be hello")
-                if frame[1] != protocol.PROTOCOL_VERSION:
+                if frame[1] not in protocol.ACCEPTED_VERSIONS:
                     raise ProtocolError(
-                        f"protocol version {frame[1]} is not {protocol.PROTOCOL_VERSION}"
-                    )
+                        f"protocol version {frame[1]} is not one of "
+                        f"{protocol.ACCEPTED_VERSIONS}")
                 peer = frame[2]
                 if not intake.accepting:
                     raise NotLeaderError(f"{node_id} is not the leader")

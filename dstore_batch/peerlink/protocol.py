@@ -11,8 +11,8 @@ from typing import Any
 
 import msgpack
 
-from ..errors import DstoreError, ProtocolError
-from ..types import Row
+from ..errors import ConflictError, DstoreError, ProtocolError
+from ..types import IF_ABSENT, Row
 
 __all__ = [
     "ACK",
@@ -30,20 +30,32 @@ __all__ = [
     "encode_hello",
     "encode_puts",
     "encode_welcome",
+    "request_from_wire",
     "rows_from_wire",
 ]
 
-PROTOCOL_VERSION = 1
+# 2: items may be tombstones or conditional, requests atomic, errors carry details.
+# A leader takes followers of version 1 too (their frames are valid version 2).
+PROTOCOL_VERSION = 2
+ACCEPTED_VERSIONS = (1, 2)
 
 HELLO = 0  # follower -> leader: [0, version, node_id]
 WELCOME = 1  # leader -> follower: [1, version, node_id]
-PUT = 2  # follower -> leader: [2, [[request_id, [[id, key, value, flags], ...]], ...]]
+# follower -> leader: [2, [[request_id, [item, ...], request_flags?], ...]]
+#   item: [id, key, value, flags] or [id, key, value, flags, expected_id]
+PUT = 2
 ACK = 3  # leader -> follower: [3, [[request_id, [timestamp_ns, ...]], ...]]
-ERROR = 4  # leader -> follower: [4, [[request_id, code, message, retry_after|nil], ...]]
+# leader -> follower: [4, [[request_id, code, message, retry_after|nil, details?], ...]]
+ERROR = 4
 FATAL = 5  # either way, then close: [5, code, message]
 
 FLAG_NO_APPEND = 1
 FLAG_CLIENT_ID = 2  # the id came from the client: keep a row already stored under it
+FLAG_DELETE = 4  # a tombstone (the value is ignored)
+FLAG_IF_ABSENT = 8  # commit only if the key has no live row
+FLAG_IF_LATEST = 16  # commit only if the key's newest row has the item's expected_id
+KNOWN_FLAGS = FLAG_NO_APPEND | FLAG_CLIENT_ID | FLAG_DELETE | FLAG_IF_ABSENT | FLAG_IF_LATEST
+REQUEST_ATOMIC = 1  # request flag: all items in one transaction, or none
 MAX_ID_CHARS = 128
 
 _packb: Callable[[object], bytes] = msgpack.Packer(use_bin_type=True).pack
@@ -57,21 +69,30 @@ def encode_welcome(node_id: str) -> bytes:
     return _packb([WELCOME, PROTOCOL_VERSION, node_id])
 
 
-def encode_puts(requests: Sequence[tuple[int, Sequence[Row]]]) -> bytes:
-    """One PUT frame carrying several requests (coalesced per event-loop tick)."""
+def encode_puts(requests: Sequence[tuple[int, Sequence[Row], bool]]) -> bytes:
+    """One PUT frame carrying several (request id, rows, atomic) requests (coalesced per
+    event-loop tick)."""
     return _packb(
         [
             PUT,
             [
-                [rid, [[r.id, r.key, r.value, _flags(r)] for r in rows]]
-                for rid, rows in requests
+                [rid, [_item(r) for r in rows], REQUEST_ATOMIC] if atomic
+                else [rid, [_item(r) for r in rows]]
+                for rid, rows, atomic in requests
             ],
         ]
     )
 
 
-def _flags(row: Row) -> int:
-    return (FLAG_NO_APPEND if row.id == "-" else 0) | (FLAG_CLIENT_ID if row.keep else 0)
+def _item(row: Row) -> list[object]:
+    flags = (FLAG_NO_APPEND if row.id == "-" else 0) | (FLAG_CLIENT_ID if row.keep else 0)
+    if row.delete:
+        flags |= FLAG_DELETE
+    if row.cond is None:
+        return [row.id, row.key, row.value, flags]
+    if row.cond == IF_ABSENT:
+        return [row.id, row.key, row.value, flags | FLAG_IF_ABSENT]
+    return [row.id, row.key, row.value, flags | FLAG_IF_LATEST, row.cond]
 
 
 def encode_acks(acks: Sequence[tuple[int, Sequence[int]]]) -> bytes:
@@ -79,7 +100,10 @@ def encode_acks(acks: Sequence[tuple[int, Sequence[int]]]) -> bytes:
 
 
 def encode_errors(errors: Sequence[tuple[int, DstoreError]]) -> bytes:
-    return _packb([ERROR, [[rid, e.code, e.message, e.retry_after] for rid, e in errors]])
+    return _packb([ERROR, [
+        [rid, e.code, e.message, e.retry_after, e.details()] if isinstance(e, ConflictError)
+        else [rid, e.code, e.message, e.retry_after]
+        for rid, e in errors]])
 
 
 def encode_fatal(code: str, message: str) -> bytes:
@@ -114,24 +138,51 @@ def decode(data: bytes, max_bytes: int) -> list[Any]:
     return frame
 
 
-def rows_from_wire(items: Any) -> list[Row]:
-    """Check a put entry's items and turn them into rows. Raises ProtocolError.
+def request_from_wire(entry: list[Any]) -> tuple[int, list[Row], bool]:
+    """Check one put entry and return (request id, rows, atomic). Raises ProtocolError.
 
     Size and content limits are the node's to check (they are configurable); this
-    checks only that the frame is well formed.
+    checks only that the frame is well formed. Unknown flags are refused, never
+    ignored: a flag this node does not know may be a condition the sender relies on.
     """
+    if len(entry) not in (2, 3):
+        raise ProtocolError("a put entry must be [request_id, items, flags?]")
+    request_flags = entry[2] if len(entry) == 3 else 0
+    if type(request_flags) is not int or request_flags & ~REQUEST_ATOMIC:
+        raise ProtocolError(f"unknown request flags {request_flags!r}")
+    return entry[0], rows_from_wire(entry[1]), bool(request_flags & REQUEST_ATOMIC)
+
+
+def rows_from_wire(items: Any) -> list[Row]:
+    """Check a put entry's items and turn them into rows. Raises ProtocolError."""
     if type(items) is not list or not items:
         raise ProtocolError("a put request must carry a non-empty array of items")
     rows = []
     for item in items:
-        if type(item) is not list or len(item) != 4:
-            raise ProtocolError("an item must be [id, key, value, flags]")
-        rid, key, value, flags = item
+        if type(item) is not list or len(item) not in (4, 5):
+            raise ProtocolError("an item must be [id, key, value, flags, expected_id?]")
+        rid, key, value, flags = item[:4]
         if type(rid) is not str or type(key) is not str or type(value) is not str:
             raise ProtocolError("item id, key and value must be strings")
         if type(flags) is not int or not rid or len(rid) > MAX_ID_CHARS:
             raise ProtocolError("item flags must be an integer and ids 1-128 characters")
+        if flags & ~KNOWN_FLAGS:
+            raise ProtocolError(f"unknown item flags {flags & ~KNOWN_FLAGS}")
         if bool(flags & FLAG_NO_APPEND) != (rid == "-"):
             raise ProtocolError("the no_append flag goes with the id '-' and only with it")
-        rows.append(Row(rid, key, value, bool(flags & FLAG_CLIENT_ID)))
+        cond: str | None = None
+        if flags & FLAG_IF_LATEST:
+            if len(item) != 5 or type(item[4]) is not str or not 0 < len(item[4]) <= 128:
+                raise ProtocolError("an if_latest item must end with its expected id")
+            if flags & (FLAG_IF_ABSENT | FLAG_NO_APPEND):
+                raise ProtocolError("if_latest cannot go with if_absent or no_append")
+            cond = item[4]
+        elif len(item) == 5:
+            raise ProtocolError("only an if_latest item carries an expected id")
+        elif flags & FLAG_IF_ABSENT:
+            if flags & FLAG_NO_APPEND:
+                raise ProtocolError("if_absent cannot go with no_append")
+            cond = IF_ABSENT
+        rows.append(Row(rid, key, value, bool(flags & FLAG_CLIENT_ID), cond,
+                        bool(flags & FLAG_DELETE)))
     return rows

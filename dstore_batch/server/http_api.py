@@ -24,7 +24,7 @@ from ..core.store import StoreCore
 from ..errors import DstoreError, InternalError, InvalidInputError, TooLargeError
 from ..observability.metrics import HTTP_PATHS
 from ..peerlink.leader import PEER_PATH, serve_follower
-from ..types import PutResult
+from ..types import HistoryItem, PutResult
 from .security import check_bearer
 
 __all__ = ["ROUTES", "make_app", "make_metrics_app"]
@@ -37,7 +37,7 @@ SOCKETS_KEY: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey(
     "sockets", weakref.WeakSet)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUT_OPS = {"/v1/put": "put", "/v1/put_many": "put_many"}
+PUT_OPS = {"/v1/put": "put", "/v1/put_many": "put_many", "/v1/delete": "delete"}
 
 
 def _core(request: web.Request) -> StoreCore:
@@ -136,51 +136,123 @@ def _results(results: list[PutResult]) -> list[dict[str, str]]:
 # -- HTTP API ------------------------------------------------------------------------------
 
 
-async def _put_body(request: web.Request, shape: str) -> tuple[Any, bool]:
-    """The items of a put body, and whether the sender says their ids are fresh."""
+PUT_MANY_FIELDS = frozenset({"items", "atomic", "fresh"})
+DELETE_FIELDS = frozenset({"key", "if_latest", "id", "fresh"})
+
+
+def _object(body: Any, fields: frozenset[str], shape: str) -> dict[str, Any]:
+    """A body that must be an object of known fields (anything else is refused, never
+    dropped: an unknown field may be a condition the caller relies on)."""
+    if not isinstance(body, dict):
+        raise InvalidInputError(f"expected an object {shape}")
+    unknown = [f for f in body if f not in fields]
+    if unknown:
+        raise InvalidInputError(f"unknown field {str(unknown[0])[:100]!r} (known: "
+                                f"{', '.join(sorted(fields))})")
+    return body
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if type(value) is not bool:
+        raise InvalidInputError(f"{name} must be a boolean")
+    return value
+
+
+async def _put_body(request: web.Request, shape: str) -> tuple[Any, bool, bool]:
+    """The items of a put body, whether the sender says their ids are fresh, and
+    whether the request is atomic."""
     try:
         body = await _body(request)
         if shape == "put":
             if not isinstance(body, dict):
-                raise InvalidInputError('expected an object {"key", "value", "no_append"?}')
-            return (body,), False
-        items = body.get("items") if isinstance(body, dict) else None
+                raise InvalidInputError('expected an object {"key", "value", "no_append"?, '
+                                        '"id"?, "if_latest"?, "if_absent"?}')
+            # `fresh` is the request's, the other fields the item's (parse_item refuses
+            # any it does not know).
+            item = dict(body)
+            fresh = item.pop("fresh", False) is True
+            return (item,), fresh, False
+        body = _object(body, PUT_MANY_FIELDS, '{"items": [...], "atomic"?}')
+        items = body.get("items")
         if not isinstance(items, list):
             raise InvalidInputError('expected an object {"items": [{"key", "value"}, ...]}')
         # Optional, sent by `Client` on a request's first attempt: the items' ids were
         # made for it and never sent before, so none can be stored yet (no read of the
         # stored rows before the commit). Anything but true is "not fresh".
-        return items, body.get("fresh") is True
+        return items, body.get("fresh") is True, _flag(body, "atomic")
     except DstoreError as exc:
         _count_refused(request, exc)
         raise
 
 
 async def _put(request: web.Request) -> web.Response:
-    items, _ = await _put_body(request, "put")
-    (result,) = await _core(request).put_items(items, op="put")
+    items, fresh, _ = await _put_body(request, "put")
+    (result,) = await _core(request).put_items(items, op="put", fresh=fresh)
     return _reply(request, _result(result))
 
 
 async def _put_many(request: web.Request) -> web.Response:
-    items, fresh = await _put_body(request, "put_many")
-    results = await _core(request).put_items(items, op="put_many", fresh=fresh)
+    items, fresh, atomic = await _put_body(request, "put_many")
+    results = await _core(request).put_items(items, op="put_many", fresh=fresh,
+                                             atomic=atomic)
     return _reply(request, {"results": _results(results)})
+
+
+async def _delete(request: web.Request) -> web.Response:
+    try:
+        body = _object(await _body(request), DELETE_FIELDS, '{"key", "if_latest"?}')
+    except DstoreError as exc:
+        _count_refused(request, exc)
+        raise
+    result = await _core(request).delete(body.get("key"),  # type: ignore[arg-type]
+                                         if_latest=body.get("if_latest"), id=body.get("id"),
+                                         fresh=body.get("fresh") is True)
+    return _reply(request, _result(result))
+
+
+def _staleness(request: web.Request) -> float | None:
+    raw = request.query.get("max_staleness_ms")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
+        raise InvalidInputError("max_staleness_ms must be a whole number of milliseconds")
+    return int(raw) / 1000
+
+
+def _row(item: HistoryItem) -> dict[str, Any]:
+    return {"id": item.id, "value": None if item.deleted else item.value,
+            "timestamp": str(item.timestamp), "deleted": item.deleted}
 
 
 async def _get(request: web.Request) -> web.Response:
     key = request.query.get("key")
     if not key:
         raise InvalidInputError("query parameter key is required")
-    raw = request.query.get("limit", "1")
+    raw = request.query.get("limit")
     limit: Any = raw
-    if raw.isascii() and raw.isdigit() and len(raw) <= 30:
+    if raw is not None and raw.isascii() and raw.isdigit() and len(raw) <= 30:
         limit = int(raw)  # check_limit refuses 0; a limit past any history means "all"
-    items = await _core(request).get(key, limit)
+    history = await _core(request).get(key, limit, max_staleness=_staleness(request))
+    body: dict[str, Any] = {"key": key, "items": [_row(i) for i in history],
+                            "read_timestamp": str(history.read_timestamp)}
+    if history.deleted is not None:
+        body["deleted"] = {"id": history.deleted.id,
+                           "timestamp": str(history.deleted.timestamp)}
+    return _reply(request, body)
+
+
+async def _list(request: web.Request) -> web.Response:
+    q = request.query
+    raw = q.get("limit", "100")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
+        raise InvalidInputError("limit must be an integer from 1 to 10000")
+    page = await _core(request).list(q.get("prefix", ""), int(raw), q.get("after"),
+                                     max_staleness=_staleness(request))
     return _reply(request, {
-        "key": key,
-        "items": [{"id": i.id, "value": i.value, "timestamp": str(i.timestamp)} for i in items],
-    })
+        "items": [{"key": i.key, "id": i.id, "value": i.value, "timestamp": str(i.timestamp)}
+                  for i in page.items],
+        "next": page.next, "read_timestamp": str(page.read_timestamp)})
 
 
 async def _leader(request: web.Request) -> web.Response:
@@ -248,7 +320,9 @@ async def _close_sockets(app: web.Application) -> None:
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/v1/put", _put),
     ("POST", "/v1/put_many", _put_many),
+    ("POST", "/v1/delete", _delete),
     ("GET", "/v1/get", _get),
+    ("GET", "/v1/list", _list),
     ("GET", "/v1/leader", _leader),
     ("GET", "/healthz", _healthz),
     ("GET", "/readyz", _readyz),

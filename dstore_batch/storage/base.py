@@ -13,7 +13,7 @@ from concurrent.futures import Executor
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from ..errors import CommitError, ReadError
-from ..types import CommitResult, HistoryItem, Row, Timestamp
+from ..types import CommitResult, History, Listing, Row, Timestamp, TrimResult
 
 T = TypeVar("T")
 
@@ -92,22 +92,65 @@ class Storage(Protocol):
         """Release connections and threads."""
 
     async def commit(
-        self, rows: Sequence[Row], leader: str, fence: Fence | None
+        self, rows: Sequence[Row], leader: str, fence: Fence | None,
+        groups: Sequence[Sequence[int]] = (),
     ) -> CommitResult:
         """Write ``rows`` (insert-or-update on (key, id)) in one transaction.
 
-        Rows with ``keep`` set are written only if (key, id) is not stored yet; the
-        result names those that were, with their stored timestamps. Every written row
-        gets the commit timestamp. A fenced commit also refreshes the lock's heartbeat
-        (to the commit timestamp): it proves the holder alive as a heartbeat would.
+        No two rows share a key (the accumulator sees to it). Rows with ``keep`` set are
+        written only if (key, id) is not stored yet; the result's ``existing`` names
+        those that were, with their stored timestamps. A row with ``cond`` is checked
+        against its key's rows as this transaction reads them: if (key, id) is stored
+        already, it is ``existing`` (its own earlier attempt: not checked again); else,
+        if its condition fails (``IF_ABSENT``: the key has a live row; an id: the key's
+        newest row by (timestamp, id) has another id, or there is none), it is in
+        ``conflicts`` with the key's newest row (None: no rows). A group (row indices)
+        commits whole or not at all: when any of its rows conflicts, none of its rows is
+        written (those are in neither ``existing`` nor ``conflicts``; the caller fails
+        the group). A ``delete`` row is a tombstone (value NULL). Every written row gets
+        the commit timestamp. A fenced commit also refreshes the lock's heartbeat (to
+        the commit timestamp): it proves the holder alive as a heartbeat would.
         Raises:
             NotLeaderError: ``fence`` no longer holds; nothing was written.
             CommitError: the database failed; the outcome is unknown.
         """
         ...
 
-    async def history(self, key: str, limit: HistoryLimit) -> list[HistoryItem]:
-        """A key's rows by a strong read, newest first (``oldest``: the first row)."""
+    async def history(self, key: str, limit: HistoryLimit,
+                      max_staleness_s: float | None = None) -> History:
+        """A key's rows, tombstones included, newest first by (timestamp, id)
+        (``oldest``: the first row). A strong read, or with ``max_staleness_s`` a
+        bounded-staleness read; ``read_timestamp`` says when the read saw the database."""
+        ...
+
+    async def list_keys(self, prefix: str, limit: int, after: str | None,
+                        max_staleness_s: float | None = None) -> Listing:
+        """Keys that start with ``prefix`` and sort after ``after`` (UTF-8 byte order),
+        ascending, each with its newest row; keys whose newest row is a tombstone are
+        left out. At most ``limit`` keys; ``next`` is the last key returned when more
+        may follow, else None. Reads a key range of the primary key (cost follows the
+        rows read, not the table)."""
+        ...
+
+    async def trim(self, after: str | None, keep_versions: int, max_rows: int,
+                   fence: Fence | None) -> TrimResult:
+        """One bounded step of ``--keep-versions``: read about ``max_rows`` rows in
+        primary-key order from the first key after ``after`` (None: the start), and in
+        one transaction delete every row of those keys but each key's newest
+        ``keep_versions`` (by (timestamp, id)); never a key's newest row. A key with
+        more than ``max_rows`` rows is still handled whole. Fenced like ``commit``
+        (NotLeaderError when the fence no longer holds; nothing deleted)."""
+        ...
+
+    async def expire(self, before: Timestamp, max_rows: int, fence: Fence | None) -> int:
+        """Delete at most ``max_rows`` rows committed before ``before`` (a key's only row
+        included: as Spanner's row deletion policy does); return how many. Fenced."""
+        ...
+
+    @property
+    def native_expiry(self) -> bool:
+        """Whether the database removes old rows by itself (Spanner's row deletion
+        policy), so the leader need not call ``expire``."""
         ...
 
     async def lock_read(self, name: str) -> LockState:

@@ -57,7 +57,8 @@ async def _leader_main(database: str, emulator_host: str | None, port: int, thre
             if lock.token != token:
                 writer.write(_frame(["error", "not leader"]))
             else:
-                ts, _ = await storage.commit([Row(uuid.uuid4().hex, key, value)], node_id, None)
+                ts = (await storage.commit([Row(uuid.uuid4().hex, key, value)], node_id,
+                                           None)).timestamp
                 writer.write(_frame(["ok", int(ts)]))
             await writer.drain()
         finally:
