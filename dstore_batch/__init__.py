@@ -9,6 +9,7 @@ from .config import BatchConfig, Config, LimitsConfig
 from .errors import (
     BusyError,
     CommitError,
+    ConflictError,
     DeadlineExceededError,
     DstoreError,
     InternalError,
@@ -26,7 +27,7 @@ from .errors import (
     UnauthorizedError,
     UnavailableError,
 )
-from .types import HistoryItem, PutResult, Timestamp
+from .types import History, HistoryItem, ListItem, Listing, PutResult, Timestamp
 
 if TYPE_CHECKING:
     from .client import Client, SyncClient
@@ -38,14 +39,18 @@ __all__ = [
     "Client",
     "CommitError",
     "Config",
+    "ConflictError",
     "DeadlineExceededError",
     "DstoreError",
+    "History",
     "HistoryItem",
     "InternalError",
     "InvalidInputError",
     "LimitsConfig",
     "LinkDownError",
     "LinkLostError",
+    "ListItem",
+    "Listing",
     "NoLeaderError",
     "NotLeaderError",
     "OutcomeUnknownError",
