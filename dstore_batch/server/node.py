@@ -21,7 +21,7 @@ from ..core.store import StoreCore
 from ..observability.metrics import Metrics
 from ..peerlink.follower import PeerLink
 from ..storage.base import HistoryLimit, Storage
-from ..types import HistoryItem, PutResult
+from ..types import History, Listing, PutResult
 from .http_api import make_app, make_metrics_app
 from .security import client_ssl, server_ssl
 
@@ -167,17 +167,30 @@ class Store:
         return await self.core.wait_for_leader(timeout)
 
     async def put(
-        self, key: str, value: str, *, no_append: bool = False, timeout: float | None = None
+        self, key: str, value: str, *, no_append: bool = False, if_latest: str | None = None,
+        if_absent: bool = False, timeout: float | None = None,
     ) -> PutResult:
-        """Append ``value`` to ``key``; see ``StoreCore.put``."""
-        return await self.core.put(key, value, no_append=no_append, timeout=timeout)
+        """Append ``value`` to ``key``, optionally on a condition; see ``StoreCore.put``."""
+        return await self.core.put(key, value, no_append=no_append, if_latest=if_latest,
+                                   if_absent=if_absent, timeout=timeout)
 
     async def put_many(
-        self, items: Iterable[Any], *, timeout: float | None = None
+        self, items: Iterable[Any], *, atomic: bool = False, timeout: float | None = None
     ) -> list[PutResult]:
         """Append many items in one request; see ``StoreCore.put_many``."""
-        return await self.core.put_many(items, timeout=timeout)
+        return await self.core.put_many(items, atomic=atomic, timeout=timeout)
 
-    async def get(self, key: str, limit: HistoryLimit = 1) -> list[HistoryItem]:
-        """A key's history by a strong read; see ``StoreCore.get``."""
-        return await self.core.get(key, limit)
+    async def delete(self, key: str, *, if_latest: str | None = None, id: str | None = None,
+                     timeout: float | None = None) -> PutResult:
+        """Append a tombstone to ``key``; see ``StoreCore.delete``."""
+        return await self.core.delete(key, if_latest=if_latest, id=id, timeout=timeout)
+
+    async def get(self, key: str, limit: HistoryLimit | None = None, *,
+                  max_staleness: float | None = None) -> History:
+        """A key's history; see ``StoreCore.get``."""
+        return await self.core.get(key, limit, max_staleness=max_staleness)
+
+    async def list(self, prefix: str = "", limit: int = 100, after: str | None = None, *,
+                   max_staleness: float | None = None) -> Listing:
+        """One page of keys with their newest live rows; see ``StoreCore.list``."""
+        return await self.core.list(prefix, limit, after, max_staleness=max_staleness)
