@@ -27,7 +27,7 @@ from .errors import (
     UnauthorizedError,
     UnavailableError,
 )
-from .types import History, HistoryItem, ListItem, Listing, PutResult, Timestamp
+from .types import History, HistoryItem, Listing, ListItem, PutResult, Timestamp
 
 if TYPE_CHECKING:
     from .client import Client, SyncClient

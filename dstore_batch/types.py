@@ -11,6 +11,8 @@ from typing import NamedTuple
 __all__ = [
     "IF_ABSENT",
     "NO_APPEND_ID",
+    "Change",
+    "Changes",
     "CommitResult",
     "History",
     "HistoryItem",
@@ -21,6 +23,7 @@ __all__ = [
     "Row",
     "Timestamp",
     "TrimResult",
+    "WatchEvent",
 ]
 
 # The original library's fixed id for `no_append` puts: each such put overwrites the
@@ -178,3 +181,38 @@ class TrimResult(NamedTuple):
     removed: int
     next: str | None
     oldest: Timestamp | None
+
+
+class Change(NamedTuple):
+    """One committed row as the watch stream carries it (``value`` None: a tombstone)."""
+
+    key: str
+    id: str
+    value: str | None
+
+
+class Changes(NamedTuple):
+    """A backlog read for watchers: whole commits, oldest first, rows of a commit in
+    (key, id) order. Every matching row with a timestamp in (after, ``upto``] is here;
+    ``complete``: ``upto`` is the read's own timestamp (nothing more to read yet)."""
+
+    commits: list[tuple[Timestamp, list[Change]]]
+    upto: Timestamp
+    complete: bool
+
+
+class WatchEvent(NamedTuple):
+    """One event of a watch.
+
+    ``kind``: "put", "delete", "caught_up" (the backlog is over; only ``timestamp``
+    set) or "lagged" (the watcher fell too far behind and was closed; resume from
+    ``resume``). ``resume``: every matching row committed at or before this timestamp
+    has been delivered (up to this event); pass it as ``since`` to resume.
+    """
+
+    kind: str
+    key: str
+    id: str
+    value: str
+    timestamp: Timestamp
+    resume: Timestamp

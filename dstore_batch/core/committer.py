@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 from ..config import BatchConfig
-from ..errors import CommitError, ConflictError, DstoreError, InternalError, NotLeaderError
+from ..errors import (
+    CommitError,
+    ConflictError,
+    DstoreError,
+    InternalError,
+    NotLeaderError,
+    OutcomeUnknownError,
+)
 from ..observability.metrics import Metrics
 from ..storage.base import Fence, Storage
-from ..types import IF_ABSENT, CommitResult, Latest, Row, Timestamp
+from ..types import IF_ABSENT, Change, CommitResult, Latest, Row, Timestamp
 from .accumulator import Accumulator, Batch, Request
 
 __all__ = ["Committer"]
@@ -42,6 +52,8 @@ class Committer:
         fence: Callable[[], Fence | None],
         metrics: Metrics,
         heartbeat: Callable[[Timestamp, float], None] | None = None,
+        publish: Callable[[Timestamp, list[Change]], None] | None = None,
+        gap: Callable[[], None] | None = None,
     ) -> None:
         self._storage = storage
         self._config = config
@@ -49,6 +61,15 @@ class Committer:
         self._fence = fence
         # Told (token, monotonic start) after each fenced commit: it refreshed the lock.
         self._heartbeat = heartbeat
+        # Told each commit's written rows, in commit-timestamp order (watchers); and
+        # ``gap`` when a commit's outcome stays unknown (its rows may be stored but were
+        # never published: watchers must catch up from storage).
+        self._publish = publish
+        self._gap = gap
+        self._published_upto = Timestamp(0)  # newest commit finished (or the token)
+        self._floors: dict[int, Timestamp] = {}  # commit in flight -> its floor
+        self._held: list[tuple[Timestamp, list[Change]]] = []
+        self._seq = itertools.count()
         self._metrics = metrics
         self._acc = Accumulator(config)
         self._slots = asyncio.Semaphore(config.max_inflight)
@@ -156,14 +177,28 @@ class Committer:
                 continue
             self._gauge()
             self._inflight += 1
-            task = asyncio.create_task(self._commit(batch))
+            seq = next(self._seq)
+            # A commit that starts now gets a timestamp above every commit finished
+            # before it (Spanner's external consistency; SQLite's clock): its floor.
+            fence = self._fence()
+            self._floors[seq] = max(self._published_upto,
+                                    fence.token if fence else Timestamp(0))
+            task = asyncio.create_task(self._commit(batch, seq))
             self._commits.add(task)
             task.add_done_callback(self._commits.discard)
 
-    async def _commit(self, batch: Batch) -> None:
+    async def _commit(self, batch: Batch, seq: int = 0) -> None:
         m = self._metrics
         try:
             result = await self._commit_with_retries(batch)
+        except OutcomeUnknownError as exc:
+            m.commits.labels(exc.code).inc()
+            log.warning("node %s: commit of %d rows failed: %s", self._node_id,
+                        len(batch.rows), exc)
+            for request in batch.requests():
+                request.fail(exc)
+            if self._gap is not None:
+                self._gap()
         except DstoreError as exc:
             m.commits.labels(exc.code).inc()
             log.warning("node %s: commit of %d rows failed: %s", self._node_id,
@@ -176,21 +211,45 @@ class Committer:
             error = InternalError(f"commit failed: {exc!r}")
             for request in batch.requests():
                 request.fail(error)
+            if self._gap is not None:
+                self._gap()
         else:
             m.commits.labels("ok").inc()
             m.commit_rows.observe(len(batch.rows))
             m.commit_bytes.observe(batch.nbytes)
             m.committed_rows.inc(len(batch.rows))
             ts, existing, conflicts = result
-            refused = _refuse(batch, conflicts) if conflicts else ()
+            refused = _refuse(batch, conflicts) if conflicts else set()
+            if self._publish is not None:
+                self._hold(ts, _written(batch, result, refused, self._floors.get(seq, ts)))
             for n, (request, index) in enumerate(batch.slots):
                 if request not in refused:
                     request.resolve(index, existing.get(n, ts))
         finally:
+            self._floors.pop(seq, None)
+            self._release_held()
             self._acc.release(batch)
             self._slots.release()
             self._inflight -= 1
             self._settled()
+
+    def _hold(self, ts: Timestamp, changes: list[tuple[Timestamp, Change]]) -> None:
+        if ts > self._published_upto:
+            self._published_upto = ts
+        by_ts: dict[Timestamp, list[Change]] = {}
+        for t, c in changes:
+            by_ts.setdefault(t, []).append(c)
+        for t, cs in by_ts.items():
+            heapq.heappush(self._held, (t, sorted(cs)))
+
+    def _release_held(self) -> None:
+        """Publish held commits that no commit still in flight can come before."""
+        if not self._held or self._publish is None:
+            return
+        floor = min(self._floors.values()) if self._floors else None
+        while self._held and (floor is None or self._held[0][0] <= floor):
+            ts, changes = heapq.heappop(self._held)
+            self._publish(ts, changes)
 
     def _settled(self) -> None:
         if not self._acc.rows and not self._inflight:
@@ -275,3 +334,20 @@ def _refuse(batch: Batch, conflicts: Mapping[int, Latest | None]) -> set[Request
                 "deleted": latest.deleted},
             index=index if request.atomic else None))
     return set(first)
+
+
+def _written(batch: Batch, result: CommitResult, refused: AbstractSet[Request],
+             floor: Timestamp) -> list[tuple[Timestamp, Change]]:
+    """The rows this commit stored, with their timestamps: those written now, and those
+    an earlier attempt of this same batch stored (``existing`` above ``floor``: a
+    re-send's copy from before, older than the floor, was published when it was made)."""
+    ts, existing = result.timestamp, result.existing
+    out = []
+    for n, row in enumerate(batch.rows):
+        if batch.slots[n][0] in refused:
+            continue
+        stored = existing.get(n)
+        if stored is not None and stored <= floor:
+            continue
+        out.append((stored or ts, Change(row.key, row.id, None if row.delete else row.value)))
+    return out

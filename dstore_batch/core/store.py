@@ -19,7 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 from ..config import Config
 from ..errors import (
@@ -35,7 +35,7 @@ from ..errors import (
 from ..observability.metrics import Metrics
 from ..storage import open_storage
 from ..storage.base import HistoryLimit, Storage, check_limit
-from ..types import NO_APPEND_ID, History, Listing, PutResult, Row, Timestamp
+from ..types import NO_APPEND_ID, Change, History, Listing, PutResult, Row, Timestamp
 from .committer import Committer
 from .election import Election, LeaderState
 from .items import (
@@ -48,6 +48,7 @@ from .items import (
     wire_bytes,
 )
 from .retention import Retention, RetentionPolicy
+from .watch import Watcher, WatchHub
 
 __all__ = ["LeaderConnection", "LeaderLink", "StoreCore"]
 
@@ -60,6 +61,15 @@ DRAIN_TIMEOUT_S = 10.0
 
 class LeaderConnection(Protocol):
     """An open link to the leader."""
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the leader confirmed that every commit from then on follows."""
+        ...
+
+    def subscribe(self, on: bool) -> None:
+        """Ask the leader for every commit from now on (for watchers), or to stop."""
+        ...
 
     async def request(self, rows: Sequence[Row], nbytes: int,
                       atomic: bool = False) -> list[Timestamp]:
@@ -94,6 +104,21 @@ class LeaderLink(Protocol):
     async def reachable(self, nodes: Sequence[str]) -> int:
         """How many of ``nodes`` answer over the peer network now."""
         ...
+
+
+class EventSink(Protocol):
+    """A follower's subscription on the leader (the peer link's leader end)."""
+
+    def send_events(self, ts: Timestamp, changes: list[Change]) -> None: ...
+
+    def gap(self) -> None: ...
+
+
+@runtime_checkable
+class EventLink(Protocol):
+    """A link that can deliver the leader's commits to this node's watch hub."""
+
+    events: Any
 
 
 class _NoLink:
@@ -140,11 +165,16 @@ class StoreCore:
             reach=_LinkReachability(self) if link is not None else None,
             busy=lambda: self.committer.committing,
         )
+        self.watch_hub = WatchHub(self.storage, self.metrics, on_wanted=self._poke_keeper)
+        self._subscribers: list[EventSink] = []  # followers that want every commit
         self.committer = Committer(
             self.storage, config.batch, node_id=config.node_id,
             fence=lambda: self.election.fence, metrics=self.metrics,
             heartbeat=self.election.heartbeat_succeeded,
+            publish=self._publish, gap=self._gap,
         )
+        if isinstance(link, EventLink):
+            link.events = self.watch_hub
         self.retention = Retention(
             self.storage,
             RetentionPolicy(keep_versions=config.keep_versions,
@@ -153,6 +183,7 @@ class StoreCore:
             fence=lambda: self.election.fence, metrics=self.metrics, node_id=config.node_id)
         self._keeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._poke = asyncio.Event()  # wakes the link keeper (a watcher came or went)
         self._links_in: Counter[str] = Counter()  # followers linked to this node now
         self._active_puts = 0  # put calls through this node not yet answered
         self._no_puts = asyncio.Event()  # set while _active_puts == 0
@@ -223,6 +254,7 @@ class StoreCore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
             self._keeper = None
+        await self.watch_hub.close()
         await self.retention.stop()
         await self.committer.stop()
         await self.election.stop(release=True)
@@ -240,8 +272,10 @@ class StoreCore:
         if new.is_leader and not old.is_leader and self._state in ("starting", "running"):
             self.committer.open()
             self.retention.start()
+            self.watch_hub.source_up()
         elif old.is_leader and not new.is_leader:
             self.committer.close()
+            self.watch_hub.source_down()
             task = asyncio.get_running_loop().create_task(self.retention.stop())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -409,15 +443,67 @@ class StoreCore:
     async def _keep_link(self) -> None:
         """As a follower, keep the link to the leader open, puts or not: a link that
         cannot be opened is how this node learns (and reports) that the leader is out of
-        its reach, and an open one answers the first put at once."""
+        its reach, and an open one answers the first put at once. While this node has
+        watchers, the link is subscribed to the leader's commits."""
         interval = self.config.lease_s / 4
         while True:
+            self._poke.clear()
             state = self.election.state
             if state.leader is not None and not state.is_leader:
                 with contextlib.suppress(DstoreError, TimeoutError):
                     async with asyncio.timeout(interval):
-                        await self.link.connection(state.leader)
-            await self.election.wait_change(interval)
+                        conn = await self.link.connection(state.leader)
+                        conn.subscribe(self.watch_hub.wanted)
+            waits = (asyncio.ensure_future(self._poke.wait()),
+                     asyncio.ensure_future(self.election.wait_change(interval)))
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+
+    def _poke_keeper(self) -> None:
+        self._poke.set()
+
+    # -- watch -----------------------------------------------------------------------
+
+    def watch(self, key: str | None = None, prefix: str | None = None,
+              since: Timestamp | None = None) -> Watcher:
+        """Follow the log: an async iterator of ``WatchEvent`` for one key, a prefix, or
+        everything (neither; the empty prefix).
+
+        ``since`` (exclusive): replay every matching row committed after it first, then
+        a ``caught_up`` event, then live events; without it, a ``caught_up`` at once and
+        what commits from then on. Every matching row is delivered at least once, in
+        commit-timestamp order (rows of one commit in (key, id) order), across leader
+        changes and lost links; an event's ``resume`` is the ``since`` to resume from.
+        Close with ``aclose()``.
+        """
+        watcher = self.watch_hub.watch(key, prefix, since)
+        if self.is_leader and not self.watch_hub.live:
+            self.watch_hub.source_up()
+        return watcher
+
+    def subscribe(self, sink: EventSink) -> None:
+        """A follower's link wants every commit from now on (Intake)."""
+        self._subscribers.append(sink)
+
+    def unsubscribe(self, sink: EventSink) -> None:
+        """That follower's link stopped (Intake)."""
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(sink)
+
+    def _publish(self, ts: Timestamp, changes: list[Change]) -> None:
+        self.watch_hub.publish(ts, changes)
+        for sink in self._subscribers:
+            sink.send_events(ts, changes)
+
+    def _gap(self) -> None:
+        """A commit's outcome stayed unknown: its rows may be stored and unpublished."""
+        if self.watch_hub.live:
+            self.watch_hub.source_up()
+        for sink in self._subscribers:
+            sink.gap()
 
     # -- write path ------------------------------------------------------------------
 

@@ -135,6 +135,22 @@ class Metrics:
             "Age of the oldest row retention left behind in its last full pass "
             "(0 before the first pass ends).", registry=r,
         )
+        self.watchers = Gauge(
+            "dstore_watchers", "Watches open on this node (API and HTTP).", registry=r)
+        self.watch_events = Counter(
+            "dstore_watch_events_total", "Events handed to watchers on this node.",
+            registry=r)
+        self.watch_lag = Histogram(
+            "dstore_watch_lag_seconds",
+            "Commit timestamp to the event handed to a watcher (clock of the database to "
+            "clock of this node).", buckets=LATENCY_BUCKETS, registry=r)
+        self.watch_overflows = Counter(
+            "dstore_watch_overflows_total",
+            "Times a watcher fell too far behind and was caught up from storage.",
+            registry=r)
+        self.watchers_lagged = Counter(
+            "dstore_watchers_lagged_total",
+            "Watches closed with a lagged event (they kept falling behind).", registry=r)
         self._initialize()
 
     def _initialize(self) -> None:

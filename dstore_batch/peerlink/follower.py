@@ -17,6 +17,7 @@ import logging
 import ssl
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 import aiohttp
 
@@ -29,11 +30,11 @@ from ..errors import (
     error_from_code,
 )
 from ..observability.metrics import Metrics
-from ..types import Row, Timestamp
+from ..types import Change, Row, Timestamp
 from . import protocol
 from .leader import PEER_PATH
 
-__all__ = ["ByteBudget", "PeerLink"]
+__all__ = ["ByteBudget", "EventTarget", "PeerLink"]
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,24 @@ class ByteBudget:
         self._freed.set()
 
 
+class EventTarget(Protocol):
+    """Where a subscribed link's commits go (the node's watch hub)."""
+
+    def publish(self, ts: Timestamp, changes: Sequence[Change]) -> None: ...
+
+    def source_up(self) -> None: ...
+
+    def source_down(self) -> None: ...
+
+
 class _Connection:
     def __init__(self, leader: str, ws: aiohttp.ClientWebSocketResponse, link: PeerLink) -> None:
         self.leader = leader
         self.ws = ws
         self._link = link
+        self._control: list[bytes] = []  # subscribe frames, sent before puts
+        self._subscribing = False
+        self.subscribed = False  # the leader confirmed: every commit from then on follows
         self._pending: dict[int, asyncio.Future[list[Timestamp]]] = {}
         self._outbox: list[tuple[int, Sequence[Row], int, bool]] = []
         self._wake = asyncio.Event()
@@ -99,12 +113,27 @@ class _Connection:
             gauge.dec()
             self._pending.pop(rid, None)
 
+    def subscribe(self, on: bool) -> None:
+        """Ask the leader for every commit from now on (or to stop sending them)."""
+        if on == self._subscribing:
+            return
+        self._subscribing = on
+        if not on and self.subscribed:
+            self.subscribed = False
+            if self._link.events is not None:
+                self._link.events.source_down()
+        self._control.append(protocol.encode_subscribe(on))
+        self._wake.set()
+
     async def _writer(self) -> None:
         m = self._link.metrics
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                control, self._control = self._control, []
+                for frame in control:
+                    await self.ws.send_bytes(frame)
                 outbox, self._outbox = self._outbox, []
                 start = 0
                 while start < len(outbox):
@@ -155,6 +184,17 @@ class _Connection:
                             details = entry[4] if len(entry) == 5 else None
                             fut.set_exception(
                                 error_from_code(code, message, retry_after, details))
+                elif kind == protocol.EVENTS:
+                    if self.subscribed and self._link.events is not None:
+                        ts, changes = protocol.changes_from_wire(frame)
+                        self._link.events.publish(ts, changes)
+                elif kind == protocol.SUBSCRIBED:
+                    # The first: commits follow from here on. A later one: the leader
+                    # may have missed publishing a commit; catch up from storage.
+                    if self._subscribing:
+                        self.subscribed = True
+                        if self._link.events is not None:
+                            self._link.events.source_up()
                 elif kind == protocol.FATAL:
                     why = f"leader closed the link: {frame[1]}: {frame[2]}"
                     break
@@ -166,6 +206,10 @@ class _Connection:
         if self.closed:
             return
         self.closed = True
+        if self.subscribed:
+            self.subscribed = False
+            if self._link.events is not None:
+                self._link.events.source_down()
         log.info("node %s: link to leader %s lost: %s (%d requests in flight)",
                  self._link.node_id, self.leader, why, len(self._pending))
         self._link.connection_lost(self)
@@ -221,6 +265,7 @@ class PeerLink:
         self._conn: _Connection | None = None
         self._connecting: asyncio.Lock = asyncio.Lock()
         self.ids = itertools.count(1)
+        self.events: EventTarget | None = None  # set by the node: its watch hub
 
     async def reserve(self, nbytes: int) -> None:
         """Wait until ``nbytes`` more fit in this follower's in-flight budget."""

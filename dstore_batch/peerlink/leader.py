@@ -18,7 +18,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..errors import CommitError, DstoreError, NotLeaderError, ProtocolError
 from ..observability.metrics import Metrics
-from ..types import Row, Timestamp
+from ..types import Change, Row, Timestamp
 from . import protocol
 
 __all__ = ["PEER_PATH", "Intake", "serve_follower"]
@@ -28,6 +28,38 @@ log = logging.getLogger(__name__)
 PEER_PATH = "/v1/peer"
 # Acks still queued when a link closes get this long to go out.
 FLUSH_TIMEOUT_S = 1.0
+
+
+class EventSink(Protocol):
+    """A subscribed follower, as the node sees it."""
+
+    def send_events(self, ts: Timestamp, changes: list[Change]) -> None:
+        """One commit, in commit order."""
+        ...
+
+    def gap(self) -> None:
+        """Commits may have been missed (a commit's outcome stayed unknown): the
+        follower's watchers must catch up from storage."""
+        ...
+
+# A subscribed follower that does not read its events (a stalled link) is cut off past
+# this many queued bytes; it re-synchronises from storage when it reconnects.
+EVENTS_MAX_BYTES = 32 * 1024 * 1024
+
+
+class _Encoded:
+    """One commit's EVENTS frame, encoded once for every subscribed follower."""
+
+    last: tuple[int, bytes] | None = None
+
+    @classmethod
+    def frame(cls, ts: Timestamp, changes: list[Change]) -> bytes:
+        cached = cls.last
+        if cached is not None and cached[0] == id(changes):
+            return cached[1]
+        data = protocol.encode_events(ts, changes)
+        cls.last = (id(changes), data)
+        return data
 
 
 class Intake(Protocol):
@@ -49,6 +81,14 @@ class Intake(Protocol):
         """That follower's link is down."""
         ...
 
+    def subscribe(self, sink: EventSink) -> None:
+        """Tell ``sink`` every commit from now on, in order."""
+        ...
+
+    def unsubscribe(self, sink: EventSink) -> None:
+        """Stop calling ``sink``."""
+        ...
+
     def submit(self, rows: Sequence[Row], source: str,
                atomic: bool = False) -> asyncio.Future[list[Timestamp]]:
         """Check ``rows`` against the limits and queue them for commit (``atomic``: in
@@ -57,6 +97,9 @@ class Intake(Protocol):
         Raises RejectedError (bad rows), NotLeaderError or BusyError.
         """
         ...
+
+
+_closing: set[asyncio.Task[bool]] = set()
 
 
 class _Session:
@@ -70,6 +113,9 @@ class _Session:
         self.metrics = metrics
         self._acks: list[tuple[int, list[Timestamp]]] = []
         self._errors: list[tuple[int, DstoreError]] = []
+        self._events: list[bytes] = []  # EVENTS (and SUBSCRIBED) frames, in order
+        self._events_bytes = 0
+        self.subscribed = False
         self._wake = asyncio.Event()
         self._closing = False
 
@@ -99,6 +145,9 @@ class _Session:
             if self._errors:
                 errors, self._errors = self._errors, []
                 frames.append(protocol.encode_errors(errors))
+            if self._events:
+                frames.extend(self._events)
+                self._events, self._events_bytes = [], 0
             for frame in frames:
                 await self.ws.send_bytes(frame)
                 m.peer_frames.labels("out").inc()
@@ -111,10 +160,52 @@ class _Session:
         self._closing = True
         self._wake.set()
 
+    def send_events(self, ts: Timestamp, changes: list[Change]) -> None:
+        """An event sink: queue one commit for this follower."""
+        data = _Encoded.frame(ts, changes)
+        self._events.append(data)
+        self._events_bytes += len(data)
+        self._wake.set()
+        if self._events_bytes > EVENTS_MAX_BYTES:
+            # The link is stalled: stop feeding it; the follower sees the link go and
+            # catches its watchers up from storage.
+            self.unsubscribe()
+            self._events, self._events_bytes = [], 0
+            self.stalled = True
+            log.warning("node %s: follower %s stopped reading its events; closing its link",
+                        self.intake.node_id, self.peer)
+            task = asyncio.get_running_loop().create_task(
+                self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"events stalled"))
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+    stalled = False
+
+    def gap(self) -> None:
+        """Tell the follower to catch its watchers up from storage (SUBSCRIBED again)."""
+        self._events.append(protocol.encode_subscribed())
+        self._wake.set()
+
+    def unsubscribe(self) -> None:
+        if self.subscribed:
+            self.subscribed = False
+            self.intake.unsubscribe(self)
+
     def handle(self, frame: list[Any]) -> None:
-        """Submit every request of one PUT frame. Raises ProtocolError."""
+        """Submit every request of one PUT frame, or (un)subscribe. Raises ProtocolError."""
+        if frame[0] == protocol.SUBSCRIBE:
+            if frame[1] and not self.subscribed:
+                self.subscribed = True
+                # SUBSCRIBED goes out before any commit published after this call.
+                self._events.append(protocol.encode_subscribed())
+                self._wake.set()
+                self.intake.subscribe(self)
+            elif not frame[1]:
+                self.unsubscribe()
+            return
         if frame[0] != protocol.PUT:
-            raise ProtocolError(f"a follower may only send put frames, got type {frame[0]}")
+            raise ProtocolError(f"a follower may only send put or subscribe frames, got "
+                                f"type {frame[0]}")
         # The whole frame is checked before any of it is queued: a frame that breaks the
         # protocol ends the link with nothing of it committed.
         requests = [protocol.request_from_wire(entry) for entry in frame[1]]
@@ -164,6 +255,8 @@ async def serve_follower(ws: web.WebSocketResponse, intake: Intake, metrics: Met
                 writer = asyncio.create_task(session.writer(), name=f"peer-acks:{peer}")
                 continue
             session.handle(frame)
+            if session.stalled:
+                raise ProtocolError("the follower stopped reading its events")
     except DstoreError as exc:
         level = logging.WARNING if isinstance(exc, ProtocolError) else logging.INFO
         log.log(level, "node %s: closing link from %s: %s: %s",
@@ -176,6 +269,7 @@ async def serve_follower(ws: web.WebSocketResponse, intake: Intake, metrics: Met
     finally:
         metrics.peer_connections.labels("leader").dec()
         if session is not None:
+            session.unsubscribe()
             intake.link_closed(peer)
         if session is not None and writer is not None:
             # Acks already queued go out if the socket still takes them; the follower

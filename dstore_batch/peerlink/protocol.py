@@ -12,23 +12,30 @@ from typing import Any
 import msgpack
 
 from ..errors import ConflictError, DstoreError, ProtocolError
-from ..types import IF_ABSENT, Row
+from ..types import IF_ABSENT, Change, Row, Timestamp
 
 __all__ = [
     "ACK",
     "ERROR",
+    "EVENTS",
     "FATAL",
     "FLAG_NO_APPEND",
     "HELLO",
     "PROTOCOL_VERSION",
     "PUT",
+    "SUBSCRIBE",
+    "SUBSCRIBED",
     "WELCOME",
+    "changes_from_wire",
     "decode",
     "encode_acks",
     "encode_errors",
+    "encode_events",
     "encode_fatal",
     "encode_hello",
     "encode_puts",
+    "encode_subscribe",
+    "encode_subscribed",
     "encode_welcome",
     "request_from_wire",
     "rows_from_wire",
@@ -48,6 +55,10 @@ ACK = 3  # leader -> follower: [3, [[request_id, [timestamp_ns, ...]], ...]]
 # leader -> follower: [4, [[request_id, code, message, retry_after|nil, details?], ...]]
 ERROR = 4
 FATAL = 5  # either way, then close: [5, code, message]
+SUBSCRIBE = 6  # follower -> leader: [6, on]: send me every commit (on = true) or stop
+SUBSCRIBED = 7  # leader -> follower: [7]: every commit from here on will follow
+# leader -> follower: [8, timestamp_ns, [[key, id, value or nil], ...]]: one commit
+EVENTS = 8
 
 FLAG_NO_APPEND = 1
 FLAG_CLIENT_ID = 2  # the id came from the client: keep a row already stored under it
@@ -110,6 +121,32 @@ def encode_fatal(code: str, message: str) -> bytes:
     return _packb([FATAL, code, message])
 
 
+def encode_subscribe(on: bool) -> bytes:
+    return _packb([SUBSCRIBE, on])
+
+
+def encode_subscribed() -> bytes:
+    return _packb([SUBSCRIBED])
+
+
+def encode_events(ts: int, changes: Sequence[Change]) -> bytes:
+    """One commit's rows (tombstones with a nil value), in (key, id) order."""
+    return _packb([EVENTS, ts, [list(c) for c in changes]])
+
+
+def changes_from_wire(frame: list[Any]) -> tuple[Timestamp, list[Change]]:
+    """Check an EVENTS frame's rows. Raises ProtocolError."""
+    ts, items = frame[1], frame[2]
+    out = []
+    for item in items:
+        if (type(item) is not list or len(item) != 3 or type(item[0]) is not str
+                or type(item[1]) is not str
+                or not (item[2] is None or type(item[2]) is str)):
+            raise ProtocolError("an event row must be [key, id, value or nil]")
+        out.append(Change(item[0], item[1], item[2]))
+    return Timestamp(ts), out
+
+
 def decode(data: bytes, max_bytes: int) -> list[Any]:
     """Decode one frame and check its outer shape. Raises ProtocolError."""
     if len(data) > max_bytes:
@@ -133,6 +170,16 @@ def decode(data: bytes, max_bytes: int) -> list[Any]:
     elif kind == FATAL:
         if len(frame) != 3 or type(frame[1]) is not str or type(frame[2]) is not str:
             raise ProtocolError("fatal must be [5, code, message]")
+    elif kind == SUBSCRIBE:
+        if len(frame) != 2 or type(frame[1]) is not bool:
+            raise ProtocolError("subscribe must be [6, on]")
+    elif kind == SUBSCRIBED:
+        if len(frame) != 1:
+            raise ProtocolError("subscribed must be [7]")
+    elif kind == EVENTS:
+        if (len(frame) != 3 or type(frame[1]) is not int or frame[1] < 0
+                or type(frame[2]) is not list):
+            raise ProtocolError("events must be [8, timestamp, [rows...]]")
     else:
         raise ProtocolError(f"unknown frame type {kind}")
     return frame

@@ -13,7 +13,7 @@ from concurrent.futures import Executor
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from ..errors import CommitError, ReadError
-from ..types import CommitResult, History, Listing, Row, Timestamp, TrimResult
+from ..types import Changes, CommitResult, History, Listing, Row, Timestamp, TrimResult
 
 T = TypeVar("T")
 
@@ -145,6 +145,21 @@ class Storage(Protocol):
     async def expire(self, before: Timestamp, max_rows: int, fence: Fence | None) -> int:
         """Delete at most ``max_rows`` rows committed before ``before`` (a key's only row
         included: as Spanner's row deletion policy does); return how many. Fenced."""
+        ...
+
+    async def changes(self, key: str | None, prefix: str, after: Timestamp,
+                      limit: int) -> Changes:
+        """Rows of one key (``key``) or under ``prefix`` committed after ``after``, as
+        whole commits, oldest first, rows of a commit in (key, id) order; tombstones
+        with value None. A key-range read of the primary key (strong), keeping only the
+        rows after ``after``: its cost follows the rows under the filter. At most about
+        ``limit`` rows (``limit`` is above any commit's row count): when more are
+        newer, the oldest whole commits are returned with ``complete`` False and
+        ``upto`` the last one's timestamp; else ``upto`` is the read's timestamp."""
+        ...
+
+    async def read_timestamp(self) -> Timestamp:
+        """A strong read's timestamp now: every commit at or before it is visible."""
         ...
 
     @property

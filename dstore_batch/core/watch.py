@@ -1,0 +1,344 @@
+"""Watch: the log as it is written, delivered to this node's watchers.
+
+Where events come from. The leader sees every commit: its committer publishes each
+one here (in commit-timestamp order). A follower's node subscribes, over its peer link,
+to the leader's stream while it has watchers, and publishes what arrives. No database
+read per event.
+
+No gap. A watcher remembers ``resume``: every matching row committed at or before it
+was delivered. Whenever this node's source of events is (re)established (it became
+leader, or its link to a new leader subscribed), every watcher re-synchronises: it
+buffers live commits, reads storage for the matching rows after ``resume`` (a key-range
+read, ``Storage.changes``), delivers them, then the buffered live commits newer than
+that read, then goes live. Anything committed before the read is in the read; anything
+after it was published to the live stream that was already subscribed. A leader
+change, a lost peer link and a restart of the watcher's node (resume with ``since``)
+all go through this one path.
+
+Bounded memory. Each watcher's queue is bounded in bytes; one that overflows drops its
+queue and re-synchronises from storage from the last event its consumer took (the
+read is itself bounded: ``Storage.changes`` returns at most ``BACKLOG_ROWS`` rows a
+call). A watcher that overflows ``MAX_OVERFLOWS`` times without once catching up is
+closed with a ``lagged`` event that carries its resume token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol
+
+from ..errors import DstoreError, InvalidInputError
+from ..observability.metrics import Metrics
+from ..types import Change, Changes, Timestamp, WatchEvent
+
+__all__ = ["WatchFilter", "WatchHub", "Watcher"]
+
+log = logging.getLogger(__name__)
+
+QUEUE_MAX_BYTES = 8 * 1024 * 1024
+EVENT_OVERHEAD_BYTES = 96
+BACKLOG_ROWS = 20_000  # above a commit's most rows, so a page always ends on a commit
+MAX_OVERFLOWS = 3
+RETRY_READ_S = 1.0
+
+
+class ChangeSource(Protocol):
+    """The storage reads a watcher's resync needs (part of ``Storage``)."""
+
+    async def changes(self, key: str | None, prefix: str, after: Timestamp,
+                      limit: int) -> Changes: ...
+
+    async def read_timestamp(self) -> Timestamp: ...
+
+
+class WatchFilter:
+    """One key, a prefix, or everything (the empty prefix)."""
+
+    __slots__ = ("key", "prefix")
+
+    def __init__(self, key: str | None = None, prefix: str | None = None) -> None:
+        if key is not None and prefix is not None:
+            raise InvalidInputError("watch takes a key or a prefix, not both")
+        if key is not None and (type(key) is not str or not key):
+            raise InvalidInputError("key must be a non-empty string")
+        if prefix is not None and type(prefix) is not str:
+            raise InvalidInputError("prefix must be a string")
+        self.key = key
+        self.prefix = prefix or ""
+
+    def match(self, key: str) -> bool:
+        if self.key is not None:
+            return key == self.key
+        return key.startswith(self.prefix)
+
+    def __repr__(self) -> str:
+        return f"key={self.key!r}" if self.key is not None else f"prefix={self.prefix!r}"
+
+
+def _event(ts: Timestamp, c: Change, resume: Timestamp) -> WatchEvent:
+    if c.value is None:
+        return WatchEvent("delete", c.key, c.id, "", ts, resume)
+    return WatchEvent("put", c.key, c.id, c.value, ts, resume)
+
+
+def _size(c: Change) -> int:
+    return len(c.key) + len(c.id) + (len(c.value) if c.value else 0) + EVENT_OVERHEAD_BYTES
+
+
+class Watcher:
+    """One watch: an async iterator of ``WatchEvent``. Close it (or leave the ``async
+    for``) to stop; ``aclose()`` is idempotent."""
+
+    def __init__(self, hub: WatchHub, filt: WatchFilter, since: Timestamp | None) -> None:
+        self._hub = hub
+        self.filter = filt
+        # Every matching row at or before ``resume`` was handed to the consumer; every
+        # one at or before ``_cursor`` is queued or was handed over (None: not started,
+        # a watch without ``since`` whose first sync has not run).
+        self.resume: Timestamp | None = since
+        self._cursor: Timestamp | None = since
+        self._start: Timestamp | None = since
+        self._queue: deque[tuple[WatchEvent, int]] = deque()
+        self._bytes = 0
+        self._ready = asyncio.Event()
+        self._buffer: list[tuple[Timestamp, list[Change]]] | None = None  # while syncing
+        self._buffer_bytes = 0
+        self._synced_epoch = -1
+        self._resync = asyncio.Event()
+        self._overflows = 0
+        self._caught_up_sent = False
+        self._closed = False
+        self._end: WatchEvent | None = None  # a last event (lagged) before the end
+        self._task = asyncio.create_task(self._pump(), name=f"watch:{filt!r}")
+
+    # -- fed by the hub ------------------------------------------------------------------
+
+    def offer(self, ts: Timestamp, changes: Sequence[Change]) -> None:
+        """A live commit (all of its rows, in (key, id) order)."""
+        mine = [c for c in changes if self.filter.match(c.key)]
+        if not mine or self._closed:
+            return
+        if self._buffer is not None:
+            self._buffer.append((ts, mine))
+            self._buffer_bytes += sum(_size(c) for c in mine)
+            if self._buffer_bytes > QUEUE_MAX_BYTES:
+                self._overflow()
+            return
+        if self._cursor is not None and ts <= self._cursor:
+            return  # already queued by the read that preceded going live
+        self._enqueue(ts, mine)
+
+    def _enqueue(self, ts: Timestamp, changes: list[Change]) -> None:
+        last = len(changes) - 1
+        for i, c in enumerate(changes):
+            size = _size(c)
+            # Until the last row of the commit, only the rows before it are complete.
+            self._queue.append((_event(ts, c, ts if i == last else Timestamp(ts - 1)), size))
+            self._bytes += size
+        self._cursor = ts
+        self._ready.set()
+        if self._bytes > QUEUE_MAX_BYTES:
+            self._overflow()
+
+    def _overflow(self) -> None:
+        """Too far behind: drop what is queued, catch up from storage instead."""
+        self._queue.clear()
+        self._bytes = 0
+        self._buffer = None
+        self._buffer_bytes = 0
+        # From what the consumer has taken (or where the watch began).
+        self._cursor = self.resume if self.resume is not None else self._start
+        self._overflows += 1
+        self._hub.metrics.watch_overflows.inc()
+        if self._overflows > MAX_OVERFLOWS:
+            self._finish(WatchEvent("lagged", "", "", "", self.resume or Timestamp(0),
+                                    self.resume or Timestamp(0)))
+            self._hub.metrics.watchers_lagged.inc()
+            return
+        self._synced_epoch = -1
+        self._resync.set()
+
+    def source_changed(self) -> None:
+        """The hub's source went down or came back: re-synchronise when it is up."""
+        self._resync.set()
+
+    # -- the consumer side ---------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[WatchEvent]:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        while not self._queue:
+            if self._closed:
+                if self._end is not None:
+                    end, self._end = self._end, None
+                    return end
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        event, size = self._queue.popleft()
+        self._bytes -= size
+        if not self._queue:
+            self._overflows = 0  # caught up with the live stream
+        if event.kind in ("put", "delete"):
+            self.resume = event.resume
+            m = self._hub.metrics
+            m.watch_events.inc()
+            m.watch_lag.observe(max(0.0, (time.time_ns() - event.timestamp) / 1e9))
+        elif event.kind == "caught_up":
+            self.resume = event.resume
+        return event
+
+    async def aclose(self) -> None:
+        """Stop watching."""
+        self._finish(None)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def _finish(self, end: WatchEvent | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._end = end
+        self._queue.clear()
+        self._bytes = 0
+        self._buffer = None
+        self._ready.set()
+        self._hub.remove(self)
+        if end is not None:
+            self._task.cancel()
+
+    # -- synchronisation -------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        hub = self._hub
+        while not self._closed:
+            await hub.wait_live()
+            epoch = hub.epoch
+            if epoch != self._synced_epoch:
+                try:
+                    await self._sync(epoch)
+                except DstoreError as exc:
+                    log.info("watch %r: catch-up read failed (%s: %s); retrying",
+                             self.filter, exc.code, exc.message)
+                    self._buffer = None
+                    await asyncio.sleep(RETRY_READ_S)
+                    continue
+            self._resync.clear()
+            if hub.epoch == self._synced_epoch and hub.live:
+                await self._resync.wait()
+
+    async def _sync(self, epoch: int) -> None:
+        hub = self._hub
+        self._buffer, self._buffer_bytes = [], 0
+        if self._cursor is None:
+            # A watch without ``since``: what commits from the database's "now" on.
+            upto = await hub.source.read_timestamp()
+            if self._closed or self._buffer is None:
+                return
+            self._start = upto
+        else:
+            upto = self._cursor
+            while True:
+                page = await hub.source.changes(self.filter.key, self.filter.prefix, upto,
+                                                BACKLOG_ROWS)
+                if self._closed or self._buffer is None:
+                    return  # closed, or overflowed meanwhile: the pump starts again
+                for ts, changes in page.commits:
+                    self._enqueue(ts, changes)
+                    if self._buffer is None:
+                        return
+                upto = page.upto
+                if page.complete:
+                    break
+        if hub.epoch != epoch or not hub.live:
+            self._buffer = None
+            return  # the source moved during the read: read again from there
+        buffered, self._buffer = self._buffer, None
+        self._cursor = upto
+        for ts, changes in buffered:
+            if ts > self._cursor:
+                self._enqueue(ts, changes)
+        if not self._caught_up_sent:
+            self._caught_up_sent = True
+            self._queue.append((WatchEvent("caught_up", "", "", "", upto, upto), 0))
+            self._ready.set()
+        self._synced_epoch = epoch
+
+
+class WatchHub:
+    """This node's watchers and the source of their live events."""
+
+    def __init__(self, source: ChangeSource, metrics: Metrics,
+                 on_wanted: Callable[[], None] | None = None) -> None:
+        self.source = source
+        self.metrics = metrics
+        self._on_wanted = on_wanted  # told when ``wanted`` changes
+        self._watchers: set[Watcher] = set()
+        self.epoch = 0  # bumps each time the live source is (re)established
+        self.live = False
+        self._live_event = asyncio.Event()
+        self.last_timestamp = Timestamp(0)  # newest commit published here
+        self.wanted = False  # while any watcher exists (a follower subscribes then)
+
+    def watch(self, key: str | None = None, prefix: str | None = None,
+              since: Timestamp | None = None) -> Watcher:
+        """Start a watch (see ``StoreCore.watch``)."""
+        filt = WatchFilter(key, prefix)
+        if since is not None and (type(since) is not Timestamp or since < 0):
+            since = Timestamp(int(since))
+        watcher = Watcher(self, filt, since)
+        self._watchers.add(watcher)
+        self._set_wanted()
+        return watcher
+
+    def remove(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
+        self._set_wanted()
+
+    def _set_wanted(self) -> None:
+        self.metrics.watchers.set(len(self._watchers))
+        wanted = bool(self._watchers)
+        if wanted != self.wanted:
+            self.wanted = wanted
+            if self._on_wanted is not None:
+                self._on_wanted()
+
+    def publish(self, ts: Timestamp, changes: Sequence[Change]) -> None:
+        """A commit, as the leader made it (in timestamp order)."""
+        if ts > self.last_timestamp:
+            self.last_timestamp = ts
+        for w in list(self._watchers):
+            w.offer(ts, changes)
+
+    def source_up(self) -> None:
+        """This node now receives every commit from here on (it leads, or its link to
+        the leader subscribed): watchers re-synchronise from storage."""
+        self.epoch += 1
+        self.live = True
+        self._live_event.set()
+        for w in list(self._watchers):
+            w.source_changed()
+
+    def source_down(self) -> None:
+        """Commits may now be missed (leadership or the link to the leader was lost)."""
+        if not self.live:
+            return
+        self.live = False
+        self._live_event.clear()
+        for w in list(self._watchers):
+            w.source_changed()
+
+    async def wait_live(self) -> None:
+        await self._live_event.wait()
+
+    async def close(self) -> None:
+        """End every watch (the node is stopping)."""
+        for w in list(self._watchers):
+            await w.aclose()
