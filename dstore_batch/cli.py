@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -110,6 +111,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--page-size", type=int, default=1000, help="keys per request (1-10000)")
     p.add_argument("--max-staleness-ms", type=int, help="a bounded-staleness read")
 
+    p = sub.add_parser("watch", help="follow the log: one JSON object a line per event "
+                       "(resumes on another node by itself)")
+    _client_flags(p)
+    p.add_argument("--key", help="only this key")
+    p.add_argument("--prefix", help="only keys with this prefix (default: every key)")
+    p.add_argument("--since", help="replay from after this commit timestamp (RFC 3339)")
+    p.add_argument("--max-events", type=int, help="stop after this many put/delete events")
+    p.add_argument("--seconds", type=float, help="stop after this long")
+
     p = sub.add_parser("leader", help="ask the nodes who leads (prints JSON)")
     _client_flags(p)
 
@@ -202,6 +212,51 @@ def _client_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watch_command(args: argparse.Namespace) -> int:
+    import json
+
+    from .client import Client
+    from .errors import DstoreError
+    from .types import Timestamp
+
+    if args.key is not None and args.prefix is not None:
+        raise ValueError("watch takes --key or --prefix, not both")
+    since = Timestamp.parse(args.since) if args.since else None
+    nodes = [n.strip() for n in str(args.nodes).split(",") if n.strip()]
+
+    async def follow() -> None:
+        seen = 0
+        async with Client(nodes, token=args.api_token or None) as client:
+            async for event in client.watch(args.key, args.prefix, since):
+                out: dict[str, object] = {"event": event.kind,
+                                          "timestamp": str(event.timestamp)}
+                if event.kind in ("put", "delete"):
+                    out.update(key=event.key, id=event.id,
+                               value=event.value if event.kind == "put" else None)
+                    seen += 1
+                out["resume"] = str(event.resume)
+                print(json.dumps(out), flush=True)
+                if args.max_events is not None and seen >= args.max_events:
+                    return
+
+    async def bounded() -> None:
+        if args.seconds is None:
+            await follow()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(args.seconds):
+                await follow()
+
+    try:
+        asyncio.run(bounded())
+    except KeyboardInterrupt:
+        return 0
+    except DstoreError as exc:
+        print(json.dumps(exc.to_dict()))
+        return 1
+    return 0
+
+
 def _list_all(client: Any, args: argparse.Namespace, staleness_s: float | None) -> None:
     """Print every key under the prefix, one JSON object a line, page by page."""
     import json
@@ -238,7 +293,8 @@ def _workload_flags(p: argparse.ArgumentParser) -> None:
 def _bench_flags(p: argparse.ArgumentParser) -> None:
     _workload_flags(p)
     p.add_argument("--modes", default="direct,funnel,per-put,low-load",
-                   help="comma list of direct, funnel, per-put, low-load, client")
+                   help="comma list of direct, funnel, per-put, low-load, client, kv (the KV "
+                        "API: conditional puts, atomic put_many, list, retention)")
     _emulator_bin_flag(p)
     p.add_argument("--emulator-host", default=None,
                    help="with --database: the emulator that database is on")
@@ -258,6 +314,11 @@ def _bench_flags(p: argparse.ArgumentParser) -> None:
                    help="run the funnel over producers 1..256 and values 100 B..10 KB")
     p.add_argument("--plot", default="bench-sweep.png", help="PNG written by --sweep")
     p.add_argument("--reads", action="store_true", help="also measure get latency")
+    p.add_argument("--kv-list-rows", default="1000,100000",
+                   help="kv mode: comma list of prefix sizes whose list is timed (each "
+                        "loaded first)")
+    p.add_argument("--kv-retention-keys", type=int, default=5000,
+                   help="kv mode: keys of the retention table, 10 versions each")
 
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:
@@ -414,6 +475,8 @@ def _main(args: argparse.Namespace) -> int:
                         seconds=args.seconds, emulator_bin=args.emulator_bin)
     if args.command in ("put", "delete", "get", "list", "leader"):
         return _client_command(args)
+    if args.command == "watch":
+        return _watch_command(args)
     if args.command == "bench":
         from .tools.bench.runner import run_bench
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, Self
 
 import aiohttp
@@ -33,7 +34,16 @@ from ..errors import (
     error_from_code,
 )
 from ..storage.base import HistoryLimit, check_limit
-from ..types import IF_ABSENT, History, HistoryItem, Listing, ListItem, PutResult, Timestamp
+from ..types import (
+    IF_ABSENT,
+    History,
+    HistoryItem,
+    Listing,
+    ListItem,
+    PutResult,
+    Timestamp,
+    WatchEvent,
+)
 
 __all__ = ["Client"]
 
@@ -357,6 +367,61 @@ class Client:
                                         f"same ids{why}")
         raise NoLeaderError(f"no node answered in time; nothing written{why}")
 
+    async def watch(self, key: str | None = None, prefix: str | None = None,
+                    since: Timestamp | None = None) -> AsyncIterator[WatchEvent]:
+        """Follow the log through a node's ``/v1/watch`` (Server-Sent Events), as
+        Store.watch: one ``caught_up`` after the backlog, then live events. On a failed
+        or lost stream (or a ``lagged`` close) it moves to the next node and resumes
+        from the last event's resume token by itself; repeats that a resume brings are
+        dropped. Runs until the caller stops iterating."""
+        if self._session is None:
+            raise RuntimeError("use the Client as `async with Client(...)`")
+        query: dict[str, str] = {}
+        if key is not None:
+            query["key"] = key
+        if prefix is not None:
+            query["prefix"] = prefix
+        resume = since
+        last: tuple[int, str, str] | None = None  # (timestamp, key, id) of the last yielded
+        caught_up = False
+        failures = 0
+        while True:
+            node = self.nodes[next(self._rr)]
+            headers = {k: v for k, v in self._headers.items() if k == "Authorization"}
+            headers["Accept"] = "text/event-stream"
+            if resume is not None:
+                headers["Last-Event-ID"] = str(resume)
+            try:
+                async with self._session.get(node + "/v1/watch", params=query,
+                                             headers=headers, ssl=self._ssl,
+                                             read_bufsize=WATCH_BUFFER_BYTES) as resp:
+                    if resp.status != 200:
+                        body = _decode(await resp.read(), resp.status)
+                        error = body.get("error", {}) if isinstance(body, dict) else {}
+                        err = error_from_code(error.get("code", "outcome_unknown"),
+                                              error.get("message", f"HTTP {resp.status}"))
+                        if isinstance(err, RejectedError):
+                            raise err
+                        raise aiohttp.ClientError(f"{node}: {err.code}: {err.message}")
+                    async for event in _sse_events(resp.content):
+                        failures = 0
+                        if event.kind == "lagged":
+                            break  # resume from our own token, on the next node
+                        resume = event.resume
+                        if event.kind == "caught_up":
+                            if not caught_up:
+                                caught_up = True
+                                yield event
+                            continue
+                        mark = (int(event.timestamp), event.key, event.id)
+                        if last is not None and mark <= last:
+                            continue  # a repeat after a resume
+                        last = mark
+                        yield event
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                failures += 1
+            await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
+
     async def list(self, prefix: str = "", limit: int = 100, after: str | None = None, *,
                    max_staleness: float | None = None, timeout: float | None = None
                    ) -> Listing:
@@ -376,6 +441,37 @@ class Client:
 # refusal before our handlers run), by its status.
 _STATUS_CODES = {400: "invalid", 401: "unauthorized", 409: "conflict", 413: "too_large",
                  429: "busy", 503: "unavailable"}
+
+
+WATCH_BUFFER_BYTES = 16 * 1024 * 1024  # an event line holds a whole (escaped) value
+
+
+async def _sse_events(content: aiohttp.StreamReader) -> AsyncIterator[WatchEvent]:
+    """Parse a text/event-stream into watch events (comments are keep-alives)."""
+    kind = rid = ""
+    data: list[str] = []
+    async for raw in content:
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if kind and data:
+                body = json.loads("\n".join(data))
+                ts = Timestamp.parse(body["timestamp"])
+                resume = Timestamp.parse(rid) if rid else ts
+                value = body.get("value")
+                yield WatchEvent(kind, body.get("key", ""), body.get("id", ""),
+                                 value if isinstance(value, str) else "", ts, resume)
+            kind, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, rest = line.partition(":")
+        rest = rest[1:] if rest.startswith(" ") else rest
+        if field == "event":
+            kind = rest
+        elif field == "id":
+            rid = rest
+        elif field == "data":
+            data.append(rest)
 
 
 def _decode(raw: bytes, status: int) -> Any:

@@ -8,6 +8,7 @@ and answered as ``internal`` (an outcome-unknown error), never as a bare 500 pag
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import weakref
@@ -24,7 +25,7 @@ from ..core.store import StoreCore
 from ..errors import DstoreError, InternalError, InvalidInputError, TooLargeError
 from ..observability.metrics import HTTP_PATHS
 from ..peerlink.leader import PEER_PATH, serve_follower
-from ..types import HistoryItem, PutResult
+from ..types import HistoryItem, PutResult, Timestamp, WatchEvent
 from .security import check_bearer
 
 __all__ = ["ROUTES", "make_app", "make_metrics_app"]
@@ -255,6 +256,59 @@ async def _list(request: web.Request) -> web.Response:
         "next": page.next, "read_timestamp": str(page.read_timestamp)})
 
 
+# A comment line at least this often keeps proxies from closing an idle stream.
+SSE_KEEPALIVE_S = 15.0
+
+
+def sse_event(event: WatchEvent) -> bytes:
+    """One watch event in Server-Sent Events form (``id`` is the resume token)."""
+    if event.kind in ("put", "delete"):
+        data: dict[str, Any] = {"key": event.key, "id": event.id,
+                                "value": event.value if event.kind == "put" else None,
+                                "timestamp": str(event.timestamp)}
+    else:  # caught_up, lagged
+        data = {"timestamp": str(event.timestamp)}
+    return (f"event: {event.kind}\nid: {event.resume}\n"
+            f"data: {json.dumps(data, separators=(',', ':'))}\n\n").encode()
+
+
+async def _watch(request: web.Request) -> web.StreamResponse:
+    q = request.query
+    raw = request.headers.get("Last-Event-ID") or q.get("since")
+    since = None
+    if raw:
+        try:
+            since = Timestamp.parse(raw)
+        except ValueError:
+            raise InvalidInputError("since (or Last-Event-ID) must be an RFC 3339 UTC "
+                                    "timestamp such as 2026-11-27T10:00:00.000000000Z") from None
+    core = _core(request)
+    watcher = core.watch(q.get("key"), q.get("prefix"), since)
+    try:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        events = aiter(watcher)
+        while True:
+            try:
+                async with asyncio.timeout(SSE_KEEPALIVE_S):
+                    event = await anext(events)
+            except TimeoutError:
+                await resp.write(b": keepalive\n\n")
+                continue
+            except StopAsyncIteration:
+                break
+            await resp.write(sse_event(event))
+            if event.kind == "lagged":
+                break
+    except (ConnectionResetError, ConnectionError):
+        pass  # the client went away
+    finally:
+        await watcher.aclose()
+    return resp
+
+
 async def _leader(request: web.Request) -> web.Response:
     core = _core(request)
     state = core.leader_state()
@@ -323,6 +377,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/v1/delete", _delete),
     ("GET", "/v1/get", _get),
     ("GET", "/v1/list", _list),
+    ("GET", "/v1/watch", _watch),
     ("GET", "/v1/leader", _leader),
     ("GET", "/healthz", _healthz),
     ("GET", "/readyz", _readyz),
