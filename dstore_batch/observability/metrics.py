@@ -29,8 +29,8 @@ ERROR_CODES = ("invalid", "empty_key", "invalid_utf8", "invalid_id", "too_large"
                "not_leader", "busy", "no_leader", "unavailable", "link_down", "deadline",
                "commit_failed", "link_lost", "partial_commit", "internal")
 COMMIT_RESULTS = ("not_leader", "commit_failed", "internal")
-HTTP_PATHS = ("/v1/put", "/v1/put_many", "/v1/delete", "/v1/get", "/v1/list", "/v1/watch", "/v1/leader",
-              "/v1/peer", "/healthz", "/readyz", "/metrics", "other")
+HTTP_PATHS = ("/v1/put", "/v1/put_many", "/v1/delete", "/v1/get", "/v1/list", "/v1/watch",
+              "/v1/leader", "/v1/peer", "/healthz", "/readyz", "/metrics", "other")
 RETENTION_KINDS = ("versions", "age")
 
 
