@@ -108,6 +108,34 @@ PANELS: list[tuple[str, str, str, str, list[dict[str, str]]]] = [
          q(f"sum by (instance) (rate(dstore_commit_aborts_total{{{SEL}}}[{RATE}]))",
            "aborts {{instance}}"),
      ]),
+    ("Watchers and events", "short",
+     "Watches open on each node, and events handed to watchers per second.",
+     "timeseries", [
+         q(f"sum by (instance) (dstore_watchers{{{SEL}}})", "open {{instance}}"),
+         q(f"sum by (instance) (rate(dstore_watch_events_total{{{SEL}}}[{RATE}]))",
+           "events/s {{instance}}"),
+     ]),
+    ("Watch delivery lag", "s",
+     "Commit timestamp to the event handed to a watcher: p50, p90, p99 (includes the "
+     "backlog a resumed watcher replays).",
+     "timeseries", quantiles("dstore_watch_lag_seconds", "", "")),
+    ("Watchers behind", "ops",
+     "Watchers caught up from storage after falling behind, and watches closed with a "
+     "lagged event, per second.",
+     "timeseries", [
+         q(f"sum by (instance) (rate(dstore_watch_overflows_total{{{SEL}}}[{RATE}]))",
+           "caught up from storage {{instance}}"),
+         q(f"sum by (instance) (rate(dstore_watchers_lagged_total{{{SEL}}}[{RATE}]))",
+           "closed lagged {{instance}}"),
+     ]),
+    ("Retention", "short",
+     "Rows deleted by retention per second (by rule), and the age in seconds of the "
+     "oldest row left after the last full pass.",
+     "timeseries", [
+         q(f"sum by (kind) (rate(dstore_retention_removed_rows_total{{{SEL}}}[{RATE}]))",
+           "removed {{kind}}"),
+         q(f"max(dstore_retention_oldest_row_age_seconds{{{SEL}}})", "oldest row age"),
+     ]),
 ]
 
 
