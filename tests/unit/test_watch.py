@@ -1,0 +1,172 @@
+"""Watch on one StoreCore over SQLite: backlog, caught_up, live events, resume, the
+resync paths (source change, an unknown commit outcome) and the bound on a slow
+watcher's memory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from dstore_batch.config import Config
+from dstore_batch.core import watch as watch_module
+from dstore_batch.core.store import StoreCore
+from dstore_batch.core.watch import Watcher
+from dstore_batch.errors import InvalidInputError
+from dstore_batch.testing.emulator import free_port
+from dstore_batch.types import Timestamp, WatchEvent
+
+
+def config(database: str, **kw: Any) -> Config:
+    kw.setdefault("lease_s", 1.0)
+    return Config(node_id=f"127.0.0.1:{free_port()}", database=database, **kw)
+
+
+@pytest.fixture
+async def core(sqlite_database: str) -> AsyncIterator[StoreCore]:
+    async with StoreCore(config(sqlite_database)) as c:
+        await c.wait_for_leader(10)
+        yield c
+
+
+async def take(watcher: Watcher, n: int, timeout: float = 10.0) -> list[WatchEvent]:
+    """The next ``n`` events (caught_up included)."""
+    out = []
+    async with asyncio.timeout(timeout):
+        async for event in watcher:
+            out.append(event)
+            if len(out) == n:
+                break
+    return out
+
+
+def rows(events: list[WatchEvent]) -> list[tuple[str, str, str]]:
+    return [(e.kind, e.key, e.value) for e in events]
+
+
+async def test_live_events_after_caught_up_in_commit_order(core: StoreCore) -> None:
+    watcher = core.watch(prefix="a/")
+    (first,) = await take(watcher, 1)
+    assert first.kind == "caught_up"
+    await core.put("a/1", "x")
+    await core.put("b/1", "not mine")
+    await core.put_many([("a/2", "y"), ("a/3", "z")])
+    deleted = await core.delete("a/1")
+    events = await take(watcher, 4)
+    assert rows(events) == [("put", "a/1", "x"), ("put", "a/2", "y"), ("put", "a/3", "z"),
+                            ("delete", "a/1", "")]
+    assert events[-1].id == deleted.id and events[-1].timestamp == deleted.timestamp
+    stamps = [e.timestamp for e in events]
+    assert stamps == sorted(stamps)
+    # Rows of one commit: in (key, id) order; the resume token is the commit's
+    # timestamp only at its last row.
+    assert events[1].timestamp == events[2].timestamp
+    assert events[1].resume == events[1].timestamp - 1 and events[2].resume == events[2].timestamp
+    await watcher.aclose()
+
+
+async def test_resume_from_the_middle_replays_exactly_the_rows_after_it(
+        core: StoreCore) -> None:
+    acks = [await core.put(f"k/{i}", str(i)) for i in range(10)]
+    middle = acks[4].timestamp
+    watcher = core.watch(prefix="k/", since=middle)
+    events = await take(watcher, 6)
+    assert [e.value for e in events[:5]] == [str(i) for i in range(5, 10)]
+    assert events[5].kind == "caught_up"
+    await core.put("k/live", "live")
+    (live,) = await take(watcher, 1)
+    assert (live.key, live.value) == ("k/live", "live")
+    await watcher.aclose()
+
+
+async def test_one_key_and_everything(core: StoreCore) -> None:
+    one, every = core.watch(key="x"), core.watch()
+    await take(one, 1)
+    await take(every, 1)
+    await core.put("x", "1")
+    await core.put("xy", "2")
+    assert rows(await take(one, 1)) == [("put", "x", "1")]
+    assert rows(await take(every, 2)) == [("put", "x", "1"), ("put", "xy", "2")]
+    with pytest.raises(InvalidInputError):
+        core.watch(key="x", prefix="x")
+    await one.aclose()
+    await every.aclose()
+    assert core.metrics.registry.get_sample_value("dstore_watchers") == 0
+
+
+async def test_a_source_change_resyncs_without_gap_or_reordering(core: StoreCore) -> None:
+    watcher = core.watch(prefix="s/")
+    await take(watcher, 1)
+    await core.put("s/1", "1")
+    hub = core.watch_hub
+    hub.source_down()
+    # Committed while this node "missed" the live stream: not published to it.
+    await core.put("s/2", "2")
+    hub.source_up()
+    await core.put("s/3", "3")
+    events = await take(watcher, 3)
+    assert [e.value for e in events] == ["1", "2", "3"]
+    await watcher.aclose()
+
+
+async def test_a_commit_of_unknown_outcome_makes_watchers_catch_up(core: StoreCore) -> None:
+    watcher = core.watch(prefix="u/")
+    await take(watcher, 1)
+    # As the committer does when a commit's outcome stays unknown: its rows may be
+    # stored without having been published.
+    publish = core.committer._publish
+    core.committer._publish = None
+    await core.put("u/1", "hidden")
+    core.committer._publish = publish
+    core._gap()
+    await core.put("u/2", "after")
+    events = await take(watcher, 2)
+    assert [e.value for e in events] == ["hidden", "after"]
+    await watcher.aclose()
+
+
+async def test_a_slow_watcher_stays_bounded_and_catches_up_from_storage(
+        core: StoreCore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(watch_module, "QUEUE_MAX_BYTES", 4096)
+    watcher = core.watch(prefix="slow/")
+    await take(watcher, 1)
+    for n in range(5):
+        await core.put_many([(f"slow/{n}/{i}", "v" * 100) for i in range(20)])
+        assert watcher._bytes <= 4096 + 200  # never more than the bound (and one event)
+    assert (core.metrics.registry.get_sample_value("dstore_watch_overflows_total") or 0) > 0
+    got = await take(watcher, 100)
+    assert sorted(e.key for e in got) == sorted(f"slow/{n}/{i}" for n in range(5)
+                                                for i in range(20))
+    stamps = [e.timestamp for e in got]
+    assert stamps == sorted(stamps)
+    await watcher.aclose()
+
+
+async def test_a_watcher_that_keeps_falling_behind_is_closed_lagged(
+        core: StoreCore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(watch_module, "QUEUE_MAX_BYTES", 1024)
+    watcher = core.watch(prefix="lag/")
+    await take(watcher, 1)
+    for n in range(watch_module.MAX_OVERFLOWS + 2):
+        await core.put_many([(f"lag/{n}/{i}", "v" * 200) for i in range(10)])
+        await asyncio.sleep(0.05)  # the resync runs, and overflows again
+    events = [e async for e in watcher]
+    assert events and events[-1].kind == "lagged"
+    assert core.metrics.registry.get_sample_value("dstore_watchers_lagged_total") == 1
+    # Resuming from the token replays what was not taken.
+    again = core.watch(prefix="lag/", since=events[-1].resume)
+    replay = await take(again, 10 * (watch_module.MAX_OVERFLOWS + 2) + 1)
+    assert replay[-1].kind == "caught_up"
+    await again.aclose()
+
+
+async def test_since_none_starts_at_the_database_now(core: StoreCore) -> None:
+    await core.put("n/old", "old")
+    watcher = core.watch(prefix="n/")
+    (caught,) = await take(watcher, 1)
+    assert caught.kind == "caught_up" and caught.timestamp >= Timestamp(0)
+    await core.put("n/new", "new")
+    assert rows(await take(watcher, 1)) == [("put", "n/new", "new")]
+    await watcher.aclose()
