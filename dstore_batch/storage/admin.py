@@ -7,7 +7,7 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
-from .ddl import ddl_statements
+from .ddl import ddl_statements, row_deletion_policy
 from .spanner import parse_database_path, spanner_client
 
 __all__ = ["init_database"]
@@ -17,12 +17,16 @@ OPERATION_TIMEOUT_S = 120
 
 
 def init_database(
-    database: str, *, lock_table: str, log_table: str, emulator_host: str | None = None
+    database: str, *, lock_table: str, log_table: str, emulator_host: str | None = None,
+    retention_days: int | None = None,
 ) -> list[str]:
     """Create whichever tables are missing; return the names of those created.
 
-    On an emulator (``emulator_host``) the instance and database are created too. Safe
-    to run any number of times.
+    On an emulator (``emulator_host``) the instance and database are created too. With
+    ``retention_days``, the log table gets a row deletion policy of that many days: in
+    its CREATE TABLE, or on an existing table added (or replaced, when it names other
+    days), and then ``"<log_table> row deletion policy"`` is in the list returned.
+    Without it, an existing policy is left as it is. Safe to run any number of times.
 
     Raises:
         ValueError: the path is malformed, or the database refused (a bad instance id,
@@ -30,6 +34,7 @@ def init_database(
     """
     create_missing = emulator_host is not None
     project, instance_id, database_id = parse_database_path(database)
+    wanted = ddl_statements(lock_table, log_table, retention_days)
     client = spanner_client(project, emulator_host)
     try:
         instance = client.instance(
@@ -44,23 +49,43 @@ def init_database(
         if create_missing and not db.exists():
             _wait(db.create(), "create database")
         existing = _existing_tables(db)
-        wanted = ddl_statements(lock_table, log_table)
         missing = [name for name in wanted if name.lower() not in existing]
         if missing:
             _wait(db.update_ddl([wanted[n] for n in missing]), "create tables")
-        return missing
+        changed = list(missing)
+        if retention_days is not None and log_table.lower() in existing:
+            policy = row_deletion_policy(retention_days)
+            current = existing[log_table.lower()]
+            if current is None:
+                verb = "ADD"
+            elif _normal(current) != _normal(policy):
+                verb = "REPLACE"
+            else:
+                verb = ""
+            if verb:
+                _wait(db.update_ddl([f"ALTER TABLE {log_table} {verb} ROW DELETION POLICY "
+                                     f"({policy})"]), "set the row deletion policy")
+                changed.append(f"{log_table} row deletion policy")
+        return changed
     except gexc.GoogleAPICallError as exc:
         raise ValueError(f"init-db on {database} failed: {exc.message}") from None
     finally:
         client.close()
 
 
-def _existing_tables(db: Any) -> set[str]:
+def _existing_tables(db: Any) -> dict[str, str | None]:
+    """The tables of the default schema (lower-cased names), with their row deletion
+    policy expressions (None: no policy)."""
     with db.snapshot() as snap:
         rows = snap.execute_sql(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = ''"
+            "SELECT table_name, row_deletion_policy_expression "
+            "FROM information_schema.tables WHERE table_schema = ''"
         )
-        return {r[0].lower() for r in rows}
+        return {r[0].lower(): r[1] for r in rows}
+
+
+def _normal(expression: str) -> str:
+    return "".join(expression.split()).upper()
 
 
 def _wait(operation: Any, what: str) -> None:

@@ -17,7 +17,7 @@ import datetime as _dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -28,9 +28,21 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import spanner
 from google.cloud.spanner_v1 import Mutation, param_types
 from google.cloud.spanner_v1.keyset import KeyRange, KeySet
+from google.protobuf import struct_pb2
 
 from ..errors import CommitError, DstoreError, NotLeaderError, ReadError
-from ..types import CommitResult, HistoryItem, Row, Timestamp
+from ..types import (
+    Changes,
+    CommitResult,
+    History,
+    HistoryItem,
+    Latest,
+    Listing,
+    Row,
+    Timestamp,
+    TrimResult,
+)
+from . import collect_changes, list_page, plan_trim, prefix_end, resolve_commit
 from .base import Fence, HistoryLimit, LockState, PeerReport, peer_row_prefix, run_bounded
 
 __all__ = ["SpannerStorage", "parse_database_path", "spanner_client"]
@@ -50,6 +62,15 @@ ABORT_RETRY_DELAY_S = 0.02
 STALE_SESSION_SIGNS = ("Session not found", "Invalid transaction ID")
 STALE_SESSION_ERRORS = 3
 CLOSE_TIMEOUT_S = 5.0
+# Rows one trim or expiry transaction deletes at most. A delete counts one mutation per
+# key whatever its columns (the log table has no secondary index); Spanner refuses more
+# than 80,000 mutations in one commit.
+MAX_DELETES_PER_TXN = 20_000
+# Range reads (list, trim) go in chunks of rows: the first sized to what the call needs
+# (a list page: its keys + 1 + this slack, for keys with several versions or deleted),
+# each next one twice the last, up to this many rows.
+LIST_CHUNK_SLACK = 16
+MAX_READ_CHUNK = 16_384
 
 
 # Errors after which the same commit may well succeed. NotFound is here because a
@@ -129,7 +150,8 @@ def _insert_or_update_rows(txn: Any, table: str, rows: Sequence[Row], leader: st
     keeps its mutations in `_mutations`; should that ever change, the public call is used.
     """
     if not isinstance(getattr(txn, "_mutations", None), list):
-        values = [(r.id, r.key, r.value, leader, spanner.COMMIT_TIMESTAMP) for r in rows]
+        values = [(r.id, r.key, None if r.delete else r.value, leader,
+                   spanner.COMMIT_TIMESTAMP) for r in rows]
         txn.insert_or_update(table, LOG_COLUMNS, values)
         return
     write = _WRITE_PB(table=table, columns=LOG_COLUMNS)
@@ -139,14 +161,22 @@ def _insert_or_update_rows(txn: Any, table: str, rows: Sequence[Row], leader: st
         cells = add().values
         cells.add(string_value=r.id)
         cells.add(string_value=r.key)
-        cells.add(string_value=r.value)
+        if r.delete:
+            cells.add(null_value=_NULL)  # a tombstone
+        else:
+            cells.add(string_value=r.value)
         cells.add(string_value=leader)
         cells.add(string_value=commit_ts)
     txn._mutations.append(Mutation.wrap(_MUTATION_PB(insert_or_update=write)))
 
 
 _WRITE_PB = Mutation.Write.pb()
+_NULL = struct_pb2.NULL_VALUE
 _MUTATION_PB = Mutation.pb()
+
+
+# A commit's existing and conflicting rows, as its transaction decided them.
+_Decided = tuple[dict[int, Timestamp], dict[int, Latest | None]]
 
 
 def _to_spanner_ts(ts: Timestamp) -> DatetimeWithNanoseconds:
@@ -296,11 +326,13 @@ class SpannerStorage:
     # -- log table ---------------------------------------------------------------
 
     async def commit(
-        self, rows: Sequence[Row], leader: str, fence: Fence | None
+        self, rows: Sequence[Row], leader: str, fence: Fence | None,
+        groups: Sequence[Sequence[int]] = (),
     ) -> CommitResult:
-        keep = [i for i, r in enumerate(rows) if r.keep]
+        keep = [i for i, r in enumerate(rows) if r.keep and r.cond is None]
+        conds = [i for i, r in enumerate(rows) if r.cond is not None]
 
-        def work(txn: Any) -> dict[int, Timestamp] | None:
+        def work(txn: Any) -> _Decided | None:
             # One statement is the fence and the heartbeat: it touches the lock row only
             # while it holds our token (a busy leader's lease never waits for a separate
             # lock write queued behind its commits). A DML call, not a streaming read:
@@ -308,27 +340,32 @@ class SpannerStorage:
             # CPU per commit at low load.
             if fence is not None and not self._fence_and_heartbeat(txn, fence):
                 return None
-            existing = self._existing(txn, rows, keep) if keep else {}
-            write = [r for i, r in enumerate(rows) if i not in existing]
+            # The plain path (no keep, no condition) reads nothing.
+            stored = self._existing(txn, rows, keep) if keep else {}
+            latest: dict[int, Latest | None] = {}
+            if conds:
+                self._conditions(txn, rows, conds, stored, latest)
+            existing, conflicts, skip = resolve_commit(rows, groups, stored, latest)
+            write = [r for i, r in enumerate(rows) if i not in skip]
             if write:
                 _insert_or_update_rows(txn, self.log_table, write, leader)
-            return existing
+            return existing, conflicts
 
         try:
-            existing, ts = await self._run(self._writer, self._transact, work, writes=True)
-        except gexc.GoogleAPICallError as exc:
-            raise CommitError(f"commit of {len(rows)} rows to {self.database_path} failed: "
-                              f"{exc.message}",
-                              transient=isinstance(exc, TRANSIENT)) from exc
-        except (gexc.RetryError, grpc.RpcError) as exc:
-            # A retry deadline inside the client, or a raw gRPC failure: the database
-            # or the network, worth another try. Anything else is a bug and propagates.
-            raise CommitError(f"commit of {len(rows)} rows to {self.database_path} failed: "
-                              f"{exc!r}",
-                              transient=True) from exc
-        if existing is None:
+            decided, ts = await self._run(self._writer, self._transact, work, writes=True)
+        except (gexc.GoogleAPICallError, gexc.RetryError, grpc.RpcError) as exc:
+            raise self._write_error(f"commit of {len(rows)} rows", exc) from exc
+        if decided is None:
             raise NotLeaderError("lost the lock before this commit; nothing was written")
-        return CommitResult(ts, existing)
+        return CommitResult(ts, *decided)
+
+    def _write_error(self, what: str, exc: Exception) -> CommitError:
+        if isinstance(exc, gexc.GoogleAPICallError):
+            return CommitError(f"{what} to {self.database_path} failed: {exc.message}",
+                               transient=isinstance(exc, TRANSIENT))
+        # A retry deadline inside the client, or a raw gRPC failure: the database or the
+        # network, worth another try. Anything else is a bug and propagates.
+        return CommitError(f"{what} to {self.database_path} failed: {exc!r}", transient=True)
 
     def _existing(self, txn: Any, rows: Sequence[Row], keep: list[int]) -> dict[int, Timestamp]:
         """Which of the ``keep`` rows are stored already, with their timestamps."""
@@ -336,6 +373,31 @@ class SpannerStorage:
         found = txn.read(self.log_table, ("key", "id", "timestamp"),
                          KeySet(keys=[list(k) for k in where]), **self._bound())
         return {where[(k, i)]: Timestamp.from_datetime(ts) for k, i, ts in found}
+
+    def _conditions(self, txn: Any, rows: Sequence[Row], conds: list[int],
+                    stored: dict[int, Timestamp], latest: dict[int, Latest | None]) -> None:
+        """Read every row of the conditional rows' keys (one key-range read: SQL would
+        scan the table on the emulator); fill ``stored`` (their (key, id) exists) and
+        ``latest`` (else: the key's newest row, None if it has none)."""
+        by_key = {rows[i].key: i for i in conds}  # no two rows of a commit share a key
+        keyset = KeySet(ranges=[KeyRange(start_closed=[k], end_closed=[k]) for k in by_key])
+        newest: dict[str, tuple[Timestamp, str, bool]] = {}
+        for key, id_, value, when in txn.read(self.log_table, ("key", "id", "value",
+                                                                "timestamp"),
+                                              keyset, **self._bound()):
+            if when is None:
+                continue
+            ts = Timestamp.from_datetime(when)
+            i = by_key[key]
+            if id_ == rows[i].id:
+                stored[i] = ts
+            top = newest.get(key)
+            if top is None or (ts, id_) > (top[0], top[1]):
+                newest[key] = (ts, id_, value is None)
+        for key, i in by_key.items():
+            if i not in stored:
+                top = newest.get(key)
+                latest[i] = None if top is None else Latest(top[1], top[0], top[2])
 
     def _fence_and_heartbeat(self, txn: Any, fence: Fence) -> bool:
         sql = (f"UPDATE {self.lock_table} SET heartbeat = PENDING_COMMIT_TIMESTAMP() "
@@ -346,29 +408,201 @@ class SpannerStorage:
             **self._bound())
         return bool(count == 1)
 
-    async def history(self, key: str, limit: HistoryLimit) -> list[HistoryItem]:
+    def _snapshot(self, max_staleness_s: float | None) -> Any:
+        """A single-use snapshot: strong, or bounded-staleness."""
+        if max_staleness_s is None:
+            return self._db.snapshot()
+        if max_staleness_s < 0:
+            raise ValueError("max_staleness_s must not be negative")
+        return self._db.snapshot(max_staleness=_dt.timedelta(seconds=max_staleness_s))
+
+    async def _read_call(self, read: Callable[[], T]) -> T:
+        try:
+            return await self._run(self._reader, read)
+        except gexc.GoogleAPICallError as exc:
+            raise ReadError(f"read failed: {exc.message}") from exc
+        except (gexc.RetryError, grpc.RpcError) as exc:
+            raise ReadError(f"read failed: {exc!r}") from exc
+
+    async def history(self, key: str, limit: HistoryLimit,
+                      max_staleness_s: float | None = None) -> History:
         # A key-range read over the (key, id) primary key: a range scan on real Spanner,
         # and on the emulator it costs ~2 ms whatever the table size (SQL with ORDER BY
         # scans the whole table there). Sorting by timestamp happens here.
         keyset = KeySet(ranges=[KeyRange(start_closed=[key], end_closed=[key])])
 
-        def read() -> list[HistoryItem]:
-            with self._db.snapshot() as snap:
+        def read() -> History:
+            with self._snapshot(max_staleness_s) as snap:
                 rows = snap.read(self.log_table, ("id", "value", "timestamp"), keyset,
                                  **self._bound())
-                return [
-                    HistoryItem(r[0], r[1], Timestamp.from_datetime(r[2]))
+                items = [
+                    HistoryItem(r[0], "" if r[1] is None else r[1],
+                                Timestamp.from_datetime(r[2]), r[1] is None)
                     for r in rows
                     if r[2] is not None
                 ]
+                return History(select_history(items, limit),
+                               read_timestamp=_read_timestamp(rows, snap))
+
+        return await self._read_call(read)
+
+    async def list_keys(self, prefix: str, limit: int, after: str | None,
+                        max_staleness_s: float | None = None) -> Listing:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        end = prefix_end(prefix)
+        bounds: dict[str, list[str]] = {}
+        if after is not None and after >= prefix:
+            bounds["start_open"] = [after]
+        elif prefix:
+            bounds["start_closed"] = [prefix]
+        if end is not None:
+            bounds["end_open"] = [end]
+        keyset = KeySet(ranges=[KeyRange(**bounds)]) if bounds else KeySet(all_=True)
+        columns = ("key", "id", "value", "timestamp")
+
+        def read() -> Listing:
+            # Rows stream in primary-key order, in chunks of rows (the Read's `limit`);
+            # the page stops reading once it has seen one live key past the limit.
+            seen: list[Timestamp] = []
+            rows = self._range_rows(keyset, end, columns, limit + 1 + LIST_CHUNK_SLACK,
+                                    max_staleness_s, seen)
+            items, next_key = list_page(
+                ((r[0], r[1], r[2], Timestamp.from_datetime(r[3]))
+                 for r in rows if r[3] is not None), limit)
+            return Listing(items, next_key, seen[0])
+
+        return await self._read_call(read)
+
+    def _range_rows(self, keyset: KeySet, end: str | None, columns: tuple[str, ...],
+                    rows: int, max_staleness_s: float | None,
+                    seen: list[Timestamp]) -> Iterator[Any]:
+        """A key range's rows from one snapshot, read in chunks (``_chunked``); the
+        first chunk's read timestamp is appended to ``seen`` before any row is given."""
+
+        def chunk(keys: KeySet, n: int) -> Iterator[Any]:
+            # The first chunk: strong or bounded-staleness; the rest at its time.
+            snap = (self._snapshot(max_staleness_s) if not seen
+                    else self._db.snapshot(read_timestamp=_to_spanner_ts(seen[0])))
+            with snap as checkout:
+                result = checkout.read(self.log_table, columns, keys, limit=n,
+                                       **self._bound())
+                stream = iter(result)
+                first = next(stream, None)
+                if not seen:
+                    seen.append(_read_timestamp(result, checkout))
+                if first is not None:
+                    yield first
+                    yield from stream
+
+        return _chunked(chunk, keyset, end, rows)
+
+    async def changes(self, key: str | None, prefix: str, after: Timestamp,
+                      limit: int) -> Changes:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        end: str | None
+        if key is not None:
+            keyset, end = KeySet(ranges=[KeyRange(start_closed=[key], end_closed=[key])]), None
+        else:
+            end = prefix_end(prefix)
+            bounds: dict[str, list[str]] = {}
+            if prefix:
+                bounds["start_closed"] = [prefix]
+            if end is not None:
+                bounds["end_open"] = [end]
+            keyset = KeySet(ranges=[KeyRange(**bounds)]) if bounds else KeySet(all_=True)
+
+        def read() -> Changes:
+            # The whole range is read (rows are in key order, not time order); only the
+            # rows after `after` are kept, and of those about `limit`.
+            seen: list[Timestamp] = []
+            rows = self._range_rows(keyset, end, ("key", "id", "value", "timestamp"),
+                                    MAX_READ_CHUNK, None, seen)
+            commits, complete = collect_changes(
+                ((r[0], r[1], r[2], Timestamp.from_datetime(r[3]))
+                 for r in rows if r[3] is not None), after, limit)
+            return Changes(commits, seen[0] if complete else commits[-1][0], complete)
+
+        return await self._read_call(read)
+
+    async def read_timestamp(self) -> Timestamp:
+        def read() -> Timestamp:
+            with self._db.snapshot() as snap:
+                result = snap.execute_sql("SELECT 1", **self._bound())
+                list(result)
+                return _read_timestamp(result, snap)
+
+        return await self._read_call(read)
+
+    async def trim(self, after: str | None, keep_versions: int, max_rows: int,
+                   fence: Fence | None) -> TrimResult:
+        if keep_versions < 1 or max_rows < 1:
+            raise ValueError("keep_versions and max_rows must be at least 1")
+        keyset = (KeySet(all_=True) if after is None
+                  else KeySet(ranges=[KeyRange(start_open=[after])]))
+
+        def work(txn: Any) -> TrimResult | None:
+            if fence is not None and not self._fence_and_heartbeat(txn, fence):
+                return None
+
+            def chunk(keys: KeySet, rows: int) -> Iterator[Any]:
+                # Each stream read to its end (a chunk is bounded): the commit then
+                # carries the last precommit token the reads returned.
+                yield from list(txn.read(self.log_table, ("key", "id", "timestamp"), keys,
+                                         limit=rows, **self._bound()))
+
+            # Read inside the transaction: a row id written again meanwhile (a `-` row,
+            # say) must not be deleted as the old version it was.
+            plan = plan_trim(((r[0], r[1], Timestamp.from_datetime(r[2]))
+                              for r in _chunked(chunk, keyset, None, max_rows + 1)
+                              if r[2] is not None),
+                             after, keep_versions, max_rows, MAX_DELETES_PER_TXN)
+            if plan.doomed:
+                txn.delete(self.log_table, KeySet(keys=[list(k) for k in plan.doomed]))
+            return TrimResult(len(plan.doomed), plan.next, plan.oldest)
 
         try:
-            items = await self._run(self._reader, read)
-        except gexc.GoogleAPICallError as exc:
-            raise ReadError(f"read failed: {exc.message}") from exc
-        except (gexc.RetryError, grpc.RpcError) as exc:
-            raise ReadError(f"read failed: {exc!r}") from exc
-        return select_history(items, limit)
+            outcome: tuple[TrimResult | None, Timestamp] = await self._run(
+                self._writer, self._transact, work, writes=True)
+        except (gexc.GoogleAPICallError, gexc.RetryError, grpc.RpcError) as exc:
+            raise self._write_error("trim", exc) from exc
+        result = outcome[0]
+        if result is None:
+            raise NotLeaderError("lost the lock before this trim; nothing was deleted")
+        return result
+
+    async def expire(self, before: Timestamp, max_rows: int, fence: Fence | None) -> int:
+        # Spanner's row deletion policy does this by itself (native_expiry); this is for
+        # the contract, and for a database without the policy.
+        sql = (f"SELECT key, id FROM {self.log_table} WHERE timestamp < @before "
+               f"LIMIT @n")
+        params = {"before": _to_spanner_ts(before),
+                  "n": max(0, min(max_rows, MAX_DELETES_PER_TXN))}
+        types = {"before": param_types.TIMESTAMP, "n": param_types.INT64}
+
+        def work(txn: Any) -> int | None:
+            if fence is not None and not self._fence_and_heartbeat(txn, fence):
+                return None
+            keys = [[k, i] for k, i in txn.execute_sql(sql, params=params,
+                                                         param_types=types, **self._bound())]
+            if keys:
+                txn.delete(self.log_table, KeySet(keys=keys))
+            return len(keys)
+
+        try:
+            outcome: tuple[int | None, Timestamp] = await self._run(
+                self._writer, self._transact, work, writes=True)
+        except (gexc.GoogleAPICallError, gexc.RetryError, grpc.RpcError) as exc:
+            raise self._write_error("expire", exc) from exc
+        result = outcome[0]
+        if result is None:
+            raise NotLeaderError("lost the lock before this expiry; nothing was deleted")
+        return result
+
+    @property
+    def native_expiry(self) -> bool:
+        return True  # the log table's row deletion policy (init-db --retention-days)
 
     # -- lock table (spindle's algorithm, fixed as in SPINDLE.md) -------------------
 
@@ -515,6 +749,44 @@ class SpannerStorage:
             return [PeerReport(r[0][len(prefix):], r[1], r[2] or None) for r in rows]
 
         return await self._run(self._reader, read)
+
+
+def _chunked(read: Callable[[KeySet, int], Iterator[Any]], keyset: KeySet, end: str | None,
+             rows: int) -> Iterator[Any]:
+    """The rows of a key range (key and id their first two columns), read ``rows`` at a
+    time (growing), each read resuming after the last (key, id) of the one before.
+
+    A Read's `limit` bounds what the database reads for a range: on the emulator a range
+    read costs the rows *in the range* (whether or not the client reads them all), and
+    with a limit only a fraction of that. Consumed lazily: no read past what is used.
+    """
+    while True:
+        n = 0
+        last: Any = None
+        for row in read(keyset, rows):
+            n += 1
+            last = row
+            yield row
+        if n < rows:
+            return
+        bounds: dict[str, list[str]] = {"start_open": [last[0], last[1]]}
+        if end is not None:
+            bounds["end_open"] = [end]
+        keyset = KeySet(ranges=[KeyRange(**bounds)])
+        rows = min(rows * 2, MAX_READ_CHUNK)
+
+
+def _read_timestamp(rows: Any, snap: Any) -> Timestamp:
+    """The read timestamp a single-use snapshot's result reports (the client asks for it:
+    ``return_read_timestamp``); read after the first response has arrived."""
+    metadata = rows.metadata
+    when = metadata.transaction.read_timestamp if metadata is not None else None
+    if when is None:  # google-cloud-spanner 3.71 also keeps it on the snapshot
+        when = getattr(snap, "_transaction_read_timestamp", None)
+    if when is None:
+        raise ReadError("the database did not report the read's timestamp")
+    return Timestamp.from_datetime(when)
+
 
 def select_history(items: list[HistoryItem], limit: HistoryLimit) -> list[HistoryItem]:
     """Order a key's rows newest first and apply a history limit."""

@@ -22,7 +22,18 @@ from typing import Any, TypeVar
 
 from ..config import check_table_name
 from ..errors import CommitError, NotLeaderError, ReadError
-from ..types import CommitResult, HistoryItem, Row, Timestamp
+from ..types import (
+    Changes,
+    CommitResult,
+    History,
+    HistoryItem,
+    Latest,
+    Listing,
+    Row,
+    Timestamp,
+    TrimResult,
+)
+from . import collect_changes, list_page, plan_trim, prefix_end, resolve_commit
 from .base import Fence, HistoryLimit, LockState, PeerReport, peer_row_prefix, run_bounded
 
 __all__ = ["SQLiteStorage", "sqlite_path"]
@@ -135,26 +146,33 @@ class SQLiteStorage:
     # -- log table ---------------------------------------------------------------------
 
     async def commit(
-        self, rows: Sequence[Row], leader: str, fence: Fence | None
+        self, rows: Sequence[Row], leader: str, fence: Fence | None,
+        groups: Sequence[Sequence[int]] = (),
     ) -> CommitResult:
         sql = (f"INSERT OR REPLACE INTO {self.log_table} (id, key, value, leader, timestamp) "
                "VALUES (?, ?, ?, ?, ?)")
         lookup = f"SELECT timestamp FROM {self.log_table} WHERE key = ? AND id = ?"
+        newest = (f"SELECT id, timestamp, value IS NULL FROM {self.log_table} WHERE key = ? "
+                  "ORDER BY timestamp DESC, id DESC LIMIT 1")
 
         def work(c: sqlite3.Connection, ts: Timestamp) -> CommitResult | None:
-            if fence is not None:
-                if not self._holds(c, fence):
-                    return None
-                # A fenced commit is a heartbeat too (as on Spanner).
-                c.execute(f"UPDATE {self.lock_table} SET heartbeat = ? WHERE name = ?",
-                          (ts, fence.lock_name))
-            existing = {}
+            if fence is not None and not self._fence_and_heartbeat(c, fence, ts):
+                return None
+            stored: dict[int, Timestamp] = {}
+            latest: dict[int, Latest | None] = {}
             for i, r in enumerate(rows):
-                if r.keep and (found := c.execute(lookup, (r.key, r.id)).fetchone()):
-                    existing[i] = Timestamp(found[0])
-            c.executemany(sql, [(r.id, r.key, r.value, leader, ts)
-                                for i, r in enumerate(rows) if i not in existing])
-            return CommitResult(ts, existing)
+                if not r.keep and r.cond is None:
+                    continue  # the plain path reads nothing
+                if found := c.execute(lookup, (r.key, r.id)).fetchone():
+                    stored[i] = Timestamp(found[0])
+                elif r.cond is not None:
+                    top = c.execute(newest, (r.key,)).fetchone()
+                    latest[i] = (None if top is None
+                                 else Latest(top[0], Timestamp(top[1]), bool(top[2])))
+            existing, conflicts, skip = resolve_commit(rows, groups, stored, latest)
+            c.executemany(sql, [(r.id, r.key, None if r.delete else r.value, leader, ts)
+                                for i, r in enumerate(rows) if i not in skip])
+            return CommitResult(ts, existing, conflicts)
 
         try:
             result = await self._write(work)
@@ -171,7 +189,29 @@ class SQLiteStorage:
                         (fence.lock_name,)).fetchone()
         return row is not None and row[0] == fence.token
 
-    async def history(self, key: str, limit: HistoryLimit) -> list[HistoryItem]:
+    def _fence_and_heartbeat(self, c: sqlite3.Connection, fence: Fence, ts: Timestamp) -> bool:
+        """Whether ``fence`` holds; if it does, refresh its heartbeat (as on Spanner)."""
+        if not self._holds(c, fence):
+            return False
+        c.execute(f"UPDATE {self.lock_table} SET heartbeat = ? WHERE name = ?",
+                  (ts, fence.lock_name))
+        return True
+
+    def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``read(conn)`` in one read transaction on the reader connection (one
+        snapshot of the database: WAL mode)."""
+        assert self._rconn is not None
+        conn = self._rconn
+        conn.execute("BEGIN")
+        try:
+            return read(conn)
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    async def history(self, key: str, limit: HistoryLimit,
+                      max_staleness_s: float | None = None) -> History:
+        # max_staleness_s: accepted and ignored; a read here is always current.
         base = f"SELECT id, value, timestamp FROM {self.log_table} WHERE key = ?"
         args: tuple[str] | tuple[str, int]
         if limit == "oldest":
@@ -182,15 +222,134 @@ class SQLiteStorage:
             # SQLite integers are 64-bit; a limit past any history is "all" anyway.
             sql, args = base + " ORDER BY timestamp DESC, id DESC LIMIT ?", (key, min(limit, 2**62))
 
-        def read() -> list[HistoryItem]:
-            assert self._rconn is not None
-            rows = self._rconn.execute(sql, args).fetchall()
-            return [HistoryItem(r[0], r[1], Timestamp(r[2])) for r in rows]
+        def read(c: sqlite3.Connection) -> History:
+            now = _read_timestamp(c)
+            return History((HistoryItem(r[0], "" if r[1] is None else r[1], Timestamp(r[2]),
+                                        r[1] is None)
+                            for r in c.execute(sql, args)), read_timestamp=now)
 
         try:
-            return await self._run(self._reader, read)
+            return await self._run(self._reader, self._read, read)
         except (sqlite3.Error, OverflowError) as exc:
             raise ReadError(f"read failed: {exc}") from exc
+
+    async def list_keys(self, prefix: str, limit: int, after: str | None,
+                        max_staleness_s: float | None = None) -> Listing:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        where, args = ["key >= ?"], [prefix]
+        if after is not None and after >= prefix:
+            where, args = ["key > ?"], [after]
+        end = prefix_end(prefix)
+        if end is not None:
+            where.append("key < ?")
+            args.append(end)
+        # The (key, id) primary key index gives the range, in key order.
+        sql = (f"SELECT key, id, value, timestamp FROM {self.log_table} "
+               f"WHERE {' AND '.join(where)} ORDER BY key")
+
+        def read(c: sqlite3.Connection) -> Listing:
+            now = _read_timestamp(c)
+            rows = ((r[0], r[1], r[2], Timestamp(r[3])) for r in c.execute(sql, args))
+            items, next_key = list_page(rows, limit)
+            return Listing(items, next_key, now)
+
+        try:
+            return await self._run(self._reader, self._read, read)
+        except sqlite3.Error as exc:
+            raise ReadError(f"read failed: {exc}") from exc
+
+    async def trim(self, after: str | None, keep_versions: int, max_rows: int,
+                   fence: Fence | None) -> TrimResult:
+        if keep_versions < 1 or max_rows < 1:
+            raise ValueError("keep_versions and max_rows must be at least 1")
+        sql = f"SELECT key, id, timestamp FROM {self.log_table}"
+        args: tuple[str, ...] = ()
+        if after is not None:
+            sql, args = sql + " WHERE key > ?", (after,)
+        sql += " ORDER BY key"
+        delete = f"DELETE FROM {self.log_table} WHERE key = ? AND id = ?"
+
+        def work(c: sqlite3.Connection, ts: Timestamp) -> TrimResult | None:
+            if fence is not None and not self._fence_and_heartbeat(c, fence, ts):
+                return None
+            cur = c.execute(sql, args)
+            try:
+                plan = plan_trim(((r[0], r[1], Timestamp(r[2])) for r in cur), after,
+                                 keep_versions, max_rows)
+            finally:
+                cur.close()  # done reading before the deletes
+            c.executemany(delete, plan.doomed)
+            return TrimResult(len(plan.doomed), plan.next, plan.oldest)
+
+        result = await self._delete(work, "trim")
+        if result is None:
+            raise NotLeaderError("lost the lock before this trim; nothing was deleted")
+        return result
+
+    async def expire(self, before: Timestamp, max_rows: int, fence: Fence | None) -> int:
+        # No index on timestamp: a step scans the table until it has found max_rows.
+        sql = (f"DELETE FROM {self.log_table} WHERE rowid IN (SELECT rowid FROM "
+               f"{self.log_table} WHERE timestamp < ? LIMIT ?)")
+
+        def work(c: sqlite3.Connection, ts: Timestamp) -> int | None:
+            if fence is not None and not self._fence_and_heartbeat(c, fence, ts):
+                return None
+            return c.execute(sql, (int(before), max(0, max_rows))).rowcount
+
+        result = await self._delete(work, "expire")
+        if result is None:
+            raise NotLeaderError("lost the lock before this expiry; nothing was deleted")
+        return result
+
+    async def _delete(self, work: Callable[[sqlite3.Connection, Timestamp], T],
+                      what: str) -> T:
+        try:
+            return await self._write(work)
+        except sqlite3.Error as exc:
+            raise CommitError(f"{what} failed: {exc}",
+                              transient=isinstance(exc, sqlite3.OperationalError)) from exc
+
+    async def changes(self, key: str | None, prefix: str, after: Timestamp,
+                      limit: int) -> Changes:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        where: list[str] = ["timestamp > ?"]
+        args: list[int | str] = [int(after)]
+        if key is not None:
+            where.append("key = ?")
+            args.append(key)
+        else:
+            where.append("key >= ?")
+            args.append(prefix)
+            end = prefix_end(prefix)
+            if end is not None:
+                where.append("key < ?")
+                args.append(end)
+        sql = (f"SELECT key, id, value, timestamp FROM {self.log_table} "
+               f"WHERE {' AND '.join(where)}")
+
+        def read(c: sqlite3.Connection) -> Changes:
+            now = _read_timestamp(c)
+            commits, complete = collect_changes(
+                ((r[0], r[1], r[2], Timestamp(r[3])) for r in c.execute(sql, args)),
+                after, limit)
+            return Changes(commits, now if complete else commits[-1][0], complete)
+
+        try:
+            return await self._run(self._reader, self._read, read)
+        except sqlite3.Error as exc:
+            raise ReadError(f"read failed: {exc}") from exc
+
+    async def read_timestamp(self) -> Timestamp:
+        try:
+            return await self._run(self._reader, self._read, _read_timestamp)
+        except sqlite3.Error as exc:
+            raise ReadError(f"read failed: {exc}") from exc
+
+    @property
+    def native_expiry(self) -> bool:
+        return False  # the leader calls expire()
 
     # -- lock table ----------------------------------------------------------------------
 
@@ -291,6 +450,12 @@ def _write_txn(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:  # also after a failed COMMIT: never leave one open
             conn.execute("ROLLBACK")
         raise
+
+
+def _read_timestamp(c: sqlite3.Connection) -> Timestamp:
+    """The read timestamp of a read transaction: the last commit it sees."""
+    (last,) = c.execute("SELECT last FROM dstore_clock").fetchone()
+    return Timestamp(last)
 
 
 def _next_timestamp(c: sqlite3.Connection) -> Timestamp:

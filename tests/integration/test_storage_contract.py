@@ -1,14 +1,24 @@
-"""The storage contract (tests/contract.py) on the Spanner emulator."""
+"""The storage contract (tests/contract.py) on the Spanner emulator, and what is
+Spanner's own: how many reads a commit makes, the row deletion policy's DDL."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 import pytest
+from google.cloud.spanner_v1.transaction import Transaction
 
-from dstore_batch.storage import Storage
-from dstore_batch.storage.spanner import SpannerStorage
+from dstore_batch.storage import Storage, list_page
+from dstore_batch.storage import spanner as spanner_module
+from dstore_batch.storage.admin import init_database
+from dstore_batch.storage.spanner import SpannerStorage, parse_database_path, spanner_client
+from dstore_batch.testing.emulator import Emulator
+from dstore_batch.types import IF_ABSENT, ListItem, Row, Timestamp
 from tests.contract import StorageContract
+
+_names = itertools.count(1)
 
 
 @pytest.fixture
@@ -22,4 +32,100 @@ async def storage(database: str, emulator_host: str) -> AsyncIterator[Storage]:
 
 
 class TestSpanner(StorageContract):
-    pass
+    async def test_native_expiry(self, storage: Storage) -> None:
+        assert storage.native_expiry is True
+
+    async def test_reads_inside_commits(self, storage: Storage,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+        calls: list[str] = []
+        read: Callable[..., Any] = Transaction.read
+        execute_sql: Callable[..., Any] = Transaction.execute_sql
+
+        def counted_read(txn: Any, *args: Any, **kw: Any) -> Any:
+            calls.append("read")
+            return read(txn, *args, **kw)
+
+        def counted_sql(txn: Any, *args: Any, **kw: Any) -> Any:
+            calls.append("sql")
+            return execute_sql(txn, *args, **kw)
+
+        monkeypatch.setattr(Transaction, "read", counted_read)
+        monkeypatch.setattr(Transaction, "execute_sql", counted_sql)
+        # The plain path reads nothing.
+        await storage.commit([Row("a", f"k{i}", "v") for i in range(5)], "n:1", None)
+        assert calls == []
+        # Conditional rows of several keys: one key-range read, no SQL.
+        rows = [Row("b", f"k{i}", "w", cond="a") for i in range(4)]
+        rows.append(Row("b", "new", "w", cond=IF_ABSENT))
+        r = await storage.commit(rows, "n:1", None)
+        assert dict(r.conflicts) == {} and calls == ["read"]
+        calls.clear()
+        # Kept rows beside conditional ones: the kept rows' own keyed read, as before.
+        await storage.commit([Row("a", "k0", "v", keep=True), Row("c", "k1", "x", cond="b")],
+                             "n:1", None)
+        assert calls == ["read", "read"]
+
+    async def test_list_stops_reading_after_the_page(
+        self, storage: Storage, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await storage.commit([Row("a", f"c/{i:03d}", "v") for i in range(500)], "n:1", None)
+        seen: list[str] = []
+        page_of = list_page
+
+        def counted(rows: Iterable[tuple[str, str, str | None, Timestamp]],
+                    limit: int) -> tuple[list[ListItem], str | None]:
+            def each() -> Iterable[tuple[str, str, str | None, Timestamp]]:
+                for r in rows:
+                    seen.append(r[0])
+                    yield r
+            return page_of(each(), limit)
+
+        monkeypatch.setattr(spanner_module, "list_page", counted)
+        page = await storage.list_keys("c/", 10, "c/100")
+        assert [i.key for i in page.items] == [f"c/{i:03d}" for i in range(101, 111)]
+        # The 11th key (c/111) is whole once c/112 shows: the read stops there.
+        assert seen == [f"c/{i:03d}" for i in range(101, 113)]
+
+
+def _policies(database: str, emulator: Emulator) -> dict[str, str | None]:
+    project, instance, db_id = parse_database_path(database)
+    client = spanner_client(project, emulator.host)
+    try:
+        with client.instance(instance).database(db_id).snapshot() as snap:
+            return {r[0]: r[1] for r in snap.execute_sql(
+                "SELECT table_name, row_deletion_policy_expression "
+                "FROM information_schema.tables WHERE table_schema = ''")}
+    finally:
+        client.close()
+
+
+def test_init_database_with_a_row_deletion_policy(emulator: Emulator) -> None:
+    n = next(_names)
+    path = f"projects/test-project/instances/test-instance/databases/rdp{n}"
+    created = init_database(path, lock_table="locks", log_table="log",
+                            emulator_host=emulator.host, retention_days=30)
+    assert sorted(created) == ["locks", "log"]
+    assert _policies(path, emulator) == {
+        "locks": None, "log": "OLDER_THAN(timestamp, INTERVAL 30 DAY)"}
+    # Idempotent; without retention_days an existing policy is left alone.
+    assert init_database(path, lock_table="locks", log_table="log",
+                         emulator_host=emulator.host, retention_days=30) == []
+    assert init_database(path, lock_table="locks", log_table="log",
+                         emulator_host=emulator.host) == []
+    # Other days: the policy is replaced.
+    assert init_database(path, lock_table="locks", log_table="log",
+                         emulator_host=emulator.host, retention_days=7) == [
+        "log row deletion policy"]
+    assert _policies(path, emulator)["log"] == "OLDER_THAN(timestamp, INTERVAL 7 DAY)"
+
+
+def test_init_database_adds_a_policy_to_an_existing_table(emulator: Emulator) -> None:
+    n = next(_names)
+    path = f"projects/test-project/instances/test-instance/databases/rdpadd{n}"
+    assert sorted(init_database(path, lock_table="locks", log_table="log",
+                                emulator_host=emulator.host)) == ["locks", "log"]
+    assert _policies(path, emulator)["log"] is None
+    assert init_database(path, lock_table="locks", log_table="log",
+                         emulator_host=emulator.host, retention_days=1) == [
+        "log row deletion policy"]
+    assert _policies(path, emulator)["log"] == "OLDER_THAN(timestamp, INTERVAL 1 DAY)"
