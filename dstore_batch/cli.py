@@ -352,7 +352,7 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--init-db", "false", help="create missing tables first (true/false)")
     _flag(p, "--keep-versions", None, type=int,
           help="each key keeps its newest N rows; the leader deletes older ones in the "
-               "background (at most a tenth of the database's time)")
+               "background (at most a twentieth of the database's time)")
     _retention_days_flag(p)
     _flag(p, "--metrics-port", None, type=int, help="also serve /metrics on this port")
     _flag(p, "--log-level", "info", help="debug, info, warning")

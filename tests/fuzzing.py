@@ -28,17 +28,20 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from dstore_batch.config import Config, LimitsConfig
-from dstore_batch.errors import BusyError, CommitError, NotLeaderError
+from dstore_batch.errors import BusyError, CommitError, ConflictError, NotLeaderError
 from dstore_batch.peerlink.protocol import (
     encode_acks,
     encode_errors,
+    encode_events,
     encode_fatal,
     encode_hello,
     encode_puts,
+    encode_subscribe,
+    encode_subscribed,
     encode_welcome,
 )
 from dstore_batch.server.node import Store
-from dstore_batch.types import HistoryItem, Row, Timestamp
+from dstore_batch.types import IF_ABSENT, Change, HistoryItem, Row, Timestamp
 from tests.helpers import table_rows
 
 T = TypeVar("T")
@@ -132,7 +135,13 @@ def utf8_len(s: str) -> int | None:
 # -- the peer-link protocol, as docs/PROTOCOL.md states it ---------------------------------
 
 MSGPACK_INT = st.integers(-(2**63), 2**64 - 1)
-HELLO, WELCOME, PUT, ACK, ERROR, FATAL = range(6)
+HELLO, WELCOME, PUT, ACK, ERROR, FATAL, SUBSCRIBE, SUBSCRIBED, EVENTS = range(9)
+# Item flags (docs/PROTOCOL.md, version 2): bit 0 no_append (with the id "-" and only
+# with it), bit 1 the client's id (keep a stored copy), bit 2 a tombstone, bit 3
+# if_absent, bit 4 if_latest (the item then ends with the expected id). Any other bit is
+# refused. Request flags: bit 0 atomic; any other bit is refused.
+ITEM_FLAG_BITS = 1 | 2 | 4 | 8 | 16
+REQUEST_ATOMIC = 1
 
 
 def decodable(obj: Any) -> bool:
@@ -156,6 +165,13 @@ def model_frame(obj: Any) -> bool:
             type(e) is list and len(e) >= 2 and type(e[0]) is int for e in args[0])
     if kind == FATAL:
         return len(args) == 2 and type(args[0]) is str and type(args[1]) is str
+    if kind == SUBSCRIBE:
+        return len(args) == 1 and type(args[0]) is bool
+    if kind == SUBSCRIBED:
+        return not args
+    if kind == EVENTS:
+        return (len(args) == 2 and type(args[0]) is int and args[0] >= 0
+                and type(args[1]) is list)
     return False
 
 
@@ -165,22 +181,66 @@ def model_rows(items: Any) -> list[Row] | None:
         return None
     rows = []
     for item in items:
-        if type(item) is not list or len(item) != 4:
+        if type(item) is not list or len(item) not in (4, 5):
             return None
-        rid, key, value, flags = item
+        rid, key, value, flags = item[:4]
         if not all(type(x) is str for x in (rid, key, value)) or type(flags) is not int:
             return None
-        if not 1 <= len(rid) <= 128 or bool(flags & 1) != (rid == "-"):
+        if not 1 <= len(rid) <= 128 or flags & ~ITEM_FLAG_BITS:
             return None
-        rows.append(Row(rid, key, value, bool(flags & 2)))
+        no_append = bool(flags & 1)
+        if no_append != (rid == "-"):
+            return None
+        if_absent, if_latest = bool(flags & 8), bool(flags & 16)
+        if if_latest != (len(item) == 5):
+            return None  # the expected id comes with if_latest, and only with it
+        cond: str | None = None
+        if if_latest:
+            expected = item[4]
+            if type(expected) is not str or not 1 <= len(expected) <= 128:
+                return None
+            if if_absent or no_append:
+                return None
+            cond = expected
+        elif if_absent:
+            if no_append:
+                return None
+            cond = IF_ABSENT
+        rows.append(Row(rid, key, value, bool(flags & 2), cond, bool(flags & 4)))
     return rows
+
+
+def model_request(entry: Any) -> tuple[list[Row], bool] | None:
+    """A put entry ``[request_id, items, request_flags?]`` as (rows, atomic), or None if
+    it breaks the protocol (the request id is checked by the frame's shape)."""
+    if type(entry) is not list or len(entry) not in (2, 3):
+        return None
+    flags = entry[2] if len(entry) == 3 else 0
+    if type(flags) is not int or flags & ~REQUEST_ATOMIC:
+        return None
+    rows = model_rows(entry[1])
+    return None if rows is None else (rows, bool(flags & REQUEST_ATOMIC))
 
 
 def model_accepts(obj: Any) -> bool:
     """Whether the leader's decoder takes the document ``obj`` (rows of puts included)."""
     if not (decodable(obj) and model_frame(obj)):
         return False
-    return obj[0] != PUT or all(model_rows(e[1]) is not None for e in obj[1])
+    return obj[0] != PUT or all(model_request(e) is not None for e in obj[1])
+
+
+def model_details(details: Any) -> tuple[dict[str, Any] | None, int | None]:
+    """What a follower keeps of a conflict's error details: ``latest`` (exactly
+    ``{"id": str, "timestamp": str, "deleted": bool}`` or None) and ``index`` (an int or
+    None); anything malformed is dropped."""
+    if not isinstance(details, dict):
+        return None, None
+    raw, index = details.get("latest"), details.get("index")
+    latest = None
+    if (isinstance(raw, dict) and type(raw.get("id")) is str
+            and type(raw.get("timestamp")) is str and type(raw.get("deleted")) is bool):
+        latest = {"id": raw["id"], "timestamp": raw["timestamp"], "deleted": raw["deleted"]}
+    return latest, index if type(index) is int else None
 
 
 def model_refusal(rows: list[Row], limits: LimitsConfig) -> str | None:
@@ -223,11 +283,12 @@ OBJECTS = st.recursive(
 WRONG = st.one_of(SCALARS, st.lists(SCALARS, max_size=3))
 ROW_IDS = st.one_of(st.just("-"), any_text(surrogates=False, min_size=1, max_size=8),
                     st.sampled_from([0, 1, 2, 127, 128, 129]).map(lambda n: "i" * n))
-FLAGS = st.one_of(st.integers(0, 3), MSGPACK_INT)
+FLAGS = st.one_of(st.integers(0, 31), MSGPACK_INT)
 # Strategies are built once, here: building one inside a composite on every draw costs
 # more than the draw itself.
 ONE_IN = {n: st.integers(0, n - 1) for n in (2, 3, 4, 5, 10, 15, 20, 40)}
 _KEEP_FLAG = st.sampled_from([0, 2])
+_KIND_FLAGS = st.sampled_from([0, 0, 0, 4, 8, 16, 16, 4 | 16, 4 | 8, 8 | 16])
 
 
 def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
@@ -264,24 +325,45 @@ def shuffled(draw: st.DrawFn, items: list[T]) -> list[T]:
 
 @st.composite
 def wire_items(draw: st.DrawFn) -> Any:
-    """An item ``[id, key, value, flags]``, often valid, sometimes broken in one place."""
+    """An item ``[id, key, value, flags]`` (or ``[..., expected_id]`` with if_latest),
+    often valid, sometimes broken in one place: a tombstone, a condition, or both
+    conditions; an expected id with the wrong flag, or missing."""
     rid = draw(ROW_IDS)
-    flags = draw(_KEEP_FLAG) | (1 if rid == "-" else 0)
-    item = [maybe_wrong(draw, rid), maybe_wrong(draw, draw(TEXT)),
-            maybe_wrong(draw, draw(TEXT)), draw(FLAGS) if draw(ONE_IN[3]) == 0 else flags]
+    kind = draw(_KIND_FLAGS)
+    flags = draw(_KEEP_FLAG) | (1 if rid == "-" else 0) | kind
+    item: list[Any] = [maybe_wrong(draw, rid), maybe_wrong(draw, draw(TEXT)),
+                       maybe_wrong(draw, draw(TEXT)),
+                       draw(FLAGS) if draw(ONE_IN[3]) == 0 else flags]
+    if kind & 16 or draw(ONE_IN[15]) == 0:
+        item.append(maybe_wrong(draw, draw(ROW_IDS)))  # the expected id (or one too many)
     if draw(ONE_IN[10]) == 0:  # the wrong length
         item = item[: draw(st.integers(0, 3))] if draw(ONE_IN[2]) else [*item, 0]
     return item
 
 
 WIRE_ITEMS = wire_items()
-ENTRIES = st.lists(
-    near(st.tuples(near(MSGPACK_INT), near(st.lists(WIRE_ITEMS, max_size=3)))
-         .map(list)), max_size=3)
+# A request's flags: none, atomic, or another value (unknown bits, a bool, a string).
+REQUEST_FLAGS = weighted((4, st.just(REQUEST_ATOMIC)), (1, st.integers(0, 3)),
+                         (1, MSGPACK_INT), (1, WRONG))
+
+
+@st.composite
+def _entries(draw: st.DrawFn) -> list[Any]:
+    entry = [draw(near(MSGPACK_INT)), draw(near(st.lists(WIRE_ITEMS, max_size=3)))]
+    if draw(ONE_IN[3]) == 0:
+        entry.append(draw(REQUEST_FLAGS))
+    return entry
+
+
+ENTRIES = st.lists(near(_entries()), max_size=3)
 _FRAME_BASES = st.one_of(
     st.tuples(near(st.sampled_from([HELLO, WELCOME])), near(MSGPACK_INT), near(TEXT)).map(list),
     st.tuples(near(st.sampled_from([PUT, ACK, ERROR])), near(ENTRIES)).map(list),
     st.tuples(near(st.just(FATAL)), near(TEXT), near(TEXT)).map(list),
+    st.tuples(near(st.just(SUBSCRIBE)), near(st.booleans())).map(list),
+    st.tuples(near(st.just(SUBSCRIBED))).map(list),
+    st.tuples(near(st.just(EVENTS)), near(st.integers(0, 2**64 - 1)),
+              near(st.lists(st.lists(near(TEXT), max_size=3), max_size=2))).map(list),
     st.lists(OBJECTS, max_size=4),
     OBJECTS,
 )
@@ -298,21 +380,48 @@ def _frame_documents(draw: st.DrawFn) -> Any:
 # msgpack documents shaped like frames of every type, valid or broken in a few places.
 FRAMES = _frame_documents()
 
+_EXPECTED_IDS = st.one_of(st.just("-"), ROW_IDS.filter(lambda r: 1 <= len(r) <= 128))
+
+
+@st.composite
+def _rows(draw: st.DrawFn) -> Row:
+    """A row the follower sends: any id, plain, a tombstone, or conditional (a condition
+    never goes with the no_append id "-")."""
+    rid = draw(ROW_IDS.filter(lambda r: 1 <= len(r) <= 128))
+    cond: str | None = None
+    if rid != "-":
+        choice = draw(ONE_IN[3])
+        cond = None if choice == 0 else IF_ABSENT if choice == 1 else draw(_EXPECTED_IDS)
+    return Row(rid, draw(TEXT), draw(TEXT), draw(st.booleans()), cond, draw(st.booleans()))
+
+
+ROWS = _rows()
 REQUESTS = st.lists(
-    st.tuples(MSGPACK_INT, st.lists(
-        st.builds(lambda rid, key, value, keep: Row(rid, key, value, keep),
-                  ROW_IDS.filter(lambda r: 1 <= len(r) <= 128), TEXT, TEXT, st.booleans()),
-        min_size=1, max_size=3)),
+    st.tuples(MSGPACK_INT, st.lists(ROWS, min_size=1, max_size=3), st.booleans()),
     min_size=1, max_size=3)
 _ACKS = st.lists(st.tuples(MSGPACK_INT, st.lists(st.integers(0, 2**63 - 1), max_size=3)),
                  max_size=3)
-_ERRORS = st.lists(st.tuples(MSGPACK_INT, st.sampled_from(
-    [BusyError("full", retry_after=0.5), NotLeaderError("x"), CommitError("y")])), max_size=3)
+LATESTS = st.one_of(st.none(), st.builds(
+    lambda rid, ts, deleted: {"id": rid, "timestamp": str(Timestamp(ts)), "deleted": deleted},
+    _EXPECTED_IDS, st.integers(0, 2**63 - 1), st.booleans()))
+CONFLICTS = st.builds(lambda text, latest, index: ConflictError(text, latest=latest, index=index),
+                      TEXT, LATESTS, st.one_of(st.none(), st.integers(0, 10_000)))
+ERRORS = st.one_of(st.sampled_from([BusyError("full", retry_after=0.5), NotLeaderError("x"),
+                                    CommitError("y")]), CONFLICTS)
+_ERRORS = st.lists(st.tuples(MSGPACK_INT, ERRORS), max_size=3)
+CHANGES = st.lists(st.builds(Change, TEXT, _EXPECTED_IDS, st.one_of(st.none(), TEXT)),
+                   max_size=3)
 
 
 @st.composite
 def _valid_frames(draw: st.DrawFn) -> bytes:
-    kind = draw(st.integers(0, 5))
+    kind = draw(st.integers(0, 8))
+    if kind == SUBSCRIBE:
+        return encode_subscribe(draw(st.booleans()))
+    if kind == SUBSCRIBED:
+        return encode_subscribed()
+    if kind == EVENTS:
+        return encode_events(draw(st.integers(0, 2**63 - 1)), draw(CHANGES))
     if kind == PUT:
         return encode_puts(draw(REQUESTS))
     if kind == ACK:

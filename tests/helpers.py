@@ -32,13 +32,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dstore_batch.config import Config
 from dstore_batch.core.election import Election
+from dstore_batch.core.store import LeaderConnection, StoreCore
+from dstore_batch.errors import LinkDownError, LinkLostError
 from dstore_batch.server.node import Store
 from dstore_batch.storage import open_storage
 from dstore_batch.storage.base import Fence, HistoryLimit, LockState, PeerReport, Storage
 from dstore_batch.storage.spanner import parse_database_path, spanner_client
 from dstore_batch.storage.sqlite import sqlite_path
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
-from dstore_batch.types import CommitResult, HistoryItem, Row, Timestamp
+from dstore_batch.types import (
+    Changes,
+    CommitResult,
+    History,
+    Listing,
+    Row,
+    Timestamp,
+    TrimResult,
+)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Storage)
@@ -383,6 +393,10 @@ class StorageProbe:
         # Called with each commit's rows; an exception it returns is raised instead of
         # committing (nothing is written).
         self.fail_commit: Callable[[Sequence[Row]], BaseException | None] | None = None
+        # Called with each commit's rows after the commit succeeded; an exception it
+        # returns is raised instead of the answer (written, but the caller cannot know).
+        self.lose_answer: Callable[[Sequence[Row]], BaseException | None] | None = None
+        self.groups: list[list[list[int]]] = []  # the atomic groups of every commit attempt
         # While set to an unset Event, commits wait on it after writing (and set `held`).
         self.commit_gate: asyncio.Event | None = None
         self.held = asyncio.Event()
@@ -399,25 +413,57 @@ class StorageProbe:
     async def close(self) -> None:
         await self.inner.close()
 
-    def commit(self, rows: Sequence[Row], leader: str, fence: Fence | None
-               ) -> Coroutine[Any, Any, CommitResult]:
+    def commit(self, rows: Sequence[Row], leader: str, fence: Fence | None,
+               groups: Sequence[Sequence[int]] = ()) -> Coroutine[Any, Any, CommitResult]:
         self.calls["commit"] += 1
-        return self._commit(list(rows), leader, fence)
+        return self._commit(list(rows), leader, fence, [list(g) for g in groups])
 
-    async def _commit(self, rows: list[Row], leader: str, fence: Fence | None) -> CommitResult:
+    async def _commit(self, rows: list[Row], leader: str, fence: Fence | None,
+                      groups: list[list[int]]) -> CommitResult:
         self.commits.append(rows)
+        self.groups.append(groups)
         if self.fail_commit is not None and (exc := self.fail_commit(rows)) is not None:
             raise exc
-        result = await self.inner.commit(rows, leader, fence)
+        result = await self.inner.commit(rows, leader, fence, groups)
+        if self.lose_answer is not None and (exc := self.lose_answer(rows)) is not None:
+            raise exc
         if self.commit_gate is not None:
             self.held.set()
             await self.commit_gate.wait()
         return result
 
-    def history(self, key: str, limit: HistoryLimit
-                ) -> Coroutine[Any, Any, list[HistoryItem]]:
+    def history(self, key: str, limit: HistoryLimit, max_staleness_s: float | None = None
+                ) -> Coroutine[Any, Any, History]:
         self.calls["history"] += 1
-        return self.inner.history(key, limit)
+        return self.inner.history(key, limit, max_staleness_s)
+
+    def list_keys(self, prefix: str, limit: int, after: str | None,
+                  max_staleness_s: float | None = None) -> Coroutine[Any, Any, Listing]:
+        self.calls["list_keys"] += 1
+        return self.inner.list_keys(prefix, limit, after, max_staleness_s)
+
+    def trim(self, after: str | None, keep_versions: int, max_rows: int, fence: Fence | None
+             ) -> Coroutine[Any, Any, TrimResult]:
+        self.calls["trim"] += 1
+        return self.inner.trim(after, keep_versions, max_rows, fence)
+
+    def expire(self, before: Timestamp, max_rows: int, fence: Fence | None
+               ) -> Coroutine[Any, Any, int]:
+        self.calls["expire"] += 1
+        return self.inner.expire(before, max_rows, fence)
+
+    def changes(self, key: str | None, prefix: str, after: Timestamp, limit: int
+                ) -> Coroutine[Any, Any, Changes]:
+        self.calls["changes"] += 1
+        return self.inner.changes(key, prefix, after, limit)
+
+    def read_timestamp(self) -> Coroutine[Any, Any, Timestamp]:
+        self.calls["read_timestamp"] += 1
+        return self.inner.read_timestamp()
+
+    @property
+    def native_expiry(self) -> bool:
+        return self.inner.native_expiry
 
     def lock_read(self, name: str) -> Coroutine[Any, Any, LockState]:
         self.calls["lock_read"] += 1
@@ -453,3 +499,67 @@ class StorageProbe:
     def peer_reports(self, name: str) -> Coroutine[Any, Any, list[PeerReport]]:
         self.calls["peer_reports"] += 1
         return self.inner.peer_reports(name)
+
+
+# -- a follower's link to a leader core in this process --------------------------------
+
+
+@dataclass
+class DirectLink:
+    """A LeaderLink to a leader StoreCore in this process, with scripted failures."""
+
+    leader: StoreCore
+    down: bool = False  # connection() raises LinkDownError: nothing is sent
+    fail_connects: list[Exception] = field(default_factory=list)  # raised by connection()
+    refuse: list[Exception] = field(default_factory=list)  # raised by request() before sending
+    lose_acks: int = 0  # requests whose rows the leader commits but whose ack is lost
+    lose_then_down: bool = False  # the link goes down for good after losing an ack
+    hold_reserve: bool = False  # reserve() never returns: the budget stays full
+    sent: list[list[Row]] = field(default_factory=list)
+    atomic: list[bool] = field(default_factory=list)  # each sent request's atomic flag
+    reserved: int = 0
+
+    async def connection(self, leader: str) -> LeaderConnection:
+        assert leader == self.leader.node_id
+        if self.down:
+            raise LinkDownError(f"cannot reach {leader}")
+        if self.fail_connects:
+            raise self.fail_connects.pop(0)
+        return DirectConnection(self)
+
+    async def reserve(self, nbytes: int) -> None:
+        if self.hold_reserve:
+            await asyncio.Event().wait()
+        self.reserved += nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.reserved -= nbytes
+
+    def failing_for(self, leader: str) -> float:
+        return 0.0
+
+    async def reachable(self, nodes: Sequence[str]) -> int:
+        return len(nodes)
+
+
+@dataclass
+class DirectConnection:
+    link: DirectLink
+    subscribed: bool = False
+
+    def subscribe(self, on: bool) -> None:
+        self.subscribed = False  # no events through this fake link
+
+    async def request(self, rows: Sequence[Row], nbytes: int,
+                      atomic: bool = False) -> list[Timestamp]:
+        link = self.link
+        if link.refuse:
+            raise link.refuse.pop(0)
+        link.sent.append(list(rows))
+        link.atomic.append(atomic)
+        stamps = await link.leader.submit(rows, source="follower", atomic=atomic)
+        if link.lose_acks:
+            link.lose_acks -= 1
+            link.down = link.lose_then_down
+            raise LinkLostError("the link dropped before the ack arrived")
+        return stamps

@@ -42,14 +42,15 @@ def row_bytes(row: Row) -> int:
 class Request:
     """One put or put_many call waiting for its rows to commit."""
 
-    __slots__ = ("atomic", "future", "nbytes", "remaining", "rows", "sizes", "source",
-                 "timestamps")
+    __slots__ = ("atomic", "future", "grouped", "nbytes", "remaining", "rows", "sizes",
+                 "source", "timestamps")
 
     def __init__(self, rows: Sequence[Row], future: asyncio.Future[list[Timestamp]],
                  source: str = "local", atomic: bool = False) -> None:
         self.rows = rows
         self.source = source
-        self.atomic = atomic and len(rows) > 1
+        self.atomic = atomic
+        self.grouped = atomic and len(rows) > 1  # its rows must share one batch
         self.sizes = [row_bytes(r) for r in rows]
         self.nbytes = sum(self.sizes)
         self.future = future
@@ -147,7 +148,7 @@ class Accumulator:
                 taken.append(key)
                 continue
             request, index = queue[0]
-            if request.atomic:
+            if request.grouped:
                 fits = self._take_atomic(batch, request, claimed)
                 if fits is None:
                     continue  # a row of it waits behind another request of its key

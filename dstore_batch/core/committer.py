@@ -23,12 +23,13 @@ from ..errors import (
     ConflictError,
     DstoreError,
     InternalError,
+    InvalidInputError,
     NotLeaderError,
     OutcomeUnknownError,
 )
 from ..observability.metrics import Metrics
 from ..storage.base import Fence, Storage
-from ..types import IF_ABSENT, Change, CommitResult, Latest, Row, Timestamp
+from ..types import IF_ABSENT, NO_APPEND_ID, Change, CommitResult, Latest, Row, Timestamp
 from .accumulator import Accumulator, Batch, Request
 
 __all__ = ["Committer"]
@@ -54,6 +55,7 @@ class Committer:
         heartbeat: Callable[[Timestamp, float], None] | None = None,
         publish: Callable[[Timestamp, list[Change]], None] | None = None,
         gap: Callable[[], None] | None = None,
+        listening: Callable[[], bool] = lambda: True,
     ) -> None:
         self._storage = storage
         self._config = config
@@ -66,6 +68,9 @@ class Committer:
         # never published: watchers must catch up from storage).
         self._publish = publish
         self._gap = gap
+        # Whether anyone takes events now: when nobody does, a commit's rows are not
+        # turned into events at all (a watcher that comes later starts from storage).
+        self._listening = listening
         self._published_upto = Timestamp(0)  # newest commit finished (or the token)
         self._floors: dict[int, Timestamp] = {}  # commit in flight -> its floor
         self._held: list[tuple[Timestamp, list[Change]]] = []
@@ -96,6 +101,11 @@ class Committer:
         """
         if not self._accepting:
             raise NotLeaderError("this node is not the leader")
+        if not atomic and len(rows) > 1 and any(r.cond is not None for r in rows):
+            # Its rows may go into several commits: a condition would hold for one row,
+            # not for the request.
+            raise InvalidInputError("conditions (if_latest, if_absent) need a single put "
+                                    "or an atomic put_many")
         future: asyncio.Future[list[Timestamp]] = asyncio.get_running_loop().create_future()
         self._acc.add(Request(rows, future, source, atomic))
         self._quiet.clear()
@@ -220,8 +230,10 @@ class Committer:
             m.committed_rows.inc(len(batch.rows))
             ts, existing, conflicts = result
             refused = _refuse(batch, conflicts) if conflicts else set()
-            if self._publish is not None:
-                self._hold(ts, _written(batch, result, refused, self._floors.get(seq, ts)))
+            if ts > self._published_upto:
+                self._published_upto = ts
+            if self._publish is not None and (self._held or self._listening()):
+                self._hold(_written(batch, result, refused, self._floors.get(seq, ts)))
             for n, (request, index) in enumerate(batch.slots):
                 if request not in refused:
                     request.resolve(index, existing.get(n, ts))
@@ -233,9 +245,7 @@ class Committer:
             self._inflight -= 1
             self._settled()
 
-    def _hold(self, ts: Timestamp, changes: list[tuple[Timestamp, Change]]) -> None:
-        if ts > self._published_upto:
-            self._published_upto = ts
+    def _hold(self, changes: list[tuple[Timestamp, Change]]) -> None:
         by_ts: dict[Timestamp, list[Change]] = {}
         for t, c in changes:
             by_ts.setdefault(t, []).append(c)
@@ -289,6 +299,11 @@ class Committer:
                 raise
             except CommitError as exc:
                 unknown = exc
+                # The attempt may have committed: the next one keeps what it stored (so
+                # every row keeps its first timestamp, and an atomic request stays one
+                # commit) instead of writing it again.
+                batch.rows = [r if r.keep or r.id == NO_APPEND_ID else r._replace(keep=True)
+                              for r in batch.rows]
                 waiting = any(not r.future.done() for r in batch.requests())
                 if not exc.transient or not waiting or time.monotonic() > give_up:
                     raise

@@ -39,7 +39,7 @@ class RetentionPolicy:
     __slots__ = ("duty", "interval_s", "keep_versions", "retention_days", "step_rows")
 
     def __init__(self, *, keep_versions: int | None = None, retention_days: int | None = None,
-                 step_rows: int = 1000, duty: float = 0.1, interval_s: float = 30.0) -> None:
+                 step_rows: int = 500, duty: float = 0.05, interval_s: float = 30.0) -> None:
         if keep_versions is not None and keep_versions < 1:
             raise ValueError("keep_versions must be at least 1 (a key's newest row stays)")
         if retention_days is not None and retention_days < 1:

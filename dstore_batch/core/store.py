@@ -172,6 +172,7 @@ class StoreCore:
             fence=lambda: self.election.fence, metrics=self.metrics,
             heartbeat=self.election.heartbeat_succeeded,
             publish=self._publish, gap=self._gap,
+            listening=lambda: bool(self.watch_hub.wanted or self._subscribers),
         )
         if isinstance(link, EventLink):
             link.events = self.watch_hub

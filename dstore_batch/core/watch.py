@@ -15,11 +15,14 @@ after it was published to the live stream that was already subscribed. A leader
 change, a lost peer link and a restart of the watcher's node (resume with ``since``)
 all go through this one path.
 
-Bounded memory. Each watcher's queue is bounded in bytes; one that overflows drops its
-queue and re-synchronises from storage from the last event its consumer took (the
-read is itself bounded: ``Storage.changes`` returns at most ``BACKLOG_ROWS`` rows a
-call). A watcher that overflows ``MAX_OVERFLOWS`` times without once catching up is
-closed with a ``lagged`` event that carries its resume token.
+Bounded memory. Each watcher's queue is bounded in bytes. A sync feeds it from storage
+at the consumer's pace (it waits for room before each commit; ``Storage.changes``
+returns at most about ``BACKLOG_ROWS`` rows a call), and live commits that arrive
+meanwhile wait in a buffer of the same bound (past it they are dropped, and the sync
+reads on from storage instead). A live queue that overflows is dropped and caught up
+from storage from the last event the consumer took. A watcher whose consumer takes
+nothing across ``MAX_OVERFLOWS`` overflows, or for ``LAG_CLOSE_S`` while a sync waits,
+is closed with a ``lagged`` event that carries its resume token.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ log = logging.getLogger(__name__)
 QUEUE_MAX_BYTES = 8 * 1024 * 1024
 EVENT_OVERHEAD_BYTES = 96
 BACKLOG_ROWS = 20_000  # above a commit's most rows, so a page always ends on a commit
-MAX_OVERFLOWS = 3
+MAX_OVERFLOWS = 3  # overflows in a row with nothing taken between them: lagged
+LAG_CLOSE_S = 60.0  # a sync waiting this long for a consumer that takes nothing: lagged
 RETRY_READ_S = 1.0
 
 
@@ -105,12 +109,18 @@ class Watcher:
         self._start: Timestamp | None = since
         self._queue: deque[tuple[WatchEvent, int]] = deque()
         self._bytes = 0
-        self._ready = asyncio.Event()
-        self._buffer: list[tuple[Timestamp, list[Change]]] | None = None  # while syncing
+        self._ready = asyncio.Event()  # the queue has events (or the watch ended)
+        self._room = asyncio.Event()  # the queue is under half its bound
+        self._room.set()
+        # While syncing, live commits wait here (None: it overflowed; they are dropped
+        # and the sync reads again from the cursor).
+        self._syncing = False
+        self._buffer: list[tuple[Timestamp, list[Change]]] | None = None
         self._buffer_bytes = 0
         self._synced_epoch = -1
         self._resync = asyncio.Event()
         self._overflows = 0
+        self._resume_at_overflow: Timestamp | None = None
         self._caught_up_sent = False
         self._closed = False
         self._end: WatchEvent | None = None  # a last event (lagged) before the end
@@ -120,18 +130,23 @@ class Watcher:
 
     def offer(self, ts: Timestamp, changes: Sequence[Change]) -> None:
         """A live commit (all of its rows, in (key, id) order)."""
-        mine = [c for c in changes if self.filter.match(c.key)]
-        if not mine or self._closed:
+        if self._closed:
             return
-        if self._buffer is not None:
-            self._buffer.append((ts, mine))
-            self._buffer_bytes += sum(_size(c) for c in mine)
-            if self._buffer_bytes > QUEUE_MAX_BYTES:
-                self._overflow()
+        mine = [c for c in changes if self.filter.match(c.key)]
+        if not mine:
+            return
+        if self._syncing:
+            if self._buffer is not None:
+                self._buffer.append((ts, mine))
+                self._buffer_bytes += sum(_size(c) for c in mine)
+                if self._buffer_bytes > QUEUE_MAX_BYTES:
+                    self._buffer, self._buffer_bytes = None, 0
             return
         if self._cursor is not None and ts <= self._cursor:
             return  # already queued by the read that preceded going live
         self._enqueue(ts, mine)
+        if self._bytes > QUEUE_MAX_BYTES:
+            self._overflow()
 
     def _enqueue(self, ts: Timestamp, changes: list[Change]) -> None:
         last = len(changes) - 1
@@ -142,26 +157,31 @@ class Watcher:
             self._bytes += size
         self._cursor = ts
         self._ready.set()
-        if self._bytes > QUEUE_MAX_BYTES:
-            self._overflow()
+        if self._bytes >= QUEUE_MAX_BYTES // 2:
+            self._room.clear()
 
     def _overflow(self) -> None:
-        """Too far behind: drop what is queued, catch up from storage instead."""
+        """Too far behind the live stream: drop what is queued, catch up from storage
+        (from the last event the consumer took) at the consumer's pace instead."""
+        self._hub.metrics.watch_overflows.inc()
+        progressed = self.resume != self._resume_at_overflow
+        self._overflows = 1 if progressed else self._overflows + 1
+        self._resume_at_overflow = self.resume
+        if self._overflows > MAX_OVERFLOWS:
+            self._lagged()
+            return
         self._queue.clear()
         self._bytes = 0
-        self._buffer = None
-        self._buffer_bytes = 0
-        # From what the consumer has taken (or where the watch began).
+        self._room.set()
         self._cursor = self.resume if self.resume is not None else self._start
-        self._overflows += 1
-        self._hub.metrics.watch_overflows.inc()
-        if self._overflows > MAX_OVERFLOWS:
-            self._finish(WatchEvent("lagged", "", "", "", self.resume or Timestamp(0),
-                                    self.resume or Timestamp(0)))
-            self._hub.metrics.watchers_lagged.inc()
-            return
+        self._syncing, self._buffer, self._buffer_bytes = True, None, 0
         self._synced_epoch = -1
         self._resync.set()
+
+    def _lagged(self) -> None:
+        token = self.resume if self.resume is not None else (self._start or Timestamp(0))
+        self._hub.metrics.watchers_lagged.inc()
+        self._finish(WatchEvent("lagged", "", "", "", token, token))
 
     def source_changed(self) -> None:
         """The hub's source went down or came back: re-synchronise when it is up."""
@@ -183,8 +203,8 @@ class Watcher:
             await self._ready.wait()
         event, size = self._queue.popleft()
         self._bytes -= size
-        if not self._queue:
-            self._overflows = 0  # caught up with the live stream
+        if self._bytes < QUEUE_MAX_BYTES // 2:
+            self._room.set()
         if event.kind in ("put", "delete"):
             self.resume = event.resume
             m = self._hub.metrics
@@ -210,8 +230,9 @@ class Watcher:
         self._bytes = 0
         self._buffer = None
         self._ready.set()
+        self._room.set()
         self._hub.remove(self)
-        if end is not None:
+        if end is not None and self._task is not asyncio.current_task():
             self._task.cancel()
 
     # -- synchronisation -------------------------------------------------------------------
@@ -220,51 +241,60 @@ class Watcher:
         hub = self._hub
         while not self._closed:
             await hub.wait_live()
-            epoch = hub.epoch
-            if epoch != self._synced_epoch:
+            self._resync.clear()
+            if hub.epoch != self._synced_epoch:
                 try:
-                    await self._sync(epoch)
+                    await self._sync(hub.epoch)
                 except DstoreError as exc:
                     log.info("watch %r: catch-up read failed (%s: %s); retrying",
                              self.filter, exc.code, exc.message)
-                    self._buffer = None
                     await asyncio.sleep(RETRY_READ_S)
                     continue
-            self._resync.clear()
-            if hub.epoch == self._synced_epoch and hub.live:
+            if hub.epoch == self._synced_epoch and hub.live and not self._closed:
                 await self._resync.wait()
 
+    async def _wait_room(self) -> bool:
+        """Wait until the consumer has taken half the queue; False if it took nothing
+        for ``LAG_CLOSE_S`` (the watch is then closed, lagged)."""
+        while not self._room.is_set():
+            before = self.resume
+            try:
+                async with asyncio.timeout(LAG_CLOSE_S):
+                    await self._room.wait()
+            except TimeoutError:
+                if self.resume == before:
+                    self._lagged()
+                    return False
+        return not self._closed
+
     async def _sync(self, epoch: int) -> None:
+        """Catch up from storage after the cursor, then go live (see the module doc)."""
         hub = self._hub
-        self._buffer, self._buffer_bytes = [], 0
+        self._syncing, self._buffer, self._buffer_bytes = True, [], 0
         if self._cursor is None:
-            # A watch without ``since``: what commits from the database's "now" on.
+            # A watch without ``since``: what commits after the database's "now".
             upto = await hub.source.read_timestamp()
-            if self._closed or self._buffer is None:
-                return
             self._start = upto
         else:
             upto = self._cursor
             while True:
                 page = await hub.source.changes(self.filter.key, self.filter.prefix, upto,
                                                 BACKLOG_ROWS)
-                if self._closed or self._buffer is None:
-                    return  # closed, or overflowed meanwhile: the pump starts again
                 for ts, changes in page.commits:
-                    self._enqueue(ts, changes)
-                    if self._buffer is None:
+                    if not await self._wait_room():
                         return
+                    self._enqueue(ts, changes)
                 upto = page.upto
                 if page.complete:
                     break
-        if hub.epoch != epoch or not hub.live:
-            self._buffer = None
-            return  # the source moved during the read: read again from there
-        buffered, self._buffer = self._buffer, None
-        self._cursor = upto
+        buffered = self._buffer
+        if hub.epoch != epoch or not hub.live or buffered is None or self._closed:
+            return  # the source moved or the buffer overflowed: read again from here
+        self._cursor = max(upto, self._cursor or upto)
         for ts, changes in buffered:
             if ts > self._cursor:
                 self._enqueue(ts, changes)
+        self._syncing, self._buffer, self._buffer_bytes = False, None, 0
         if not self._caught_up_sent:
             self._caught_up_sent = True
             self._queue.append((WatchEvent("caught_up", "", "", "", upto, upto), 0))

@@ -245,10 +245,17 @@ def is_msgpack(headers: Headers) -> bool:
     return raw is not None and raw.split(b";")[0].strip(b" \t").lower() == MSGPACK.encode()
 
 
+# The fields an item may have, and a put_many body (README); any other is refused.
+ITEM_FIELDS = frozenset({"key", "value", "no_append", "id", "if_latest", "if_absent"})
+PUT_MANY_FIELDS = frozenset({"items", "atomic", "fresh"})
+
+
 def parse_item(item: Any) -> tuple[str, str, bool, str | None] | str:
     """An item as the README describes it, or the error code it gets."""
     rid = None
     if isinstance(item, dict):
+        if set(item) - ITEM_FIELDS:
+            return "invalid"  # an unknown field is refused, never dropped
         key, value, no_append = item.get("key"), item.get("value"), item.get("no_append", False)
         rid = item.get("id")
     elif isinstance(item, list) and len(item) in (2, 3):
@@ -284,7 +291,7 @@ def expect_put(path: str, headers: Headers, body: bytes, decoded: bytes | None =
         raw_items = [doc] if isinstance(doc, dict) else None
     else:
         raw_items = doc.get("items") if isinstance(doc, dict) else None
-        if not isinstance(raw_items, list):
+        if not isinstance(raw_items, list) or set(doc) - PUT_MANY_FIELDS:
             raw_items = None
     if raw_items is None:
         return Expect(400, "invalid", parser_may_refuse=odd)

@@ -41,6 +41,7 @@ from tests.fuzzing import (
     ACK,
     CALL_TIMEOUT_S,
     ERROR,
+    EVENTS,
     FATAL,
     FRAMES,
     HELLO,
@@ -48,6 +49,8 @@ from tests.fuzzing import (
     ONE_IN,
     PUT,
     ROW_IDS,
+    SUBSCRIBE,
+    SUBSCRIBED,
     TEXT,
     WELCOME,
     CaseCounter,
@@ -56,7 +59,7 @@ from tests.fuzzing import (
     fuzz_settings,
     model_accepts,
     model_refusal,
-    model_rows,
+    model_request,
     mutated,
     timed,
     valid_frames,
@@ -135,6 +138,13 @@ class Request:
     rid: int
     rows: list[Row]
     refusal: str | None  # the error code the limits give, or None: acked
+    atomic: bool = False
+
+    @property
+    def conditional(self) -> bool:
+        """Whether a condition may refuse it (``conflict``): the model does not decide
+        conditions, so either answer is taken, and a conflict wrote nothing."""
+        return any(r.cond is not None for r in self.rows)
 
 
 @dataclass
@@ -156,13 +166,19 @@ def judge(msg: Message, hello_done: bool) -> Verdict:
     if not hello_done:
         ok = obj[0] == HELLO and obj[1] == PROTOCOL_VERSION
         return Verdict("welcome" if ok else "bad")
+    if obj[0] == SUBSCRIBE:
+        return Verdict("subscribe")  # answered with SUBSCRIBED and then EVENTS frames
     if obj[0] != PUT:
-        return Verdict("bad")  # a follower sends put frames only, after its hello
+        return Verdict("bad")  # a follower sends put and subscribe frames only
     requests = []
     for entry in obj[1]:
-        rows = model_rows(entry[1])
-        assert rows is not None
-        requests.append(Request(entry[0], rows, model_refusal(rows, LIMITS)))
+        parsed = model_request(entry)
+        assert parsed is not None
+        rows, atomic = parsed
+        refusal = model_refusal(rows, LIMITS)
+        if refusal is None and atomic and len({r.key for r in rows}) < len(rows):
+            refusal = "invalid"  # an atomic request writes each key once
+        requests.append(Request(entry[0], rows, refusal, atomic))
     return Verdict("put", requests)
 
 
@@ -174,6 +190,7 @@ class Replies:
     """What the leader sent on one link, by request id."""
 
     welcomes: int = 0
+    events: int = 0
     fatal: list[Any] | None = None
     by_rid: dict[int, list[tuple[str, Any]]] = field(default_factory=dict)
 
@@ -197,9 +214,13 @@ class Replies:
                 self.by_rid.setdefault(rid, []).append(("ack", stamps))
         elif kind == ERROR:
             assert len(frame) == 2
-            for rid, code, message, _retry_after in frame[1]:
+            for entry in frame[1]:
+                rid, code, message = entry[:3]
+                assert len(entry) == (5 if code == "conflict" else 4), frame
                 assert type(code) is str and type(message) is str, frame
                 self.by_rid.setdefault(rid, []).append(("error", code))
+        elif kind in (SUBSCRIBED, EVENTS):
+            self.events += 1  # a subscribed link's feed: not replies to requests
         else:
             raise AssertionError(f"the leader sent {frame!r}")
 
@@ -253,7 +274,7 @@ async def run_session(p: Peer, script: list[Message], mode: str, counter: CaseCo
             counter.outcome("aborted")
             for request in requests:
                 for row in request.rows:
-                    p.model.maybe(row.key, row.id, row.value)
+                    p.model.maybe(row.key, row.id, "" if row.delete else row.value)
             return
         if mode == "burst":
             welcomes = sum(v.kind == "welcome" for _, v in plan)
@@ -285,6 +306,8 @@ async def run_session(p: Peer, script: list[Message], mode: str, counter: CaseCo
                          if i not in {r.rid for r in requests})
             await ws.send_bytes(msgpack.packb([PUT, [[probe, [["p", "", "v", 0]]]]]))
             frame = await receive(ws)
+            while frame is not None and frame[0] in (SUBSCRIBED, EVENTS):
+                frame = await receive(ws)
             assert frame is not None and frame[0] == ERROR, frame
             assert [e[:2] for e in frame[1]] == [[probe, "empty_key"]], frame
         assert replies.welcomes == sum(v.kind == "welcome" for _, v in plan)
@@ -304,23 +327,29 @@ def settle(model: Model, requests: list[Request], replies: Replies, complete: bo
         if not answers:
             assert not complete, f"request {request.rid} got no reply"
             for row in request.rows:
-                model.maybe(row.key, row.id, row.value)
+                model.maybe(row.key, row.id, "" if row.delete else row.value)
             continue
         kind, detail = answers.pop(0)
         if rids[request.rid] > 1:
             # Request ids repeated on one link (the protocol says they are unique): the
             # replies cannot be told apart; the rows are only known to be refused or not.
             for row in request.rows:
-                model.maybe(row.key, row.id, row.value)
+                model.maybe(row.key, row.id, "" if row.delete else row.value)
             continue
         if request.refusal is not None:
             assert (kind, detail) == ("error", request.refusal), (request, kind, detail)
             model.refused(keys)
             continue
+        if request.conditional and (kind, detail) == ("error", "conflict"):
+            model.refused(keys)
+            continue
         assert kind == "ack", f"a valid request was refused: {detail} ({request})"
         assert len(detail) == len(request.rows), (request, detail)
         for row, ts in zip(request.rows, detail, strict=True):
-            model.ack(row.key, row.id, row.value, row.keep, ts)
+            # A tombstone reads back with an empty value; a conditional row already
+            # stored under its (key, id) is kept, as a kept row is.
+            model.ack(row.key, row.id, "" if row.delete else row.value,
+                      row.keep or row.cond is not None, ts)
     leftover = {rid: a for rid, a in replies.by_rid.items() if a}
     assert not leftover, f"replies to requests never sent: {leftover}"
 
@@ -377,7 +406,8 @@ VALUES = st.one_of(st.sampled_from(["", "v", "x" * 200, "x" * 201, "\u00e9" * 10
 IDS = st.one_of(st.sampled_from(["-", "a", "b"]), ROW_IDS)
 
 
-_FLAG_BITS = st.sampled_from([0, 0, 2, 4, 2**40, 2**63])
+# keep, a tombstone, if_absent, if_latest (with an expected id), an unknown bit.
+_FLAG_BITS = st.sampled_from([0, 0, 0, 2, 4, 8, 16, 2**40])
 _REQUEST_COUNTS = st.sampled_from([1, 1, 1, 2, 2, 3, 0])
 _RIDS = {n: st.lists(MSGPACK_INT, min_size=n, max_size=n, unique=True) for n in range(4)}
 
@@ -389,6 +419,8 @@ def live_item(draw: st.DrawFn) -> list[Any]:
     flags = (1 if rid == "-" else 0) | draw(_FLAG_BITS)
     if draw(ONE_IN[40]) == 0:
         flags ^= 1
+    if flags & 16:
+        return [rid, key, value, flags, draw(IDS)]
     return [rid, key, value, flags]
 
 
@@ -402,7 +434,7 @@ def _put_frames(draw: st.DrawFn) -> bytes:
         items = draw(_ITEM_LISTS)
         if items and draw(ONE_IN[10]) == 0:
             items = (items * 7)[:7]
-        entries.append([rid, items])
+        entries.append([rid, items, 1] if draw(ONE_IN[4]) == 0 else [rid, items])
     frame: bytes = msgpack.packb([PUT, entries])
     return frame
 

@@ -88,8 +88,13 @@ def test_watchers_receive_the_log_table_through_a_leader_kill(
               f"{killed:.1f}, failed {load.failed}")
         for w in watchers:
             want = {k: ts for k, ts in table.items() if w.match(k[0])}
-            await wait_until(lambda w=w, want=want: w.seen().keys() >= want.keys(), 30,
-                             what=f"watcher {w.key or w.prefix!r} to see every row")
+
+            def complete(w: Collector = w, want: dict[tuple[str, str], Timestamp] = want
+                         ) -> bool:
+                return w.seen().keys() >= want.keys()
+
+            await wait_until(complete, 30, what=f"watcher {w.key or w.prefix!r} to see "
+                             "every row")
             assert w.seen() == want, "a watcher saw a row the table does not have"
             stamps = [(e.timestamp, e.key, e.id) for e in w.events]
             assert stamps == sorted(stamps), "events out of commit order"

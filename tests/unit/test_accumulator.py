@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
 from dstore_batch.config import SPANNER_MAX_MUTATIONS, BatchConfig
-from dstore_batch.core.accumulator import Accumulator, Request, row_bytes
+from dstore_batch.core.accumulator import Accumulator, Batch, Request, row_bytes
 from dstore_batch.errors import BusyError, NotLeaderError
 from dstore_batch.types import Row, Timestamp
 
@@ -143,3 +144,128 @@ async def test_one_flooding_source_cannot_take_the_whole_queue() -> None:
     while (batch := acc.take()) is not None:
         acc.release(batch)
     acc.add(req("flood"))
+
+
+# -- atomic requests -------------------------------------------------------------------
+
+
+def atomic(rows: list[Row]) -> Request:
+    return Request(rows, asyncio.get_running_loop().create_future(), atomic=True)
+
+
+def drain(acc: Accumulator, hold: int = 1) -> list[Batch]:
+    """Take batches until none is left, keeping up to ``hold`` in flight (released oldest
+    first); fail on a take that returns nothing while rows wait and nothing is in flight
+    (a deadlock)."""
+    batches: list[Batch] = []
+    flying: list[Batch] = []
+    while True:
+        batch = acc.take() if len(flying) < hold else None
+        if batch is not None and batch.rows:
+            batches.append(batch)
+            flying.append(batch)
+            continue
+        if flying:
+            acc.release(flying.pop(0))
+            continue
+        assert acc.rows == 0, f"{acc.rows} rows wait and no batch can be taken"
+        return batches
+
+
+def check_batches(batches: list[Batch], requests: list[Request]) -> None:
+    """No key twice in a batch; each atomic request (of 2+ rows) whole in one batch, as
+    one group; each key's rows in arrival order; every row taken once."""
+    where: dict[int, list[int]] = {}
+    order: dict[str, list[tuple[int, int]]] = {}
+    for b, batch in enumerate(batches):
+        keys = [r.key for r in batch.rows]
+        assert len(keys) == len(set(keys)), f"a key twice in one batch: {keys}"
+        for n, (request, index) in enumerate(batch.slots):
+            assert batch.rows[n] is request.rows[index]
+            where.setdefault(id(request), []).append(b)
+            order.setdefault(request.rows[index].key, []).append(
+                (requests.index(request), index))
+        grouped = sorted(n for g in batch.groups for n in g)
+        assert grouped == sorted(n for n, (r, _) in enumerate(batch.slots)
+                                 if r.atomic and len(r.rows) > 1)
+        for group in batch.groups:
+            (request,) = {batch.slots[n][0] for n in group}
+            assert request.atomic and [batch.slots[n][1] for n in group] == list(
+                range(len(request.rows)))
+    for request in requests:
+        assert len(where[id(request)]) == len(request.rows)
+        if request.atomic and len(request.rows) > 1:
+            assert len(set(where[id(request)])) == 1, "an atomic request split"
+    for key, seen in order.items():
+        assert seen == sorted(seen), f"{key}: rows out of arrival order: {seen}"
+
+
+async def test_an_atomic_request_goes_into_one_batch() -> None:
+    acc = Accumulator(BatchConfig(max_rows=4))
+    plain = request([Row("p1", "a", "1"), Row("p2", "b", "1"), Row("p3", "c", "1")])
+    whole = atomic([Row("x1", "d", "1"), Row("x2", "e", "1"), Row("x3", "f", "1")])
+    acc.add(plain)
+    acc.add(whole)
+    first = acc.take()
+    assert first is not None
+    # The atomic request does not fit after the plain rows: it goes first in the next.
+    assert [r.id for r in first.rows] == ["p1", "p2", "p3"] and first.groups == []
+    acc.release(first)
+    second = acc.take()
+    assert second is not None and [r.id for r in second.rows] == ["x1", "x2", "x3"]
+    assert second.groups == [[0, 1, 2]]
+    acc.release(second)
+    assert acc.take() is None and acc.rows == 0 and acc.nbytes == 0
+
+
+async def test_an_atomic_request_waits_behind_earlier_rows_of_its_keys() -> None:
+    acc = Accumulator(BatchConfig())
+    first = request([Row("a1", "a", "1"), Row("b1", "b", "1")])
+    whole = atomic([Row("b2", "b", "2"), Row("c2", "c", "2")])
+    later = request([Row("c3", "c", "3"), Row("d3", "d", "3")])
+    for r in (first, whole, later):
+        acc.add(r)
+    batches = drain(acc)
+    check_batches(batches, [first, whole, later])
+    # "c3" never goes before the atomic request's "c2"; the batch that holds "b2" and
+    # "c2" holds nothing else of "b" or "c".
+    assert [r.id for r in batches[0].rows] == ["a1", "b1", "d3"]
+
+
+async def test_a_single_row_atomic_request_is_a_plain_one() -> None:
+    acc = Accumulator(BatchConfig())
+    one = atomic([Row("a", "k", "v")])
+    acc.add(one)
+    batch = acc.take()
+    assert batch is not None and batch.groups == [] and [r.id for r in batch.rows] == ["a"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_interleaved_plain_and_atomic_requests(seed: int) -> None:
+    """Random plain and atomic requests on a few keys, batches taken between adds and
+    several in flight: every batch keeps the rules, and every row is taken (no atomic
+    request waits forever)."""
+    rng = random.Random(seed)
+    keys = [f"k{i}" for i in range(rng.randint(2, 8))]
+    cfg = BatchConfig(max_rows=rng.choice([3, 4, 6, 50]), max_inflight=rng.choice([1, 2, 3]))
+    acc = Accumulator(cfg)
+    requests: list[Request] = []
+    batches: list[Batch] = []
+    n = 0
+    for _ in range(rng.randint(5, 40)):
+        if rng.random() < 0.4:
+            chosen = rng.sample(keys, rng.randint(2, min(len(keys), cfg.max_rows)))
+            req = atomic([Row(f"r{(n := n + 1)}", k, "v") for k in chosen])
+        else:
+            req = request([Row(f"r{(n := n + 1)}", rng.choice(keys), "v")
+                           for _ in range(rng.randint(1, 5))])
+        acc.add(req)
+        requests.append(req)
+        if rng.random() < 0.2:  # a take between adds, as the committer does
+            batch = acc.take()
+            if batch is not None:
+                batches.append(batch)
+                acc.release(batch)
+    batches += drain(acc, hold=cfg.max_inflight)
+    check_batches(batches, requests)
+    assert acc.rows == 0 and acc.nbytes == 0

@@ -102,8 +102,9 @@ def test_ddl_file_matches_the_cli() -> None:
 
 def test_public_names() -> None:
     assert set(dstore_batch.__all__) == {
-        "BatchConfig", "BusyError", "Client", "CommitError", "Config", "DeadlineExceededError",
-        "DstoreError", "HistoryItem", "InternalError", "InvalidInputError", "LimitsConfig",
+        "BatchConfig", "BusyError", "Client", "CommitError", "Config", "ConflictError",
+        "DeadlineExceededError", "DstoreError", "History", "HistoryItem", "ListItem", "Listing",
+        "InternalError", "InvalidInputError", "LimitsConfig",
         "LinkDownError", "LinkLostError", "NoLeaderError", "NotLeaderError",
         "OutcomeUnknownError", "PartialCommitError", "ProtocolError", "PutResult",
         "ReadError", "RejectedError",

@@ -40,16 +40,16 @@ class CutStorage(StorageProbe):
         return CommitError("database did not answer within 1s; the write may or may not be "
                            "committed", transient=True)
 
-    def commit(self, rows: Sequence[Row], leader: str, fence: Fence | None
-               ) -> Coroutine[Any, Any, CommitResult]:
+    def commit(self, rows: Sequence[Row], leader: str, fence: Fence | None,
+               groups: Sequence[Sequence[int]] = ()) -> Coroutine[Any, Any, CommitResult]:
         if not self.cut:
-            return super().commit(rows, leader, fence)
-        return self._cut_commit(list(rows), leader, fence)
+            return super().commit(rows, leader, fence, groups)
+        return self._cut_commit(list(rows), leader, fence, groups)
 
-    async def _cut_commit(self, rows: list[Row], leader: str, fence: Fence | None
-                          ) -> CommitResult:
+    async def _cut_commit(self, rows: list[Row], leader: str, fence: Fence | None,
+                          groups: Sequence[Sequence[int]] = ()) -> CommitResult:
         if not self.written_unacked:
-            await self.inner.commit(rows, leader, fence)  # written; the reply is lost
+            await self.inner.commit(rows, leader, fence, groups)  # written; the reply is lost
             self.written_unacked.append(rows)
         raise self._timeout()
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from dstore_batch.errors import BusyError, ProtocolError
+from dstore_batch.errors import BusyError, ConflictError, ProtocolError, error_from_code
 from dstore_batch.peerlink import protocol
-from dstore_batch.types import Row
+from dstore_batch.types import IF_ABSENT, Row
 
 LIMIT = 1 << 20
 
 
 def test_put_frame_round_trip() -> None:
     rows = [Row("a1", "k", "v"), Row("-", "k2", "ünïcode")]
-    frame = protocol.decode(protocol.encode_puts([(7, rows), (8, rows[:1])]), LIMIT)
+    frame = protocol.decode(protocol.encode_puts([(7, rows, False), (8, rows[:1], False)]), LIMIT)
     assert frame[0] == protocol.PUT
     assert [e[0] for e in frame[1]] == [7, 8]
     assert protocol.rows_from_wire(frame[1][0][1]) == rows
@@ -82,6 +82,53 @@ def test_bad_items_are_rejected(items: object) -> None:
 
 
 def test_oversized_frame_is_rejected_before_decoding() -> None:
-    data = protocol.encode_puts([(1, [Row("a", "k", "v" * 2000)])])
+    data = protocol.encode_puts([(1, [Row("a", "k", "v" * 2000)], False)])
     with pytest.raises(ProtocolError, match="over"):
         protocol.decode(data, 1000)
+
+
+def test_version_2_items_and_request_flags() -> None:
+    rows = [Row("a", "k", "v", cond="b"), Row("c", "k2", "", keep=True, delete=True),
+            Row("d", "k3", "v", cond=IF_ABSENT)]
+    frame = protocol.decode(protocol.encode_puts([(1, rows, True), (2, rows[:1], False)]),
+                            LIMIT)
+    (rid, items, flags), plain = frame[1]
+    assert (rid, flags) == (1, protocol.REQUEST_ATOMIC) and len(plain) == 2
+    assert items[0] == ["a", "k", "v", protocol.FLAG_IF_LATEST, "b"]
+    assert items[1] == ["c", "k2", "", protocol.FLAG_CLIENT_ID | protocol.FLAG_DELETE]
+    assert items[2] == ["d", "k3", "v", protocol.FLAG_IF_ABSENT]
+    assert protocol.request_from_wire(frame[1][0]) == (1, rows, True)
+    assert protocol.request_from_wire(plain) == (2, rows[:1], False)
+    # A version-1 follower's hello is still accepted.
+    assert 1 in protocol.ACCEPTED_VERSIONS and protocol.PROTOCOL_VERSION == 2
+
+
+def test_conflict_error_entries_carry_details() -> None:
+    latest = {"id": "x", "timestamp": "2026-11-26T15:00:00.000000001Z", "deleted": True}
+    err = ConflictError("no", latest=latest, index=3)
+    frame = protocol.decode(protocol.encode_errors([(4, err), (5, BusyError("b"))]), LIMIT)
+    assert frame[1] == [[4, "conflict", "no", None, {"latest": latest, "index": 3}],
+                        [5, "busy", "b", None]]
+    rebuilt = error_from_code(*frame[1][0][1:])
+    assert isinstance(rebuilt, ConflictError) and rebuilt.latest == latest
+    assert rebuilt.index == 3
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        [1, [["a", "k", "v", 0]], 2],  # an unknown request flag
+        [1, [["a", "k", "v", 0]], True],
+        [1, [["a", "k", "v", 0]], 1, 0],
+        [1, [["a", "k", "v", 32]]],  # an unknown item flag
+        [1, [["a", "k", "v", protocol.FLAG_IF_LATEST]]],  # no expected id
+        [1, [["a", "k", "v", protocol.FLAG_IF_LATEST, ""]]],
+        [1, [["a", "k", "v", protocol.FLAG_IF_LATEST, 5]]],
+        [1, [["a", "k", "v", 0, "b"]]],  # an expected id without the flag
+        [1, [["a", "k", "v", protocol.FLAG_IF_LATEST | protocol.FLAG_IF_ABSENT, "b"]]],
+        [1, [["-", "k", "v", protocol.FLAG_NO_APPEND | protocol.FLAG_IF_ABSENT]]],
+    ],
+)
+def test_bad_v2_entries_are_rejected(entry: list[object]) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.request_from_wire(entry)

@@ -4,20 +4,18 @@ through a LeaderLink that hands rows to a leader StoreCore in this process."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from dstore_batch.config import Config
-from dstore_batch.core.store import LeaderConnection, StoreCore
+from dstore_batch.core.store import StoreCore
 from dstore_batch.errors import (
     BusyError,
     DeadlineExceededError,
     InvalidInputError,
     LinkDownError,
-    LinkLostError,
     NoLeaderError,
     NotLeaderError,
     PartialCommitError,
@@ -25,8 +23,8 @@ from dstore_batch.errors import (
 )
 from dstore_batch.storage.sqlite import SQLiteStorage, sqlite_path
 from dstore_batch.testing.emulator import free_port
-from dstore_batch.types import NO_APPEND_ID, Row, Timestamp
-from tests.helpers import StorageProbe
+from dstore_batch.types import NO_APPEND_ID
+from tests.helpers import DirectLink, StorageProbe
 
 LEASE_S = 1.0
 
@@ -39,60 +37,6 @@ def config(database: str, **kw: Any) -> Config:
 def sample(core: StoreCore, name: str, **labels: str) -> float:
     value = core.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
-
-
-@dataclass
-class DirectLink:
-    """A LeaderLink to a leader StoreCore in this process, with scripted failures."""
-
-    leader: StoreCore
-    down: bool = False  # connection() raises LinkDownError: nothing is sent
-    fail_connects: list[Exception] = field(default_factory=list)  # raised by connection()
-    refuse: list[Exception] = field(default_factory=list)  # raised by request() before sending
-    lose_acks: int = 0  # requests whose rows the leader commits but whose ack is lost
-    lose_then_down: bool = False  # the link goes down for good after losing an ack
-    hold_reserve: bool = False  # reserve() never returns: the budget stays full
-    sent: list[list[Row]] = field(default_factory=list)
-    reserved: int = 0
-
-    async def connection(self, leader: str) -> LeaderConnection:
-        assert leader == self.leader.node_id
-        if self.down:
-            raise LinkDownError(f"cannot reach {leader}")
-        if self.fail_connects:
-            raise self.fail_connects.pop(0)
-        return DirectConnection(self)
-
-    async def reserve(self, nbytes: int) -> None:
-        if self.hold_reserve:
-            await asyncio.Event().wait()
-        self.reserved += nbytes
-
-    def release(self, nbytes: int) -> None:
-        self.reserved -= nbytes
-
-    def failing_for(self, leader: str) -> float:
-        return 0.0
-
-    async def reachable(self, nodes: Sequence[str]) -> int:
-        return len(nodes)
-
-
-@dataclass
-class DirectConnection:
-    link: DirectLink
-
-    async def request(self, rows: Sequence[Row], nbytes: int) -> list[Timestamp]:
-        link = self.link
-        if link.refuse:
-            raise link.refuse.pop(0)
-        link.sent.append(list(rows))
-        stamps = await link.leader.submit(rows, source="follower")
-        if link.lose_acks:
-            link.lose_acks -= 1
-            link.down = link.lose_then_down
-            raise LinkLostError("the link dropped before the ack arrived")
-        return stamps
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""`dstore-batch bench`: direct, funnel and per-put side by side, on fresh emulators.
+"""`dstore-batch bench`: direct, funnel and per-put side by side, on fresh emulators;
+``kv``: what the KV API costs (conditional puts, atomic put_many, list, retention).
 
 Each mode gets a fresh emulator (strong reads slow down as an emulator ages, and its
 memory is not returned), unless ``--database`` names a real database.
@@ -20,12 +21,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from ...config import BatchConfig
 from ...testing.cluster import LocalCluster
 from ...testing.emulator import Emulator
 from ...testing.faultproxy import FaultProxy
 from .direct import run_direct
 from .perput import run_per_put
-from .report import summarize, table
+from .report import kv_lines, summarize, table
 from .workload import WorkloadSpec
 
 __all__ = ["run_bench"]
@@ -141,6 +143,27 @@ def _run_mode(mode: str, spec: WorkloadSpec, args: argparse.Namespace) -> dict[s
         return summarize(raw, spec.duration_s)
 
 
+def _run_kv(spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, Any]:
+    from .kv import KvSpec, run_kv
+
+    kv = KvSpec(producers=spec.producers, value_size=spec.value_size,
+                many_size=spec.many_size, warmup_s=spec.warmup_s, duration_s=spec.duration_s,
+                list_rows=tuple(int(x) for x in str(args.kv_list_rows).split(",") if x.strip()),
+                retention_keys=args.kv_retention_keys,
+                batch=BatchConfig(max_rows=args.max_batch_rows, linger_s=args.linger_ms / 1000,
+                                  max_inflight=args.max_inflight))
+    if args.database:
+        # One database given: every part shares it (prefixes keep them apart, but
+        # retention then walks the rows of the other parts too).
+        return run_kv(lambda label: str(args.database), args.emulator_host, kv)
+    with Emulator(binary=args.emulator_bin) as emulator:
+        def database(label: str) -> str:
+            return emulator.create_database(label, project="bench-project",
+                                            instance="bench-instance")
+
+        return run_kv(database, emulator.host, kv, emulator.cpu_seconds)
+
+
 def _machine() -> str:
     cpu = "?"
     with contextlib.suppress(OSError):
@@ -176,14 +199,19 @@ def run_bench(args: argparse.Namespace) -> int:
         latencies = [float(x) for x in str(args.db_latency_ms).split(",") if x.strip()]
         modes = [m for m in modes if m != "funnel"] + [
             f"funnel@{ms:g}ms" for ms in latencies]
+    kv = None
     for mode in modes:
         print(f"running {mode} ...", flush=True)
+        if mode == "kv":
+            kv = _run_kv(spec, args)
+            continue
         results[mode] = _run_mode(mode, spec, args)
         print(f"  {mode}: {results[mode]['puts_s']:,.0f} puts/s, "
               f"p50 {results[mode]['p50_ms']:.1f} ms, p99 {results[mode]['p99_ms']:.1f} ms",
               flush=True)
     print()
-    print(table(results))
+    if results:
+        print(table(results))
     ratios = {}
     if "funnel" in results and "direct" in results:
         ratios["funnel/direct"] = _ratio(results["funnel"]["puts_s"], results["direct"]["puts_s"])
@@ -221,10 +249,13 @@ def run_bench(args: argparse.Namespace) -> int:
             if isinstance(figures, dict):
                 print(f"  {shape:32s} {figures['reads_s']:8,.0f} reads/s  "
                       f"p50 {figures['p50_ms']:.1f} ms  p99 {figures['p99_ms']:.1f} ms")
+    if kv is not None:
+        print()
+        print("\n".join(kv_lines(kv, command)))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"command": command, "machine": _machine(), "workload": asdict(spec),
              "results": results,
-             "ratios": ratios, "reads": reads}, indent=2, default=str))
+             "ratios": ratios, "reads": reads, "kv": kv}, indent=2, default=str))
         print(f"wrote {args.json}")
     return 0

@@ -1,0 +1,44 @@
+"""Smoke run of `dstore-batch bench --modes kv` with tiny sizes: every figure is printed
+and written; no speed is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_kv_prints_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "dstore_batch", "bench", "--modes", "kv", "--duration-s", "0.5",
+         "--warmup-s", "0.2", "--producers", "4", "--kv-list-rows", "200,1000",
+         "--kv-retention-keys", "100", "--json", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    print(run.stdout[-4000:])
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    kv = json.loads(out.read_text())["kv"]
+    assert set(kv["conditional"]) == {"read+put distinct keys", "if_latest distinct keys",
+                                      "if_latest one hot key"}
+    for name, figures in kv["conditional"].items():
+        # Not timing: every acked put is one stored row, and a refused one wrote none.
+        assert figures["check"]["ok"], (name, figures["check"])
+        assert figures["errors"] == {}, (name, figures["errors"])
+    assert kv["conditional"]["if_latest distinct keys"]["conflicts_s"] == 0
+    assert set(kv["put_many"]) == {"non-atomic", "atomic"}
+    assert set(kv["list"]) == {"200", "1000"}
+    for figures in kv["list"].values():
+        assert figures["walk_100"]["complete"] and figures["walk_1000"]["complete"]
+    retention = kv["retention"]
+    assert len(retention["runs"]["off"]) == len(retention["runs"]["on"]) == 2
+    # 100 keys x 10 versions, 2 kept: the first "on" run trims them (in its warm-up).
+    assert retention["runs"]["on"][0]["removed_rows_run"] == 800
+    assert sum(r["removed_rows_run"] for r in retention["runs"]["off"]) == 0
+    for line in ("kv (dstore-batch bench --modes kv", "if_latest one hot key", "409 rate",
+                 "put_many 100, atomic", "put_many 100, non-atomic", "requests/s",
+                 "atomic/non-atomic rows/s", "list, prefix of 200 rows",
+                 "list, prefix of 1,000 rows", "first page of 100", "whole prefix",
+                 "retention keep_versions=2", "retention on/off puts/s", "kv took"):
+        assert line in run.stdout, line
