@@ -16,7 +16,7 @@ import asyncio
 import itertools
 import json
 import ssl
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from typing import Any, Self
 
 import aiohttp
@@ -368,7 +368,7 @@ class Client:
         raise NoLeaderError(f"no node answered in time; nothing written{why}")
 
     async def watch(self, key: str | None = None, prefix: str | None = None,
-                    since: Timestamp | None = None) -> AsyncIterator[WatchEvent]:
+                    since: Timestamp | None = None) -> AsyncGenerator[WatchEvent, None]:
         """Follow the log through a node's ``/v1/watch`` (Server-Sent Events), as
         Store.watch: one ``caught_up`` after the backlog, then live events. On a failed
         or lost stream (or a ``lagged`` close) it moves to the next node and resumes

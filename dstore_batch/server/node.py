@@ -18,10 +18,11 @@ from aiohttp.web_protocol import RequestPayloadError
 from ..config import Config
 from ..core.election import LeaderState
 from ..core.store import StoreCore
+from ..core.watch import Watcher
 from ..observability.metrics import Metrics
 from ..peerlink.follower import PeerLink
 from ..storage.base import HistoryLimit, Storage
-from ..types import History, Listing, PutResult
+from ..types import History, Listing, PutResult, Timestamp
 from .http_api import make_app, make_metrics_app
 from .security import client_ssl, server_ssl
 
@@ -189,6 +190,11 @@ class Store:
                   max_staleness: float | None = None) -> History:
         """A key's history; see ``StoreCore.get``."""
         return await self.core.get(key, limit, max_staleness=max_staleness)
+
+    def watch(self, key: str | None = None, prefix: str | None = None,
+              since: Timestamp | None = None) -> Watcher:
+        """Follow the log (an async iterator of ``WatchEvent``); see ``StoreCore.watch``."""
+        return self.core.watch(key, prefix, since)
 
     async def list(self, prefix: str = "", limit: int = 100, after: str | None = None, *,
                    max_staleness: float | None = None) -> Listing:
