@@ -294,7 +294,8 @@ def _bench_flags(p: argparse.ArgumentParser) -> None:
     _workload_flags(p)
     p.add_argument("--modes", default="direct,funnel,per-put,low-load",
                    help="comma list of direct, funnel, per-put, low-load, client, kv (the KV "
-                        "API: conditional puts, atomic put_many, list, retention)")
+                        "API: conditional puts, atomic put_many, list, retention), watch "
+                        "(delivery lag at a fraction of peak load, puts/s with watchers)")
     _emulator_bin_flag(p)
     p.add_argument("--emulator-host", default=None,
                    help="with --database: the emulator that database is on")
@@ -319,6 +320,16 @@ def _bench_flags(p: argparse.ArgumentParser) -> None:
                         "loaded first)")
     p.add_argument("--kv-retention-keys", type=int, default=5000,
                    help="kv mode: keys of the retention table, 10 versions each")
+    p.add_argument("--kv-parts", default="conditional,put_many,list,retention",
+                   help="kv mode: comma list of the parts to run (conditional, put_many, "
+                        "list, retention)")
+    p.add_argument("--watch-counts", default="1,10,100",
+                   help="watch mode: comma list of watcher counts whose delivery lag is "
+                        "measured, each at --watch-load-fraction of the peak, open loop")
+    p.add_argument("--watch-throughput-watchers", type=int, default=100,
+                   help="watch mode: watchers of the closed-loop windows compared with none")
+    p.add_argument("--watch-load-fraction", type=float, default=0.5,
+                   help="watch mode: the lag windows' load, as a fraction of the peak")
 
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:

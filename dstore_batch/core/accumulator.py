@@ -214,6 +214,11 @@ class Accumulator:
         batch.groups.append(list(range(start, len(batch.rows))))
         return True
 
+    def waiting(self, key: str) -> bool:
+        """Whether rows of ``key`` wait in the queue."""
+        queue = self._pending.get(key)
+        return bool(queue)
+
     def _forget(self, request: Request, size: int) -> None:
         self.rows -= 1
         self.nbytes -= size

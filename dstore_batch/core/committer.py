@@ -75,6 +75,12 @@ class Committer:
         self._floors: dict[int, Timestamp] = {}  # commit in flight -> its floor
         self._held: list[tuple[Timestamp, list[Change]]] = []
         self._seq = itertools.count()
+        # The newest row of keys that conditional rows wait on, as this leader's own
+        # commits (of known outcome, in this term) left it: a queued condition that can
+        # no longer hold is refused without a database round trip. Only keys with rows
+        # still queued are kept.
+        self._conditional_keys: set[str] = set()
+        self._newest: dict[str, Latest | None] = {}
         self._metrics = metrics
         self._acc = Accumulator(config)
         self._slots = asyncio.Semaphore(config.max_inflight)
@@ -108,6 +114,9 @@ class Committer:
                                     "or an atomic put_many")
         future: asyncio.Future[list[Timestamp]] = asyncio.get_running_loop().create_future()
         self._acc.add(Request(rows, future, source, atomic))
+        for r in rows:
+            if r.cond is not None:
+                self._conditional_keys.add(r.key)
         self._quiet.clear()
         self._gauge()
         return future
@@ -138,6 +147,8 @@ class Committer:
     def close(self, exc: DstoreError | None = None) -> None:
         """Stop accepting and fail what is queued (on losing leadership)."""
         self._accepting = False
+        self._newest.clear()
+        self._conditional_keys.clear()
         dropped = self._acc.fail_all(exc or NotLeaderError("leadership moved; retry"))
         if dropped:
             log.info("node %s: handed back %d queued rows (not leader)", self._node_id, dropped)
@@ -197,11 +208,15 @@ class Committer:
             self._commits.add(task)
             task.add_done_callback(self._commits.discard)
 
-    async def _commit(self, batch: Batch, seq: int = 0) -> None:
+    async def _commit(self, taken: Batch, seq: int = 0) -> None:
         m = self._metrics
+        batch = self._decide_locally(taken) if self._newest else taken
         try:
+            if not batch.rows:
+                return  # every row was refused here: nothing to commit
             result = await self._commit_with_retries(batch)
         except OutcomeUnknownError as exc:
+            self._forget_newest(batch)
             m.commits.labels(exc.code).inc()
             log.warning("node %s: commit of %d rows failed: %s", self._node_id,
                         len(batch.rows), exc)
@@ -210,12 +225,14 @@ class Committer:
             if self._gap is not None:
                 self._gap()
         except DstoreError as exc:
+            self._forget_newest(batch)
             m.commits.labels(exc.code).inc()
             log.warning("node %s: commit of %d rows failed: %s", self._node_id,
                         len(batch.rows), exc)
             for request in batch.requests():
                 request.fail(exc)
         except Exception as exc:  # a bug, not a database failure: never retried
+            self._forget_newest(batch)
             m.commits.labels(InternalError.code).inc()
             log.exception("node %s: commit of %d rows failed", self._node_id, len(batch.rows))
             error = InternalError(f"commit failed: {exc!r}")
@@ -230,6 +247,8 @@ class Committer:
             m.committed_rows.inc(len(batch.rows))
             ts, existing, conflicts = result
             refused = _refuse(batch, conflicts) if conflicts else set()
+            if self._conditional_keys:
+                self._learn_newest(batch, result, refused)
             if ts > self._published_upto:
                 self._published_upto = ts
             if self._publish is not None and (self._held or self._listening()):
@@ -240,10 +259,68 @@ class Committer:
         finally:
             self._floors.pop(seq, None)
             self._release_held()
-            self._acc.release(batch)
+            self._acc.release(taken)
             self._slots.release()
             self._inflight -= 1
             self._settled()
+
+    def _decide_locally(self, batch: Batch) -> Batch:
+        """Refuse the conditional rows whose key's newest row (known from this leader's
+        own commits) already fails their condition; return the batch without them."""
+        known = self._newest
+        local: dict[int, Latest | None] = {}
+        for n, row in enumerate(batch.rows):
+            if row.cond is None or row.key not in known:
+                continue
+            newest = known[row.key]
+            if newest is not None and newest.id == row.id:
+                continue  # its own earlier write: storage acks it with its timestamp
+            if row.cond == IF_ABSENT:
+                holds = newest is None or newest.deleted
+            else:
+                holds = newest is not None and newest.id == row.cond
+            if not holds:
+                local[n] = newest
+        if not local:
+            return batch
+        refused = _refuse(batch, local)
+        self._metrics.local_conflicts.inc(len(refused))
+        rest = Batch()
+        start: dict[Request, int] = {}
+        for (request, index), key, row in zip(batch.slots, batch.keys, batch.rows,
+                                              strict=True):
+            if request in refused:
+                continue
+            if request.grouped and request not in start:
+                start[request] = len(rest.rows)
+            rest.rows.append(row)
+            rest.slots.append((request, index))
+            rest.keys.append(key)
+            rest.nbytes += request.sizes[index]
+        rest.groups = [list(range(i, i + len(r.rows))) for r, i in start.items()]
+        return rest
+
+    def _learn_newest(self, batch: Batch, result: CommitResult,
+                      refused: AbstractSet[Request]) -> None:
+        """What this commit says about the newest row of keys conditional rows wait on."""
+        keys, known = self._conditional_keys, self._newest
+        for n, row in enumerate(batch.rows):
+            key = row.key
+            if key not in keys:
+                continue
+            if not self._acc.waiting(key):
+                keys.discard(key)
+                known.pop(key, None)
+            elif n in result.conflicts:
+                known[key] = result.conflicts[n]
+            elif batch.slots[n][0] in refused or n in result.existing:
+                known.pop(key, None)  # unchanged, but not known from here
+            else:
+                known[key] = Latest(row.id, result.timestamp, row.delete)
+
+    def _forget_newest(self, batch: Batch) -> None:
+        for key in batch.keys:
+            self._newest.pop(key, None)
 
     def _hold(self, changes: list[tuple[Timestamp, Change]]) -> None:
         by_ts: dict[Timestamp, list[Change]] = {}

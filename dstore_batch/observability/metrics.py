@@ -135,6 +135,11 @@ class Metrics:
             "Age of the oldest row retention left behind in its last full pass "
             "(0 before the first pass ends).", registry=r,
         )
+        self.local_conflicts = Counter(
+            "dstore_conflicts_refused_locally_total",
+            "Conditional requests the leader refused without a database round trip (the "
+            "key's newest row, from its own commits, already failed the condition).",
+            registry=r)
         self.watchers = Gauge(
             "dstore_watchers", "Watches open on this node (API and HTTP).", registry=r)
         self.watch_events = Counter(

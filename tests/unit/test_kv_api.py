@@ -153,6 +153,33 @@ async def test_concurrent_conditional_puts_have_one_winner(
     assert [h.id for h in await core.get("hot", "all")] == [won[0].id, base.id]
 
 
+async def test_a_hot_key_refuses_stale_conditions_without_a_database_round_trip(
+        node: tuple[StoreCore, StorageProbe]) -> None:
+    core, probe = node
+    base = await core.put("hot2", "0")
+    gate = probe.commit_gate = asyncio.Event()
+    # The first conditional put commits and waits at the gate; 19 more queue behind it
+    # on the same key, all expecting the row it replaces.
+    first = asyncio.ensure_future(core.put("hot2", "w", if_latest=base.id))
+    await probe.held.wait()
+    rest = [asyncio.ensure_future(core.put("hot2", f"v{i}", if_latest=base.id))
+            for i in range(19)]
+    await asyncio.sleep(0.05)
+    commits_before = len(probe.commits)
+    probe.commit_gate = None
+    gate.set()
+    won = await first
+    lost = await asyncio.gather(*rest, return_exceptions=True)
+    assert all(isinstance(e, ConflictError) and e.latest is not None
+               and e.latest["id"] == won.id for e in lost), lost
+    # The leader knew the newest row from its own commit: no commit for the 19.
+    assert len(probe.commits) == commits_before
+    assert sample(core, "dstore_conflicts_refused_locally_total") == 19
+    # A condition that does hold still commits (and goes to the database).
+    again = await core.put("hot2", "x", if_latest=won.id)
+    assert [h.id for h in await core.get("hot2", "all")] == [again.id, won.id, base.id]
+
+
 async def test_resent_conditional_row_is_acked_with_its_first_write(core: StoreCore) -> None:
     base = await core.put("k", "a")
     row = Row(new_id(), "k", "b", False, base.id)

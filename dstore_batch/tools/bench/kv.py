@@ -23,6 +23,7 @@ from typing import Any
 
 from ...config import BatchConfig, Config
 from ...core.items import new_id
+from ...core.retention import RetentionPolicy
 from ...core.store import StoreCore
 from ...errors import ConflictError, DstoreError
 from ...storage import open_storage
@@ -41,6 +42,7 @@ PRELOAD_COMMIT_ROWS = 2_000  # rows per direct commit of the retention preload
 WALK_CAP_S = 20.0
 SAMPLE_CAP_S = 10.0  # first-page reads stop here once MIN_SAMPLES were taken
 MIN_SAMPLES = 10
+PARTS = ("conditional", "put_many", "list", "retention")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,7 @@ class KvSpec:
     keep_versions: int = 2
     retention_keys: int = 5_000
     retention_versions: int = 10  # rows per key before the windows: 8 over the limit
+    parts: tuple[str, ...] = PARTS  # which parts to run (--kv-parts)
     batch: BatchConfig = field(default_factory=BatchConfig)
 
 
@@ -313,7 +316,9 @@ async def _retention(databases: tuple[str, str], emulator_host: str | None, spec
             off if label == "off" else on,
             lambda core: _funnel_window(core, workload, emulator_cpu)))
     mean = {label: sum(r["puts_s"] for r in rs) / len(rs) for label, rs in runs.items()}
-    return {"preload_rows": spec.retention_keys * spec.retention_versions,
+    policy = RetentionPolicy(keep_versions=spec.keep_versions)  # what the store runs
+    return {"policy": {"duty": policy.duty, "step_rows": policy.step_rows},
+            "preload_rows": spec.retention_keys * spec.retention_versions,
             "preload_s": preload_s, "keep_versions": spec.keep_versions, "runs": runs,
             "mean_puts_s": mean,
             "ratio": mean["on"] / mean["off"] if mean["off"] else float("nan")}
@@ -341,15 +346,24 @@ async def _run(database: Callable[[str], str], emulator_host: str | None, spec: 
         out[part] = await work
         seconds[part] = time.monotonic() - started
 
+    unknown = set(spec.parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown kv parts {sorted(unknown)}; choose from {list(PARTS)}")
+    out["spec"]["parts"] = [p for p in PARTS if p in spec.parts]
     # list and retention get databases of their own: the windows before them leave
     # ~10^5 rows behind, which a walk of the table (retention) would have to read.
-    cond = _config(database("kvcond"), emulator_host, spec)
-    await timed("conditional", _on_core(cond, lambda c: _conditional(c, spec)))
-    await timed("put_many", _on_core(cond, lambda c: _put_many(c, spec)))
-    await timed("list", _on_core(_config(database("kvlist"), emulator_host, spec),
-                                 lambda c: _list(c, spec)))
-    await timed("retention", _retention((database("kvretoff"), database("kvreton")),
-                                        emulator_host, spec, emulator_cpu))
+    if "conditional" in spec.parts or "put_many" in spec.parts:
+        cond = _config(database("kvcond"), emulator_host, spec)
+        if "conditional" in spec.parts:
+            await timed("conditional", _on_core(cond, lambda c: _conditional(c, spec)))
+        if "put_many" in spec.parts:
+            await timed("put_many", _on_core(cond, lambda c: _put_many(c, spec)))
+    if "list" in spec.parts:
+        await timed("list", _on_core(_config(database("kvlist"), emulator_host, spec),
+                                     lambda c: _list(c, spec)))
+    if "retention" in spec.parts:
+        await timed("retention", _retention((database("kvretoff"), database("kvreton")),
+                                            emulator_host, spec, emulator_cpu))
     out["seconds"] = seconds
     return out
 

@@ -1,11 +1,11 @@
 """Turning measurements into figures: percentiles, the side-by-side table, ratios, and the
-`kv` mode's lines."""
+`kv` and `watch` modes' lines."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["kv_lines", "percentiles", "summarize", "table"]
+__all__ = ["kv_lines", "percentiles", "summarize", "table", "watch_lines"]
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -93,24 +93,25 @@ def kv_lines(kv: dict[str, Any], command: str) -> list[str]:
     spec = kv["spec"]
     lines = [f"kv ({command}; {spec['producers']} producers, {spec['warmup_s']:g} s warm-up + "
              f"{spec['duration_s']:g} s per window, one in-process StoreCore, one emulator):"]
-    for name, f in kv["conditional"].items():
+    for name, f in kv.get("conditional", {}).items():
         check = f["check"]
         lines.append(
             f"  {name:26s} {f['calls_s']:9,.0f} acked/s  {_lat(f)}  409 rate "
             f"{f['conflict_rate']:.1%} ({f['conflicts_s']:,.0f} conflicts/s)  check: "
             f"{check['acked']:,} acked, {check['rows stored']:,} rows stored "
             f"{'ok' if check['ok'] else 'MISMATCH'}{_errors(f)}")
-    many = kv["put_many"]
-    lines.append("  put_many runs non-atomic, atomic, atomic, non-atomic (rows/s of each "
-                 "in brackets):")
+    many = kv.get("put_many", {})
+    if many:
+        lines.append("  put_many runs non-atomic, atomic, atomic, non-atomic (rows/s of each "
+                     "in brackets):")
     for name, f in many.items():
         runs = ", ".join(f"{x:,.0f}" for x in f["runs_rows_s"])
         lines.append(f"  put_many {spec['many_size']}, {name:13s} {f['calls_s']:9,.1f} requests/s"
                      f"  {f['rows_s']:9,.0f} rows/s ({runs})  {_lat(f)}{_errors(f)}")
-    if many["non-atomic"]["rows_s"]:
+    if many and many["non-atomic"]["rows_s"]:
         lines.append(f"  put_many atomic/non-atomic rows/s: "
                      f"{many['atomic']['rows_s'] / many['non-atomic']['rows_s']:.2f}")
-    for n, f in kv["list"].items():
+    for n, f in kv.get("list", {}).items():
         walks = []
         for name, w in f.items():
             if name.startswith("walk_"):
@@ -122,18 +123,97 @@ def kv_lines(kv: dict[str, Any], command: str) -> list[str]:
         lines.append(f"  list, prefix of {int(n):,} rows: loaded in {f['load_s']:.1f} s "
                      f"({f['load_rows_s']:,.0f} rows/s); first page of 100 {_lat(first)} "
                      f"({first['samples']} reads); whole prefix: {'; '.join(walks)}")
-    r = kv["retention"]
+    if "retention" in kv:
+        lines += _retention_lines(kv["retention"])
+    lines.append("  kv took " + ", ".join(f"{k} {v:.0f} s" for k, v in kv["seconds"].items())
+                 + f" (total {sum(kv['seconds'].values()):.0f} s)")
+    return lines
+
+
+def _retention_lines(r: dict[str, Any]) -> list[str]:
+    lines = []
     runs = "; ".join(f"{label} " + ", ".join(
         f"{x['puts_s']:,.0f} puts/s (p99 {x['p99_ms']:,.0f} ms, {x['removed_rows_s']:,.0f} "
         f"rows/s removed in the window, {x['removed_rows_run']:,.0f} in the run, emulator "
         f"{x['emulator_cpu_s']:.1f} CPU s)" for x in rs)
         for label, rs in r["runs"].items())
-    lines.append(f"  retention keep_versions={r['keep_versions']} on a table of "
+    policy = r.get("policy", {})
+    lines.append(f"  retention keep_versions={r['keep_versions']} (duty "
+                 f"{policy.get('duty', '?')}, {policy.get('step_rows', '?')}-row steps) on a "
+                 "table of "
                  f"{r['preload_rows']:,} rows (preloaded in "
                  f"{' + '.join(f'{s:.1f}' for s in r['preload_s'])} s), runs off-on-on-off: "
                  f"{runs}")
     lines.append(f"  retention on/off puts/s: {r['ratio']:.2f} (goal >= 0.90: "
                  f"{'met' if r['ratio'] >= 0.9 else 'not met'})")
-    lines.append("  kv took " + ", ".join(f"{k} {v:.0f} s" for k, v in kv["seconds"].items())
-                 + f" (total {sum(kv['seconds'].values()):.0f} s)")
+    return lines
+
+
+def _ms(v: float) -> str:
+    return f"{v:,.1f}"
+
+
+def watch_lines(w: dict[str, Any], command: str) -> list[str]:
+    """The `watch` mode's figures, each line naming what produced it."""
+    spec = w["spec"]
+    lines = [
+        f"watch ({command}; three in-process Stores on one emulator, "
+        f"{spec['producers_per_node']} producers per node, mix {spec['mix']:g} of put_many "
+        f"{spec['many_size']}, {spec['warmup_s']:g} s warm-up + {spec['duration_s']:g} s "
+        f"per window; watchers round-robin over the nodes, followers first, each on the "
+        f"window's prefix):",
+        f"  peak (closed loop, no watcher): {w['peak_puts_s']:,.0f} puts/s; lag windows "
+        f"offer {w['lag_rows_s']:,.0f} rows/s open loop ({spec['load_fraction']:g} of it)",
+        "  window      watchers  load    puts/s  put p50/p99 ms  commit p50/p99 ms  "
+        "rows/commit  lag p50 ms  lag p99 ms  lag max ms  lag p99 leader/follower ms  "
+        "overflows  lagged  delivery",
+    ]
+    for p in w["phases"]:
+        pl, cl = p["put_latency"], p["commit_latency"]
+        row = (f"  {p['phase']:10s}  {p['watchers']:8d}  {p['load']:6s}  {p['puts_s']:8,.0f}  "
+               f"{_ms(pl['p50_ms']):>6s}/{_ms(pl['p99_ms']):<7s}  "
+               f"{_ms(cl['p50_ms']):>7s}/{_ms(cl['p99_ms']):<9s}  "
+               f"{p['rows_per_commit']:11,.0f}")
+        if "lag" in p:
+            lag, d = p["lag"], p["delivery"]
+            roles = "/".join(_ms(p["lag_by_role"][r]["p99_ms"]) if r in p["lag_by_role"]
+                             else "-" for r in ("leader", "follower"))
+            row += (f"  {_ms(lag['p50_ms']):>10s}  {_ms(lag['p99_ms']):>10s}  "
+                    f"{_ms(lag['max_ms']):>10s}  {roles:>26s}  {p['overflows']:9.0f}  "
+                    f"{p['lagged']:6.0f}  "
+                    f"{d['watchers_with_every_row']}/{p['watchers']} watchers got all "
+                    f"{d['rows_acked']:,} rows in order ({d['repeats']} repeats, "
+                    f"{d['resumed_after_lagged']} resumed, drained in {d['drain_s']:.1f} s)"
+                    f"{'' if d['ok'] else ' NOT OK'}")
+        extra = []
+        if p["errors"]:
+            extra.append("errors " + ",".join(f"{k}:{v}" for k, v in p["errors"].items()))
+        if p["shed_calls"]:
+            extra.append(f"{p['shed_calls']} calls shed (open loop: too many in flight)")
+        if p["aborts"]:
+            extra.append(f"{p['aborts']:.0f} aborts")
+        lines.append(row + ("  " + "; ".join(extra) if extra else ""))
+    lines.append("  database clock ahead of this host, before/after each window (ms): " +
+                 ", ".join(f"{p['phase']} " + "/".join(f"{x:.1f}" for x in p['clock_ahead_ms'])
+                           for p in w["phases"]) +
+                 f" (each +/- {max(p['clock_plus_minus_ms'] for p in w['phases']):.1f} at most)")
+    lines.append("  CPU us per row acked (bench process / emulator): " + ", ".join(
+        f"{p['phase']} " + "/".join(f"{v:.0f}" for v in p.get("cpu_us_per_row", {}).values())
+        for p in w["phases"]))
+    t = w["throughput"]
+    lines.append(
+        f"  puts/s closed loop, windows none, {spec['throughput_watchers']}, "
+        f"{spec['throughput_watchers']}, none: none "
+        + ", ".join(f"{x:,.0f}" for x in t["none_puts_s"])
+        + f"; with {spec['throughput_watchers']} watchers "
+        + ", ".join(f"{x:,.0f}" for x in t["watchers_puts_s"])
+        + f"; ratio of medians {t['ratio_of_medians']:.2f}")
+    for goal, g in w["goals"].items():
+        if "value_ms" in g:
+            value = f"{g['value_ms']:,.1f} ms against {g['bound_ms']:,.1f} ms"
+        else:
+            value = f"{g['value']:.2f}"
+        lines.append(f"  goal: {goal}: {value}: {'met' if g['met'] else 'NOT MET'}")
+    lines.append(f"  delivery: {'every watcher got every row, in order' if w['delivery_ok'] else 'NOT OK'}"
+                 f"; leader kept: {w['leader_kept']}; watch took {w['seconds']:.0f} s")
     return lines

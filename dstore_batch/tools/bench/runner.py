@@ -1,5 +1,6 @@
 """`dstore-batch bench`: direct, funnel and per-put side by side, on fresh emulators;
-``kv``: what the KV API costs (conditional puts, atomic put_many, list, retention).
+``kv``: what the KV API costs (conditional puts, atomic put_many, list, retention);
+``watch``: watch's delivery lag and what watchers cost puts.
 
 Each mode gets a fresh emulator (strong reads slow down as an emulator ages, and its
 memory is not returned), unless ``--database`` names a real database.
@@ -27,7 +28,7 @@ from ...testing.emulator import Emulator
 from ...testing.faultproxy import FaultProxy
 from .direct import run_direct
 from .perput import run_per_put
-from .report import kv_lines, summarize, table
+from .report import kv_lines, summarize, table, watch_lines
 from .workload import WorkloadSpec
 
 __all__ = ["run_bench"]
@@ -150,6 +151,7 @@ def _run_kv(spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, Any]:
                 many_size=spec.many_size, warmup_s=spec.warmup_s, duration_s=spec.duration_s,
                 list_rows=tuple(int(x) for x in str(args.kv_list_rows).split(",") if x.strip()),
                 retention_keys=args.kv_retention_keys,
+                parts=tuple(p.strip() for p in str(args.kv_parts).split(",") if p.strip()),
                 batch=BatchConfig(max_rows=args.max_batch_rows, linger_s=args.linger_ms / 1000,
                                   max_inflight=args.max_inflight))
     if args.database:
@@ -162,6 +164,24 @@ def _run_kv(spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, Any]:
                                             instance="bench-instance")
 
         return run_kv(database, emulator.host, kv, emulator.cpu_seconds)
+
+
+def _run_watch(spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, Any]:
+    from .watch import WatchSpec, run_watch
+
+    ws = WatchSpec(producers=spec.producers, value_size=spec.value_size, mix=spec.mix,
+                   many_size=spec.many_size, warmup_s=spec.warmup_s,
+                   duration_s=spec.duration_s,
+                   counts=tuple(int(x) for x in str(args.watch_counts).split(",") if x.strip()),
+                   throughput_watchers=args.watch_throughput_watchers,
+                   load_fraction=args.watch_load_fraction, lease_s=args.lease_ms / 1000,
+                   batch=BatchConfig(max_rows=args.max_batch_rows,
+                                     linger_s=args.linger_ms / 1000,
+                                     max_inflight=args.max_inflight))
+    with _database(args, "watch") as (database, emulator):
+        return run_watch(database, emulator.host if emulator else args.emulator_host, ws,
+                         emulator.cpu_seconds if emulator else None,
+                         lambda line: print(line, flush=True))
 
 
 def _machine() -> str:
@@ -199,11 +219,14 @@ def run_bench(args: argparse.Namespace) -> int:
         latencies = [float(x) for x in str(args.db_latency_ms).split(",") if x.strip()]
         modes = [m for m in modes if m != "funnel"] + [
             f"funnel@{ms:g}ms" for ms in latencies]
-    kv = None
+    kv = watch = None
     for mode in modes:
         print(f"running {mode} ...", flush=True)
         if mode == "kv":
             kv = _run_kv(spec, args)
+            continue
+        if mode == "watch":
+            watch = _run_watch(spec, args)
             continue
         results[mode] = _run_mode(mode, spec, args)
         print(f"  {mode}: {results[mode]['puts_s']:,.0f} puts/s, "
@@ -252,10 +275,13 @@ def run_bench(args: argparse.Namespace) -> int:
     if kv is not None:
         print()
         print("\n".join(kv_lines(kv, command)))
+    if watch is not None:
+        print()
+        print("\n".join(watch_lines(watch, command)))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"command": command, "machine": _machine(), "workload": asdict(spec),
              "results": results,
-             "ratios": ratios, "reads": reads, "kv": kv}, indent=2, default=str))
+             "ratios": ratios, "reads": reads, "kv": kv, "watch": watch}, indent=2, default=str))
         print(f"wrote {args.json}")
     return 0
