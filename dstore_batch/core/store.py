@@ -107,11 +107,13 @@ class LeaderLink(Protocol):
 
 
 class EventSink(Protocol):
-    """A follower's subscription on the leader (the peer link's leader end)."""
+    """A follower's link on the leader (the peer link's leader end)."""
 
     def send_events(self, ts: Timestamp, changes: list[Change]) -> None: ...
 
     def gap(self) -> None: ...
+
+    def released(self, lock_name: str) -> None: ...
 
 
 @runtime_checkable
@@ -167,6 +169,7 @@ class StoreCore:
         )
         self.watch_hub = WatchHub(self.storage, self.metrics, on_wanted=self._poke_keeper)
         self._subscribers: list[EventSink] = []  # followers that want every commit
+        self._linked: set[EventSink] = set()  # every follower linked to this node
         self.committer = Committer(
             self.storage, config.batch, node_id=config.node_id,
             fence=lambda: self.election.fence, metrics=self.metrics,
@@ -175,7 +178,7 @@ class StoreCore:
             listening=lambda: bool(self.watch_hub.wanted or self._subscribers),
         )
         if isinstance(link, EventLink):
-            link.events = self.watch_hub
+            link.events = _LinkEvents(self)
         self.retention = Retention(
             self.storage,
             RetentionPolicy(keep_versions=config.keep_versions,
@@ -239,7 +242,12 @@ class StoreCore:
             await self.committer.drain(DRAIN_TIMEOUT_S)
         try:
             async with asyncio.timeout_at(deadline):
+                was_leader = self.election.is_leader
                 await self.election.resign()
+                if was_leader:
+                    # Followers check the lock at once instead of at their next check.
+                    for sink in list(self._linked):
+                        sink.released(self.config.lock_name)
                 await self._no_puts.wait()
         except TimeoutError:
             log.warning("node %s: stopping with %d puts unfinished", self.node_id,
@@ -427,15 +435,19 @@ class StoreCore:
 
     # -- the links to and from this node ----------------------------------------------
 
-    def link_opened(self, peer: str) -> None:
+    def link_opened(self, peer: str, sink: EventSink | None = None) -> None:
         """A follower linked to this node (the leader end of the peer link says so)."""
         self._links_in[peer] += 1
+        if sink is not None:
+            self._linked.add(sink)
 
-    def link_closed(self, peer: str) -> None:
+    def link_closed(self, peer: str, sink: EventSink | None = None) -> None:
         """A follower's link to this node closed."""
         self._links_in[peer] -= 1
         if self._links_in[peer] <= 0:
             del self._links_in[peer]
+        if sink is not None:
+            self._linked.discard(sink)
 
     def linked_followers(self) -> list[str]:
         """The followers with a link to this node open now."""
@@ -620,6 +632,27 @@ class StoreCore:
             raise InvalidInputError("prefix and after must be strings")
         staleness = check_staleness(max_staleness)
         return await self.storage.list_keys(prefix, check_list_limit(limit), after, staleness)
+
+
+class _LinkEvents:
+    """What this node's link to the leader delivers: commits and source changes for the
+    watch hub, and the leader's word that it released the lock (for the election)."""
+
+    def __init__(self, core: StoreCore) -> None:
+        self._core = core
+
+    def publish(self, ts: Timestamp, changes: Sequence[Change]) -> None:
+        self._core.watch_hub.publish(ts, changes)
+
+    def source_up(self) -> None:
+        self._core.watch_hub.source_up()
+
+    def source_down(self) -> None:
+        self._core.watch_hub.source_down()
+
+    def released(self, lock_name: str) -> None:
+        if lock_name == self._core.config.lock_name:
+            self._core.election.refresh()
 
 
 class _LinkReachability:

@@ -71,6 +71,10 @@ class EventTarget(Protocol):
 
     def source_down(self) -> None: ...
 
+    def released(self, lock_name: str) -> None:
+        """The leader released ``lock_name``: check the lock now."""
+        ...
+
 
 class _Connection:
     def __init__(self, leader: str, ws: aiohttp.ClientWebSocketResponse, link: PeerLink) -> None:
@@ -188,6 +192,9 @@ class _Connection:
                     if self.subscribed and self._link.events is not None:
                         ts, changes = protocol.changes_from_wire(frame)
                         self._link.events.publish(ts, changes)
+                elif kind == protocol.RELEASED:
+                    if self._link.events is not None:
+                        self._link.events.released(frame[1])
                 elif kind == protocol.SUBSCRIBED:
                     # The first: commits follow from here on. A later one: the leader
                     # may have missed publishing a commit; catch up from storage.

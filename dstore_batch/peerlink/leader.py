@@ -42,6 +42,10 @@ class EventSink(Protocol):
         follower's watchers must catch up from storage."""
         ...
 
+    def released(self, lock_name: str) -> None:
+        """This node released ``lock_name``: the follower should check it now."""
+        ...
+
 # A subscribed follower that does not read its events (a stalled link) is cut off past
 # this many queued bytes; it re-synchronises from storage when it reconnects.
 EVENTS_MAX_BYTES = 32 * 1024 * 1024
@@ -73,11 +77,11 @@ class Intake(Protocol):
         """Whether this node takes puts as leader now."""
         ...
 
-    def link_opened(self, peer: str) -> None:
-        """A follower's link to this node is up (after its hello)."""
+    def link_opened(self, peer: str, sink: EventSink) -> None:
+        """A follower's link to this node is up (after its hello); ``sink`` reaches it."""
         ...
 
-    def link_closed(self, peer: str) -> None:
+    def link_closed(self, peer: str, sink: EventSink) -> None:
         """That follower's link is down."""
         ...
 
@@ -186,6 +190,12 @@ class _Session:
         self._events.append(protocol.encode_subscribed())
         self._wake.set()
 
+    def released(self, lock_name: str) -> None:
+        """Tell the follower at once: waiting for its next lock check would leave the
+        group without a leader for up to a quarter lease."""
+        self._events.append(protocol.encode_released(lock_name))
+        self._wake.set()
+
     def unsubscribe(self) -> None:
         if self.subscribed:
             self.subscribed = False
@@ -251,7 +261,7 @@ async def serve_follower(ws: web.WebSocketResponse, intake: Intake, metrics: Met
                 await ws.send_bytes(protocol.encode_welcome(node_id))
                 log.info("node %s: follower %s connected", node_id, peer)
                 session = _Session(intake, ws, peer, metrics)
-                intake.link_opened(peer)
+                intake.link_opened(peer, session)
                 writer = asyncio.create_task(session.writer(), name=f"peer-acks:{peer}")
                 continue
             session.handle(frame)
@@ -270,7 +280,7 @@ async def serve_follower(ws: web.WebSocketResponse, intake: Intake, metrics: Met
         metrics.peer_connections.labels("leader").dec()
         if session is not None:
             session.unsubscribe()
-            intake.link_closed(peer)
+            intake.link_closed(peer, session)
         if session is not None and writer is not None:
             # Acks already queued go out if the socket still takes them; the follower
             # re-sends whatever it does not hear back about.

@@ -23,6 +23,7 @@ __all__ = [
     "HELLO",
     "PROTOCOL_VERSION",
     "PUT",
+    "RELEASED",
     "SUBSCRIBE",
     "SUBSCRIBED",
     "WELCOME",
@@ -34,6 +35,7 @@ __all__ = [
     "encode_fatal",
     "encode_hello",
     "encode_puts",
+    "encode_released",
     "encode_subscribe",
     "encode_subscribed",
     "encode_welcome",
@@ -59,6 +61,7 @@ SUBSCRIBE = 6  # follower -> leader: [6, on]: send me every commit (on = true) o
 SUBSCRIBED = 7  # leader -> follower: [7]: every commit from here on will follow
 # leader -> follower: [8, timestamp_ns, [[key, id, value or nil], ...]]: one commit
 EVENTS = 8
+RELEASED = 9  # leader -> follower: [9, lock_name]: I released this lock; check it now
 
 FLAG_NO_APPEND = 1
 FLAG_CLIENT_ID = 2  # the id came from the client: keep a row already stored under it
@@ -121,6 +124,10 @@ def encode_fatal(code: str, message: str) -> bytes:
     return _packb([FATAL, code, message])
 
 
+def encode_released(lock_name: str) -> bytes:
+    return _packb([RELEASED, lock_name])
+
+
 def encode_subscribe(on: bool) -> bytes:
     return _packb([SUBSCRIBE, on])
 
@@ -170,6 +177,9 @@ def decode(data: bytes, max_bytes: int) -> list[Any]:
     elif kind == FATAL:
         if len(frame) != 3 or type(frame[1]) is not str or type(frame[2]) is not str:
             raise ProtocolError("fatal must be [5, code, message]")
+    elif kind == RELEASED:
+        if len(frame) != 2 or type(frame[1]) is not str:
+            raise ProtocolError("released must be [9, lock_name]")
     elif kind == SUBSCRIBE:
         if len(frame) != 2 or type(frame[1]) is not bool:
             raise ProtocolError("subscribe must be [6, on]")
