@@ -121,6 +121,7 @@ class Config:
     keep_versions: int | None = None  # each key keeps its newest N rows (leader trims)
     retention_days: int | None = None  # rows older than this go (Spanner: its TTL policy)
     retention_interval_s: float = 30.0  # pause between retention passes that found nothing
+    max_commit_delay_s: float = 0.0  # Spanner's max commit delay for log commits (0..0.5)
 
     def __post_init__(self) -> None:
         host, sep, port = self.node_id.rpartition(":")
@@ -144,6 +145,8 @@ class Config:
             raise ValueError("keep_versions must be at least 1 (a key's newest row stays)")
         if self.retention_days is not None and not 1 <= self.retention_days <= 36500:
             raise ValueError("retention_days must be 1..36500")
+        if not 0 <= self.max_commit_delay_s <= 0.5:
+            raise ValueError("max_commit_delay_s must be 0..0.5 seconds (Spanner's range)")
         if self.retention_interval_s <= 0:
             raise ValueError("retention_interval_s must be positive")
         if self.limits.max_value_bytes + self.limits.max_key_bytes + ROW_OVERHEAD_BYTES > (

@@ -36,6 +36,7 @@ def open_storage(config: Config) -> Storage:
         commit_threads=config.batch.max_inflight,
         emulator_host=config.emulator_host,
         call_timeout_s=config.db_timeout_s,
+        max_commit_delay_s=config.max_commit_delay_s,
     )
 
 

@@ -200,8 +200,13 @@ class SpannerStorage:
         commit_threads: int = 1,
         call_timeout_s: float = 10.0,
         emulator_host: str | None = None,
+        max_commit_delay_s: float = 0.0,
     ) -> None:
         self.database_path = database
+        # Spanner may hold a log commit this long to batch it with others (throughput-
+        # optimized writes); never the lock's own writes, whose latency is the lease's.
+        self._commit_delay = (_dt.timedelta(seconds=max_commit_delay_s)
+                              if max_commit_delay_s > 0 else None)
         self.emulator_host = emulator_host
         self.project, self.instance_id, self.database_id = parse_database_path(database)
         self.log_table = log_table
@@ -304,7 +309,12 @@ class SpannerStorage:
                 raise CommitError(f"{what}; the write may or may not be committed") from None
             raise ReadError(what) from None
 
-    def _transact(self, work: Callable[[Any], T]) -> tuple[T, Timestamp]:
+    def _transact_delayed(self, work: Callable[[Any], T]) -> tuple[T, Timestamp]:
+        """``_transact`` with the configured max commit delay (log-table commits)."""
+        return self._transact(work, self._commit_delay)
+
+    def _transact(self, work: Callable[[Any], T],
+                  delay: _dt.timedelta | None = None) -> tuple[T, Timestamp]:
         """Run ``work`` in a read-write transaction; return its value and commit time."""
         holder: list[Any] = []
 
@@ -315,10 +325,12 @@ class SpannerStorage:
             holder.append(txn)
             return work(txn)
 
+        extra = {"max_commit_delay": delay} if delay is not None else {}
         value = self._db.run_in_transaction(
             attempt,
             default_retry_delay=ABORT_RETRY_DELAY_S,
             timeout_secs=self._timeout,
+            **extra,
         )
         committed = holder[-1].committed
         return value, (Timestamp.from_datetime(committed) if committed else Timestamp(0))
@@ -352,7 +364,8 @@ class SpannerStorage:
             return existing, conflicts
 
         try:
-            decided, ts = await self._run(self._writer, self._transact, work, writes=True)
+            decided, ts = await self._run(self._writer, self._transact_delayed, work,
+                                          writes=True)
         except (gexc.GoogleAPICallError, gexc.RetryError, grpc.RpcError) as exc:
             raise self._write_error(f"commit of {len(rows)} rows", exc) from exc
         if decided is None:

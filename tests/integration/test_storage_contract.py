@@ -129,3 +129,27 @@ def test_init_database_adds_a_policy_to_an_existing_table(emulator: Emulator) ->
                          emulator_host=emulator.host, retention_days=1) == [
         "log row deletion policy"]
     assert _policies(path, emulator)["log"] == "OLDER_THAN(timestamp, INTERVAL 1 DAY)"
+
+
+async def test_max_commit_delay_is_passed_to_log_commits_only(
+        database: str, emulator_host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[object] = []
+    original = Transaction.commit
+
+    def commit(self: Transaction, *args: Any, **kw: Any) -> Any:
+        seen.append(kw.get("max_commit_delay"))
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(Transaction, "commit", commit)
+    s = SpannerStorage(database, emulator_host=emulator_host, max_commit_delay_s=0.05)
+    await s.start()
+    try:
+        token = await s.lock_acquire("delay-lock", "me")
+        assert token is not None
+        result = await s.commit([Row("a", "delay-key", "v")], "me", None)
+        assert [i.timestamp for i in await s.history("delay-key", "all")] == [
+            result.timestamp]
+    finally:
+        await s.close()
+    # The lock write carried no delay; the log commit carried 50 ms (the emulator takes it).
+    assert [None if d is None else round(d.total_seconds(), 3) for d in seen] == [None, 0.05]
