@@ -215,31 +215,12 @@ class Committer:
             if not batch.rows:
                 return  # every row was refused here: nothing to commit
             result = await self._commit_with_retries(batch)
-        except OutcomeUnknownError as exc:
-            self._forget_newest(batch)
-            m.commits.labels(exc.code).inc()
-            log.warning("node %s: commit of %d rows failed: %s", self._node_id,
-                        len(batch.rows), exc)
-            for request in batch.requests():
-                request.fail(exc)
-            if self._gap is not None:
-                self._gap()
         except DstoreError as exc:
-            self._forget_newest(batch)
-            m.commits.labels(exc.code).inc()
-            log.warning("node %s: commit of %d rows failed: %s", self._node_id,
-                        len(batch.rows), exc)
-            for request in batch.requests():
-                request.fail(exc)
+            # Outcome unknown: its rows may be stored and were never published.
+            self._failed(batch, exc, gap=isinstance(exc, OutcomeUnknownError))
         except Exception as exc:  # a bug, not a database failure: never retried
-            self._forget_newest(batch)
-            m.commits.labels(InternalError.code).inc()
             log.exception("node %s: commit of %d rows failed", self._node_id, len(batch.rows))
-            error = InternalError(f"commit failed: {exc!r}")
-            for request in batch.requests():
-                request.fail(error)
-            if self._gap is not None:
-                self._gap()
+            self._failed(batch, InternalError(f"commit failed: {exc!r}"), gap=True)
         else:
             m.commits.labels("ok").inc()
             m.commit_rows.observe(len(batch.rows))
@@ -263,6 +244,18 @@ class Committer:
             self._slots.release()
             self._inflight -= 1
             self._settled()
+
+    def _failed(self, batch: Batch, exc: DstoreError, *, gap: bool) -> None:
+        """Fail every request of a batch whose commit failed."""
+        self._forget_newest(batch)
+        self._metrics.commits.labels(exc.code).inc()
+        if not isinstance(exc, InternalError):
+            log.warning("node %s: commit of %d rows failed: %s", self._node_id,
+                        len(batch.rows), exc)
+        for request in batch.requests():
+            request.fail(exc)
+        if gap and self._gap is not None:
+            self._gap()
 
     def _decide_locally(self, batch: Batch) -> Batch:
         """Refuse the conditional rows whose key's newest row (known from this leader's

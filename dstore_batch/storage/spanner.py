@@ -575,15 +575,7 @@ class SpannerStorage:
                 txn.delete(self.log_table, KeySet(keys=[list(k) for k in plan.doomed]))
             return TrimResult(len(plan.doomed), plan.next, plan.oldest)
 
-        try:
-            outcome: tuple[TrimResult | None, Timestamp] = await self._run(
-                self._writer, self._transact, work, writes=True)
-        except (gexc.GoogleAPICallError, gexc.RetryError, grpc.RpcError) as exc:
-            raise self._write_error("trim", exc) from exc
-        result = outcome[0]
-        if result is None:
-            raise NotLeaderError("lost the lock before this trim; nothing was deleted")
-        return result
+        return await self._fenced_delete("trim", work)
 
     async def expire(self, before: Timestamp, max_rows: int, fence: Fence | None) -> int:
         # Spanner's row deletion policy does this by itself (native_expiry); this is for
@@ -603,14 +595,18 @@ class SpannerStorage:
                 txn.delete(self.log_table, KeySet(keys=keys))
             return len(keys)
 
+        return await self._fenced_delete("expire", work)
+
+    async def _fenced_delete(self, what: str, work: Callable[[Any], T | None]) -> T:
+        """Run a retention step's transaction; NotLeaderError if its fence failed."""
         try:
-            outcome: tuple[int | None, Timestamp] = await self._run(
+            outcome: tuple[T | None, Timestamp] = await self._run(
                 self._writer, self._transact, work, writes=True)
         except (gexc.GoogleAPICallError, gexc.RetryError, grpc.RpcError) as exc:
-            raise self._write_error("expire", exc) from exc
+            raise self._write_error(what, exc) from exc
         result = outcome[0]
         if result is None:
-            raise NotLeaderError("lost the lock before this expiry; nothing was deleted")
+            raise NotLeaderError(f"lost the lock before this {what}; nothing was deleted")
         return result
 
     @property

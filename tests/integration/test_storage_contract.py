@@ -3,6 +3,7 @@ Spanner's own: how many reads a commit makes, the row deletion policy's DDL."""
 
 from __future__ import annotations
 
+import datetime
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -133,8 +134,8 @@ def test_init_database_adds_a_policy_to_an_existing_table(emulator: Emulator) ->
 
 async def test_max_commit_delay_is_passed_to_log_commits_only(
         database: str, emulator_host: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[object] = []
-    original = Transaction.commit
+    seen: list[datetime.timedelta | None] = []
+    original: Any = Transaction.commit
 
     def commit(self: Transaction, *args: Any, **kw: Any) -> Any:
         seen.append(kw.get("max_commit_delay"))
