@@ -7,7 +7,8 @@
 - failed checks keep the safe default (not leader) and are counted.
 
 Timing: the holder heartbeats every lease/3; others check every lease/4. A leader that
-dies is replaced after at most ~1.25 leases; a released lock after at most lease/4.
+dies is replaced after at most ~1.25 leases; a released lock after at most lease/4, or at
+once when the releasing leader's ``released`` frame reaches a follower (``refresh``).
 """
 
 from __future__ import annotations
