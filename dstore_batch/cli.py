@@ -295,7 +295,9 @@ def _bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", default="direct,funnel,per-put,low-load",
                    help="comma list of direct, funnel, per-put, low-load, client, kv (the KV "
                         "API: conditional puts, atomic put_many, list, retention), watch "
-                        "(delivery lag at a fraction of peak load, puts/s with watchers)")
+                        "(delivery lag at a fraction of peak load, puts/s with watchers), "
+                        "shards (1-8 shards on 4 nodes on a MODEL database, 1-2 on the "
+                        "emulator)")
     _emulator_bin_flag(p)
     p.add_argument("--emulator-host", default=None,
                    help="with --database: the emulator that database is on")
@@ -330,6 +332,23 @@ def _bench_flags(p: argparse.ArgumentParser) -> None:
                    help="watch mode: watchers of the closed-loop windows compared with none")
     p.add_argument("--watch-load-fraction", type=float, default=0.5,
                    help="watch mode: the lag windows' load, as a fraction of the peak")
+    p.add_argument("--shards-counts", default="1,2,4,8",
+                   help="shards mode: comma list of shard counts run on the MODEL database "
+                        "(in memory, modelled commit latency: not Spanner)")
+    p.add_argument("--shards-emulator-counts", default="1,2",
+                   help="shards mode: comma list of shard counts also run on the emulator "
+                        "(empty: skip it)")
+    p.add_argument("--shards-nodes", type=int, default=4, help="shards mode: serve nodes")
+    p.add_argument("--shards-per-node", type=int, default=16,
+                   help="shards mode: put_many requests (of --many-size items) in flight per "
+                        "node, closed loop over HTTP")
+    p.add_argument("--shards-model-commit-ms", type=float, default=5.0,
+                   help="shards mode: the MODEL database's latency of every commit")
+    p.add_argument("--shards-model-row-us", type=float, default=1.0,
+                   help="shards mode: the MODEL database's latency added per row of a commit")
+    p.add_argument("--shards-model-inflight", type=int, default=4,
+                   help="shards mode: commits in flight per shard leader on the MODEL "
+                        "database (the emulator runs use --max-inflight)")
 
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:
@@ -361,6 +380,9 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--tls-key", help="PEM private key of --tls-cert")
     _flag(p, "--tls-ca", help="CA bundle that peers use to verify each other")
     _flag(p, "--init-db", "false", help="create missing tables first (true/false)")
+    _flag(p, "--shards", 1, type=int,
+          help="funnels in the group, each with its own lock, leader and committer; keys "
+               "go to shard crc32(key) mod N; every node of a group must use the same N")
     _flag(p, "--max-commit-delay-ms", 0, type=int,
           help="0-500: let Spanner hold each commit up to this long to batch it with "
                "others (throughput-optimized writes; Spanner only)")
@@ -410,6 +432,7 @@ def _config(args: argparse.Namespace) -> Config:
         tls_ca=args.tls_ca or None,
         metrics_port=int(args.metrics_port) if args.metrics_port else None,
         max_commit_delay_s=int(args.max_commit_delay_ms) / 1000,
+        shards=int(args.shards),
         keep_versions=int(args.keep_versions) if args.keep_versions else None,
         retention_days=int(args.retention_days) if args.retention_days else None,
     )

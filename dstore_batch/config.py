@@ -93,6 +93,9 @@ class LimitsConfig:
             raise ValueError("max_items_per_request must be positive")
 
 
+MAX_SHARDS = 64  # a bound for the metrics' shard label
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything one node needs. ``node_id`` is the ``host:port`` peers dial."""
@@ -122,6 +125,7 @@ class Config:
     retention_days: int | None = None  # rows older than this go (Spanner: its TTL policy)
     retention_interval_s: float = 30.0  # pause between retention passes that found nothing
     max_commit_delay_s: float = 0.0  # Spanner's max commit delay for log commits (0..0.5)
+    shards: int = 1  # funnels in the group (each its own lock, leader and committer)
 
     def __post_init__(self) -> None:
         host, sep, port = self.node_id.rpartition(":")
@@ -145,6 +149,8 @@ class Config:
             raise ValueError("keep_versions must be at least 1 (a key's newest row stays)")
         if self.retention_days is not None and not 1 <= self.retention_days <= 36500:
             raise ValueError("retention_days must be 1..36500")
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ValueError(f"shards must be 1..{MAX_SHARDS}")
         if not 0 <= self.max_commit_delay_s <= 0.5:
             raise ValueError("max_commit_delay_s must be 0..0.5 seconds (Spanner's range)")
         if self.retention_interval_s <= 0:

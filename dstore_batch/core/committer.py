@@ -56,9 +56,11 @@ class Committer:
         publish: Callable[[Timestamp, list[Change]], None] | None = None,
         gap: Callable[[], None] | None = None,
         listening: Callable[[], bool] = lambda: True,
+        shard: int = 0,
     ) -> None:
         self._storage = storage
         self._config = config
+        self._shard = str(shard)  # the metrics' shard label
         self._node_id = node_id
         self._fence = fence
         # Told (token, monotonic start) after each fenced commit: it refreshed the lock.
@@ -132,8 +134,8 @@ class Committer:
         return self._accepting
 
     def _gauge(self) -> None:
-        self._metrics.queue_rows.set(self._acc.rows)
-        self._metrics.queue_bytes.set(self._acc.nbytes)
+        self._metrics.queue_rows.labels(self._shard).set(self._acc.rows)
+        self._metrics.queue_bytes.labels(self._shard).set(self._acc.nbytes)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -222,7 +224,7 @@ class Committer:
             log.exception("node %s: commit of %d rows failed", self._node_id, len(batch.rows))
             self._failed(batch, InternalError(f"commit failed: {exc!r}"), gap=True)
         else:
-            m.commits.labels("ok").inc()
+            m.commits.labels("ok", self._shard).inc()
             m.commit_rows.observe(len(batch.rows))
             m.commit_bytes.observe(batch.nbytes)
             m.committed_rows.inc(len(batch.rows))
@@ -248,7 +250,7 @@ class Committer:
     def _failed(self, batch: Batch, exc: DstoreError, *, gap: bool) -> None:
         """Fail every request of a batch whose commit failed."""
         self._forget_newest(batch)
-        self._metrics.commits.labels(exc.code).inc()
+        self._metrics.commits.labels(exc.code, self._shard).inc()
         if not isinstance(exc, InternalError):
             log.warning("node %s: commit of %d rows failed: %s", self._node_id,
                         len(batch.rows), exc)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..observability.metrics import Metrics
-from ..storage.base import Fence, PeerReport, Storage
+from ..storage.base import Fence, LockState, PeerReport, Storage
 from ..types import Timestamp
 
 __all__ = ["Election", "LeaderState", "Reachability"]
@@ -73,8 +73,14 @@ class Election:
         metrics: Metrics | None = None,
         reach: Reachability | None = None,
         busy: Callable[[], bool] = lambda: False,
+        may_take: Callable[[LockState], bool] = lambda lock: True,
+        shard: int = 0,
     ) -> None:
         self._storage = storage
+        # Whether this node may take one more lock now (shards: a node leads at most its
+        # share of them); asked only before taking a free or expired lock.
+        self._may_take = may_take
+        self._shard = str(shard)
         self._reach = reach
         self._busy = busy  # whether a fenced commit (which refreshes the lock) is running
         self.lock_name = lock_name
@@ -207,6 +213,20 @@ class Election:
             log.warning("node %s could not release the lock: %r", self.node_id, exc)
         self.refresh()
 
+    async def release(self) -> None:
+        """Give the lock up now but stay a candidate (a node with more than its share of
+        shards hands one over); the share keeps it from taking the lock straight back."""
+        token = self._state.token if self._state.is_leader else None
+        if token is None:
+            return
+        self._set_state(_NOBODY, "released (more than this node's share of shards)")
+        try:
+            await self._storage.lock_release(self.lock_name, token)
+        except Exception as exc:  # the lock then simply expires
+            log.warning("node %s could not release lock %s: %r", self.node_id,
+                        self.lock_name, exc)
+        self.refresh()
+
     async def stop(self, *, release: bool = True) -> None:
         """Stop the loop; as holder, release the lock unless ``release`` is False."""
         self._candidate = False
@@ -296,7 +316,7 @@ class Election:
             # Learn who leads before anything else of this round can fail.
             self._set_state(LeaderState(lock.writer, False, None))
         await self._report(started)
-        if not self._may_lead(started):
+        if not self._may_lead(started) or (not fresh and not self._may_take(lock)):
             self._set_state(LeaderState(lock.writer if fresh else None, False, None))
             return
         if (lock.token is None or lock.age_ms is None or lock.age_ms > self._lease_ms) and (
@@ -427,7 +447,7 @@ class Election:
         if not new.is_leader and self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        self._metrics.is_leader.set(1 if new.is_leader else 0)
+        self._metrics.is_leader.labels(self._shard).set(1 if new.is_leader else 0)
         if new.leader != old.leader and new.leader is not None:
             self._metrics.leader_changes.inc()
         if new.is_leader != old.is_leader or new.leader != old.leader:

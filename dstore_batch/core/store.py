@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 from ..config import Config
@@ -34,7 +37,7 @@ from ..errors import (
 )
 from ..observability.metrics import Metrics
 from ..storage import open_storage
-from ..storage.base import HistoryLimit, Storage, check_limit
+from ..storage.base import HistoryLimit, LockState, Storage, check_limit
 from ..types import NO_APPEND_ID, Change, History, Listing, PutResult, Row, Timestamp
 from .committer import Committer
 from .election import Election, LeaderState
@@ -48,15 +51,20 @@ from .items import (
     wire_bytes,
 )
 from .retention import Retention, RetentionPolicy
+from .shards import group_by_shard, shard_lock_name, shard_of, shards_row_name
 from .watch import Watcher, WatchHub
 
-__all__ = ["LeaderConnection", "LeaderLink", "StoreCore"]
+__all__ = ["LeaderConnection", "LeaderLink", "Shard", "ShardsMismatchError", "StoreCore"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RETRY_BACKOFF_S = (0.01, 0.05, 0.1, 0.2, 0.5)
 DRAIN_TIMEOUT_S = 10.0
+# A shard lock whose heartbeat is older than a lease but younger than this many is
+# orphaned by a holder that died: any node takes it, share or not.
+ORPHANED_LEASES = 20
+LEAVING = "-leaving-"  # a member report's mark of a node that is stopping
 
 
 class LeaderConnection(Protocol):
@@ -104,6 +112,19 @@ class LeaderLink(Protocol):
     async def reachable(self, nodes: Sequence[str]) -> int:
         """How many of ``nodes`` answer over the peer network now."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One funnel of the group: its election (lock row) and committer on this node."""
+
+    index: int
+    election: Election
+    committer: Committer
+
+
+class ShardsMismatchError(ValueError):
+    """This node's --shards differs from the number the group recorded."""
 
 
 class EventSink(Protocol):
@@ -161,22 +182,14 @@ class StoreCore:
         self.metrics = metrics or Metrics()
         self.storage: Storage = storage or open_storage(config)
         self.link: LeaderLink = link or _NoLink()
-        self.election = Election(
-            self.storage, lock_name=config.lock_name, node_id=config.node_id,
-            lease_s=config.lease_s, metrics=self.metrics,
-            reach=_LinkReachability(self) if link is not None else None,
-            busy=lambda: self.committer.committing,
-        )
         self.watch_hub = WatchHub(self.storage, self.metrics, on_wanted=self._poke_keeper)
         self._subscribers: list[EventSink] = []  # followers that want every commit
         self._linked: set[EventSink] = set()  # every follower linked to this node
-        self.committer = Committer(
-            self.storage, config.batch, node_id=config.node_id,
-            fence=lambda: self.election.fence, metrics=self.metrics,
-            heartbeat=self.election.heartbeat_succeeded,
-            publish=self._publish, gap=self._gap,
-            listening=lambda: bool(self.watch_hub.wanted or self._subscribers),
-        )
+        self.shards = [self._make_shard(i, link is not None) for i in range(config.shards)]
+        # Shard 0 is the whole group when there is one shard; these names keep it so.
+        self.election = self.shards[0].election
+        self.committer = self.shards[0].committer
+        self._members: set[str] = {config.node_id}  # live nodes (shards > 1), this one too
         if isinstance(link, EventLink):
             link.events = _LinkEvents(self)
         self.retention = Retention(
@@ -186,6 +199,8 @@ class StoreCore:
                             interval_s=config.retention_interval_s),
             fence=lambda: self.election.fence, metrics=self.metrics, node_id=config.node_id)
         self._keeper: asyncio.Task[None] | None = None
+        self._balancer: asyncio.Task[None] | None = None
+        self._rebalance = asyncio.Event()  # a leader released a shard: look again now
         self._background: set[asyncio.Task[None]] = set()
         self._poke = asyncio.Event()  # wakes the link keeper (a watcher came or went)
         self._links_in: Counter[str] = Counter()  # followers linked to this node now
@@ -193,6 +208,103 @@ class StoreCore:
         self._no_puts = asyncio.Event()  # set while _active_puts == 0
         self._no_puts.set()
         self._state = "new"
+
+    def _make_shard(self, i: int, linked: bool) -> Shard:
+        config, single = self.config, self.config.shards == 1
+        self.metrics.add_shard(i)
+        election = Election(
+            self.storage, lock_name=shard_lock_name(config.lock_name, i),
+            node_id=config.node_id, lease_s=config.lease_s, metrics=self.metrics,
+            reach=_LinkReachability(self, i) if linked else None,
+            busy=lambda: self.shards[i].committer.committing,
+            may_take=self._may_take, shard=i,
+        )
+        committer = Committer(
+            self.storage, config.batch, node_id=config.node_id,
+            fence=lambda: election.fence, metrics=self.metrics,
+            heartbeat=election.heartbeat_succeeded,
+            # Watch follows one funnel's commit order; with shards it is not offered.
+            publish=self._publish if single else None, gap=self._gap if single else None,
+            listening=lambda: bool(self.watch_hub.wanted or self._subscribers),
+            shard=i,
+        )
+        return Shard(i, election, committer)
+
+    # -- shards: the group's N, and each node's share of the leaders ---------------------
+
+    async def _check_shards(self) -> None:
+        """Record the group's number of shards, or refuse to run with another."""
+        name = shards_row_name(self.config.lock_name)
+        want = str(self.config.shards)
+        if await self.storage.lock_acquire(name, want) is not None:
+            return
+        recorded = (await self.storage.lock_read(name)).writer
+        if recorded != want:
+            raise ShardsMismatchError(
+                f"this group runs with --shards {recorded} (recorded in the lock table, row "
+                f"{name!r}); this node was started with --shards {want}. Every node of a "
+                f"group must use the same number; changing it for a live group is not "
+                f"supported")
+
+    def _share(self) -> int:
+        """The most shards this node should lead: ceil(shards / live nodes)."""
+        return -(-self.config.shards // max(1, len(self._members)))
+
+    def _may_take(self, lock: LockState) -> bool:
+        """Whether this node may take a free or expired shard lock now."""
+        if self.config.shards == 1:
+            return True
+        lease_ms = self.config.lease_s * 1000
+        if (lock.token is not None and lock.age_ms is not None
+                and lock.age_ms < ORPHANED_LEASES * lease_ms):
+            # Its holder stopped heartbeating a moment ago (it died or was cut off): the
+            # shard must be led again now, whatever the shares; the balance evens out
+            # after. (A released lock looks decades old; it goes by the shares.)
+            return True
+        return sum(1 for sh in self.shards if sh.election.is_leader) < self._share()
+
+    async def _balance(self) -> None:
+        """Shards > 1: say this node is alive, learn who else is, and hand over the
+        shards it leads beyond its share (the others take them at once: released)."""
+        lease = self.config.lease_s
+        members = f"{self.config.lock_name}/members"
+        while True:
+            self._rebalance.clear()
+            try:
+                await self.storage.peer_report(members, self.node_id, None)
+                reports = await self.storage.peer_reports(members)
+                share = self._share()
+                self._members = {r.node for r in reports if r.age_ms <= 3 * lease * 1000
+                                 and r.unreachable != LEAVING}
+                self._members.add(self.node_id)
+                if self._share() > share:
+                    for sh in self.shards:  # room for more: look at free locks now
+                        sh.election.refresh()
+                led = [sh for sh in self.shards if sh.election.is_leader]
+                extra = len(led) - self._share()
+                if extra > 0 and self._state == "running":
+                    await asyncio.gather(*(self._hand_over(sh) for sh in led[-extra:]))
+            except DstoreError as exc:
+                log.info("node %s: shard balance round failed: %s", self.node_id, exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(lease / 2 * random.uniform(0.9, 1.1)):
+                    await self._rebalance.wait()
+
+    async def _leave(self) -> None:
+        """Shards > 1, stopping: tell the others this node is going, so that its shards
+        count against their shares no more (they take them as soon as it releases)."""
+        with contextlib.suppress(DstoreError):
+            await self.storage.peer_report(f"{self.config.lock_name}/members", self.node_id,
+                                           LEAVING)
+
+    async def _hand_over(self, shard: Shard) -> None:
+        """Finish the shard's queued puts, release its lock, tell the followers."""
+        await shard.committer.drain(DRAIN_TIMEOUT_S)
+        await shard.election.release()
+        for sink in list(self._linked):
+            sink.released(shard.election.lock_name)
+        log.info("node %s: handed shard %d over (share %d of %d live nodes)", self.node_id,
+                 shard.index, self._share(), len(self._members))
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -203,8 +315,13 @@ class StoreCore:
         self._state = "starting"
         try:
             await self.storage.start()
-            self.election.add_listener(self._on_leader_change)
-            await self.election.start()
+            await self._check_shards()
+            for shard in self.shards:
+                shard.election.add_listener(functools.partial(self._on_leader_change, shard))
+                await shard.election.start()
+            if self.config.shards > 1:
+                self._balancer = asyncio.create_task(self._balance(),
+                                                     name=f"balancer:{self.node_id}")
             if not isinstance(self.link, _NoLink):
                 self._keeper = asyncio.create_task(self._keep_link(),
                                                    name=f"link-keeper:{self.node_id}")
@@ -238,16 +355,17 @@ class StoreCore:
         # released in time simply expires.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_TIMEOUT_S
-        if self.election.is_leader:
-            await self.committer.drain(DRAIN_TIMEOUT_S)
+        led = [sh for sh in self.shards if sh.election.is_leader]
+        await asyncio.gather(*(sh.committer.drain(DRAIN_TIMEOUT_S) for sh in led))
         try:
             async with asyncio.timeout_at(deadline):
-                was_leader = self.election.is_leader
-                await self.election.resign()
-                if was_leader:
-                    # Followers check the lock at once instead of at their next check.
-                    for sink in list(self._linked):
-                        sink.released(self.config.lock_name)
+                if self.config.shards > 1:
+                    await self._leave()
+                await asyncio.gather(*(sh.election.resign() for sh in self.shards))
+                # Followers check the locks at once instead of at their next check.
+                for sink in list(self._linked):
+                    for sh in led:
+                        sink.released(sh.election.lock_name)
                 await self._no_puts.wait()
         except TimeoutError:
             log.warning("node %s: stopping with %d puts unfinished", self.node_id,
@@ -258,15 +376,17 @@ class StoreCore:
         """Step 5 of ``stop()``: stop the committer and election, close storage."""
         if self._state == "stopped":
             return
-        if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
-            self._keeper = None
+        for task in (self._keeper, self._balancer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._keeper = self._balancer = None
         await self.watch_hub.close()
         await self.retention.stop()
-        await self.committer.stop()
-        await self.election.stop(release=True)
+        for sh in self.shards:
+            await sh.committer.stop()
+        await asyncio.gather(*(sh.election.stop(release=True) for sh in self.shards))
         await self.storage.close()
         self._state = "stopped"
 
@@ -277,17 +397,22 @@ class StoreCore:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def _on_leader_change(self, old: LeaderState, new: LeaderState) -> None:
+    def _on_leader_change(self, shard: Shard, old: LeaderState, new: LeaderState) -> None:
+        first = shard.index == 0  # retention and watch run with shard 0's lock
         if new.is_leader and not old.is_leader and self._state in ("starting", "running"):
-            self.committer.open()
-            self.retention.start()
-            self.watch_hub.source_up()
+            shard.committer.open()
+            if first:
+                self.retention.start()
+                if self.config.shards == 1:
+                    self.watch_hub.source_up()
         elif old.is_leader and not new.is_leader:
-            self.committer.close()
-            self.watch_hub.source_down()
-            task = asyncio.get_running_loop().create_task(self.retention.stop())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            shard.committer.close()
+            if first:
+                if self.config.shards == 1:
+                    self.watch_hub.source_down()
+                task = asyncio.get_running_loop().create_task(self.retention.stop())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     # -- state -----------------------------------------------------------------------
 
@@ -295,7 +420,8 @@ class StoreCore:
     def ready(self) -> bool:
         """Whether a load balancer should send requests here: running, a leader known, and
         the database reachable from this node."""
-        return (self._state == "running" and self.leader is not None
+        return (self._state == "running"
+                and all(sh.election.leader is not None for sh in self.shards)
                 and self.election.database_reachable)
 
     @property
@@ -320,12 +446,17 @@ class StoreCore:
 
     @property
     def accepting(self) -> bool:
-        """Whether this node takes puts into its committer (it leads and is not stopping)."""
-        return self.committer.accepting
+        """Whether this node takes puts into a committer (it leads a shard and is not
+        stopping)."""
+        return any(sh.committer.accepting for sh in self.shards)
 
     def leader_state(self) -> LeaderState:
-        """This node's view of the leadership (cached, no I/O)."""
+        """This node's view of the leadership of shard 0 (cached, no I/O)."""
         return self.election.state
+
+    def shard_states(self) -> list[LeaderState]:
+        """This node's view of every shard's leadership, by shard (cached, no I/O)."""
+        return [sh.election.state for sh in self.shards]
 
     async def wait_for_leader(self, timeout: float = 30.0) -> str:
         """Wait until a leader is known; return its node id."""
@@ -461,14 +592,17 @@ class StoreCore:
         interval = self.config.lease_s / 4
         while True:
             self._poke.clear()
-            state = self.election.state
-            if state.leader is not None and not state.is_leader:
+            leaders = {st.leader for st in self.shard_states()
+                       if st.leader is not None and not st.is_leader}
+            for leader in sorted(leaders):
                 with contextlib.suppress(DstoreError, TimeoutError):
                     async with asyncio.timeout(interval):
-                        conn = await self.link.connection(state.leader)
-                        conn.subscribe(self.watch_hub.wanted)
+                        conn = await self.link.connection(leader)
+                        if self.config.shards == 1:
+                            conn.subscribe(self.watch_hub.wanted)
             waits = (asyncio.ensure_future(self._poke.wait()),
-                     asyncio.ensure_future(self.election.wait_change(interval)))
+                     *(asyncio.ensure_future(sh.election.wait_change(interval))
+                       for sh in self.shards))
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -492,6 +626,9 @@ class StoreCore:
         changes and lost links; an event's ``resume`` is the ``since`` to resume from.
         Close with ``aclose()``.
         """
+        if self.config.shards > 1:
+            raise InvalidInputError(
+                "watch follows one funnel's commit order: it needs a group with --shards 1")
         watcher = self.watch_hub.watch(key, prefix, since)
         if self.is_leader and not self.watch_hub.live:
             self.watch_hub.source_up()
@@ -529,13 +666,22 @@ class StoreCore:
         by. Raises RejectedError, NotLeaderError or BusyError.
         """
         self._check(rows, atomic)
-        return self.committer.submit(rows, source, atomic)
+        n = self.config.shards
+        shard = shard_of(rows[0].key, n)
+        if n > 1 and any(shard_of(r.key, n) != shard for r in rows):
+            raise InvalidInputError("a request forwarded to a leader holds keys of one shard")
+        return self.shards[shard].committer.submit(rows, source, atomic)
 
     def _check(self, rows: Sequence[Row], atomic: bool) -> None:
         check_rows(rows, self.config.limits)
         if atomic:
             batch = self.config.batch
             check_atomic(rows, batch.max_rows, batch.max_bytes, wire_bytes(rows))
+            n = self.config.shards
+            if n > 1 and len({shard_of(r.key, n) for r in rows}) > 1:
+                raise InvalidInputError(
+                    f"an atomic put_many commits in one transaction of one shard: its keys "
+                    f"span shards (the group has {n}; a key's shard is crc32(key) mod {n})")
 
     async def _put(
         self, make_rows: Callable[[], Sequence[Row]], op: str, timeout: float | None,
@@ -563,6 +709,36 @@ class StoreCore:
 
     async def _submit(self, rows: Sequence[Row], timeout: float,
                       atomic: bool = False) -> list[Timestamp]:
+        n = self.config.shards
+        groups = group_by_shard(rows, n) if n > 1 else {0: []}
+        if len(groups) == 1:
+            (shard,) = groups
+            return await self._submit_shard(self.shards[shard], rows, timeout, atomic)
+        # One request per shard, at once; the results merge back in input order.
+        parts = await asyncio.gather(
+            *(self._submit_shard(self.shards[s], [rows[i] for i in idx], timeout)
+              for s, idx in groups.items()), return_exceptions=True)
+        stamps = [Timestamp(0)] * len(rows)
+        failed: list[BaseException] = []
+        for idx, part in zip(groups.values(), parts, strict=True):
+            if isinstance(part, BaseException):
+                failed.append(part)
+                continue
+            for i, ts in zip(idx, part, strict=True):
+                stamps[i] = ts
+        if not failed:
+            return stamps
+        first = failed[0]
+        if len(failed) == len(parts) or not isinstance(first, DstoreError):
+            raise first
+        raise PartialCommitError(
+            f"{len(parts) - len(failed)} of {len(parts)} shards of this request committed; "
+            f"the rest failed ({first.code}: {first.message}); re-send it with the same ids")
+
+    async def _submit_shard(self, shard: Shard, rows: Sequence[Row], timeout: float,
+                            atomic: bool = False) -> list[Timestamp]:
+        """One shard's rows through its leader: the retry loop of every put."""
+        election, committer = shard.election, shard.committer
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         nbytes = wire_bytes(rows)
@@ -577,15 +753,15 @@ class StoreCore:
         while True:
             if deadline - loop.time() <= 0:
                 raise _deadline_error(maybe_written, timeout, last_error, self._db_note())
-            state = self.election.state
+            state = election.state
             try:
                 if state.is_leader:
-                    future = self.committer.submit(_kept(rows) if maybe_written else rows,
+                    future = committer.submit(_kept(rows) if maybe_written else rows,
                                                    atomic=atomic)
                     in_flight = True
                     return await _until(deadline, future)
                 if state.leader is None:
-                    await self.election.wait_change(min(deadline - loop.time(), 0.5))
+                    await election.wait_change(min(deadline - loop.time(), 0.5))
                     continue
                 conn = await _until(deadline, self.link.connection(state.leader))
                 try:
@@ -614,7 +790,7 @@ class StoreCore:
                 in_flight = False
                 last_error = exc
                 if not isinstance(exc, BusyError):
-                    self.election.refresh()
+                    election.refresh()
                 backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
                 attempt += 1
                 delay = min(exc.retry_after or backoff, max(deadline - loop.time(), 0))
@@ -651,19 +827,23 @@ class _LinkEvents:
         self._core.watch_hub.source_down()
 
     def released(self, lock_name: str) -> None:
-        if lock_name == self._core.config.lock_name:
-            self._core.election.refresh()
+        core = self._core
+        core._rebalance.set()  # the releasing node may be leaving: count members again
+        for shard in core.shards:
+            if shard.election.lock_name == lock_name:
+                shard.election.refresh()
 
 
 class _LinkReachability:
-    """The election's view of the peer network, from this node's link."""
+    """A shard election's view of the peer network, from this node's link."""
 
-    def __init__(self, core: StoreCore) -> None:
+    def __init__(self, core: StoreCore, shard: int) -> None:
         self._core = core
+        self._shard = shard
 
     def unreachable(self) -> str | None:
         core = self._core
-        state = core.election.state
+        state = core.shards[self._shard].election.state
         if state.leader is None or state.is_leader:
             return None
         if core.link.failing_for(state.leader) > core.config.lease_s:

@@ -63,7 +63,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.commits = Counter(
-            "dstore_commits_total", "Batch commits by result.", ("result",), registry=r
+            "dstore_commits_total", "Batch commits by result and shard.", ("result", "shard"),
+            registry=r,
         )
         self.committed_rows = Counter(
             "dstore_committed_rows_total", "Rows committed by this node as leader.", registry=r
@@ -77,10 +78,12 @@ class Metrics:
             "Read-write transaction attempts the database aborted (retried).", registry=r,
         )
         self.queue_rows = Gauge(
-            "dstore_queue_rows", "Rows waiting in the leader's queue.", registry=r
+            "dstore_queue_rows", "Rows waiting in the leader's queue, by shard.", ("shard",),
+            registry=r,
         )
         self.queue_bytes = Gauge(
-            "dstore_queue_bytes", "Bytes waiting in the leader's queue.", registry=r
+            "dstore_queue_bytes", "Bytes waiting in the leader's queue, by shard.", ("shard",),
+            registry=r,
         )
         self.inflight_requests = Gauge(
             "dstore_inflight_requests", "Put requests sent to the leader and not yet acked.",
@@ -96,7 +99,8 @@ class Metrics:
             "dstore_peer_connections", "Open peer websockets, by side.", ("side",), registry=r
         )
         self.is_leader = Gauge(
-            "dstore_is_leader", "1 while this node holds the lock.", registry=r
+            "dstore_is_leader", "1 while this node holds the lock of the shard.", ("shard",),
+            registry=r,
         )
         self.leader_changes = Counter(
             "dstore_leader_changes_total", "Changes of the leader this node has seen.",
@@ -158,6 +162,16 @@ class Metrics:
             "Watches closed with a lagged event (they kept falling behind).", registry=r)
         self._initialize()
 
+    def add_shard(self, shard: int) -> None:
+        """Create a shard's label sets at zero (the core calls it for each shard)."""
+        label = str(shard)
+        self.commits.labels("ok", label)
+        for code in COMMIT_RESULTS:
+            self.commits.labels(code, label)
+        self.queue_rows.labels(label)
+        self.queue_bytes.labels(label)
+        self.is_leader.labels(label)
+
     def _initialize(self) -> None:
         # Create every bounded label set at zero, so dashboards and alerts see a series
         # (and rate() = 0) before the first error rather than no data at all.
@@ -167,9 +181,7 @@ class Metrics:
                 self.puts.labels(op, code)
             for role in ROLES:
                 self.put_latency.labels(op, role)
-        self.commits.labels("ok")
-        for code in COMMIT_RESULTS:
-            self.commits.labels(code)
+        self.add_shard(0)
         for direction in ("in", "out"):
             self.peer_frames.labels(direction)
             self.peer_bytes.labels(direction)

@@ -238,7 +238,8 @@ class _Connection:
 
 
 class PeerLink:
-    """Keeps one websocket to the current leader and sends put requests over it."""
+    """Keeps a websocket to the current leader (one per leader node when a group runs
+    several shards, up to ``max_links``) and sends put requests over it."""
 
     def __init__(
         self,
@@ -252,15 +253,20 @@ class PeerLink:
         ssl_context: ssl.SSLContext | None = None,
         heartbeat_s: float | None = None,
         probe_timeout_s: float = 1.0,
+        max_links: int = 1,
     ) -> None:
         self.node_id = node_id
+        # Links open at once; past it the least recently used one closes (with one, a
+        # link to a new leader replaces the link to the old one, as a leader change does).
+        self._max_links = max_links
         # Pings on an open link: a leader that stops answering (a cut network sends no
         # error, only silence) is noticed within this, not at the next put's deadline.
         self._heartbeat_s = heartbeat_s
-        # The leader this node last tried to reach, and since when every try failed (None:
-        # the last try worked). One entry only: a failure to reach an earlier leader (a
-        # node that died and came back) says nothing about reaching it as leader now.
-        self._failing: tuple[str, float | None] | None = None
+        # For each leader this node tries to reach, since when every try failed (None:
+        # the last try worked). With one link, one entry only: a failure to reach an
+        # earlier leader (a node that died and came back) says nothing about reaching it
+        # as leader now.
+        self._failing: dict[str, float | None] = {}
         self._probe_timeout_s = probe_timeout_s
         self.budget = ByteBudget(inflight_bytes)
         self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
@@ -269,8 +275,8 @@ class PeerLink:
         self.metrics = metrics
         self.max_frame_bytes = max_frame_bytes
         self._session: aiohttp.ClientSession | None = None
-        self._conn: _Connection | None = None
-        self._connecting: asyncio.Lock = asyncio.Lock()
+        self._conns: dict[str, _Connection] = {}  # by leader, least recently used first
+        self._connecting: dict[str, asyncio.Lock] = {}
         self.ids = itertools.count(1)
         self.events: EventTarget | None = None  # set by the node: its watch hub
 
@@ -288,25 +294,30 @@ class PeerLink:
         )
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        for conn in list(self._conns.values()):
+            await conn.close()
+        self._conns.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def failing_for(self, leader: str) -> float:
         """Seconds that every attempt to reach ``leader`` has failed (0 if it works)."""
-        if self._failing is None or self._failing[0] != leader or self._failing[1] is None:
-            return 0.0
-        return time.monotonic() - self._failing[1]
+        since = self._failing.get(leader)
+        return 0.0 if since is None else time.monotonic() - since
+
+    def _note(self, leader: str, since: float | None) -> None:
+        if self._max_links == 1:
+            self._failing = {leader: since}
+        else:
+            self._failing[leader] = since
 
     def _failed(self, leader: str) -> None:
-        if self._failing is None or self._failing[0] != leader or self._failing[1] is None:
-            self._failing = (leader, time.monotonic())
+        if self._failing.get(leader) is None:
+            self._note(leader, time.monotonic())
 
     def _reached(self, leader: str) -> None:
-        self._failing = (leader, None)
+        self._note(leader, None)
 
     async def reachable(self, nodes: Sequence[str]) -> int:
         """How many of ``nodes`` answer GET /healthz on their peer address now."""
@@ -327,29 +338,31 @@ class PeerLink:
 
     def connection_lost(self, conn: _Connection) -> None:
         self._failed(conn.leader)
-        if self._conn is conn:
-            self._conn = None
-            self.metrics.peer_connections.labels("follower").set(0)
+        if self._conns.get(conn.leader) is conn:
+            del self._conns[conn.leader]
+            self.metrics.peer_connections.labels("follower").set(len(self._conns))
 
     async def connection(self, leader: str) -> _Connection:
         """The open link to ``leader``, connecting first if needed. Raises LinkDownError."""
-        conn = self._conn
-        if conn is not None and conn.leader == leader and not conn.closed:
+        conn = self._conns.get(leader)
+        if conn is not None and not conn.closed:
             return conn
-        async with self._connecting:
-            conn = self._conn
-            if conn is not None and conn.leader == leader and not conn.closed:
+        lock = self._connecting.setdefault(leader, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(leader)
+            if conn is not None and not conn.closed:
                 return conn
-            if conn is not None:
-                await conn.close()
+            while len(self._conns) >= self._max_links:
+                await next(iter(self._conns.values())).close()  # drops itself from _conns
             try:
-                self._conn = await self._connect(leader)
+                conn = await self._connect(leader)
             except BaseException:  # a typed refusal, or the caller's deadline
                 self._failed(leader)
                 raise
+            self._conns[leader] = conn
             self._reached(leader)
-            self.metrics.peer_connections.labels("follower").set(1)
-            return self._conn
+            self.metrics.peer_connections.labels("follower").set(len(self._conns))
+            return conn
 
     async def _connect(self, leader: str) -> _Connection:
         if self._session is None or self._session.closed:

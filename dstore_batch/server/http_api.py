@@ -311,9 +311,11 @@ async def _watch(request: web.Request) -> web.StreamResponse:
 
 async def _leader(request: web.Request) -> web.Response:
     core = _core(request)
-    state = core.leader_state()
-    return _reply(request, {"node": core.node_id, "leader": state.leader,
-                            "is_leader": state.is_leader})
+    states = core.shard_states()
+    return _reply(request, {
+        "node": core.node_id, "leader": states[0].leader, "is_leader": states[0].is_leader,
+        "shards": [{"shard": i, "leader": st.leader, "is_leader": st.is_leader}
+                   for i, st in enumerate(states)]})
 
 
 async def _healthz(request: web.Request) -> web.Response:

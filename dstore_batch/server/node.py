@@ -75,6 +75,7 @@ class Store:
             ssl_context=client_ssl(config),
             inflight_bytes=config.batch.follower_inflight_bytes,
             heartbeat_s=config.lease_s / 2,
+            max_links=config.shards,
             # Probes run inside an election round, which must end within a lease.
             probe_timeout_s=config.lease_s / 4,
         )

@@ -383,7 +383,7 @@ async def settled(p: Peer) -> None:
     committer = store.core.committer
 
     def quiet() -> bool:
-        queued = store.metrics.registry.get_sample_value("dstore_queue_rows")
+        queued = store.metrics.registry.get_sample_value("dstore_queue_rows", {"shard": "0"})
         return queued == 0 and not committer.committing
 
     await wait_until(quiet, 10.0, interval=0.002, what="the leader's queue to drain")

@@ -126,7 +126,7 @@ async def test_a_lease_that_runs_out_ends_leadership_even_if_its_timer_fires_ear
         storage.cut = True
         await asyncio.sleep(3 * LEASE_S)  # the scenario: three leases without a heartbeat
         accepting = core.committer.accepting
-        gauge = core.metrics.registry.get_sample_value("dstore_is_leader")
+        gauge = core.metrics.registry.get_sample_value("dstore_is_leader", {"shard": "0"})
         assert not core.is_leader  # read through the lease's end: always right
         storage.cut = False  # so that stop() is quick
     assert not accepting, "the committer still takes puts three leases after the lease"

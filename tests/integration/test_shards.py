@@ -1,0 +1,118 @@
+"""Shards in process, on SQLite: keys by crc32, leaders spread over the nodes, put_many
+split by shard and merged in order, atomic requests kept to one shard, /v1/leader's
+shards, the group's N recorded, a graceful handover of every shard a node leads."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import zlib
+
+import aiohttp
+import pytest
+
+from dstore_batch.config import Config
+from dstore_batch.core.shards import shard_of
+from dstore_batch.core.store import ShardsMismatchError, StoreCore
+from dstore_batch.errors import InvalidInputError
+from dstore_batch.server.node import Store
+from dstore_batch.testing.emulator import free_port
+from tests.helpers import running_stores, wait_until
+
+SHARDS = 4
+LEASE_S = 1.0
+
+
+def configs(database: str, n: int = 3, shards: int = SHARDS) -> list[Config]:
+    return [Config(node_id=f"127.0.0.1:{free_port()}", database=database, lease_s=LEASE_S,
+                   shards=shards) for _ in range(n)]
+
+
+def led(stores: list[Store]) -> dict[str, list[int]]:
+    return {s.node_id: [i for i, st in enumerate(s.core.shard_states()) if st.is_leader]
+            for s in stores}
+
+
+async def spread(stores: list[Store], shards: int = SHARDS) -> dict[str, list[int]]:
+    """Wait until every shard has one leader and none leads more than its share."""
+    share = math.ceil(shards / len(stores))
+
+    def balanced() -> dict[str, list[int]] | None:
+        now = led(stores)
+        counts = sorted(i for shards_ in now.values() for i in shards_)
+        if counts == list(range(shards)) and all(len(v) <= share for v in now.values()):
+            return now
+        return None
+
+    result = await wait_until(balanced, 20 * LEASE_S, interval=0.05,
+                              what=f"{shards} shards spread, at most {share} a node")
+    assert result is not None
+    return result
+
+
+def test_the_hash_is_crc32_of_utf8() -> None:
+    for key in ("a", "user:1", "ключ", "🔑"):
+        assert shard_of(key, 8) == zlib.crc32(key.encode()) % 8
+    assert shard_of("anything", 1) == 0
+
+
+async def test_leaders_spread_and_puts_route_by_shard(sqlite_database: str) -> None:
+    async with running_stores(configs(sqlite_database), timeout=20) as stores:
+        placement = await spread(stores)
+        print(f"leaders: {placement}")
+        node = stores[0]
+        keys = [f"k{i}" for i in range(40)]
+        results = await node.put_many([(k, k) for k in keys])
+        assert len({shard_of(k, SHARDS) for k in keys}) == SHARDS
+        for k, r in zip(keys, results, strict=True):
+            (item,) = await stores[1].get(k)
+            assert (item.id, item.timestamp, item.value) == (r.id, r.timestamp, k)
+        # Rows of one key keep their order and distinct timestamps through any node.
+        acks = [await stores[i % 3].put("ordered", str(i)) for i in range(9)]
+        history = await node.get("ordered", "all")
+        assert [h.value for h in reversed(history)] == [str(i) for i in range(9)]
+        assert len({a.timestamp for a in acks}) == 9
+        # An atomic request must stay in one shard.
+        a, b = next((x, y) for x in keys for y in keys
+                    if shard_of(x, SHARDS) != shard_of(y, SHARDS))
+        with pytest.raises(InvalidInputError, match="span shards"):
+            await node.put_many([(a, "1"), (b, "2")], atomic=True)
+        same = [k for k in keys if shard_of(k, SHARDS) == shard_of(a, SHARDS)][:3]
+        assert len(await node.put_many([(k, "x") for k in same], atomic=True)) == 3
+        with pytest.raises(InvalidInputError, match="shards 1"):
+            node.watch(prefix="k")
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://{node.node_id}/v1/leader") as resp:
+            body = await resp.json()
+        assert [s["shard"] for s in body["shards"]] == list(range(SHARDS))
+        assert body["leader"] == body["shards"][0]["leader"]
+        for s in body["shards"]:
+            assert s["is_leader"] == (s["leader"] == node.node_id)
+
+
+async def test_a_stopping_node_hands_its_shards_over(sqlite_database: str) -> None:
+    async with running_stores(configs(sqlite_database), timeout=20) as stores:
+        placement = await spread(stores)
+        leaving = next(s for s in stores if placement[s.node_id])
+        rest = [s for s in stores if s is not leaving]
+        await leaving.stop()
+        await spread(rest)
+        await rest[0].put_many([(f"after{i}", "v") for i in range(20)])
+
+
+async def test_a_node_with_another_number_of_shards_refuses_to_run(
+        sqlite_database: str) -> None:
+    async with running_stores(configs(sqlite_database, 1), timeout=20):
+        (other,) = configs(sqlite_database, 1, shards=SHARDS + 1)
+        core = StoreCore(other)
+        with pytest.raises(ShardsMismatchError, match=f"--shards {SHARDS}"):
+            await core.start()
+
+
+async def test_one_node_leads_every_shard_then_shares_them(sqlite_database: str) -> None:
+    first, *later = configs(sqlite_database, 3)
+    async with running_stores([first], timeout=20) as one:
+        await spread(one)  # alone: it leads all four
+        async with running_stores(later, timeout=20) as more:
+            await spread(one + more)
+        await asyncio.sleep(0)
