@@ -87,9 +87,10 @@ PANELS: list[tuple[str, str, str, str, list[dict[str, str]]]] = [
          q(f"sum by (instance, direction) (rate(dstore_peer_bytes_total{{{SEL}}}[{RATE}]))",
            "{{instance}} {{direction}}"),
      ]),
-    ("Current leader", "short",
-     "The node that holds the lock (dstore_is_leader = 1).",
-     "stat", [q(f"dstore_is_leader{{{SEL}}} == 1", "{{instance}}")]),
+    ("Leader of each shard", "short",
+     "The node that holds each shard's lock (dstore_is_leader = 1); one shard unless the "
+     "group runs with --shards.",
+     "stat", [q(f"dstore_is_leader{{{SEL}}} == 1", "shard {{shard}}: {{instance}}")]),
     ("Leader changes", "short",
      "Leader changes seen by each node in the last 15 minutes.",
      "timeseries", [
