@@ -20,7 +20,13 @@ __all__ = ["Fence", "HistoryLimit", "LockState", "Storage", "open_storage"]
 
 
 def open_storage(config: Config) -> Storage:
-    """The backend a config names: ``sqlite:///file`` or a Spanner database path."""
+    """The backend a config names: ``sqlite:///file`` or a Spanner database path (or,
+    for benchmarks only, ``model://host:port``: a MODEL database, not Spanner)."""
+    if config.database.startswith("model://"):
+        from .model import ModelStorage
+
+        return ModelStorage(config.database, log_table=config.log_table,
+                            lock_table=config.lock_table, call_timeout_s=config.db_timeout_s)
     from .sqlite import SQLiteStorage, sqlite_path
 
     path = sqlite_path(config.database)
