@@ -458,8 +458,8 @@ def _init_db(database: str, lock_table: str, log_table: str,
              emulator_host: str | None, retention_days: int | None = None) -> list[str]:
     from .storage.sqlite import sqlite_path
 
-    if sqlite_path(database) is not None:
-        return []  # the embedded backend creates its tables when it opens the file
+    if sqlite_path(database) is not None or database.startswith("model://"):
+        return []  # the embedded backend and the benchmarks' model make their own tables
     from .storage.admin import init_database
 
     return init_database(database, lock_table=lock_table, log_table=log_table,
