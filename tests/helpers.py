@@ -563,3 +563,86 @@ class DirectConnection:
             link.down = link.lose_then_down
             raise LinkLostError("the link dropped before the ack arrived")
         return stamps
+
+
+# -- shards across serve processes ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardView:
+    """Every live node's /v1/leader at one moment, reduced per shard: the leader all live
+    nodes name, when that leader is live and says it leads (None otherwise), and how many
+    shards each live node leads so."""
+
+    at: float  # time.monotonic() when the answers were in
+    leaders: dict[int, str | None]
+    per_node: dict[str, int]
+
+    @property
+    def all_led(self) -> bool:
+        return all(leader is not None for leader in self.leaders.values())
+
+    def unled(self) -> list[int]:
+        return [i for i, leader in self.leaders.items() if leader is None]
+
+    def spread(self, share: int) -> bool:
+        """Every shard led, and no node leads more than ``share``."""
+        return self.all_led and max(self.per_node.values(), default=0) <= share
+
+
+def live_nodes(cluster: LocalCluster) -> list[NodeProcess]:
+    """Nodes running and not told to stop (a SIGTERMed node draining is not live)."""
+    return [n for n in cluster.nodes if n.alive and not n.paused and not n.signalled]
+
+
+async def shard_view(http: aiohttp.ClientSession, cluster: LocalCluster, shards: int,
+                     timeout: float = 1.0, nodes: Sequence[NodeProcess] | None = None
+                     ) -> ShardView:
+    """Ask every live node's (or every one of ``nodes``) /v1/leader at once; a node that
+    does not answer agrees on nothing (every shard is then unled)."""
+    live = live_nodes(cluster) if nodes is None else list(nodes)
+
+    async def ask(node: NodeProcess) -> list[dict[str, Any]] | None:
+        try:
+            async with http.get(f"{node.url}/v1/leader",
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                if resp.status != 200:
+                    return None
+                body = await resp.json()
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            return None
+        answer: list[dict[str, Any]] = body["shards"]
+        return answer
+
+    answers = dict(zip([n.node_id for n in live],
+                       await asyncio.gather(*(ask(n) for n in live)), strict=True))
+    leaders: dict[int, str | None] = {}
+    per_node = dict.fromkeys(answers, 0)
+    for i in range(shards):
+        named = {None if a is None else a[i]["leader"] for a in answers.values()}
+        leader = next(iter(named)) if len(named) == 1 else None
+        own = answers.get(leader) if leader is not None else None
+        if own is None or not own[i]["is_leader"]:
+            leader = None
+        leaders[i] = leader
+        if leader is not None:
+            per_node[leader] += 1
+    return ShardView(time.monotonic(), leaders, per_node)
+
+
+def log_rows(database: str, emulator_host: str | None
+             ) -> list[tuple[str, str, str | None, Timestamp]]:
+    """Every row of the log table: (key, id, value, timestamp), read once, strongly."""
+    path = sqlite_path(database)
+    if path is not None:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            found = conn.execute("SELECT key, id, value, timestamp FROM logtable").fetchall()
+        return [(k, i, v, Timestamp(ts)) for k, i, v, ts in found]
+    project, instance, db = parse_database_path(database)
+    client = spanner_client(project, emulator_host)
+    try:
+        with client.instance(instance).database(db).snapshot() as snap:
+            rows = list(snap.execute_sql("SELECT key, id, value, timestamp FROM logtable"))
+    finally:
+        client.close()
+    return [(k, i, v, Timestamp.from_datetime(ts)) for k, i, v, ts in rows]

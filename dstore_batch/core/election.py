@@ -73,7 +73,7 @@ class Election:
         metrics: Metrics | None = None,
         reach: Reachability | None = None,
         busy: Callable[[], bool] = lambda: False,
-        may_take: Callable[[LockState], bool] = lambda lock: True,
+        may_take: Callable[[LockState, float], bool] = lambda lock, free_for: True,
         shard: int = 0,
     ) -> None:
         self._storage = storage
@@ -81,6 +81,7 @@ class Election:
         # share of them); asked only before taking a free or expired lock.
         self._may_take = may_take
         self._shard = str(shard)
+        self._free_since: float | None = None  # when this node first saw the lock free
         self._reach = reach
         self._busy = busy  # whether a fenced commit (which refreshes the lock) is running
         self.lock_name = lock_name
@@ -312,11 +313,16 @@ class Election:
         lock = await self._storage.lock_read(self.lock_name)
         self._round_ok()  # the database answered (the report below may still fail)
         fresh = lock.age_ms is not None and lock.age_ms <= self._lease_ms
+        if fresh:
+            self._free_since = None
+        elif self._free_since is None:
+            self._free_since = started
         if fresh and lock.writer != self.node_id:
             # Learn who leads before anything else of this round can fail.
             self._set_state(LeaderState(lock.writer, False, None))
         await self._report(started)
-        if not self._may_lead(started) or (not fresh and not self._may_take(lock)):
+        if not self._may_lead(started) or (
+                not fresh and not self._may_take(lock, started - (self._free_since or started))):
             self._set_state(LeaderState(lock.writer if fresh else None, False, None))
             return
         if (lock.token is None or lock.age_ms is None or lock.age_ms > self._lease_ms) and (

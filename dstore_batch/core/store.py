@@ -37,7 +37,7 @@ from ..errors import (
 )
 from ..observability.metrics import Metrics
 from ..storage import open_storage
-from ..storage.base import HistoryLimit, LockState, Storage, check_limit
+from ..storage.base import HistoryLimit, LockState, PeerReport, Storage, check_limit
 from ..types import NO_APPEND_ID, Change, History, Listing, PutResult, Row, Timestamp
 from .committer import Committer
 from .election import Election, LeaderState
@@ -65,6 +65,7 @@ DRAIN_TIMEOUT_S = 10.0
 # orphaned by a holder that died: any node takes it, share or not.
 ORPHANED_LEASES = 20
 LEAVING = "-leaving-"  # a member report's mark of a node that is stopping
+MEMBER_LEASES = 2  # a member row older than this (written every half lease): gone
 
 
 class LeaderConnection(Protocol):
@@ -190,6 +191,7 @@ class StoreCore:
         self.election = self.shards[0].election
         self.committer = self.shards[0].committer
         self._members: set[str] = {config.node_id}  # live nodes (shards > 1), this one too
+        self._dead: dict[str, float] = {}  # node -> when a lock of theirs was seen orphaned
         if isinstance(link, EventLink):
             link.events = _LinkEvents(self)
         self.retention = Retention(
@@ -250,16 +252,24 @@ class StoreCore:
         """The most shards this node should lead: ceil(shards / live nodes)."""
         return -(-self.config.shards // max(1, len(self._members)))
 
-    def _may_take(self, lock: LockState) -> bool:
-        """Whether this node may take a free or expired shard lock now."""
+    def _may_take(self, lock: LockState, free_for: float) -> bool:
+        """Whether this node may take a free or expired shard lock now (``free_for``:
+        seconds since this node first saw it free)."""
         if self.config.shards == 1:
+            return True
+        if free_for >= self.config.lease_s / 2:
+            # Nobody under their share took it (the nodes' views of who is alive can
+            # differ for a few leases): lead it rather than leave it without a leader.
             return True
         lease_ms = self.config.lease_s * 1000
         if (lock.token is not None and lock.age_ms is not None
                 and lock.age_ms < ORPHANED_LEASES * lease_ms):
             # Its holder stopped heartbeating a moment ago (it died or was cut off): the
             # shard must be led again now, whatever the shares; the balance evens out
-            # after. (A released lock looks decades old; it goes by the shares.)
+            # after. (A released lock looks decades old; it goes by the shares.) Until
+            # that holder writes its member row again, it is not counted as live.
+            if lock.writer and lock.writer != self.node_id:
+                self._dead[lock.writer] = time.monotonic()
             return True
         return sum(1 for sh in self.shards if sh.election.is_leader) < self._share()
 
@@ -274,14 +284,14 @@ class StoreCore:
                 await self.storage.peer_report(members, self.node_id, None)
                 reports = await self.storage.peer_reports(members)
                 share = self._share()
-                self._members = {r.node for r in reports if r.age_ms <= 3 * lease * 1000
-                                 and r.unreachable != LEAVING}
-                self._members.add(self.node_id)
+                self._members = self._live(reports)
                 if self._share() > share:
                     for sh in self.shards:  # room for more: look at free locks now
                         sh.election.refresh()
                 led = [sh for sh in self.shards if sh.election.is_leader]
-                extra = len(led) - self._share()
+                # Only as many as the others have room for: a shard handed to nobody is
+                # a shard without a leader.
+                extra = min(len(led) - self._share(), self._room_elsewhere())
                 if extra > 0 and self._state == "running":
                     await asyncio.gather(*(self._hand_over(sh) for sh in led[-extra:]))
             except DstoreError as exc:
@@ -289,6 +299,26 @@ class StoreCore:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(lease / 2 * random.uniform(0.9, 1.1)):
                     await self._rebalance.wait()
+
+    def _live(self, reports: list[PeerReport]) -> set[str]:
+        """Members with a fresh row, not leaving, and not seen dead (a lock of theirs
+        expired) since they last wrote it; this node too."""
+        lease_ms = self.config.lease_s * 1000
+        now = time.monotonic()
+        live = {self.node_id}
+        for r in reports:
+            dead_at = self._dead.get(r.node)
+            if (r.age_ms <= MEMBER_LEASES * lease_ms and r.unreachable != LEAVING
+                    and (dead_at is None or now - r.age_ms / 1000 > dead_at)):
+                live.add(r.node)
+        return live
+
+    def _room_elsewhere(self) -> int:
+        """How many more shards the other live nodes may lead under their shares."""
+        share = self._share()
+        counts = Counter(st.leader for st in self.shard_states() if st.leader is not None)
+        return sum(max(0, share - counts.get(m, 0)) for m in self._members
+                   if m != self.node_id)
 
     async def _leave(self) -> None:
         """Shards > 1, stopping: tell the others this node is going, so that its shards
@@ -355,6 +385,12 @@ class StoreCore:
         # released in time simply expires.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_TIMEOUT_S
+        if self._balancer is not None:
+            # Its next member row would undo the "leaving" mark written below.
+            self._balancer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._balancer
+            self._balancer = None
         led = [sh for sh in self.shards if sh.election.is_leader]
         await asyncio.gather(*(sh.committer.drain(DRAIN_TIMEOUT_S) for sh in led))
         try:
