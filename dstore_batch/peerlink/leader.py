@@ -54,15 +54,17 @@ EVENTS_MAX_BYTES = 32 * 1024 * 1024
 class _Encoded:
     """One commit's EVENTS frame, encoded once for every subscribed follower."""
 
-    last: tuple[int, bytes] | None = None
+    # The list itself, not its id(): a freed list's address can come back for the next
+    # commit's list, and that commit would then go out as the previous one's frame.
+    last: tuple[list[Change], bytes] | None = None
 
     @classmethod
     def frame(cls, ts: Timestamp, changes: list[Change]) -> bytes:
         cached = cls.last
-        if cached is not None and cached[0] == id(changes):
+        if cached is not None and cached[0] is changes:
             return cached[1]
         data = protocol.encode_events(ts, changes)
-        cls.last = (id(changes), data)
+        cls.last = (changes, data)
         return data
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from dstore_batch.errors import BusyError, ConflictError, ProtocolError, error_from_code
 from dstore_batch.peerlink import protocol
-from dstore_batch.types import IF_ABSENT, Row
+from dstore_batch.types import IF_ABSENT, Row, Timestamp
 
 LIMIT = 1 << 20
 
@@ -132,3 +132,19 @@ def test_conflict_error_entries_carry_details() -> None:
 def test_bad_v2_entries_are_rejected(entry: list[object]) -> None:
     with pytest.raises(ProtocolError):
         protocol.request_from_wire(entry)
+
+
+def test_each_commit_gets_its_own_events_frame() -> None:
+    """The leader encodes a commit's EVENTS frame once for all its followers; a cache
+    keyed by the list's address sent the previous commit again when a freed list's
+    address came back (CPython reuses it for the next list of the same size at once)."""
+    from dstore_batch.peerlink.leader import _Encoded
+    from dstore_batch.types import Change
+
+    rows = [Change(f"k{n}", f"id{n}", "v") for n in range(50)]
+    stamps = [Timestamp(n + 1) for n in range(50)]
+    # Each list is freed as soon as its frame is made, as the committer's are.
+    frames = [_Encoded.frame(stamps[n], [rows[n]]) for n in range(50)]
+    for n, data in enumerate(frames):
+        frame = protocol.decode(data, 1 << 20)
+        assert frame[1] == n + 1 and frame[2] == [[f"k{n}", f"id{n}", "v"]]
