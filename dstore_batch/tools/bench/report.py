@@ -182,8 +182,10 @@ def watch_lines(w: dict[str, Any], command: str) -> list[str]:
                     f"{_ms(lag['max_ms']):>10s}  {roles:>26s}  {p['overflows']:9.0f}  "
                     f"{p['lagged']:6.0f}  "
                     f"{d['watchers_with_every_row']}/{p['watchers']} watchers got all "
-                    f"{d['rows_acked']:,} rows in order ({d['repeats']} repeats, "
-                    f"{d['resumed_after_lagged']} resumed, drained in {d['drain_s']:.1f} s)"
+                    f"{d['rows_stored']:,} rows stored, in order ({d['rows_acked']:,} acked, "
+                    f"{d['acked_not_stored']} of them not stored; {d['repeats']} repeats, "
+                    f"{d['resumed_after_lagged']} resumed; all in {d['drain_s']:.1f} s after "
+                    "the load, settling and the read of what it stored included)"
                     f"{'' if d['ok'] else ' NOT OK'}")
         extra = []
         if p["errors"]:
@@ -211,9 +213,12 @@ def watch_lines(w: dict[str, Any], command: str) -> list[str]:
     for goal, g in w["goals"].items():
         if "value_ms" in g:
             value = f"{g['value_ms']:,.1f} ms against {g['bound_ms']:,.1f} ms"
+            if not g["load_carried"]:
+                value += " (the offered load was not carried)"
         else:
             value = f"{g['value']:.2f}"
         lines.append(f"  goal: {goal}: {value}: {'met' if g['met'] else 'NOT MET'}")
-    lines.append(f"  delivery: {'every watcher got every row, in order' if w['delivery_ok'] else 'NOT OK'}"
-                 f"; leader kept: {w['leader_kept']}; watch took {w['seconds']:.0f} s")
+    delivery = "every watcher got every row, in order" if w["delivery_ok"] else "NOT OK"
+    lines.append(f"  delivery: {delivery}; leader kept: {w['leader_kept']}; "
+                 f"watch took {w['seconds']:.0f} s")
     return lines

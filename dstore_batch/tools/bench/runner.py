@@ -1,6 +1,7 @@
 """`dstore-batch bench`: direct, funnel and per-put side by side, on fresh emulators;
 ``kv``: what the KV API costs (conditional puts, atomic put_many, list, retention);
-``watch``: watch's delivery lag and what watchers cost puts.
+``watch``: watch's delivery lag and what watchers cost puts;
+``shards``: 1-8 shards on 4 nodes on a MODEL database (and 1-2 on the emulator).
 
 Each mode gets a fresh emulator (strong reads slow down as an emulator ages, and its
 memory is not returned), unless ``--database`` names a real database.
@@ -184,6 +185,25 @@ def _run_watch(spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, Any]:
                          lambda line: print(line, flush=True))
 
 
+def _run_shards(spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, Any]:
+    from .model_db import ModelLatency
+    from .shards import ShardsSpec, run_shards
+
+    def counts(text: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in str(text).split(",") if x.strip())
+
+    ss = ShardsSpec(counts=counts(args.shards_counts),
+                    emulator_counts=counts(args.shards_emulator_counts),
+                    nodes=args.shards_nodes, items=spec.many_size, value_size=spec.value_size,
+                    per_node=args.shards_per_node, warmup_s=spec.warmup_s,
+                    duration_s=spec.duration_s, lease_ms=args.lease_ms,
+                    max_batch_rows=args.max_batch_rows, model_inflight=args.shards_model_inflight,
+                    emulator_inflight=args.max_inflight,
+                    latency=ModelLatency(base_ms=args.shards_model_commit_ms,
+                                         per_row_us=args.shards_model_row_us))
+    return run_shards(ss, args.emulator_bin, lambda line: print(line, flush=True))
+
+
 def _machine() -> str:
     cpu = "?"
     with contextlib.suppress(OSError):
@@ -219,7 +239,7 @@ def run_bench(args: argparse.Namespace) -> int:
         latencies = [float(x) for x in str(args.db_latency_ms).split(",") if x.strip()]
         modes = [m for m in modes if m != "funnel"] + [
             f"funnel@{ms:g}ms" for ms in latencies]
-    kv = watch = None
+    kv = watch = shards = None
     for mode in modes:
         print(f"running {mode} ...", flush=True)
         if mode == "kv":
@@ -227,6 +247,9 @@ def run_bench(args: argparse.Namespace) -> int:
             continue
         if mode == "watch":
             watch = _run_watch(spec, args)
+            continue
+        if mode == "shards":
+            shards = _run_shards(spec, args)
             continue
         results[mode] = _run_mode(mode, spec, args)
         print(f"  {mode}: {results[mode]['puts_s']:,.0f} puts/s, "
@@ -278,10 +301,16 @@ def run_bench(args: argparse.Namespace) -> int:
     if watch is not None:
         print()
         print("\n".join(watch_lines(watch, command)))
+    if shards is not None:
+        from .shards import shards_lines
+
+        print()
+        print("\n".join(shards_lines(shards)))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"command": command, "machine": _machine(), "workload": asdict(spec),
              "results": results,
-             "ratios": ratios, "reads": reads, "kv": kv, "watch": watch}, indent=2, default=str))
+             "ratios": ratios, "reads": reads, "kv": kv, "watch": watch,
+             "shards": shards}, indent=2, default=str))
         print(f"wrote {args.json}")
     return 0

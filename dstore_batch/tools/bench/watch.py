@@ -16,10 +16,12 @@ loopback websockets) on one emulator database.
    in the order none, W, W, none (the machine drifts); the ratio of the medians.
 
 Every phase checks delivery: each watcher must receive every row the phase's puts
-acked, each the first time in (timestamp, key, id) order (an event that does not
-advance that order is counted as a repeat; an out-of-order first delivery would leave
-the count short), and nothing else: the count and a checksum of (key, id) must equal
-the acked ones. A watcher closed ``lagged`` is resumed from its token, as a client
+the phase stored, each the first time in (timestamp, key, id) order (an event that does
+not advance that order is counted as a repeat; an out-of-order first delivery would
+leave the count short), and nothing else: the count and a checksum of (key, id) must
+equal the rows the database holds under the prefix once the phase's puts are done (every
+acked row must be among them; a call that failed with its outcome unknown may add
+rows). A watcher closed ``lagged`` is resumed from its token, as a client
 would, and counted.
 """
 
@@ -48,9 +50,14 @@ from .workload import cpu_seconds
 __all__ = ["WatchSpec", "run_watch"]
 
 MASK = (1 << 64) - 1
-OPEN_LOOP_MAX_INFLIGHT = 4096  # calls in flight before an open-loop load sheds calls
+# An open-loop load sheds calls past this many seconds of its offered rows in flight:
+# an overloaded group then queues a bounded backlog, not every call until its deadline.
+OPEN_LOOP_MAX_INFLIGHT_S = 2.0
 CLOCK_SAMPLES = 5
 CAUGHT_UP_TIMEOUT_S = 60.0
+CARRIED = 0.95  # of the offered rows/s acked in a lag window: the load was carried
+SETTLE_S = 1.0  # after a phase's load: the leader committed nothing for this long
+READ_ROWS = 20_000  # rows per page of the read of what a phase stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +74,7 @@ class WatchSpec:
     throughput_watchers: int = 100
     load_fraction: float = 0.5  # of the peak, for the lag phases
     lease_s: float = 5.0
-    drain_timeout_s: float = 30.0  # after the load: every watcher must have every row
+    drain_timeout_s: float = 60.0  # after the load: every watcher must have every row
     batch: BatchConfig = field(default_factory=BatchConfig)
 
 
@@ -76,7 +83,7 @@ class _Tally:
     """What a phase's puts acked (the whole phase) and measured (its window)."""
 
     rows: int = 0  # acked, the whole phase
-    checksum: int = 0  # sum of hash((key, id)) of the acked rows
+    acked: list[tuple[str, str]] = field(default_factory=list)  # (key, id), the whole phase
     window_rows: int = 0  # acked inside the window
     window_calls: int = 0
     latencies: list[float] = field(default_factory=list)  # calls begun in the window
@@ -194,7 +201,10 @@ class _Run:
         self.rng = random.Random(1)
 
     def role(self, store: Store) -> str:
-        return "leader" if store is self.leader else "follower"
+        return "leader" if store is self.current_leader() else "follower"
+
+    def current_leader(self) -> Store:
+        return next((s for s in self.stores if s.is_leader), self.leader)
 
     async def clock(self) -> dict[str, float]:
         """How far the database's clock is ahead of this host's (ms), from a few one-row
@@ -202,7 +212,7 @@ class _Run:
         lo, hi = -float("inf"), float("inf")
         for _ in range(CLOCK_SAMPLES):
             t0 = time.time_ns()
-            r = await self.leader.put(f"clock/{new_id()}", "x")
+            r = await self.current_leader().put(f"clock/{new_id()}", "x")
             t1 = time.time_ns()
             hi = min(hi, r.timestamp - t0)
             lo = max(lo, r.timestamp - t1)
@@ -216,13 +226,12 @@ class _Run:
                 p = f"{prefix}{new_id()}-"
                 keys = [f"{p}{i}" for i in range(self.spec.many_size)]
                 results = await store.put_many([(k, self.value) for k in keys])
-                tally.checksum += sum(hash((k, r.id)) for k, r in
-                                      zip(keys, results, strict=True))
+                tally.acked += [(k, r.id) for k, r in zip(keys, results, strict=True)]
                 rows = len(keys)
             else:
                 key = prefix + new_id()
                 r = await store.put(key, self.value)
-                tally.checksum += hash((key, r.id))
+                tally.acked.append((key, r.id))
                 rows = 1
         except DstoreError as exc:
             tally.errors[exc.code] = tally.errors.get(exc.code, 0) + 1
@@ -256,15 +265,24 @@ class _Run:
         tasks: set[asyncio.Task[bool]] = set()
         t0 = time.monotonic()
         n = 0
+        inflight = [0]  # rows
+        cap = max(spec.many_size, rows_s * OPEN_LOOP_MAX_INFLIGHT_S)
+
+        async def call(store: Store, rows: int) -> bool:
+            inflight[0] += rows
+            try:
+                return await self.call(store, prefix, rows > 1, tally, begin, end)
+            finally:
+                inflight[0] -= rows
+
         while (now := time.monotonic()) < end:
             while tally.issued_rows < rows_s * (now - t0):
-                many = self.rng.random() < spec.mix
-                tally.issued_rows += spec.many_size if many else 1
-                if len(tasks) >= OPEN_LOOP_MAX_INFLIGHT:
+                rows = spec.many_size if self.rng.random() < spec.mix else 1
+                tally.issued_rows += rows
+                if inflight[0] + rows > cap:
                     tally.shed += 1
                     continue
-                task = asyncio.create_task(self.call(self.stores[n % len(self.stores)],
-                                                     prefix, many, tally, begin, end))
+                task = asyncio.create_task(call(self.stores[n % len(self.stores)], rows))
                 n += 1
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -273,12 +291,16 @@ class _Run:
             await asyncio.gather(*tasks)
 
     def counters(self) -> dict[str, Any]:
-        lr = self.leader.metrics.registry
+        # Summed over the nodes: only the leader commits, whichever node it is.
+        regs = [s.metrics.registry for s in self.stores]
         out: dict[str, Any] = {
-            "commits": _sample(lr, "dstore_commit_rows_count"),
-            "committed_rows": _sample(lr, "dstore_committed_rows_total"),
-            "aborts": _sample(lr, "dstore_commit_aborts_total"),
-            "commit_latency": _buckets(lr, "dstore_commit_latency_seconds"),
+            "commits": sum(_sample(r, "dstore_commit_rows_count") for r in regs),
+            "committed_rows": sum(_sample(r, "dstore_committed_rows_total") for r in regs),
+            "aborts": sum(_sample(r, "dstore_commit_aborts_total") for r in regs),
+            "commit_latency": [(le, sum(c for _, c in per_le)) for le, per_le in zip(
+                [le for le, _ in _buckets(regs[0], "dstore_commit_latency_seconds")],
+                zip(*(_buckets(r, "dstore_commit_latency_seconds") for r in regs),
+                    strict=True), strict=True)],
             "cpu_s": cpu_seconds(),
             "emulator_cpu_s": self.emulator_cpu() if self.emulator_cpu else float("nan"),
             "leader_changes": max(_sample(s.metrics.registry, "dstore_leader_changes_total")
@@ -321,18 +343,40 @@ class _Run:
                 load = self.open_loop(prefix, tally, begin, end, rows_s)
             await asyncio.gather(edges(), load)
             load_done = time.monotonic()
-            drained = await self._drain(consumers, tally)
+            stored = await self._stored(prefix) if consumers else None
+            drained = await self._drain(consumers, len(stored or ()))
             drain_s = time.monotonic() - load_done
             clock_after = await self.clock()
         finally:
             for c in consumers:
                 await c.close()
         return self._figures(name, watchers, rows_s, tally, consumers, samples,
-                             drained, drain_s, (clock_before, clock_after))
+                             stored, drained, drain_s, (clock_before, clock_after))
 
-    async def _drain(self, consumers: list[_Consumer], tally: _Tally) -> bool:
+    async def _stored(self, prefix: str) -> set[tuple[str, str]]:
+        """Every row under ``prefix`` in the database, once the leader is done with the
+        phase's puts (a call that failed with its outcome unknown, e.g. past its deadline,
+        may still commit: its rows count as written when they did)."""
+        regs = [s.metrics.registry for s in self.stores]
+        last, still_since = -1.0, time.monotonic()
+        while time.monotonic() - still_since < SETTLE_S:
+            now = sum(_sample(r, "dstore_committed_rows_total") for r in regs)
+            if now != last:
+                last, still_since = now, time.monotonic()
+            await asyncio.sleep(0.05)
+        stored: set[tuple[str, str]] = set()
+        after = Timestamp(0)
+        while True:
+            page = await self.leader.core.storage.changes(None, prefix, after, READ_ROWS)
+            for _, changes in page.commits:
+                stored.update((c.key, c.id) for c in changes)
+            after = page.upto
+            if page.complete:
+                return stored
+
+    async def _drain(self, consumers: list[_Consumer], rows: int) -> bool:
         deadline = time.monotonic() + self.spec.drain_timeout_s
-        while any(c.count < tally.rows for c in consumers):
+        while any(c.count < rows for c in consumers):
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.02)
@@ -340,7 +384,7 @@ class _Run:
 
     def _figures(self, name: str, watchers: int, rows_s: float | None, tally: _Tally,
                  consumers: list[_Consumer], samples: dict[str, dict[str, Any]],
-                 drained: bool, drain_s: float,
+                 stored: set[tuple[str, str]] | None, drained: bool, drain_s: float,
                  clocks: tuple[dict[str, float], dict[str, float]]) -> dict[str, Any]:
         spec = self.spec
         seconds = spec.duration_s
@@ -374,7 +418,7 @@ class _Run:
         if tally.window_rows and out["cpu_s"]:
             out["cpu_us_per_row"] = {k: v / tally.window_rows * 1e6
                                      for k, v in out["cpu_s"].items()}
-        if watchers:
+        if watchers and stored is not None:
             every: list[int] = []
             by_role: dict[str, list[int]] = {}
             for c in consumers:
@@ -385,23 +429,30 @@ class _Run:
             out["lag_by_role"] = {role: {"watchers": sum(c.role == role for c in consumers),
                                          "events": len(v), **_ns_percentiles(v)}
                                   for role, v in sorted(by_role.items())}
-            ok = [c.count == tally.rows and (c.checksum & MASK) == (tally.checksum & MASK)
+            checksum = sum(hash(row) for row in stored) & MASK
+            ok = [c.count == len(stored) and (c.checksum & MASK) == checksum
                   for c in consumers]
+            acked = set(tally.acked)
             out["delivery"] = {
                 "rows_acked": tally.rows,
+                "rows_stored": len(stored),
+                # Acked and not stored: a lost write (must be 0).
+                "acked_not_stored": len(acked - stored),
+                # Stored and not acked: rows of calls that failed with the outcome unknown.
+                "stored_not_acked": len(stored - acked),
                 "watchers_with_every_row": sum(ok),
                 "received_min": min(c.count for c in consumers),
                 "received_max": max(c.count for c in consumers),
                 "repeats": sum(c.repeats for c in consumers),
                 "resumed_after_lagged": sum(c.lagged for c in consumers),
                 "drained": drained, "drain_s": drain_s,
-                "ok": all(ok) and drained,
+                "ok": all(ok) and drained and acked <= stored,
             }
             if not out["delivery"]["ok"]:
                 out["delivery"]["failed"] = [
                     {"watcher": i, "node": c.store.node_id, "role": c.role,
-                     "received": c.count, "checksum_ok": (c.checksum & MASK) == (
-                         tally.checksum & MASK), "repeats": c.repeats,
+                     "received": c.count, "checksum_ok": (c.checksum & MASK) == checksum,
+                     "repeats": c.repeats,
                      "examples": c.examples, "last": str(c.last)}
                     for i, (c, good) in enumerate(zip(consumers, ok, strict=True)) if not good]
         return out
@@ -422,8 +473,9 @@ async def _run(database: str, emulator_host: str | None, spec: WatchSpec,
             await s.start()
             started.append(s)
         leader_id = await stores[0].wait_for_leader(30)
-        while not all(s.leader == leader_id for s in stores):
-            await asyncio.sleep(0.05)
+        for s in stores:
+            if await s.wait_for_leader(30) != leader_id:
+                raise RuntimeError(f"{s.node_id} names {s.leader}, not {leader_id}")
         leader = next(s for s in stores if s.node_id == leader_id)
         ordered = [s for s in stores if s is not leader] + [leader]
         run = _Run(ordered, leader, spec, emulator_cpu)
@@ -458,12 +510,16 @@ async def _run(database: str, emulator_host: str | None, spec: WatchSpec,
         return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2 if v else float("nan")
 
     ratio = median(some) / median(none) if none and median(none) else float("nan")
-    goals = {}
-    for n, p in lag.items():
-        bound = p["commit_latency"]["p50_ms"] + 50
-        goals[f"lag p99 with {n} watchers <= commit p50 + 50 ms"] = {
-            "value_ms": p["lag"]["p99_ms"], "bound_ms": bound,
-            "met": p["lag"]["p99_ms"] <= bound}
+    goals: dict[str, dict[str, Any]] = {}
+    for count, p in lag.items():
+        # p99 against p99: an event can wait for a commit in flight before its own.
+        bound = p["commit_latency"]["p99_ms"] + 50
+        # A lag measured while the offered load was not carried says little: the goal is
+        # at that load.
+        carried = p["puts_s"] >= CARRIED * rate
+        goals[f"lag p99 with {count} watchers <= commit p99 + 50 ms"] = {
+            "value_ms": p["lag"]["p99_ms"], "bound_ms": bound, "load_carried": carried,
+            "met": p["lag"]["p99_ms"] <= bound and carried}
     goals[f"puts/s with {w} watchers / none >= 0.9"] = {"value": ratio, "bound": 0.9,
                                                        "met": ratio >= 0.9}
     return {

@@ -1,0 +1,46 @@
+"""Smoke run of `dstore-batch bench --modes shards` with tiny sizes: every figure is
+printed and written, on the MODEL database and on the emulator; no speed is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_shards_prints_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "dstore_batch", "bench", "--modes", "shards", "--duration-s",
+         "0.6", "--warmup-s", "0.3", "--many-size", "10", "--lease-ms", "1000",
+         "--shards-counts", "1,2", "--shards-emulator-counts", "1", "--shards-nodes", "2",
+         "--shards-per-node", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    print(run.stdout[-4000:])
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    shards = json.loads(out.read_text())["shards"]
+    assert [r["shards"] for r in shards["runs"]] == [1, 2]
+    assert [r["shards"] for r in shards["emulator_runs"]] == [1]
+    for r in shards["runs"] + shards["emulator_runs"]:
+        assert r["errors"] == {}, r["errors"]
+        assert r["rows"] > 0 and r["puts_s"] > 0
+        assert r["commits"] > 0 and r["node_cpu_us_per_row"] > 0
+        assert sum(r["leaders_per_node"]) == r["shards"]
+        assert len(r["node_cpu_s"]) == 2
+    assert shards["runs"][1]["leaders_per_node"] == [1, 1]  # spread over the nodes
+    assert shards["runs"][0]["leader_cpu_us_per_row"] > 0
+    assert "MODEL" in shards["model"]
+    text = run.stdout
+    for line in ("shards on a MODEL database", "not Spanner",
+                 "| shards | puts/s (MODEL db) | ratio to 1 shard | node CPU us/row |",
+                 "rows/commit", "leaders per node", "cores busy: bench / other",
+                 "| shards | puts/s (emulator) |", "1 shard (MODEL db): the leader's CPU",
+                 "one leader core: about", "what caps this machine: ",
+                 "No gain is possible there: the emulator runs one read-write",
+                 "us of CPU per row in all", "1 shard(s) on the MODEL database:",
+                 "2 shard(s) on the MODEL database:", "1 shard(s) on the emulator:"):
+        assert line in text, line
+    table = [ln for ln in text.splitlines() if ln.startswith("| 2 |")]
+    assert table and "1 / 1" in table[0]
