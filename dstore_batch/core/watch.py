@@ -94,6 +94,19 @@ def _size(c: Change) -> int:
     return len(c.key) + len(c.id) + (len(c.value) if c.value else 0) + EVENT_OVERHEAD_BYTES
 
 
+Prepared = tuple[list[tuple[WatchEvent, int]], int]  # (event, bytes) pairs, their total
+
+
+def prepare(ts: Timestamp, changes: list[Change]) -> Prepared:
+    """One commit's events: until its last row, only the rows before it are complete,
+    so their resume token is the timestamp less 1 ns."""
+    before = Timestamp(ts - 1)
+    last = len(changes) - 1
+    events = [(_event(ts, c, ts if i == last else before), _size(c))
+              for i, c in enumerate(changes)]
+    return events, sum(size for _, size in events)
+
+
 class Watcher:
     """One watch: an async iterator of ``WatchEvent``. Close it (or leave the ``async
     for``) to stop; ``aclose()`` is idempotent."""
@@ -122,39 +135,36 @@ class Watcher:
         self._overflows = 0
         self._resume_at_overflow: Timestamp | None = None
         self._caught_up_sent = False
+        self._taken = 0  # events taken since the last commit's metrics
         self._closed = False
         self._end: WatchEvent | None = None  # a last event (lagged) before the end
         self._task = asyncio.create_task(self._pump(), name=f"watch:{filt!r}")
 
     # -- fed by the hub ------------------------------------------------------------------
 
-    def offer(self, ts: Timestamp, changes: Sequence[Change]) -> None:
-        """A live commit (all of its rows, in (key, id) order)."""
+    def offer(self, ts: Timestamp, mine: list[Change], prepared: Prepared) -> None:
+        """A live commit: its rows that match this watcher's filter, in (key, id) order,
+        and their events (made once for every watcher with the same filter)."""
         if self._closed:
-            return
-        mine = [c for c in changes if self.filter.match(c.key)]
-        if not mine:
             return
         if self._syncing:
             if self._buffer is not None:
                 self._buffer.append((ts, mine))
-                self._buffer_bytes += sum(_size(c) for c in mine)
+                self._buffer_bytes += prepared[1]
                 if self._buffer_bytes > QUEUE_MAX_BYTES:
                     self._buffer, self._buffer_bytes = None, 0
             return
         if self._cursor is not None and ts <= self._cursor:
             return  # already queued by the read that preceded going live
-        self._enqueue(ts, mine)
+        self._enqueue(ts, mine, prepared)
         if self._bytes > QUEUE_MAX_BYTES:
             self._overflow()
 
-    def _enqueue(self, ts: Timestamp, changes: list[Change]) -> None:
-        last = len(changes) - 1
-        for i, c in enumerate(changes):
-            size = _size(c)
-            # Until the last row of the commit, only the rows before it are complete.
-            self._queue.append((_event(ts, c, ts if i == last else Timestamp(ts - 1)), size))
-            self._bytes += size
+    def _enqueue(self, ts: Timestamp, changes: list[Change],
+                 prepared: Prepared | None = None) -> None:
+        events, nbytes = prepared or prepare(ts, changes)
+        self._queue.extend(events)
+        self._bytes += nbytes
         self._cursor = ts
         self._ready.set()
         if self._bytes >= QUEUE_MAX_BYTES // 2:
@@ -205,13 +215,15 @@ class Watcher:
         self._bytes -= size
         if self._bytes < QUEUE_MAX_BYTES // 2:
             self._room.set()
-        if event.kind in ("put", "delete"):
-            self.resume = event.resume
-            m = self._hub.metrics
-            m.watch_events.inc()
-            m.watch_lag.observe(max(0.0, (time.time_ns() - event.timestamp) / 1e9))
-        elif event.kind == "caught_up":
-            self.resume = event.resume
+        self.resume = event.resume
+        if size:  # a put or delete (markers have no size)
+            self._taken += 1
+            if event.resume == event.timestamp:
+                # The commit's last row: its metrics once, not once a row.
+                m = self._hub.metrics
+                m.watch_events.inc(self._taken)
+                m.watch_lag.observe(max(0.0, (time.time_ns() - event.timestamp) / 1e9))
+                self._taken = 0
         return event
 
     async def aclose(self) -> None:
@@ -341,11 +353,21 @@ class WatchHub:
                 self._on_wanted()
 
     def publish(self, ts: Timestamp, changes: Sequence[Change]) -> None:
-        """A commit, as the leader made it (in timestamp order)."""
+        """A commit, as the leader made it (in timestamp order). Each filter's rows and
+        events are made once and shared by the watchers with that filter: with many
+        watchers, the per-watcher cost is a queue extend."""
         if ts > self.last_timestamp:
             self.last_timestamp = ts
+        made: dict[tuple[str | None, str], tuple[list[Change], Prepared] | None] = {}
         for w in list(self._watchers):
-            w.offer(ts, changes)
+            f = w.filter
+            ident = (f.key, f.prefix)
+            if ident not in made:
+                mine = [c for c in changes if f.match(c.key)]
+                made[ident] = (mine, prepare(ts, mine)) if mine else None
+            entry = made[ident]
+            if entry is not None:
+                w.offer(ts, entry[0], entry[1])
 
     def source_up(self) -> None:
         """This node now receives every commit from here on (it leads, or its link to
