@@ -211,6 +211,25 @@ class Watcher:
                 raise StopAsyncIteration
             self._ready.clear()
             await self._ready.wait()
+        return self._take()
+
+    async def next_batch(self, limit: int = 1024) -> list[WatchEvent]:
+        """The events queued now (at least one, at most ``limit``), waiting for one if
+        none is: for consumers that handle many events a wakeup (the SSE stream writes
+        them in one go). An empty list means the watch ended."""
+        out: list[WatchEvent] = []
+        while not out:
+            try:
+                out.append(await self.__anext__())
+            except StopAsyncIteration:
+                return out
+        queue = self._queue
+        while queue and len(out) < limit:
+            # Same bookkeeping as __anext__, without a wakeup per event.
+            out.append(self._take())
+        return out
+
+    def _take(self) -> WatchEvent:
         event, size = self._queue.popleft()
         self._bytes -= size
         if self._bytes < QUEUE_MAX_BYTES // 2:

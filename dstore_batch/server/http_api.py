@@ -289,18 +289,18 @@ async def _watch(request: web.Request) -> web.StreamResponse:
                                            "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
-        events = aiter(watcher)
         while True:
             try:
                 async with asyncio.timeout(SSE_KEEPALIVE_S):
-                    event = await anext(events)
+                    events = await watcher.next_batch()
             except TimeoutError:
                 await resp.write(b": keepalive\n\n")
                 continue
-            except StopAsyncIteration:
+            if not events:
                 break
-            await resp.write(sse_event(event))
-            if event.kind == "lagged":
+            # Everything queued goes out in one write.
+            await resp.write(b"".join(sse_event(e) for e in events))
+            if events[-1].kind == "lagged":
                 break
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away

@@ -175,3 +175,18 @@ async def test_since_none_starts_at_the_database_now(core: StoreCore) -> None:
     await core.put("n/new", "new")
     assert rows(await take(watcher, 1)) == [("put", "n/new", "new")]
     await watcher.aclose()
+
+
+async def test_next_batch_takes_everything_queued_in_order(core: StoreCore) -> None:
+    watcher = core.watch(prefix="b/")
+    assert [e.kind for e in await watcher.next_batch()] == ["caught_up"]
+    await core.put_many([(f"b/{i}", str(i)) for i in range(5)])
+    await core.put("b/x", "x")
+    got: list[WatchEvent] = []
+    async with asyncio.timeout(10):
+        while len(got) < 6:
+            got.extend(await watcher.next_batch(limit=4))
+    assert [e.key for e in got] == [f"b/{i}" for i in range(5)] + ["b/x"]
+    assert watcher.resume == got[-1].timestamp
+    await watcher.aclose()
+    assert await watcher.next_batch() == []
