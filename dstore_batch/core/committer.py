@@ -61,6 +61,9 @@ class Committer:
         self._storage = storage
         self._config = config
         self._shard = str(shard)  # the metrics' shard label
+        # The labelled gauges, looked up once: set on every submit.
+        self._queue_rows = metrics.queue_rows.labels(self._shard)
+        self._queue_bytes = metrics.queue_bytes.labels(self._shard)
         self._node_id = node_id
         self._fence = fence
         # Told (token, monotonic start) after each fenced commit: it refreshed the lock.
@@ -116,9 +119,9 @@ class Committer:
                                     "or an atomic put_many")
         future: asyncio.Future[list[Timestamp]] = asyncio.get_running_loop().create_future()
         self._acc.add(Request(rows, future, source, atomic))
-        for r in rows:
-            if r.cond is not None:
-                self._conditional_keys.add(r.key)
+        conditional = [r.key for r in rows if r.cond is not None]
+        if conditional:
+            self._conditional_keys.update(conditional)
         self._quiet.clear()
         self._gauge()
         return future
@@ -134,8 +137,8 @@ class Committer:
         return self._accepting
 
     def _gauge(self) -> None:
-        self._metrics.queue_rows.labels(self._shard).set(self._acc.rows)
-        self._metrics.queue_bytes.labels(self._shard).set(self._acc.nbytes)
+        self._queue_rows.set(self._acc.rows)
+        self._queue_bytes.set(self._acc.nbytes)
 
     # -- lifecycle -------------------------------------------------------------------
 
