@@ -15,6 +15,7 @@ from ..errors import ConflictError, DstoreError, ProtocolError
 from ..types import IF_ABSENT, Change, Row, Timestamp
 
 __all__ = [
+    "ACCEPTED_VERSIONS",
     "ACK",
     "ERROR",
     "EVENTS",

@@ -786,7 +786,8 @@ def check_other(api: Api, path: str, reply: Reply) -> None:
     body = reply.body()
     node_id = api.node.node_id
     if path == "/v1/leader":
-        assert body == {"node": node_id, "leader": node_id, "is_leader": True}, body
+        assert body == {"node": node_id, "leader": node_id, "is_leader": True,
+                        "shards": [{"shard": 0, "leader": node_id, "is_leader": True}]}, body
     elif path == "/healthz":
         assert body == {"status": "ok", "node": node_id}, body
     elif path == "/readyz":

@@ -34,7 +34,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dstore_batch.config import Config, LimitsConfig
-from dstore_batch.peerlink.protocol import PROTOCOL_VERSION, encode_hello
+from dstore_batch.peerlink.protocol import ACCEPTED_VERSIONS, PROTOCOL_VERSION, encode_hello
 from dstore_batch.testing.emulator import free_port
 from dstore_batch.types import Row
 from tests.fuzzing import (
@@ -164,7 +164,7 @@ def judge(msg: Message, hello_done: bool) -> Verdict:
     if not model_accepts(obj):
         return Verdict("bad")
     if not hello_done:
-        ok = obj[0] == HELLO and obj[1] == PROTOCOL_VERSION
+        ok = obj[0] == HELLO and obj[1] in ACCEPTED_VERSIONS
         return Verdict("welcome" if ok else "bad")
     if obj[0] == SUBSCRIBE:
         return Verdict("subscribe")  # answered with SUBSCRIBED and then EVENTS frames
@@ -178,6 +178,9 @@ def judge(msg: Message, hello_done: bool) -> Verdict:
         refusal = model_refusal(rows, LIMITS)
         if refusal is None and atomic and len({r.key for r in rows}) < len(rows):
             refusal = "invalid"  # an atomic request writes each key once
+        if (refusal is None and not atomic and len(rows) > 1
+                and any(r.cond is not None for r in rows)):
+            refusal = "invalid"  # a condition needs a single row or an atomic request
         requests.append(Request(entry[0], rows, refusal, atomic))
     return Verdict("put", requests)
 
