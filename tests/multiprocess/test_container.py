@@ -357,7 +357,8 @@ def test_image_runs_the_group(image: Built, database: str, emulator_host: str,
         with urllib.request.urlopen(req, timeout=10) as resp:
             (result,) = json.loads(resp.read())["results"]
         items = read.get("/v1/get?key=across&limit=all")["items"]
-        assert {"id": via.name, "value": via.name, "timestamp": result["timestamp"]} in items
+        assert {"id": via.name, "value": via.name, "timestamp": result["timestamp"],
+                "deleted": False} in items
 
     kill = asyncio.run(_kill_leader(nodes, leader))
     restart_s = kill["killed"].start_again()
