@@ -66,9 +66,11 @@ def emulator_host(emulator: Emulator) -> str:
 
 @pytest.fixture
 def database(emulator: Emulator) -> str:
-    """A new, empty Spanner database with the lock and log tables."""
-    return emulator.create_database(f"db{os.getpid()}-{next(_db_counter)}",
-                                    project=PROJECT, instance=INSTANCE)
+    """A new, empty Spanner database with the lock and log tables. An emulator instance
+    holds at most 100 databases, so every 50 go into an instance of their own."""
+    n = next(_db_counter)
+    return emulator.create_database(f"db{os.getpid()}-{n}", project=PROJECT,
+                                    instance=f"{INSTANCE}-{n // 50}")
 
 
 @pytest.fixture

