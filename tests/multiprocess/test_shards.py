@@ -295,8 +295,9 @@ async def scenario(cluster: LocalCluster, load: Load, ordered: Ordered,
                f"after SIGKILL a shard went {kill_gap:.2f}s unled: {_gaps(kill)}"),
         *_fail(settled, f"after SIGKILL not spread at most {share3} a node: "
                         f"{kill.views[-1]}"),
-        *_fail(joined and join_spread is not None and join_spread <= 4 * LEASE_S,
-               f"a node joined: not spread at most {share4} a node within 4 leases "
+        # From the new process's start: its own boot (1-3 s on a loaded machine) included.
+        *_fail(joined and join_spread is not None and join_spread <= 6 * LEASE_S,
+               f"a node joined: not spread at most {share4} a node within 6 leases "
                f"({_s(join_spread)}): {join.views[-1]}"),
         *_fail(join_gap <= LIMIT_S, f"a node joined: a shard went {join_gap:.2f}s unled: "
                                     f"{_gaps(join)}"),
