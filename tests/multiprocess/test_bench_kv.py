@@ -33,12 +33,19 @@ def test_bench_kv_prints_every_figure(tmp_path: Path) -> None:
         assert figures["walk_100"]["complete"] and figures["walk_1000"]["complete"]
     retention = kv["retention"]
     assert len(retention["runs"]["off"]) == len(retention["runs"]["on"]) == 2
-    # 100 keys x 10 versions, 2 kept: the first "on" run trims them (in its warm-up).
-    assert retention["runs"]["on"][0]["removed_rows_run"] == 800
+    # 100 keys x 10 versions, 2 kept: 800 rows over the limit. How many of them the
+    # throttled task gets to in two short runs depends on the machine (CI once saw 400 +
+    # 320); what it removed must add up with what is left, and no key may go under 2.
+    removed = sum(r["removed_rows_run"] for r in retention["runs"]["on"])
+    left = retention["left"]
+    assert removed > 0
+    assert left["keys"] == 100 and left["keys_under_limit"] == 0
+    assert left["over_limit"] == 800 - removed
+    assert left["rows"] == 100 * 2 + left["over_limit"]
     assert sum(r["removed_rows_run"] for r in retention["runs"]["off"]) == 0
     for line in ("kv (dstore-batch bench --modes kv", "if_latest one hot key", "409 rate",
                  "put_many 100, atomic", "put_many 100, non-atomic", "requests/s",
                  "atomic/non-atomic rows/s", "list, prefix of 200 rows",
                  "list, prefix of 1,000 rows", "first page of 100", "whole prefix",
-                 "retention keep_versions=2", "retention on/off puts/s", "kv took"):
+                 "retention keep_versions=2", "retention on/off puts/s", "retention left", "kv took"):
         assert line in run.stdout, line

@@ -27,7 +27,7 @@ from ...core.retention import RetentionPolicy
 from ...core.store import StoreCore
 from ...errors import ConflictError, DstoreError
 from ...storage import open_storage
-from ...types import Row
+from ...types import Row, Timestamp
 from .report import percentiles
 from .workload import WorkloadSpec, run_producers
 
@@ -274,6 +274,31 @@ async def _preload(config: Config, spec: KvSpec) -> float:
     return time.monotonic() - started
 
 
+async def _versions_left(config: Config, spec: KvSpec) -> dict[str, int]:
+    """After the windows: the preloaded keys' rows still stored. Not timing: whatever
+    retention got through, no key may be under ``keep_versions`` and every row it removed
+    must be one fewer over the limit."""
+    storage = open_storage(config)
+    await storage.start()
+    per_key: dict[str, int] = {}
+    after = Timestamp(0)
+    try:
+        while True:
+            page = await storage.changes(None, "-ret-", after, 10_000)
+            for _, rows in page.commits:
+                for row in rows:
+                    per_key[row.key] = per_key.get(row.key, 0) + 1
+            after = page.upto
+            if page.complete:
+                break
+    finally:
+        await storage.close()
+    keep = spec.keep_versions
+    return {"keys": len(per_key), "rows": sum(per_key.values()),
+            "keys_under_limit": sum(1 for n in per_key.values() if n < keep),
+            "over_limit": sum(max(0, n - keep) for n in per_key.values())}
+
+
 async def _funnel_window(core: StoreCore, workload: WorkloadSpec,
                          emulator_cpu: Callable[[], float] | None) -> dict[str, Any]:
     """The funnel's workload on ``core``, with the rows retention removed meanwhile."""
@@ -318,6 +343,7 @@ async def _retention(databases: tuple[str, str], emulator_host: str | None, spec
     mean = {label: sum(r["puts_s"] for r in rs) / len(rs) for label, rs in runs.items()}
     policy = RetentionPolicy(keep_versions=spec.keep_versions)  # what the store runs
     return {"policy": {"duty": policy.duty, "step_rows": policy.step_rows},
+            "left": await _versions_left(on, spec),
             "preload_rows": spec.retention_keys * spec.retention_versions,
             "preload_s": preload_s, "keep_versions": spec.keep_versions, "runs": runs,
             "mean_puts_s": mean,

@@ -146,6 +146,11 @@ def _retention_lines(r: dict[str, Any]) -> list[str]:
                  f"{runs}")
     lines.append(f"  retention on/off puts/s: {r['ratio']:.2f} (goal >= 0.90: "
                  f"{'met' if r['ratio'] >= 0.9 else 'not met'})")
+    if "left" in r:
+        left = r["left"]
+        lines.append(f"  retention left {left['rows']:,} preloaded rows on {left['keys']:,} keys: "
+                     f"{left['over_limit']:,} still over the limit, {left['keys_under_limit']} "
+                     "keys under it")
     return lines
 
 
