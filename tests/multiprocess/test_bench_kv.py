@@ -47,5 +47,6 @@ def test_bench_kv_prints_every_figure(tmp_path: Path) -> None:
                  "put_many 100, atomic", "put_many 100, non-atomic", "requests/s",
                  "atomic/non-atomic rows/s", "list, prefix of 200 rows",
                  "list, prefix of 1,000 rows", "first page of 100", "whole prefix",
-                 "retention keep_versions=2", "retention on/off puts/s", "retention left", "kv took"):
+                 "retention keep_versions=2", "retention on/off puts/s", "retention left",
+                 "kv took"):
         assert line in run.stdout, line
