@@ -17,11 +17,9 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 from ..config import Config
@@ -37,8 +35,9 @@ from ..errors import (
 )
 from ..observability.metrics import Metrics
 from ..storage import open_storage
-from ..storage.base import HistoryLimit, LockState, PeerReport, Storage, check_limit
+from ..storage.base import HistoryLimit, Storage, check_limit
 from ..types import NO_APPEND_ID, Change, History, Listing, PutResult, Row, Timestamp
+from .balance import Balancer, Shard, ShardsMismatchError
 from .committer import Committer
 from .election import Election, LeaderState
 from .items import (
@@ -51,7 +50,7 @@ from .items import (
     wire_bytes,
 )
 from .retention import Retention, RetentionPolicy
-from .shards import group_by_shard, shard_lock_name, shard_of, shards_row_name
+from .shards import group_by_shard, shard_lock_name, shard_of
 from .watch import Watcher, WatchHub
 
 __all__ = ["LeaderConnection", "LeaderLink", "Shard", "ShardsMismatchError", "StoreCore"]
@@ -61,11 +60,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_BACKOFF_S = (0.01, 0.05, 0.1, 0.2, 0.5)
 DRAIN_TIMEOUT_S = 10.0
-# A shard lock whose heartbeat is older than a lease but younger than this many is
-# orphaned by a holder that died: any node takes it, share or not.
-ORPHANED_LEASES = 20
-LEAVING = "-leaving-"  # a member report's mark of a node that is stopping
-MEMBER_LEASES = 2  # a member row older than this (written every half lease): gone
 
 
 class LeaderConnection(Protocol):
@@ -113,19 +107,6 @@ class LeaderLink(Protocol):
     async def reachable(self, nodes: Sequence[str]) -> int:
         """How many of ``nodes`` answer over the peer network now."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class Shard:
-    """One funnel of the group: its election (lock row) and committer on this node."""
-
-    index: int
-    election: Election
-    committer: Committer
-
-
-class ShardsMismatchError(ValueError):
-    """This node's --shards differs from the number the group recorded."""
 
 
 class EventSink(Protocol):
@@ -186,12 +167,13 @@ class StoreCore:
         self.watch_hub = WatchHub(self.storage, self.metrics, on_wanted=self._poke_keeper)
         self._subscribers: list[EventSink] = []  # followers that want every commit
         self._linked: set[EventSink] = set()  # every follower linked to this node
-        self.shards = [self._make_shard(i, link is not None) for i in range(config.shards)]
+        self.shards: list[Shard] = []
+        self.balancer = Balancer(config, self.storage, self.shards, hand_over=self._hand_over,
+                                 running=lambda: self._state == "running")
+        self.shards.extend(self._make_shard(i, link is not None) for i in range(config.shards))
         # Shard 0 is the whole group when there is one shard; these names keep it so.
         self.election = self.shards[0].election
         self.committer = self.shards[0].committer
-        self._members: set[str] = {config.node_id}  # live nodes (shards > 1), this one too
-        self._dead: dict[str, float] = {}  # node -> when a lock of theirs was seen orphaned
         if isinstance(link, EventLink):
             link.events = _LinkEvents(self)
         self.retention = Retention(
@@ -202,7 +184,6 @@ class StoreCore:
             fence=lambda: self.election.fence, metrics=self.metrics, node_id=config.node_id)
         self._keeper: asyncio.Task[None] | None = None
         self._balancer: asyncio.Task[None] | None = None
-        self._rebalance = asyncio.Event()  # a leader released a shard: look again now
         self._background: set[asyncio.Task[None]] = set()
         self._poke = asyncio.Event()  # wakes the link keeper (a watcher came or went)
         self._links_in: Counter[str] = Counter()  # followers linked to this node now
@@ -219,7 +200,7 @@ class StoreCore:
             node_id=config.node_id, lease_s=config.lease_s, metrics=self.metrics,
             reach=_LinkReachability(self, i) if linked else None,
             busy=lambda: self.shards[i].committer.committing,
-            may_take=self._may_take, shard=i,
+            may_take=self.balancer.may_take, shard=i,
         )
         committer = Committer(
             self.storage, config.batch, node_id=config.node_id,
@@ -232,109 +213,12 @@ class StoreCore:
         )
         return Shard(i, election, committer)
 
-    # -- shards: the group's N, and each node's share of the leaders ---------------------
-
-    async def _check_shards(self) -> None:
-        """Record the group's number of shards, or refuse to run with another."""
-        name = shards_row_name(self.config.lock_name)
-        want = str(self.config.shards)
-        if await self.storage.lock_acquire(name, want) is not None:
-            return
-        recorded = (await self.storage.lock_read(name)).writer
-        if recorded != want:
-            raise ShardsMismatchError(
-                f"this group runs with --shards {recorded} (recorded in the lock table, row "
-                f"{name!r}); this node was started with --shards {want}. Every node of a "
-                f"group must use the same number; changing it for a live group is not "
-                f"supported")
-
-    def _share(self) -> int:
-        """The most shards this node should lead: ceil(shards / live nodes)."""
-        return -(-self.config.shards // max(1, len(self._members)))
-
-    def _may_take(self, lock: LockState, free_for: float) -> bool:
-        """Whether this node may take a free or expired shard lock now (``free_for``:
-        seconds since this node first saw it free)."""
-        if self.config.shards == 1:
-            return True
-        if free_for >= self.config.lease_s / 2:
-            # Nobody under their share took it (the nodes' views of who is alive can
-            # differ for a few leases): lead it rather than leave it without a leader.
-            return True
-        lease_ms = self.config.lease_s * 1000
-        if (lock.token is not None and lock.age_ms is not None
-                and lock.age_ms < ORPHANED_LEASES * lease_ms):
-            # Its holder stopped heartbeating a moment ago (it died or was cut off): the
-            # shard must be led again now, whatever the shares; the balance evens out
-            # after. (A released lock looks decades old; it goes by the shares.) Until
-            # that holder writes its member row again, it is not counted as live.
-            if lock.writer and lock.writer != self.node_id:
-                self._dead[lock.writer] = time.monotonic()
-            return True
-        return sum(1 for sh in self.shards if sh.election.is_leader) < self._share()
-
-    async def _balance(self) -> None:
-        """Shards > 1: say this node is alive, learn who else is, and hand over the
-        shards it leads beyond its share (the others take them at once: released)."""
-        lease = self.config.lease_s
-        members = f"{self.config.lock_name}/members"
-        while True:
-            self._rebalance.clear()
-            try:
-                await self.storage.peer_report(members, self.node_id, None)
-                reports = await self.storage.peer_reports(members)
-                share = self._share()
-                self._members = self._live(reports)
-                if self._share() > share:
-                    for sh in self.shards:  # room for more: look at free locks now
-                        sh.election.refresh()
-                led = [sh for sh in self.shards if sh.election.is_leader]
-                # Only as many as the others have room for: a shard handed to nobody is
-                # a shard without a leader.
-                extra = min(len(led) - self._share(), self._room_elsewhere())
-                if extra > 0 and self._state == "running":
-                    await asyncio.gather(*(self._hand_over(sh) for sh in led[-extra:]))
-            except DstoreError as exc:
-                log.info("node %s: shard balance round failed: %s", self.node_id, exc)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(lease / 2 * random.uniform(0.9, 1.1)):
-                    await self._rebalance.wait()
-
-    def _live(self, reports: list[PeerReport]) -> set[str]:
-        """Members with a fresh row, not leaving, and not seen dead (a lock of theirs
-        expired) since they last wrote it; this node too."""
-        lease_ms = self.config.lease_s * 1000
-        now = time.monotonic()
-        live = {self.node_id}
-        for r in reports:
-            dead_at = self._dead.get(r.node)
-            if (r.age_ms <= MEMBER_LEASES * lease_ms and r.unreachable != LEAVING
-                    and (dead_at is None or now - r.age_ms / 1000 > dead_at)):
-                live.add(r.node)
-        return live
-
-    def _room_elsewhere(self) -> int:
-        """How many more shards the other live nodes may lead under their shares."""
-        share = self._share()
-        counts = Counter(st.leader for st in self.shard_states() if st.leader is not None)
-        return sum(max(0, share - counts.get(m, 0)) for m in self._members
-                   if m != self.node_id)
-
-    async def _leave(self) -> None:
-        """Shards > 1, stopping: tell the others this node is going, so that its shards
-        count against their shares no more (they take them as soon as it releases)."""
-        with contextlib.suppress(DstoreError):
-            await self.storage.peer_report(f"{self.config.lock_name}/members", self.node_id,
-                                           LEAVING)
-
     async def _hand_over(self, shard: Shard) -> None:
         """Finish the shard's queued puts, release its lock, tell the followers."""
         await shard.committer.drain(DRAIN_TIMEOUT_S)
         await shard.election.release()
         for sink in list(self._linked):
             sink.released(shard.election.lock_name)
-        log.info("node %s: handed shard %d over (share %d of %d live nodes)", self.node_id,
-                 shard.index, self._share(), len(self._members))
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -345,12 +229,12 @@ class StoreCore:
         self._state = "starting"
         try:
             await self.storage.start()
-            await self._check_shards()
+            await self.balancer.check_shards()
             for shard in self.shards:
                 shard.election.add_listener(functools.partial(self._on_leader_change, shard))
                 await shard.election.start()
             if self.config.shards > 1:
-                self._balancer = asyncio.create_task(self._balance(),
+                self._balancer = asyncio.create_task(self.balancer.run(),
                                                      name=f"balancer:{self.node_id}")
             if not isinstance(self.link, _NoLink):
                 self._keeper = asyncio.create_task(self._keep_link(),
@@ -396,7 +280,7 @@ class StoreCore:
         try:
             async with asyncio.timeout_at(deadline):
                 if self.config.shards > 1:
-                    await self._leave()
+                    await self.balancer.leave()
                 await asyncio.gather(*(sh.election.resign() for sh in self.shards))
                 # Followers check the locks at once instead of at their next check.
                 for sink in list(self._linked):
@@ -864,7 +748,7 @@ class _LinkEvents:
 
     def released(self, lock_name: str) -> None:
         core = self._core
-        core._rebalance.set()  # the releasing node may be leaving: count members again
+        core.balancer.poke()  # the releasing node may be leaving: count members again
         for shard in core.shards:
             if shard.election.lock_name == lock_name:
                 shard.election.refresh()
