@@ -39,7 +39,7 @@ from ..errors import DstoreError, InvalidInputError
 from ..observability.metrics import Metrics
 from ..types import Change, Changes, Timestamp, WatchEvent
 
-__all__ = ["WatchFilter", "WatchHub", "Watcher"]
+__all__ = ["Chunk", "WatchFilter", "WatchHub", "Watcher"]
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +94,39 @@ def _size(c: Change) -> int:
     return len(c.key) + len(c.id) + (len(c.value) if c.value else 0) + EVENT_OVERHEAD_BYTES
 
 
-Prepared = tuple[list[tuple[WatchEvent, int]], int]  # (event, bytes) pairs, their total
+class Chunk:
+    """One commit's events for one filter (or one marker event), shared by every
+    watcher with that filter: a watcher's queue holds chunks, so handing a commit to
+    100 watchers costs 100 appends, and a consumer that writes a wire form (the SSE
+    stream) makes it once per chunk (``encoded``)."""
+
+    __slots__ = ("_encoded", "events", "nbytes", "timestamp")
+
+    def __init__(self, events: list[WatchEvent], nbytes: int, timestamp: Timestamp) -> None:
+        self.events = events
+        self.nbytes = nbytes  # 0 for a marker (caught_up, lagged)
+        self.timestamp = timestamp
+        self._encoded: bytes | None = None
+
+    def encoded(self, encode: Callable[[Sequence[WatchEvent]], bytes]) -> bytes:
+        """``encode(events)``, made the first time any watcher asks (one encoder per
+        process: the HTTP layer's)."""
+        if self._encoded is None:
+            self._encoded = encode(self.events)
+        return self._encoded
 
 
-def prepare(ts: Timestamp, changes: list[Change]) -> Prepared:
+def _marker(event: WatchEvent) -> Chunk:
+    return Chunk([event], 0, event.timestamp)
+
+
+def prepare(ts: Timestamp, changes: list[Change]) -> Chunk:
     """One commit's events: until its last row, only the rows before it are complete,
     so their resume token is the timestamp less 1 ns."""
     before = Timestamp(ts - 1)
     last = len(changes) - 1
-    events = [(_event(ts, c, ts if i == last else before), _size(c))
-              for i, c in enumerate(changes)]
-    return events, sum(size for _, size in events)
+    events = [_event(ts, c, ts if i == last else before) for i, c in enumerate(changes)]
+    return Chunk(events, sum(_size(c) for c in changes), ts)
 
 
 class Watcher:
@@ -120,7 +142,8 @@ class Watcher:
         self.resume: Timestamp | None = since
         self._cursor: Timestamp | None = since
         self._start: Timestamp | None = since
-        self._queue: deque[tuple[WatchEvent, int]] = deque()
+        self._queue: deque[Chunk] = deque()
+        self._head = 0  # events of the first chunk already taken one by one
         self._bytes = 0
         self._ready = asyncio.Event()  # the queue has events (or the watch ended)
         self._room = asyncio.Event()  # the queue is under half its bound
@@ -135,14 +158,13 @@ class Watcher:
         self._overflows = 0
         self._resume_at_overflow: Timestamp | None = None
         self._caught_up_sent = False
-        self._taken = 0  # events taken since the last commit's metrics
         self._closed = False
         self._end: WatchEvent | None = None  # a last event (lagged) before the end
         self._task = asyncio.create_task(self._pump(), name=f"watch:{filt!r}")
 
     # -- fed by the hub ------------------------------------------------------------------
 
-    def offer(self, ts: Timestamp, mine: list[Change], prepared: Prepared) -> None:
+    def offer(self, ts: Timestamp, mine: list[Change], chunk: Chunk) -> None:
         """A live commit: its rows that match this watcher's filter, in (key, id) order,
         and their events (made once for every watcher with the same filter)."""
         if self._closed:
@@ -150,21 +172,19 @@ class Watcher:
         if self._syncing:
             if self._buffer is not None:
                 self._buffer.append((ts, mine))
-                self._buffer_bytes += prepared[1]
+                self._buffer_bytes += chunk.nbytes
                 if self._buffer_bytes > QUEUE_MAX_BYTES:
                     self._buffer, self._buffer_bytes = None, 0
             return
         if self._cursor is not None and ts <= self._cursor:
             return  # already queued by the read that preceded going live
-        self._enqueue(ts, mine, prepared)
+        self._enqueue(ts, chunk)
         if self._bytes > QUEUE_MAX_BYTES:
             self._overflow()
 
-    def _enqueue(self, ts: Timestamp, changes: list[Change],
-                 prepared: Prepared | None = None) -> None:
-        events, nbytes = prepared or prepare(ts, changes)
-        self._queue.extend(events)
-        self._bytes += nbytes
+    def _enqueue(self, ts: Timestamp, chunk: Chunk) -> None:
+        self._queue.append(chunk)
+        self._bytes += chunk.nbytes
         self._cursor = ts
         self._ready.set()
         if self._bytes >= QUEUE_MAX_BYTES // 2:
@@ -181,6 +201,7 @@ class Watcher:
             self._lagged()
             return
         self._queue.clear()
+        self._head = 0
         self._bytes = 0
         self._room.set()
         self._cursor = self.resume if self.resume is not None else self._start
@@ -203,47 +224,66 @@ class Watcher:
         return self
 
     async def __anext__(self) -> WatchEvent:
+        await self._wait_ready()
+        if not self._queue:
+            raise StopAsyncIteration
+        chunk = self._queue[0]
+        event = chunk.events[self._head]
+        self._head += 1
+        if self._head == len(chunk.events):
+            self._head = 0
+            self._pop()  # the whole chunk taken: its bookkeeping once
+        else:
+            self.resume = event.resume
+        return event
+
+    async def next_chunks(self, max_events: int = 4096) -> list[Chunk]:
+        """The chunks queued now (at least one; more while they hold at most
+        ``max_events`` events in all), waiting for one if none is: for consumers that
+        handle many events a wakeup. An empty list means the watch ended."""
+        await self._wait_ready()
+        out: list[Chunk] = []
+        n = 0
+        queue = self._queue
+        while queue and (not out or n + len(queue[0].events) - self._head <= max_events):
+            chunk = self._pop()
+            out.append(chunk)
+            n += len(chunk.events)
+        return out
+
+    async def next_batch(self, limit: int = 1024) -> list[WatchEvent]:
+        """The events queued now (at least one, and whole commits but for one bigger
+        than ``limit``), waiting for one if none is. An empty list means the watch
+        ended."""
+        return [e for chunk in await self.next_chunks(limit) for e in chunk.events]
+
+    async def _wait_ready(self) -> None:
+        """Until the queue has a chunk, or the watch ended (a last event, such as
+        ``lagged``, is then queued alone)."""
         while not self._queue:
             if self._closed:
                 if self._end is not None:
                     end, self._end = self._end, None
-                    return end
-                raise StopAsyncIteration
+                    self._queue.append(_marker(end))
+                return
             self._ready.clear()
             await self._ready.wait()
-        return self._take()
 
-    async def next_batch(self, limit: int = 1024) -> list[WatchEvent]:
-        """The events queued now (at least one, at most ``limit``), waiting for one if
-        none is: for consumers that handle many events a wakeup (the SSE stream writes
-        them in one go). An empty list means the watch ended."""
-        out: list[WatchEvent] = []
-        while not out:
-            try:
-                out.append(await self.__anext__())
-            except StopAsyncIteration:
-                return out
-        queue = self._queue
-        while queue and len(out) < limit:
-            # Same bookkeeping as __anext__, without a wakeup per event.
-            out.append(self._take())
-        return out
-
-    def _take(self) -> WatchEvent:
-        event, size = self._queue.popleft()
-        self._bytes -= size
+    def _pop(self) -> Chunk:
+        """Take the first chunk (what is left of it, if events were taken one by one)."""
+        chunk = self._queue.popleft()
+        if self._head:
+            chunk = Chunk(chunk.events[self._head:], chunk.nbytes, chunk.timestamp)
+            self._head = 0
+        self._bytes -= chunk.nbytes
         if self._bytes < QUEUE_MAX_BYTES // 2:
             self._room.set()
-        self.resume = event.resume
-        if size:  # a put or delete (markers have no size)
-            self._taken += 1
-            if event.resume == event.timestamp:
-                # The commit's last row: its metrics once, not once a row.
-                m = self._hub.metrics
-                m.watch_events.inc(self._taken)
-                m.watch_lag.observe(max(0.0, (time.time_ns() - event.timestamp) / 1e9))
-                self._taken = 0
-        return event
+        self.resume = chunk.events[-1].resume
+        if chunk.nbytes:  # a commit (markers have no size): its metrics once
+            m = self._hub.metrics
+            m.watch_events.inc(len(chunk.events))
+            m.watch_lag.observe(max(0.0, (time.time_ns() - chunk.timestamp) / 1e9))
+        return chunk
 
     async def aclose(self) -> None:
         """Stop watching."""
@@ -258,6 +298,7 @@ class Watcher:
         self._closed = True
         self._end = end
         self._queue.clear()
+        self._head = 0
         self._bytes = 0
         self._buffer = None
         self._ready.set()
@@ -314,7 +355,7 @@ class Watcher:
                 for ts, changes in page.commits:
                     if not await self._wait_room():
                         return
-                    self._enqueue(ts, changes)
+                    self._enqueue(ts, prepare(ts, changes))
                 upto = page.upto
                 if page.complete:
                     break
@@ -324,11 +365,11 @@ class Watcher:
         self._cursor = max(upto, self._cursor or upto)
         for ts, changes in buffered:
             if ts > self._cursor:
-                self._enqueue(ts, changes)
+                self._enqueue(ts, prepare(ts, changes))
         self._syncing, self._buffer, self._buffer_bytes = False, None, 0
         if not self._caught_up_sent:
             self._caught_up_sent = True
-            self._queue.append((WatchEvent("caught_up", "", "", "", upto, upto), 0))
+            self._queue.append(_marker(WatchEvent("caught_up", "", "", "", upto, upto)))
             self._ready.set()
         self._synced_epoch = epoch
 
@@ -377,7 +418,7 @@ class WatchHub:
         watchers, the per-watcher cost is a queue extend."""
         if ts > self.last_timestamp:
             self.last_timestamp = ts
-        made: dict[tuple[str | None, str], tuple[list[Change], Prepared] | None] = {}
+        made: dict[tuple[str | None, str], tuple[list[Change], Chunk] | None] = {}
         for w in list(self._watchers):
             f = w.filter
             ident = (f.key, f.prefix)

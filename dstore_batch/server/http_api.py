@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -272,6 +272,11 @@ def sse_event(event: WatchEvent) -> bytes:
             f"data: {json.dumps(data, separators=(',', ':'))}\n\n").encode()
 
 
+def sse_events(events: Sequence[WatchEvent]) -> bytes:
+    """Events in Server-Sent Events form, one after another."""
+    return b"".join(sse_event(e) for e in events)
+
+
 async def _watch(request: web.Request) -> web.StreamResponse:
     q = request.query
     raw = request.headers.get("Last-Event-ID") or q.get("since")
@@ -292,15 +297,16 @@ async def _watch(request: web.Request) -> web.StreamResponse:
         while True:
             try:
                 async with asyncio.timeout(SSE_KEEPALIVE_S):
-                    events = await watcher.next_batch()
+                    chunks = await watcher.next_chunks()
             except TimeoutError:
                 await resp.write(b": keepalive\n\n")
                 continue
-            if not events:
+            if not chunks:
                 break
-            # Everything queued goes out in one write.
-            await resp.write(b"".join(sse_event(e) for e in events))
-            if events[-1].kind == "lagged":
+            # Everything queued goes out in one write; each commit's text is made once
+            # for all the streams with this filter.
+            await resp.write(b"".join(c.encoded(sse_events) for c in chunks))
+            if chunks[-1].events[-1].kind == "lagged":
                 break
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away

@@ -5,7 +5,7 @@ watcher's memory."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -190,3 +190,40 @@ async def test_next_batch_takes_everything_queued_in_order(core: StoreCore) -> N
     assert watcher.resume == got[-1].timestamp
     await watcher.aclose()
     assert await watcher.next_batch() == []
+
+
+async def test_one_commit_is_one_chunk_shared_and_encoded_once(core: StoreCore) -> None:
+    same = [core.watch(prefix="c/"), core.watch(prefix="c/")]
+    other = core.watch(key="c/1")
+    for w in (*same, other):
+        assert [c.events[0].kind for c in await w.next_chunks()] == ["caught_up"]
+    await core.put_many([("c/1", "one"), ("c/2", "two"), ("d/1", "not mine")])
+    async with asyncio.timeout(10):
+        chunks = [(await w.next_chunks())[0] for w in (*same, other)]
+    assert chunks[0] is chunks[1]  # one filter: one chunk for both watchers
+    assert [e.key for e in chunks[0].events] == ["c/1", "c/2"]
+    assert [e.key for e in chunks[2].events] == ["c/1"]
+    made: list[int] = []
+
+    def encode(events: Sequence[WatchEvent]) -> bytes:
+        made.append(len(events))
+        return b"|".join(e.key.encode() for e in events)
+
+    assert chunks[0].encoded(encode) == chunks[1].encoded(encode) == b"c/1|c/2"
+    assert made == [2]
+    for w in (*same, other):
+        await w.aclose()
+
+
+async def test_events_taken_one_by_one_then_the_rest_of_the_commit(core: StoreCore) -> None:
+    watcher = core.watch(prefix="e/")
+    await take(watcher, 1)  # caught_up
+    ack = (await core.put_many([(f"e/{i}", str(i)) for i in range(4)]))[0]
+    first = await take(watcher, 1)
+    # Mid-commit: only the rows before the commit's last are complete.
+    assert watcher.resume == Timestamp(ack.timestamp - 1) == first[0].resume
+    async with asyncio.timeout(10):
+        (rest,) = await watcher.next_chunks()
+    assert [e.key for e in first + rest.events] == [f"e/{i}" for i in range(4)]
+    assert watcher.resume == ack.timestamp
+    await watcher.aclose()

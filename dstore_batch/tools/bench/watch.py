@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
@@ -40,6 +41,7 @@ from prometheus_client import CollectorRegistry
 
 from ...config import BatchConfig, Config
 from ...core.items import new_id
+from ...core.watch import Chunk
 from ...errors import DstoreError
 from ...server.node import Store
 from ...testing.emulator import free_port
@@ -100,6 +102,27 @@ class _Bounds:
         self.end_ns = 1 << 62
 
 
+Row3 = tuple[int, str, str]  # (timestamp, key, id)
+_CHECKED: dict[int, tuple[Chunk, tuple[int, int, Row3, Row3]]] = {}
+
+
+def _checked(chunk: Chunk) -> tuple[int, int, Row3, Row3]:
+    """A commit's rows: how many, the sum of their (key, id) hashes, the first and the
+    last (timestamp, key, id); made once per chunk, however many watchers share it.
+    Raises if the rows are not in (key, id) order (a commit's fixed order)."""
+    hit = _CHECKED.get(id(chunk))
+    if hit is not None and hit[0] is chunk:
+        return hit[1]
+    rows = [(e.timestamp, e.key, e.id) for e in chunk.events]
+    if any(a >= b for a, b in itertools.pairwise(rows)):
+        raise AssertionError(f"a commit's events out of (key, id) order: {rows[:5]}...")
+    out = (len(rows), sum(hash(r[1:]) for r in rows), rows[0], rows[-1])
+    if len(_CHECKED) > 100_000:
+        _CHECKED.clear()
+    _CHECKED[id(chunk)] = (chunk, out)  # holding the chunk keeps its id unused
+    return out
+
+
 class _Consumer:
     """One watcher and its consumer task."""
 
@@ -120,27 +143,29 @@ class _Consumer:
         bounds, lags = self.bounds, self.lags
         while True:
             resume: Timestamp | None = None
-            # Batches, as the SSE stream takes them: one wakeup for all that is queued.
-            while batch := await self.watcher.next_batch():
+            # Chunks, as the SSE stream takes them: one wakeup for all that is queued,
+            # and each commit's checks made once for every watcher it was shared with.
+            while chunks := await self.watcher.next_chunks():
                 now = time.time_ns()
-                for ev in batch:
-                    if ev.kind == "caught_up":
+                for chunk in chunks:
+                    kind = chunk.events[0].kind
+                    if kind == "caught_up":
                         self.caught_up.set()
                         continue
-                    if ev.kind == "lagged":
-                        resume = ev.resume
+                    if kind == "lagged":
+                        resume = chunk.events[0].resume
                         break
-                    row = (ev.timestamp, ev.key, ev.id)
-                    if row > self.last:
-                        self.last = row
-                        self.count += 1
-                        self.checksum += hash((ev.key, ev.id))
-                        if bounds.begin_ns <= ev.timestamp <= bounds.end_ns:
-                            lags.append(now - ev.timestamp)
+                    n, checksum, first, last = _checked(chunk)
+                    if first > self.last:  # a commit's rows are in (key, id) order
+                        self.last = last
+                        self.count += n
+                        self.checksum += checksum
+                        if bounds.begin_ns <= chunk.timestamp <= bounds.end_ns:
+                            lags.extend([now - chunk.timestamp] * n)
                     else:
-                        self.repeats += 1
+                        self.repeats += n
                         if len(self.examples) < 3:
-                            self.examples.append(f"{row} after {self.last}")
+                            self.examples.append(f"{first} after {self.last}")
                 if resume is not None:
                     break
             if resume is None:
