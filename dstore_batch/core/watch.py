@@ -419,11 +419,19 @@ class WatchHub:
         if ts > self.last_timestamp:
             self.last_timestamp = ts
         made: dict[tuple[str | None, str], tuple[list[Change], Chunk] | None] = {}
+        by_key: dict[str, list[Change]] | None = None  # for one-key watches: one pass
         for w in list(self._watchers):
             f = w.filter
             ident = (f.key, f.prefix)
             if ident not in made:
-                mine = [c for c in changes if f.match(c.key)]
+                if f.key is not None:
+                    if by_key is None:
+                        by_key = {}
+                        for c in changes:
+                            by_key.setdefault(c.key, []).append(c)
+                    mine = by_key.get(f.key, [])
+                else:
+                    mine = [c for c in changes if c.key.startswith(f.prefix)]
                 made[ident] = (mine, prepare(ts, mine)) if mine else None
             entry = made[ident]
             if entry is not None:
