@@ -40,6 +40,7 @@ from dstore_batch.storage.base import Fence, HistoryLimit, LockState, PeerReport
 from dstore_batch.storage.spanner import parse_database_path, spanner_client
 from dstore_batch.storage.sqlite import sqlite_path
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
+from dstore_batch.testing.emulator import free_port
 from dstore_batch.types import (
     Changes,
     CommitResult,
@@ -139,6 +140,18 @@ async def raw_http(address: str, data: bytes, timeout: float = 10.0) -> tuple[in
 
 
 # -- /metrics ------------------------------------------------------------------------------
+
+
+def local_config(database: str, **kw: Any) -> Config:
+    """A one-process node's config on a free loopback port (unit tests: a 1 s lease)."""
+    kw.setdefault("lease_s", 1.0)
+    return Config(node_id=f"127.0.0.1:{free_port()}", database=database, **kw)
+
+
+def sample(core: StoreCore, name: str, **labels: str) -> float:
+    """A metric of ``core``'s registry (0 when it was never set)."""
+    value = core.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dstore_batch.config import BatchConfig, Config
+from dstore_batch.config import BatchConfig
 from dstore_batch.core.items import new_id, parse_item, rows_from_items
 from dstore_batch.core.retention import DAY_NS, Retention, RetentionPolicy
 from dstore_batch.core.store import StoreCore
@@ -24,21 +24,13 @@ from dstore_batch.errors import (
     TooLargeError,
 )
 from dstore_batch.storage.sqlite import SQLiteStorage, sqlite_path
-from dstore_batch.testing.emulator import free_port
 from dstore_batch.types import IF_ABSENT, Row
-from tests.helpers import DirectLink, StorageProbe, wait_until
+from tests.helpers import DirectLink, StorageProbe, sample, wait_until
+from tests.helpers import local_config as config
 
 LEASE_S = 1.0
 
 
-def config(database: str, **kw: Any) -> Config:
-    kw.setdefault("lease_s", LEASE_S)
-    return Config(node_id=f"127.0.0.1:{free_port()}", database=database, **kw)
-
-
-def sample(core: StoreCore, name: str, **labels: str) -> float:
-    value = core.metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
 
 
 def stored(database: str) -> list[tuple[str, str, str | None, int]]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
-from dstore_batch.config import Config
 from dstore_batch.core.store import StoreCore
 from dstore_batch.errors import (
     BusyError,
@@ -22,21 +20,13 @@ from dstore_batch.errors import (
     TooLargeError,
 )
 from dstore_batch.storage.sqlite import SQLiteStorage, sqlite_path
-from dstore_batch.testing.emulator import free_port
 from dstore_batch.types import NO_APPEND_ID
-from tests.helpers import DirectLink, StorageProbe
+from tests.helpers import DirectLink, StorageProbe, sample
+from tests.helpers import local_config as config
 
 LEASE_S = 1.0
 
 
-def config(database: str, **kw: Any) -> Config:
-    kw.setdefault("lease_s", LEASE_S)
-    return Config(node_id=f"127.0.0.1:{free_port()}", database=database, **kw)
-
-
-def sample(core: StoreCore, name: str, **labels: str) -> float:
-    value = core.metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
 
 
 @pytest.fixture

@@ -6,22 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import pytest
 
-from dstore_batch.config import Config
 from dstore_batch.core import watch as watch_module
 from dstore_batch.core.store import StoreCore
 from dstore_batch.core.watch import Watcher
 from dstore_batch.errors import InvalidInputError
-from dstore_batch.testing.emulator import free_port
 from dstore_batch.types import Timestamp, WatchEvent
-
-
-def config(database: str, **kw: Any) -> Config:
-    kw.setdefault("lease_s", 1.0)
-    return Config(node_id=f"127.0.0.1:{free_port()}", database=database, **kw)
+from tests.helpers import local_config as config
 
 
 @pytest.fixture
