@@ -237,13 +237,9 @@ class SQLiteStorage:
                         max_staleness_s: float | None = None) -> Listing:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        where, args = ["key >= ?"], [prefix]
-        if after is not None and after >= prefix:
-            where, args = ["key > ?"], [after]
-        end = prefix_end(prefix)
-        if end is not None:
-            where.append("key < ?")
-            args.append(end)
+        where: list[str] = []
+        args: list[int | str] = []
+        _key_range(where, args, prefix, after)
         # The (key, id) primary key index gives the range, in key order.
         sql = (f"SELECT key, id, value, timestamp FROM {self.log_table} "
                f"WHERE {' AND '.join(where)} ORDER BY key")
@@ -320,12 +316,7 @@ class SQLiteStorage:
             where.append("key = ?")
             args.append(key)
         else:
-            where.append("key >= ?")
-            args.append(prefix)
-            end = prefix_end(prefix)
-            if end is not None:
-                where.append("key < ?")
-                args.append(end)
+            _key_range(where, args, prefix, None)
         sql = (f"SELECT key, id, value, timestamp FROM {self.log_table} "
                f"WHERE {' AND '.join(where)}")
 
@@ -464,3 +455,18 @@ def _next_timestamp(c: sqlite3.Connection) -> Timestamp:
     ts = max(time.time_ns(), last + 1)
     c.execute("UPDATE dstore_clock SET last = ?", (ts,))
     return Timestamp(ts)
+
+
+def _key_range(where: list[str], args: list[int | str], prefix: str,
+               after: str | None) -> None:
+    """Add the primary-key range of the keys under ``prefix`` (after ``after``)."""
+    if after is not None and after >= prefix:
+        where.append("key > ?")
+        args.append(after)
+    else:
+        where.append("key >= ?")
+        args.append(prefix)
+    end = prefix_end(prefix)
+    if end is not None:
+        where.append("key < ?")
+        args.append(end)
