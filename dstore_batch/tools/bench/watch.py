@@ -103,6 +103,7 @@ class _Bounds:
 
 
 Row3 = tuple[int, str, str]  # (timestamp, key, id)
+CHECKED_CHUNKS = 256
 _CHECKED: dict[int, tuple[Chunk, tuple[int, int, Row3, Row3]]] = {}
 
 
@@ -117,8 +118,10 @@ def _checked(chunk: Chunk) -> tuple[int, int, Row3, Row3]:
     if any(a >= b for a, b in itertools.pairwise(rows)):
         raise AssertionError(f"a commit's events out of (key, id) order: {rows[:5]}...")
     out = (len(rows), sum(hash(r[1:]) for r in rows), rows[0], rows[-1])
-    if len(_CHECKED) > 100_000:
-        _CHECKED.clear()
+    # The watchers sharing a chunk take it within moments of each other: a short memory
+    # serves them all (and holds few events alive for the garbage collector to scan).
+    if len(_CHECKED) >= CHECKED_CHUNKS:
+        del _CHECKED[next(iter(_CHECKED))]
     _CHECKED[id(chunk)] = (chunk, out)  # holding the chunk keeps its id unused
     return out
 
