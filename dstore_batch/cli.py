@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import BatchConfig, Config, LimitsConfig
 from .observability.logs import setup_logging
+from .runtime import run, tune_gc
 from .storage.ddl import DEFAULT_LOCK_TABLE, DEFAULT_LOG_TABLE, render_ddl
 
 __all__ = ["main"]
@@ -473,15 +474,6 @@ def _days(value: Any) -> int | None:
     return days
 
 
-def _run(coro: Any) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = _parser()
@@ -489,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"),
                   getattr(args, "id", None))
     try:
+        tune_gc()
         return _main(args)
     except ValueError as exc:  # bad flag values: say which, without a traceback
         parser.exit(2, f"dstore-batch: error: {exc}\n")
@@ -532,14 +525,14 @@ def _main(args: argparse.Namespace) -> int:
         spec = WorkloadSpec(producers=args.producers, value_size=args.value_size, mix=args.mix,
                             many_size=args.many_size, warmup_s=args.warmup_s,
                             duration_s=args.duration_s)
-        _run(run_node(_config(args), spec, args.start_at, args.out))
+        run(run_node(_config(args), spec, args.start_at, args.out))
         return 0
     if args.command == "serve":
         config = _config(args)
         if str(args.init_db).lower() in ("1", "true", "yes"):
             _init_db(config.database, config.lock_table, config.log_table,
                      config.emulator_host, config.retention_days)
-        _run(_serve(config))
+        run(_serve(config))
         return 0
     return 2
 

@@ -3,6 +3,7 @@ emulator lookup."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import dstore_batch
 from dstore_batch import errors
 from dstore_batch.config import BatchConfig, Config, LimitsConfig
 from dstore_batch.core.items import check_rows, rows_from_items
+from dstore_batch.runtime import GC_THRESHOLD, tune_gc
 from dstore_batch.storage.ddl import render_ddl
 from dstore_batch.types import Row, Timestamp
 
@@ -153,3 +155,19 @@ def test_missing_emulator_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr("dstore_batch.testing.emulator.DEFAULT_SDK_ROOT", "/nonexistent")
     with pytest.raises(EmulatorNotFound, match="apt-get install google-cloud-cli-spanner-emulator"):
         find_emulator()
+
+
+def test_gc_thresholds_default_and_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    before = gc.get_threshold()
+    try:
+        monkeypatch.delenv("DSTORE_GC_THRESHOLD", raising=False)
+        assert tune_gc() == GC_THRESHOLD == gc.get_threshold()
+        monkeypatch.setenv("DSTORE_GC_THRESHOLD", "700,10,10")
+        assert tune_gc() == (700, 10, 10) == gc.get_threshold()
+        for bad in ("700,10", "a,b,c", "700,-1,10"):
+            monkeypatch.setenv("DSTORE_GC_THRESHOLD", bad)
+            with pytest.raises(ValueError, match="DSTORE_GC_THRESHOLD"):
+                tune_gc()
+    finally:
+        gc.set_threshold(*before)

@@ -26,6 +26,7 @@ from ...core.items import new_id
 from ...core.retention import RetentionPolicy
 from ...core.store import StoreCore
 from ...errors import ConflictError, DstoreError
+from ...runtime import run
 from ...storage import open_storage
 from ...types import Row, Timestamp
 from .report import percentiles
@@ -403,11 +404,7 @@ def run_kv(database: Callable[[str], str], emulator_host: str | None, spec: KvSp
     level = package_log.level
     package_log.setLevel(logging.WARNING)
     try:
-        try:
-            import uvloop
-        except ImportError:
-            return asyncio.run(_run(database, emulator_host, spec, emulator_cpu))
-        # uvloop, as the funnel's nodes run (cli._run).
-        return uvloop.run(_run(database, emulator_host, spec, emulator_cpu))
+        # uvloop, as the funnel's nodes run.
+        return run(_run(database, emulator_host, spec, emulator_cpu))
     finally:
         package_log.setLevel(level)

@@ -33,6 +33,7 @@ from typing import Any
 
 import msgpack
 
+from ...runtime import run, tune_gc
 from ...storage import collect_changes, list_page, plan_trim, prefix_end, resolve_commit
 from ...storage.base import peer_row_prefix
 from ...storage.model import FAILED, NOT_LEADER, OK, WRITE_OPS
@@ -455,13 +456,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     latency = ModelLatency(args.commit_base_ms, args.commit_row_us, args.lock_ms, args.read_ms)
+    tune_gc()
     with contextlib.suppress(KeyboardInterrupt):
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(serve_model(args.host, args.port, latency))
-        else:
-            uvloop.run(serve_model(args.host, args.port, latency))
+        run(serve_model(args.host, args.port, latency))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from ...config import BatchConfig, Config
 from ...core.items import new_id
 from ...core.watch import Chunk
 from ...errors import DstoreError
+from ...runtime import run
 from ...server.node import Store
 from ...testing.emulator import free_port
 from ...types import Timestamp
@@ -579,10 +580,6 @@ def run_watch(database: str, emulator_host: str | None, spec: WatchSpec,
     level = package_log.level
     package_log.setLevel(logging.WARNING)
     try:
-        try:
-            import uvloop
-        except ImportError:
-            return asyncio.run(_run(database, emulator_host, spec, emulator_cpu, progress))
-        return uvloop.run(_run(database, emulator_host, spec, emulator_cpu, progress))
+        return run(_run(database, emulator_host, spec, emulator_cpu, progress))
     finally:
         package_log.setLevel(level)
