@@ -137,7 +137,9 @@ class _Consumer:
         self.repeats = 0
         self.examples: list[str] = []  # the first events that did not advance the order
         self.lagged = 0  # closed lagged (and resumed)
-        self.lags: list[int] = []  # ns, events of rows committed in the window
+        # (lag ns, events) per commit delivered, of rows committed in the window: every
+        # event of a commit arrives in one chunk, so they share its lag.
+        self.lags: list[tuple[int, int]] = []
         self.last: tuple[int, str, str] = (0, "", "")
         self.caught_up = asyncio.Event()
         self.watcher = store.watch(prefix=prefix)
@@ -165,7 +167,7 @@ class _Consumer:
                         self.count += n
                         self.checksum += checksum
                         if bounds.begin_ns <= chunk.timestamp <= bounds.end_ns:
-                            lags.extend([now - chunk.timestamp] * n)
+                            lags.append((now - chunk.timestamp, n))
                     else:
                         self.repeats += n
                         if len(self.examples) < 3:
@@ -219,8 +221,22 @@ def _hist_quantile(before: list[tuple[float, float]], after: list[tuple[float, f
     return float("nan")
 
 
-def _ns_percentiles(values: list[int]) -> dict[str, float]:
-    return percentiles([v / 1e9 for v in values]) if values else percentiles([])
+def _ns_percentiles(weighted: list[tuple[int, int]]) -> dict[str, float]:
+    """p50/p99/p99.9 in ms over events, from (lag ns, events with that lag) pairs."""
+    if not weighted:
+        return percentiles([])
+    ordered = sorted(weighted)
+    total = sum(n for _, n in ordered)
+    out = {}
+    for name, q in (("p50_ms", 0.5), ("p99_ms", 0.99), ("p999_ms", 0.999)):
+        rank = min(total - 1, int(q * total))  # nearest rank, as ``percentiles``
+        seen = 0
+        for lag, n in ordered:
+            seen += n
+            if seen > rank:
+                out[name] = lag / 1e6
+                break
+    return out
 
 
 class _Run:
@@ -452,15 +468,15 @@ class _Run:
             out["cpu_us_per_row"] = {k: v / tally.window_rows * 1e6
                                      for k, v in out["cpu_s"].items()}
         if watchers and stored is not None:
-            every: list[int] = []
-            by_role: dict[str, list[int]] = {}
+            every: list[tuple[int, int]] = []
+            by_role: dict[str, list[tuple[int, int]]] = {}
             for c in consumers:
                 every += c.lags
                 by_role.setdefault(c.role, []).extend(c.lags)
-            out["lag"] = {"events": len(every), **_ns_percentiles(every),
-                          "max_ms": max(every) / 1e6 if every else float("nan")}
+            out["lag"] = {"events": sum(n for _, n in every), **_ns_percentiles(every),
+                          "max_ms": max(every)[0] / 1e6 if every else float("nan")}
             out["lag_by_role"] = {role: {"watchers": sum(c.role == role for c in consumers),
-                                         "events": len(v), **_ns_percentiles(v)}
+                                         "events": sum(n for _, n in v), **_ns_percentiles(v)}
                                   for role, v in sorted(by_role.items())}
             checksum = sum(hash(row) for row in stored) & MASK
             ok = [c.count == len(stored) and (c.checksum & MASK) == checksum
