@@ -249,7 +249,7 @@ def _watch_command(args: argparse.Namespace) -> int:
                 await follow()
 
     try:
-        asyncio.run(bounded())
+        run(bounded())
     except KeyboardInterrupt:
         return 0
     except DstoreError as exc:

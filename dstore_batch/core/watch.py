@@ -146,7 +146,7 @@ class Watcher:
         # While syncing, live commits wait here (None: it overflowed; they are dropped
         # and the sync reads again from the cursor).
         self._syncing = False
-        self._buffer: list[tuple[Timestamp, list[Change]]] | None = None
+        self._buffer: list[tuple[Timestamp, Chunk]] | None = None
         self._buffer_bytes = 0
         self._synced_epoch = -1
         self._resync = asyncio.Event()
@@ -159,14 +159,14 @@ class Watcher:
 
     # -- fed by the hub ------------------------------------------------------------------
 
-    def offer(self, ts: Timestamp, mine: list[Change], chunk: Chunk) -> None:
-        """A live commit: its rows that match this watcher's filter, in (key, id) order,
-        and their events (made once for every watcher with the same filter)."""
+    def offer(self, ts: Timestamp, chunk: Chunk) -> None:
+        """A live commit's events for this watcher's filter, in (key, id) order (made
+        once for every watcher with the same filter)."""
         if self._closed:
             return
         if self._syncing:
             if self._buffer is not None:
-                self._buffer.append((ts, mine))
+                self._buffer.append((ts, chunk))
                 self._buffer_bytes += chunk.nbytes
                 if self._buffer_bytes > QUEUE_MAX_BYTES:
                     self._buffer, self._buffer_bytes = None, 0
@@ -235,7 +235,8 @@ class Watcher:
     async def next_chunks(self, max_events: int = 4096) -> list[Chunk]:
         """The chunks queued now (at least one; more while they hold at most
         ``max_events`` events in all), waiting for one if none is: for consumers that
-        handle many events a wakeup. An empty list means the watch ended."""
+        handle many events a wakeup. An empty list means the watch ended. A chunk is
+        shared with the other watchers of this filter: read it, never change it."""
         await self._wait_ready()
         out: list[Chunk] = []
         n = 0
@@ -267,6 +268,7 @@ class Watcher:
     def _pop(self) -> Chunk:
         """Take the first chunk (what is left of it, if events were taken one by one)."""
         chunk = self._queue.popleft()
+        events = len(chunk.events)  # the commit's, those taken one by one included
         if self._head:
             chunk = Chunk(chunk.events[self._head:], chunk.nbytes, chunk.timestamp)
             self._head = 0
@@ -276,7 +278,7 @@ class Watcher:
         self.resume = chunk.events[-1].resume
         if chunk.nbytes:  # a commit (markers have no size): its metrics once
             m = self._hub.metrics
-            m.watch_events.inc(len(chunk.events))
+            m.watch_events.inc(events)
             m.watch_lag.observe(max(0.0, (time.time_ns() - chunk.timestamp) / 1e9))
         return chunk
 
@@ -358,9 +360,9 @@ class Watcher:
         if hub.epoch != epoch or not hub.live or buffered is None or self._closed:
             return  # the source moved or the buffer overflowed: read again from here
         self._cursor = max(upto, self._cursor or upto)
-        for ts, changes in buffered:
+        for ts, chunk in buffered:
             if ts > self._cursor:
-                self._enqueue(ts, prepare(ts, changes))
+                self._enqueue(ts, chunk)
         self._syncing, self._buffer, self._buffer_bytes = False, None, 0
         if not self._caught_up_sent:
             self._caught_up_sent = True
@@ -413,7 +415,7 @@ class WatchHub:
         watchers, the per-watcher cost is a queue extend."""
         if ts > self.last_timestamp:
             self.last_timestamp = ts
-        made: dict[tuple[str | None, str], tuple[list[Change], Chunk] | None] = {}
+        made: dict[tuple[str | None, str], Chunk | None] = {}
         by_key: dict[str, list[Change]] | None = None  # for one-key watches: one pass
         for w in list(self._watchers):
             f = w.filter
@@ -427,10 +429,10 @@ class WatchHub:
                     mine = by_key.get(f.key, [])
                 else:
                     mine = [c for c in changes if c.key.startswith(f.prefix)]
-                made[ident] = (mine, prepare(ts, mine)) if mine else None
-            entry = made[ident]
-            if entry is not None:
-                w.offer(ts, entry[0], entry[1])
+                made[ident] = prepare(ts, mine) if mine else None
+            chunk = made[ident]
+            if chunk is not None:
+                w.offer(ts, chunk)
 
     def source_up(self) -> None:
         """This node now receives every commit from here on (it leads, or its link to

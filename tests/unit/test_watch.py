@@ -220,3 +220,22 @@ async def test_events_taken_one_by_one_then_the_rest_of_the_commit(core: StoreCo
     assert [e.key for e in first + rest.events] == [f"e/{i}" for i in range(4)]
     assert watcher.resume == ack.timestamp
     await watcher.aclose()
+
+
+async def test_events_metric_counts_a_commit_once_however_it_was_read(core: StoreCore) -> None:
+    def sent() -> float:
+        return core.metrics.registry.get_sample_value("dstore_watch_events_total") or 0.0
+
+    one_by_one, whole = core.watch(prefix="m/"), core.watch(prefix="m/")
+    await take(one_by_one, 1)
+    await take(whole, 1)
+    before = sent()
+    await core.put_many([(f"m/{i}", str(i)) for i in range(3)])
+    await take(one_by_one, 1)
+    async with asyncio.timeout(10):
+        rest = await one_by_one.next_chunks()
+        everything = await whole.next_chunks()
+    assert [len(c.events) for c in rest] == [2] and [len(c.events) for c in everything] == [3]
+    assert sent() - before == 6  # 3 events handed to each watcher
+    for w in (one_by_one, whole):
+        await w.aclose()
