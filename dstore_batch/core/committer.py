@@ -93,6 +93,7 @@ class Committer:
         self._task: asyncio.Task[None] | None = None
         self._accepting = False
         self._inflight = 0  # commits started and not finished
+        self._last_commit = 0.0  # monotonic start of the latest commit
         self._quiet = asyncio.Event()  # set while nothing is queued or committing
         self._quiet.set()
 
@@ -130,6 +131,12 @@ class Committer:
     def committing(self) -> bool:
         """Whether a commit is in flight now."""
         return self._inflight > 0
+
+    def active_within(self, seconds: float) -> bool:
+        """Whether puts came through here lately: a commit in flight, rows queued, or a
+        commit started less than ``seconds`` ago."""
+        return (self._inflight > 0 or self._acc.rows > 0
+                or time.monotonic() - self._last_commit < seconds)
 
     @property
     def accepting(self) -> bool:
@@ -203,6 +210,7 @@ class Committer:
                 continue
             self._gauge()
             self._inflight += 1
+            self._last_commit = time.monotonic()
             seq = next(self._seq)
             # A commit that starts now gets a timestamp above every commit finished
             # before it (Spanner's external consistency; SQLite's clock): its floor.

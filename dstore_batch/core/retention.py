@@ -9,7 +9,9 @@ rows older than D days in bounded steps (``Storage.expire``).
 Throttled by a duty cycle: after a step that took t seconds the task sleeps
 t * (1 - duty) / duty, so retention holds the database (whose write transactions
 serialize with the leader's commits on the emulator and SQLite) for at most ``duty`` of
-the time. BENCHMARKS.md measures what that costs foreground puts.
+the time. BENCHMARKS.md measures what that costs foreground puts. While no put has come
+through for a while (``IDLE_S``), nothing is there to slow down: steps run at
+``idle_duty``, so retention catches up in the lulls of the load.
 """
 
 from __future__ import annotations
@@ -31,25 +33,29 @@ log = logging.getLogger(__name__)
 
 DAY_NS = 86_400 * 1_000_000_000
 ERROR_PAUSE_S = 5.0
+IDLE_S = 2.0  # no commit started for this long: the foreground is idle
 
 
 class RetentionPolicy:
     """What to keep, and how hard to work at it."""
 
-    __slots__ = ("duty", "interval_s", "keep_versions", "retention_days", "step_rows")
+    __slots__ = ("duty", "idle_duty", "interval_s", "keep_versions", "retention_days",
+                 "step_rows")
 
     def __init__(self, *, keep_versions: int | None = None, retention_days: int | None = None,
-                 step_rows: int = 500, duty: float = 0.05, interval_s: float = 30.0) -> None:
+                 step_rows: int = 500, duty: float = 0.05, idle_duty: float = 0.5,
+                 interval_s: float = 30.0) -> None:
         if keep_versions is not None and keep_versions < 1:
             raise ValueError("keep_versions must be at least 1 (a key's newest row stays)")
         if retention_days is not None and retention_days < 1:
             raise ValueError("retention_days must be at least 1")
-        if not 0 < duty <= 1:
-            raise ValueError("duty must be in (0, 1]")
+        if not 0 < duty <= 1 or not 0 < idle_duty <= 1:
+            raise ValueError("duty and idle_duty must be in (0, 1]")
         self.keep_versions = keep_versions
         self.retention_days = retention_days
         self.step_rows = step_rows
         self.duty = duty
+        self.idle_duty = idle_duty
         self.interval_s = interval_s
 
     @property
@@ -62,8 +68,10 @@ class Retention:
     """The leader's retention task: started on taking the lock, stopped on losing it."""
 
     def __init__(self, storage: Storage, policy: RetentionPolicy, *,
-                 fence: Callable[[], Fence | None], metrics: Metrics, node_id: str) -> None:
+                 fence: Callable[[], Fence | None], metrics: Metrics, node_id: str,
+                 busy: Callable[[float], bool] = lambda idle_s: True) -> None:
         self._storage = storage
+        self._busy = busy  # busy(IDLE_S): whether puts came through in that long
         self._policy = policy
         self._fence = fence
         self._metrics = metrics
@@ -100,9 +108,14 @@ class Retention:
             if removed == 0:
                 await asyncio.sleep(policy.interval_s)
 
+    def duty(self) -> float:
+        """The duty cycle of the next pause: the policy's, or its idle one while no put
+        has come through for ``IDLE_S``."""
+        return self._policy.duty if self._busy(IDLE_S) else self._policy.idle_duty
+
     async def _throttle(self, started: float) -> None:
         took = time.monotonic() - started
-        duty = self._policy.duty
+        duty = self.duty()
         await asyncio.sleep(took * (1 - duty) / duty)
 
     def _fenced(self) -> Fence:

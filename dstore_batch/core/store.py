@@ -181,7 +181,8 @@ class StoreCore:
             RetentionPolicy(keep_versions=config.keep_versions,
                             retention_days=config.retention_days,
                             interval_s=config.retention_interval_s),
-            fence=lambda: self.election.fence, metrics=self.metrics, node_id=config.node_id)
+            fence=lambda: self.election.fence, metrics=self.metrics, node_id=config.node_id,
+            busy=lambda idle_s: any(sh.committer.active_within(idle_s) for sh in self.shards))
         self._keeper: asyncio.Task[None] | None = None
         self._balancer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()

@@ -14,7 +14,7 @@ import pytest
 
 from dstore_batch.config import BatchConfig
 from dstore_batch.core.items import new_id, parse_item, rows_from_items
-from dstore_batch.core.retention import DAY_NS, Retention, RetentionPolicy
+from dstore_batch.core.retention import DAY_NS, IDLE_S, Retention, RetentionPolicy
 from dstore_batch.core.store import StoreCore
 from dstore_batch.errors import (
     CommitError,
@@ -512,3 +512,15 @@ async def test_retention_runs_only_on_the_leader(sqlite_database: str) -> None:
             assert follower.retention.passes == 0
             assert len(await leader.get("k", "all")) == 3
             assert probe.calls["trim"] == 0
+
+
+async def test_retention_steps_faster_while_no_put_comes_through(sqlite_database: str) -> None:
+    async with StoreCore(config(sqlite_database, keep_versions=2)) as core:
+        await core.wait_for_leader(LEASE_S)
+        policy = RetentionPolicy(keep_versions=2)
+        # A store nobody has put to: the idle duty cycle.
+        assert core.retention.duty() == policy.idle_duty > policy.duty
+        await core.put("k", "v")
+        assert core.retention.duty() == policy.duty  # a commit just now: the load's
+        core.committer._last_commit -= IDLE_S  # as if that commit were IDLE_S old
+        assert core.retention.duty() == policy.idle_duty
