@@ -71,7 +71,7 @@ class Retention:
                  fence: Callable[[], Fence | None], metrics: Metrics, node_id: str,
                  busy: Callable[[float], bool] = lambda idle_s: True) -> None:
         self._storage = storage
-        self._busy = busy  # busy(IDLE_S): whether puts came through in that long
+        self.busy = busy  # busy(IDLE_S): whether puts came through in that long
         self._policy = policy
         self._fence = fence
         self._metrics = metrics
@@ -111,7 +111,7 @@ class Retention:
     def duty(self) -> float:
         """The duty cycle of the next pause: the policy's, or its idle one while no put
         has come through for ``IDLE_S``."""
-        return self._policy.duty if self._busy(IDLE_S) else self._policy.idle_duty
+        return self._policy.duty if self.busy(IDLE_S) else self._policy.idle_duty
 
     async def _throttle(self, started: float) -> None:
         took = time.monotonic() - started

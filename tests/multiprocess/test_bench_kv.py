@@ -43,10 +43,15 @@ def test_bench_kv_prints_every_figure(tmp_path: Path) -> None:
     assert left["over_limit"] == 800 - removed
     assert left["rows"] == 100 * 2 + left["over_limit"]
     assert sum(r["removed_rows_run"] for r in retention["runs"]["off"]) == 0
+    idle = retention["idle_pass"]
+    assert idle["to_remove"] == 800
+    assert idle["load duty"]["removed"] == idle["idle duty"]["removed"] == 800
+    assert idle["load duty"]["duty"] == 0.05 and idle["idle duty"]["duty"] == 0.5
     for line in ("kv (dstore-batch bench --modes kv", "if_latest one hot key", "409 rate",
                  "put_many 100, atomic", "put_many 100, non-atomic", "requests/s",
                  "atomic/non-atomic rows/s", "list, prefix of 200 rows",
                  "list, prefix of 1,000 rows", "first page of 100", "whole prefix",
                  "retention keep_versions=2", "retention on/off puts/s", "retention left",
+                 "retention with no load",
                  "kv took"):
         assert line in run.stdout, line

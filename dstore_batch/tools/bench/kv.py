@@ -44,6 +44,8 @@ WALK_CAP_S = 20.0
 SAMPLE_CAP_S = 10.0  # first-page reads stop here once MIN_SAMPLES were taken
 MIN_SAMPLES = 10
 PARTS = ("conditional", "put_many", "list", "retention")
+IDLE_KEYS_MAX = 2_000  # the idle pass's table: at most 2,000 keys x retention_versions
+IDLE_PASS_CAP_S = 180.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +353,34 @@ async def _retention(databases: tuple[str, str], emulator_host: str | None, spec
             "ratio": mean["on"] / mean["off"] if mean["off"] else float("nan")}
 
 
+async def _idle_pass(databases: tuple[str, str], emulator_host: str | None,
+                     spec: KvSpec) -> dict[str, Any]:
+    """With no load: how long retention takes to trim a preloaded table, stepping at the
+    load's duty cycle (forced, as before the idle rule) and at the idle one."""
+    keys = min(spec.retention_keys, IDLE_KEYS_MAX)
+    sized = KvSpec(retention_keys=keys, retention_versions=spec.retention_versions,
+                   value_size=spec.value_size, keep_versions=spec.keep_versions)
+    want = keys * (spec.retention_versions - spec.keep_versions)
+    out: dict[str, Any] = {"rows": keys * spec.retention_versions, "to_remove": want}
+    for db, label in zip(databases, ("load duty", "idle duty"), strict=True):
+        config = _config(db, emulator_host, spec, spec.keep_versions)
+        await _preload(config, sized)
+        core = StoreCore(config)
+        if label == "load duty":
+            core.retention.busy = lambda idle_s: True
+        started = time.monotonic()
+        async with core:
+            await core.wait_for_leader(30)
+            while (removed := core.metrics.registry.get_sample_value(
+                    "dstore_retention_removed_rows_total", {"kind": "versions"}) or 0) < want:
+                if time.monotonic() - started > IDLE_PASS_CAP_S:
+                    break
+                await asyncio.sleep(0.05)
+            out[label] = {"seconds": time.monotonic() - started, "removed": removed,
+                          "duty": core.retention.duty()}
+    return out
+
+
 async def _on_core(config: Config, work: Callable[[StoreCore], Awaitable[dict[str, Any]]]
                    ) -> dict[str, Any]:
     core = await _started(config)
@@ -391,6 +421,8 @@ async def _run(database: Callable[[str], str], emulator_host: str | None, spec: 
     if "retention" in spec.parts:
         await timed("retention", _retention((database("kvretoff"), database("kvreton")),
                                             emulator_host, spec, emulator_cpu))
+        out["retention"]["idle_pass"] = await _idle_pass(
+            (database("kvidleload"), database("kvidleidle")), emulator_host, spec)
     out["seconds"] = seconds
     return out
 

@@ -146,6 +146,12 @@ def _retention_lines(r: dict[str, Any]) -> list[str]:
                  f"{runs}")
     lines.append(f"  retention on/off puts/s: {r['ratio']:.2f} (goal >= 0.90: "
                  f"{'met' if r['ratio'] >= 0.9 else 'not met'})")
+    if "idle_pass" in r:
+        idle = r["idle_pass"]
+        lines.append("  retention with no load, a pass over " + f"{idle['rows']:,} rows "
+                     f"({idle['to_remove']:,} to remove): " + "; ".join(
+                         f"{label} {x['seconds']:.1f} s ({x['removed']:,.0f} removed)"
+                         for label, x in idle.items() if isinstance(x, dict)))
     if "left" in r:
         left = r["left"]
         lines.append(f"  retention left {left['rows']:,} preloaded rows on {left['keys']:,} keys: "
