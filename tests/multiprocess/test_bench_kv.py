@@ -43,7 +43,7 @@ def test_bench_kv_prints_every_figure(tmp_path: Path) -> None:
     assert left["over_limit"] == 800 - removed
     assert left["rows"] == 100 * 2 + left["over_limit"]
     assert sum(r["removed_rows_run"] for r in retention["runs"]["off"]) == 0
-    idle = retention["idle_pass"]
+    idle = kv["retention_idle"]
     assert idle["to_remove"] == 800
     assert idle["load duty"]["removed"] == idle["idle duty"]["removed"] == 800
     assert idle["load duty"]["duty"] == 0.05 and idle["idle duty"]["duty"] == 0.5

@@ -124,13 +124,13 @@ def kv_lines(kv: dict[str, Any], command: str) -> list[str]:
                      f"({f['load_rows_s']:,.0f} rows/s); first page of 100 {_lat(first)} "
                      f"({first['samples']} reads); whole prefix: {'; '.join(walks)}")
     if "retention" in kv:
-        lines += _retention_lines(kv["retention"])
+        lines += _retention_lines(kv["retention"], kv.get("retention_idle"))
     lines.append("  kv took " + ", ".join(f"{k} {v:.0f} s" for k, v in kv["seconds"].items())
                  + f" (total {sum(kv['seconds'].values()):.0f} s)")
     return lines
 
 
-def _retention_lines(r: dict[str, Any]) -> list[str]:
+def _retention_lines(r: dict[str, Any], idle: dict[str, Any] | None) -> list[str]:
     lines = []
     runs = "; ".join(f"{label} " + ", ".join(
         f"{x['puts_s']:,.0f} puts/s (p99 {x['p99_ms']:,.0f} ms, {x['removed_rows_s']:,.0f} "
@@ -146,8 +146,7 @@ def _retention_lines(r: dict[str, Any]) -> list[str]:
                  f"{runs}")
     lines.append(f"  retention on/off puts/s: {r['ratio']:.2f} (goal >= 0.90: "
                  f"{'met' if r['ratio'] >= 0.9 else 'not met'})")
-    if "idle_pass" in r:
-        idle = r["idle_pass"]
+    if idle is not None:
         lines.append("  retention with no load, a pass over " + f"{idle['rows']:,} rows "
                      f"({idle['to_remove']:,} to remove): " + "; ".join(
                          f"{label} {x['seconds']:.1f} s ({x['removed']:,.0f} removed)"
