@@ -86,6 +86,7 @@ class Committer:
         # still queued are kept.
         self._conditional_keys: set[str] = set()
         self._newest: dict[str, Latest | None] = {}
+        self._term = 0  # bumped on losing leadership: a commit of an older term teaches nothing
         self._metrics = metrics
         self._acc = Accumulator(config)
         self._slots = asyncio.Semaphore(config.max_inflight)
@@ -159,6 +160,7 @@ class Committer:
     def close(self, exc: DstoreError | None = None) -> None:
         """Stop accepting and fail what is queued (on losing leadership)."""
         self._accepting = False
+        self._term += 1
         self._newest.clear()
         self._conditional_keys.clear()
         dropped = self._acc.fail_all(exc or NotLeaderError("leadership moved; retry"))
@@ -223,6 +225,7 @@ class Committer:
 
     async def _commit(self, taken: Batch, seq: int = 0) -> None:
         m = self._metrics
+        term = self._term
         batch = self._decide_locally(taken) if self._newest else taken
         try:
             if not batch.rows:
@@ -241,7 +244,7 @@ class Committer:
             m.committed_rows.inc(len(batch.rows))
             ts, existing, conflicts = result
             refused = _refuse(batch, conflicts) if conflicts else set()
-            if self._conditional_keys:
+            if self._conditional_keys and term == self._term:
                 self._learn_newest(batch, result, refused)
             if ts > self._published_upto:
                 self._published_upto = ts
@@ -276,11 +279,12 @@ class Committer:
         known = self._newest
         local: dict[int, Latest | None] = {}
         for n, row in enumerate(batch.rows):
-            if row.cond is None or row.key not in known:
+            # A ``keep`` row may be its own earlier attempt, already stored: storage acks
+            # it with its first timestamp whatever the key holds now, so only storage
+            # can answer it.
+            if row.cond is None or row.keep or row.key not in known:
                 continue
             newest = known[row.key]
-            if newest is not None and newest.id == row.id:
-                continue  # its own earlier write: storage acks it with its timestamp
             if row.cond == IF_ABSENT:
                 holds = newest is None or newest.deleted
             else:
@@ -291,6 +295,13 @@ class Committer:
             return batch
         refused = _refuse(batch, local)
         self._metrics.local_conflicts.inc(len(refused))
+        for n in local:
+            key = batch.rows[n].key
+            if not self._acc.waiting(key):
+                # Nothing of it queued any more: forget it now (no commit of this key
+                # may follow to clear it, and what is known would only grow stale).
+                self._conditional_keys.discard(key)
+                known.pop(key, None)
         rest = Batch()
         start: dict[Request, int] = {}
         for (request, index), key, row in zip(batch.slots, batch.keys, batch.rows,

@@ -566,7 +566,9 @@ class StoreCore:
 
     def _publish(self, ts: Timestamp, changes: list[Change]) -> None:
         self.watch_hub.publish(ts, changes)
-        for sink in self._subscribers:
+        # A copy: a follower that stopped reading is unsubscribed inside send_events,
+        # and the next one must not be skipped for this commit.
+        for sink in list(self._subscribers):
             sink.send_events(ts, changes)
 
     def _gap(self) -> None:

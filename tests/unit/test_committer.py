@@ -11,11 +11,11 @@ import pytest
 
 from dstore_batch.config import BatchConfig
 from dstore_batch.core.committer import Committer
-from dstore_batch.errors import CommitError, InternalError, NotLeaderError
+from dstore_batch.errors import CommitError, ConflictError, InternalError, NotLeaderError
 from dstore_batch.observability.metrics import Metrics
 from dstore_batch.storage.base import Fence
 from dstore_batch.storage.sqlite import SQLiteStorage
-from dstore_batch.types import Row
+from dstore_batch.types import IF_ABSENT, Row, Timestamp
 from tests.helpers import StorageProbe
 
 
@@ -161,3 +161,44 @@ async def test_drain_waits_for_commits_in_flight(big_rig: Rig) -> None:
     await drain
     assert [i.id for i in await storage.history("kb", "all")] == ["b"]
     assert [i.id for i in await storage.history("kc", "all")] == []
+
+
+# -- the hot-key shortcut must answer exactly as storage would (review findings) -------
+
+
+async def test_a_resent_conditional_row_is_acked_not_refused_locally(tmp_path: Path) -> None:
+    async with open_rig(tmp_path, BatchConfig()) as rig:
+        c, storage = rig.committer, rig.storage
+        gate = storage.commit_gate = asyncio.Event()
+        first = c.submit([Row("a", "K", "v1", False, IF_ABSENT)])
+        await storage.held.wait()  # written, its answer held back
+        other = c.submit([Row("c", "K", "v2")])
+        # The first put's re-send (its answer was lost on the way): same id, ``keep``.
+        again = c.submit([Row("a", "K", "v1", True, IF_ABSENT)])
+        storage.commit_gate = None
+        gate.set()
+        acked = (await first)[0]
+        await other
+        # The newest row of K is c now, but a is stored: storage acks it with its first
+        # timestamp (the shortcut used to refuse it as a conflict).
+        assert await again == [acked]
+        assert rig.sample("dstore_conflicts_refused_locally_total") == 0
+
+
+async def test_what_a_local_refusal_knew_is_dropped_with_its_key(tmp_path: Path) -> None:
+    async with open_rig(tmp_path, BatchConfig()) as rig:
+        c, storage = rig.committer, rig.storage
+        gate = storage.commit_gate = asyncio.Event()
+        first = c.submit([Row("a", "K", "v1", False, IF_ABSENT)])
+        await storage.held.wait()
+        second = c.submit([Row("b", "K", "v2", False, IF_ABSENT)])
+        storage.commit_gate = None
+        gate.set()
+        await first
+        with pytest.raises(ConflictError):
+            await second
+        assert rig.sample("dstore_conflicts_refused_locally_total") == 1
+        # Nothing of K is queued: the shortcut holds nothing about it any more, so a row
+        # removed later (retention by age) cannot make it refuse a condition that holds.
+        assert await storage.expire(Timestamp(2**62), 100, rig.fence) == 1
+        assert len(await c.submit([Row("d", "K", "v3", False, IF_ABSENT)])) == 1
