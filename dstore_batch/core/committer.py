@@ -208,7 +208,11 @@ class Committer:
                 await asyncio.sleep(cfg.linger_s)
             batch = self._acc.take()
             if batch is None:
+                # Every queued row's caller gave up: nothing is left, which a drain (a
+                # hand-over, a stop) waits to hear.
                 self._slots.release()
+                self._gauge()
+                self._settled()
                 continue
             self._gauge()
             self._inflight += 1

@@ -214,6 +214,12 @@ class Election:
             log.warning("node %s could not release the lock: %r", self.node_id, exc)
         self.refresh()
 
+    def withdraw(self) -> None:
+        """Stop competing for a lock this node does not hold (it is stopping): a lock
+        freed meanwhile goes to another node. Holding it already: see ``resign``."""
+        if not self._state.is_leader:
+            self._candidate = False
+
     async def release(self) -> None:
         """Give the lock up now but stay a candidate (a node with more than its share of
         shards hands one over); the share keeps it from taking the lock straight back."""
@@ -221,6 +227,9 @@ class Election:
         if token is None:
             return
         self._set_state(_NOBODY, "released (more than this node's share of shards)")
+        # Its rounds count "free for" from now: an old mark would let the share rules
+        # wave this node back in before the others took the lock.
+        self._free_since = None
         try:
             await self._storage.lock_release(self.lock_name, token)
         except Exception as exc:  # the lock then simply expires
@@ -443,6 +452,7 @@ class Election:
             return
         self._extend(started)
         self._leading_since = time.monotonic()
+        self._free_since = None  # seen free before it was won: not since (see release)
         self._set_state(LeaderState(self.node_id, True, token), "acquired the lock")
 
     def _set_state(self, new: LeaderState, why: str = "") -> None:

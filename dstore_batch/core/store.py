@@ -30,6 +30,7 @@ from ..errors import (
     InvalidInputError,
     LinkLostError,
     NoLeaderError,
+    OutcomeUnknownError,
     PartialCommitError,
     UnavailableError,
 )
@@ -241,8 +242,11 @@ class StoreCore:
                 self._keeper = asyncio.create_task(self._keep_link(),
                                                    name=f"link-keeper:{self.node_id}")
         except BaseException:
-            self._state = "running"  # so that stop() tears down what did start
-            await self.stop()
+            # Tear down what did start, without a stop's goodbyes: a node refused at
+            # start (another --shards) never joined, and must not mark its id as
+            # leaving in the member rows.
+            self._state = "stopping"
+            await self.close()
             raise
         self._state = "running"
 
@@ -277,6 +281,9 @@ class StoreCore:
                 await self._balancer
             self._balancer = None
         led = [sh for sh in self.shards if sh.election.is_leader]
+        for sh in self.shards:
+            # A shard freed while this node drains must go to a node that stays.
+            sh.election.withdraw()
         await asyncio.gather(*(sh.committer.drain(DRAIN_TIMEOUT_S) for sh in led))
         try:
             async with asyncio.timeout_at(deadline):
@@ -651,7 +658,9 @@ class StoreCore:
                 stamps[i] = ts
         if not failed:
             return stamps
-        first = failed[0]
+        # The error that says most: a part whose outcome is unknown makes the whole
+        # request's outcome unknown, whatever the others say.
+        first = next((f for f in failed if isinstance(f, OutcomeUnknownError)), failed[0])
         if len(failed) == len(parts) or not isinstance(first, DstoreError):
             raise first
         raise PartialCommitError(

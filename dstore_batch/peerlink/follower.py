@@ -346,6 +346,8 @@ class PeerLink:
         """The open link to ``leader``, connecting first if needed. Raises LinkDownError."""
         conn = self._conns.get(leader)
         if conn is not None and not conn.closed:
+            if len(self._conns) > 1:
+                self._conns[leader] = self._conns.pop(leader)  # least recently used first
             return conn
         lock = self._connecting.setdefault(leader, asyncio.Lock())
         async with lock:

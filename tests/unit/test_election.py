@@ -138,3 +138,52 @@ async def test_resign_releases_and_keeps_following(
         assert not old.is_leader
         lock = await nodes[0][1].lock_read("test")
         assert lock.writer == new.node_id and lock.token == new.state.token
+
+
+async def test_after_a_release_the_free_time_counts_from_the_release(
+    make_storage: Callable[[], StorageProbe],
+) -> None:
+    asked: list[float] = []
+    allow = False
+
+    def may_take(lock: object, free_for: float) -> bool:
+        asked.append(free_for)
+        return allow
+
+    storage = make_storage()
+    await storage.start()
+    node = Election(storage, lock_name="test", node_id="127.0.0.1:9000", lease_s=LEASE_S,
+                    may_take=may_take)
+    try:
+        await node.start()
+        # It sees the lock free for a while before it may take it, then wins it.
+        await wait_until(lambda: asked and asked[-1] > LEASE_S / 2, 3 * LEASE_S,
+                         what="seen free for half a lease")
+        allow = True
+        await wait_until(lambda: node.is_leader, 3 * LEASE_S, what="it leads")
+        allow = False
+        asked.clear()
+        await node.release()
+        await wait_until(lambda: asked, LEASE_S, what="a look at the free lock")
+        # Counted from the release, not from before it won (a free_for past lease/2
+        # lets any node take a shard, this one straight back).
+        assert asked[0] < LEASE_S / 2, asked
+        assert not node.is_leader
+    finally:
+        await node.stop()
+        await storage.close()
+
+
+async def test_a_withdrawn_node_never_takes_a_freed_lock(
+    make_storage: Callable[[], StorageProbe],
+) -> None:
+    async with elections(make_storage, 2, LEASE_S) as nodes:
+        group = [e for e, _ in nodes]
+        leader = await settle(group, LEASE_S)
+        other = next(e for e in group if e is not leader)
+        leader.withdraw()  # holding it: withdraw leaves it alone (resign is for that)
+        assert leader.is_leader
+        other.withdraw()  # stopping: a lock freed now must go to a node that stays
+        await leader.release()
+        await asyncio.sleep(2 * LEASE_S)
+        assert not other.is_leader

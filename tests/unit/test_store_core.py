@@ -8,20 +8,24 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from dstore_batch.core.shards import shard_of
 from dstore_batch.core.store import StoreCore
 from dstore_batch.errors import (
     BusyError,
+    CommitError,
     DeadlineExceededError,
     InvalidInputError,
     LinkDownError,
     NoLeaderError,
     NotLeaderError,
+    OutcomeUnknownError,
     PartialCommitError,
     TooLargeError,
 )
+from dstore_batch.storage import open_storage
 from dstore_batch.storage.sqlite import SQLiteStorage, sqlite_path
 from dstore_batch.types import NO_APPEND_ID
-from tests.helpers import DirectLink, StorageProbe, sample
+from tests.helpers import DirectLink, StorageProbe, sample, wait_until
 from tests.helpers import local_config as config
 
 LEASE_S = 1.0
@@ -229,3 +233,46 @@ async def test_a_partly_committed_request_is_sent_again_with_kept_rows(
     (sent,) = link.sent  # the refused attempt never reached the leader in this fake
     assert all(r.keep for r in sent)
     assert [i.id for i in await leader.get("k", "all")] == [r.id for r in reversed(results)]
+
+
+async def test_drain_is_quick_when_the_queued_callers_gave_up(sqlite_database: str) -> None:
+    cfg = config(sqlite_database)
+    probe = StorageProbe(open_storage(cfg))
+    async with StoreCore(cfg, storage=probe) as core:
+        await core.wait_for_leader(LEASE_S)
+        gate = probe.commit_gate = asyncio.Event()
+        probe.held.clear()
+        first = asyncio.create_task(core.put("k", "1"))
+        await probe.held.wait()  # the commit of k/1 is in flight, held
+        with pytest.raises(DeadlineExceededError):
+            await core.put("k", "2", timeout=0.1)  # queued behind it; its caller gives up
+        probe.commit_gate = None
+        gate.set()
+        await first
+        await asyncio.sleep(0.1)
+        started = asyncio.get_running_loop().time()
+        await core.committer.drain(3.0)
+        # Nothing was left to commit: the drain (a hand-over, a stop) must not wait its
+        # whole budget (it did: the abandoned row's batch never said "quiet").
+        assert asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_put_many_over_shards_says_outcome_unknown_when_one_part_may_be_written(
+        sqlite_database: str) -> None:
+    # Two nodes, two shards, one each; no peer link between them, so the part for the
+    # other node's shard fails as "nothing written", and this node's own part fails
+    # with its outcome unknown. The call must not say "nothing written".
+    ca, cb = config(sqlite_database, shards=2), config(sqlite_database, shards=2)
+    probe = StorageProbe(open_storage(ca))
+    async with StoreCore(ca, storage=probe) as a:
+        await wait_until(lambda: all(s.is_leader for s in a.shard_states()), 5)
+        async with StoreCore(cb) as b:
+            await wait_until(lambda: [s.is_leader for s in a.shard_states()].count(True) == 1
+                             and [s.is_leader for s in b.shard_states()].count(True) == 1, 10)
+            mine = next(i for i, s in enumerate(a.shard_states()) if s.is_leader)
+            keys = [f"k{i}" for i in range(20)]
+            theirs = next(k for k in keys if shard_of(k, 2) != mine)  # first in the input
+            ours = next(k for k in keys if shard_of(k, 2) == mine)
+            probe.fail_commit = lambda rows: CommitError("answer lost (maybe written)")
+            with pytest.raises(OutcomeUnknownError):
+                await a.put_many([(theirs, "x"), (ours, "y")], timeout=1.0)
