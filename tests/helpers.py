@@ -426,6 +426,9 @@ class StorageProbe:
     async def close(self) -> None:
         await self.inner.close()
 
+    async def settled(self, timeout: float) -> bool:
+        return await self.inner.settled(timeout)
+
     def commit(self, rows: Sequence[Row], leader: str, fence: Fence | None,
                groups: Sequence[Sequence[int]] = ()) -> Coroutine[Any, Any, CommitResult]:
         self.calls["commit"] += 1

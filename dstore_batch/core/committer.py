@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_DELAY_S = 0.05
 RETRY_MAX_DELAY_S = 2.0
 RETRY_LIMIT_S = 30.0
+# How long a retry or a gap waits for an attempt given up on to end (SQLite: its 30 s lock
+# wait; Spanner: the calls' own deadlines end it sooner).
+SETTLE_TIMEOUT_S = 40.0
 
 
 class Committer:
@@ -236,8 +239,12 @@ class Committer:
                 return  # every row was refused here: nothing to commit
             result = await self._commit_with_retries(batch)
         except DstoreError as exc:
-            # Outcome unknown: its rows may be stored and were never published.
-            self._failed(batch, exc, gap=isinstance(exc, OutcomeUnknownError))
+            # Outcome unknown: its rows may be stored and were never published. Watchers
+            # re-read storage: only once no attempt of it can still land.
+            unknown = isinstance(exc, OutcomeUnknownError)
+            if unknown:
+                await self._settle()
+            self._failed(batch, exc, gap=unknown)
         except Exception as exc:  # a bug, not a database failure: never retried
             log.exception("node %s: commit of %d rows failed", self._node_id, len(batch.rows))
             self._failed(batch, InternalError(f"commit failed: {exc!r}"), gap=True)
@@ -359,6 +366,12 @@ class Committer:
             ts, changes = heapq.heappop(self._held)
             self._publish(ts, changes)
 
+    async def _settle(self) -> None:
+        """Wait for the storage's writes given up on (past their call timeout) to end."""
+        if not await self._storage.settled(SETTLE_TIMEOUT_S):
+            log.warning("node %s: a timed-out write is still running after %.0f s; going "
+                        "on without it", self._node_id, SETTLE_TIMEOUT_S)
+
     def _settled(self) -> None:
         if not self._acc.rows and not self._inflight:
             self._quiet.set()
@@ -411,6 +424,10 @@ class Committer:
                 log.warning("node %s: commit of %d rows failed (%s); retry %d in %.2fs",
                             self._node_id, len(batch.rows), exc.message, attempt, delay)
                 await asyncio.sleep(delay)
+                # An attempt given up on may still be running: the retry must see what it
+                # wrote (its rows then read as stored, with their first timestamps), not
+                # race it and be overwritten by it.
+                await self._settle()
                 continue
             finally:
                 aborts = getattr(self._storage, "aborted_attempts", 0) - aborts_before

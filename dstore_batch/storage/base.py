@@ -18,7 +18,7 @@ from ..types import Changes, CommitResult, History, Listing, Row, Timestamp, Tri
 T = TypeVar("T")
 
 __all__ = ["Fence", "HistoryLimit", "LockState", "PeerReport", "Storage", "check_limit",
-           "peer_row_prefix", "run_bounded"]
+           "peer_row_prefix", "run_bounded", "wait_abandoned"]
 
 # `get`'s history choices, as in the original: N newest (1 = latest), all, oldest.
 HistoryLimit = int | Literal["all", "oldest"]
@@ -42,22 +42,47 @@ class LockState(NamedTuple):
 
 
 async def run_bounded(pool: Executor, fn: Callable[..., T], *args: Any, timeout: float,
-                      database: str, writes: bool) -> T:
+                      database: str, writes: bool,
+                      abandoned: set[asyncio.Future[Any]] | None = None) -> T:
     """Run a backend's blocking ``fn`` in ``pool``, waiting ``timeout`` at most.
 
     Raises ReadError on time out (nothing written), or CommitError (transient, outcome
-    unknown) when ``writes``: the thread is not stopped, only no longer waited for.
+    unknown) when ``writes``: the thread is not stopped, only no longer waited for. A
+    write given up on this way goes into ``abandoned`` until its thread ends (see
+    ``wait_abandoned``): it may still commit, and whoever retries it or tells watchers
+    to read again must wait for that first.
     """
     loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(pool, functools.partial(fn, *args))
     try:
         async with asyncio.timeout(timeout):
-            return await loop.run_in_executor(pool, functools.partial(fn, *args))
+            return await asyncio.shield(future)
     except TimeoutError:
         what = f"database {database} did not answer within {timeout:g}s"
         if writes:
+            if abandoned is not None and not future.done():
+                abandoned.add(future)
+                future.add_done_callback(abandoned.discard)
             raise CommitError(f"{what}; the write may or may not be committed",
                               transient=True) from None
         raise ReadError(what) from None
+    finally:
+        if not future.done():  # nobody awaits it now: take its outcome when it ends
+            future.add_done_callback(_outcome_taken)
+
+
+def _outcome_taken(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def wait_abandoned(abandoned: set[asyncio.Future[Any]], timeout: float) -> bool:
+    """Wait until every write in ``abandoned`` has ended (committed or not), ``timeout``
+    at most; return whether they all did."""
+    if not abandoned:
+        return True
+    _, pending = await asyncio.wait(set(abandoned), timeout=timeout)
+    return not pending
 
 
 class PeerReport(NamedTuple):
@@ -156,6 +181,12 @@ class Storage(Protocol):
         ``limit`` rows (``limit`` is above any commit's row count): when more are
         newer, the oldest whole commits are returned with ``complete`` False and
         ``upto`` the last one's timestamp; else ``upto`` is the read's timestamp."""
+        ...
+
+    async def settled(self, timeout: float) -> bool:
+        """Wait until no write this storage gave up waiting for (past its call timeout)
+        is still running, ``timeout`` at most; return whether none is. Such a write may
+        still commit: a retry of it, or a re-read after it, must come after it."""
         ...
 
     async def read_timestamp(self) -> Timestamp:

@@ -43,7 +43,15 @@ from ..types import (
     TrimResult,
 )
 from . import collect_changes, list_page, plan_trim, prefix_end, resolve_commit
-from .base import Fence, HistoryLimit, LockState, PeerReport, peer_row_prefix, run_bounded
+from .base import (
+    Fence,
+    HistoryLimit,
+    LockState,
+    PeerReport,
+    peer_row_prefix,
+    run_bounded,
+    wait_abandoned,
+)
 
 __all__ = ["SpannerStorage", "parse_database_path", "spanner_client"]
 
@@ -214,6 +222,7 @@ class SpannerStorage:
         # Every call is bounded: the client retries UNAVAILABLE without end, so a node
         # cut from the database would otherwise hang in a read (or spin in one).
         self._timeout = call_timeout_s
+        self._abandoned: set[asyncio.Future[Any]] = set()  # writes timed out, still running
         self._writer = ThreadPoolExecutor(commit_threads, thread_name_prefix="spanner-rw")
         # Lock writes share the commit thread. A thread of their own was tried: on the
         # emulator a heartbeat running beside a commit makes one of them fail with
@@ -292,7 +301,8 @@ class SpannerStorage:
             await self._reconnect()
         try:
             result = await run_bounded(pool, fn, *args, timeout=self._timeout,
-                                       database=self.database_path, writes=writes)
+                                       database=self.database_path, writes=writes,
+                                       abandoned=self._abandoned)
             self._stale = 0
             return result
         except gexc.GoogleAPICallError as exc:
@@ -538,6 +548,9 @@ class SpannerStorage:
             return Changes(commits, seen[0] if complete else commits[-1][0], complete)
 
         return await self._read_call(read)
+
+    async def settled(self, timeout: float) -> bool:
+        return await wait_abandoned(self._abandoned, timeout)
 
     async def read_timestamp(self) -> Timestamp:
         def read() -> Timestamp:

@@ -12,6 +12,7 @@ reader connection), off the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import time
@@ -34,7 +35,15 @@ from ..types import (
     TrimResult,
 )
 from . import collect_changes, list_page, plan_trim, prefix_end, resolve_commit
-from .base import Fence, HistoryLimit, LockState, PeerReport, peer_row_prefix, run_bounded
+from .base import (
+    Fence,
+    HistoryLimit,
+    LockState,
+    PeerReport,
+    peer_row_prefix,
+    run_bounded,
+    wait_abandoned,
+)
 
 __all__ = ["SQLiteStorage", "sqlite_path"]
 
@@ -74,6 +83,7 @@ class SQLiteStorage:
     ) -> None:
         self.path = path
         self._timeout = call_timeout_s
+        self._abandoned: set[asyncio.Future[Any]] = set()  # writes timed out, still running
         self.log_table = check_table_name(log_table)
         self.lock_table = check_table_name(lock_table)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-rw")
@@ -131,7 +141,7 @@ class SQLiteStorage:
         Raises ReadError on time out (nothing written), or CommitError when ``writes``.
         """
         return await run_bounded(pool, fn, *args, timeout=self._timeout, database=self.path,
-                                 writes=writes)
+                                 writes=writes, abandoned=self._abandoned)
 
     async def _write(self, work: Callable[[sqlite3.Connection, Timestamp], T]) -> T:
         """Run ``work(conn, commit_ts)`` in one serialized write transaction."""
@@ -331,6 +341,9 @@ class SQLiteStorage:
             return await self._run(self._reader, self._read, read)
         except sqlite3.Error as exc:
             raise ReadError(f"read failed: {exc}") from exc
+
+    async def settled(self, timeout: float) -> bool:
+        return await wait_abandoned(self._abandoned, timeout)
 
     async def read_timestamp(self) -> Timestamp:
         try:

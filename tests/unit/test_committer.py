@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from dstore_batch.observability.metrics import Metrics
 from dstore_batch.storage.base import Fence
 from dstore_batch.storage.sqlite import SQLiteStorage
 from dstore_batch.types import IF_ABSENT, NO_APPEND_ID, Row, Timestamp
-from tests.helpers import StorageProbe
+from tests.helpers import StorageProbe, wait_until
 
 
 class Rig:
@@ -222,3 +223,39 @@ async def test_an_atomic_request_retried_after_a_lost_answer_stays_one_commit(
         assert acked[0] == acked[1]
         k2 = await rig.storage.history("K2", "all")
         assert [(r.id, r.timestamp) for r in k2] == [(NO_APPEND_ID, acked[0])]
+
+
+async def test_a_gap_comes_only_after_a_timed_out_write_has_ended(tmp_path: Path) -> None:
+    path = str(tmp_path / "slow.db")
+    storage = SQLiteStorage(path, call_timeout_s=0.3)
+    await storage.start()
+    token = await storage.lock_acquire("test", "n:1")
+    assert token is not None
+    seen_at_gap: list[int] = []
+
+    def stored_rows() -> int:
+        with contextlib.closing(sqlite3.connect(path, timeout=5)) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM logtable").fetchone()[0])
+
+    committer = Committer(storage, BatchConfig(), node_id="n:1",
+                          fence=lambda: Fence("test", token), metrics=Metrics(),
+                          gap=lambda: seen_at_gap.append(stored_rows()))
+    committer.open()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: the commit's thread waits
+    try:
+        put = committer.submit([Row("a", "K", "v")])
+        await asyncio.sleep(0.1)
+        put.cancel()  # its caller gives up: at the attempt's time out, so does the committer
+        await asyncio.sleep(0.7)  # the attempt timed out (0.3 s); its thread still waits
+        assert seen_at_gap == []  # not while the abandoned write may still land
+        blocker.execute("COMMIT")  # the abandoned write goes through now
+        await wait_until(lambda: seen_at_gap, 10, what="the gap")
+        # When the watchers were told to re-read, the row was already there to be read.
+        assert seen_at_gap == [1]
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            blocker.execute("ROLLBACK")
+        blocker.close()
+        await committer.stop()
+        await storage.close()
