@@ -266,11 +266,17 @@ class Committer:
                     request.resolve(index, existing.get(n, ts))
         finally:
             self._floors.pop(seq, None)
-            self._release_held()
             self._acc.release(taken)
             self._slots.release()
             self._inflight -= 1
             self._settled()
+            try:
+                self._release_held()
+            except Exception:  # a bug in a watcher's path must not wedge the write path
+                log.exception("node %s: publishing commits to watchers failed",
+                              self._node_id)
+                if self._gap is not None:
+                    self._gap()  # what was not published is read again from storage
 
     def _failed(self, batch: Batch, exc: DstoreError, *, gap: bool) -> None:
         """Fail every request of a batch whose commit failed."""
