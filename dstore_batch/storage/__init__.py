@@ -10,7 +10,7 @@ import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..types import IF_ABSENT, NO_APPEND_ID, Change, Latest, ListItem, Row, Timestamp
+from ..types import IF_ABSENT, Change, Latest, ListItem, Row, Timestamp
 from .base import Fence, HistoryLimit, LockState, Storage
 
 if TYPE_CHECKING:
@@ -67,16 +67,6 @@ def resolve_commit(
     Returns ``(existing, conflicts, skip)``: ``skip`` are the rows not to write.
     """
     existing = dict(stored)
-    for group in groups:
-        # A group whose every row with an id is stored, all at one timestamp, is this
-        # request's earlier attempt (retried after a lost answer): its ``no_append`` rows
-        # (id "-", overwritten in place, never looked up) were written by that same
-        # commit. Writing them again would split the request over two timestamps.
-        ids = [i for i in group if rows[i].id != NO_APPEND_ID]
-        if ids and len(ids) < len(group) and all(i in stored for i in ids) \
-                and len({stored[i] for i in ids}) == 1:
-            for i in group:
-                existing.setdefault(i, stored[ids[0]])
     conflicts: dict[int, Latest | None] = {}
     for i, newest in latest.items():
         cond = rows[i].cond

@@ -16,7 +16,7 @@ from dstore_batch.errors import CommitError, ConflictError, InternalError, NotLe
 from dstore_batch.observability.metrics import Metrics
 from dstore_batch.storage.base import Fence
 from dstore_batch.storage.sqlite import SQLiteStorage
-from dstore_batch.types import IF_ABSENT, NO_APPEND_ID, Row, Timestamp
+from dstore_batch.types import IF_ABSENT, Row, Timestamp
 from tests.helpers import StorageProbe, wait_until
 
 
@@ -203,26 +203,6 @@ async def test_what_a_local_refusal_knew_is_dropped_with_its_key(tmp_path: Path)
         # removed later (retention by age) cannot make it refuse a condition that holds.
         assert await storage.expire(Timestamp(2**62), 100, rig.fence) == 1
         assert len(await c.submit([Row("d", "K", "v3", False, IF_ABSENT)])) == 1
-
-
-async def test_an_atomic_request_retried_after_a_lost_answer_stays_one_commit(
-        tmp_path: Path) -> None:
-    async with open_rig(tmp_path, BatchConfig()) as rig:
-        calls = 0
-
-        def lose_first(rows: Sequence[Row]) -> CommitError | None:
-            nonlocal calls
-            calls += 1
-            return CommitError("answer lost", transient=True) if calls == 1 else None
-
-        rig.storage.lose_answer = lose_first
-        acked = await rig.committer.submit(
-            [Row("a", "K1", "v"), Row(NO_APPEND_ID, "K2", "w")], atomic=True)
-        assert calls == 2  # written, answer lost, retried
-        # The no_append row is not written again at the retry's timestamp.
-        assert acked[0] == acked[1]
-        k2 = await rig.storage.history("K2", "all")
-        assert [(r.id, r.timestamp) for r in k2] == [(NO_APPEND_ID, acked[0])]
 
 
 async def test_a_gap_comes_only_after_a_timed_out_write_has_ended(tmp_path: Path) -> None:
