@@ -11,6 +11,8 @@ import inspect
 import json
 import random
 import sqlite3
+import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
@@ -196,19 +198,8 @@ Acked = Mapping[tuple[str, str], str]  # (key, id) -> the acked timestamp, as te
 
 def table_rows(database: str, emulator_host: str | None) -> dict[tuple[str, str], Timestamp]:
     """Every (key, id) of the log table with its timestamp, read once, strongly."""
-    path = sqlite_path(database)
-    if path is not None:
-        with contextlib.closing(sqlite3.connect(path)) as conn:
-            found = conn.execute("SELECT key, id, timestamp FROM logtable").fetchall()
-        return {(k, i): Timestamp(ts) for k, i, ts in found}
-    project, instance, db = parse_database_path(database)
-    client = spanner_client(project, emulator_host)
-    try:
-        with client.instance(instance).database(db).snapshot() as snap:
-            rows = list(snap.execute_sql("SELECT key, id, timestamp FROM logtable"))
-    finally:
-        client.close()
-    table = {(k, i): Timestamp.from_datetime(ts) for k, i, ts in rows}
+    rows = log_rows(database, emulator_host)
+    table = {(k, i): ts for k, i, _, ts in rows}
     assert len(table) == len(rows)  # (key, id) is the primary key: never duplicated
     return table
 
@@ -662,3 +653,15 @@ def log_rows(database: str, emulator_host: str | None
     finally:
         client.close()
     return [(k, i, v, Timestamp.from_datetime(ts)) for k, i, v, ts in rows]
+
+
+def run_bench(out: Path, *flags: str, timeout: float = 120) -> tuple[str, dict[str, Any]]:
+    """``dstore-batch bench FLAGS --json OUT`` in a subprocess; its stdout and JSON. Fails
+    the test (with the output's tail) if it exits non-zero."""
+    run = subprocess.run([sys.executable, "-m", "dstore_batch", "bench", *flags,
+                          "--json", str(out)],
+                         capture_output=True, text=True, timeout=timeout, check=False)
+    print(run.stdout[-4000:])
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result: dict[str, Any] = json.loads(out.read_text())
+    return run.stdout, result

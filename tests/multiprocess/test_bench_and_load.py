@@ -13,27 +13,22 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_bench
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_runs_every_mode(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "dstore_batch", "bench", "--duration-s", "1.5", "--warmup-s",
-         "0.5", "--producers", "4", "--per-put-producers", "2", "--modes",
-         "direct,funnel,per-put", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    print(run.stdout[-3000:])
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    result = json.loads(out.read_text())
+    stdout, result = run_bench(
+        tmp_path / "bench.json", "--duration-s", "1.5", "--warmup-s", "0.5", "--producers", "4",
+        "--per-put-producers", "2", "--modes", "direct,funnel,per-put", timeout=300)
     assert set(result["results"]) == {"direct", "funnel", "per-put"}
     for mode, figures in result["results"].items():
         assert figures["puts_s"] > 0, mode
         assert figures["errors"] == {}, (mode, figures["errors"])
     assert result["results"]["per-put"]["rows_per_commit"] == 1.0
     assert result["ratios"]["funnel/direct"] > 0 and result["ratios"]["funnel/per-put"] > 0
-    assert "funnel/per-put:" in run.stdout and result["command"].startswith("dstore-batch bench")
+    assert "funnel/per-put:" in stdout and result["command"].startswith("dstore-batch bench")
 
 
 def test_locust_smoke(tmp_path: Path) -> None:

@@ -3,23 +3,17 @@ and written; no speed is asserted."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.helpers import run_bench
 
 
 def test_bench_kv_prints_every_figure(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "dstore_batch", "bench", "--modes", "kv", "--duration-s", "0.5",
-         "--warmup-s", "0.2", "--producers", "4", "--kv-list-rows", "200,1000",
-         "--kv-retention-keys", "100", "--json", str(out)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-    print(run.stdout[-4000:])
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    kv = json.loads(out.read_text())["kv"]
+    stdout, data = run_bench(
+        tmp_path / "bench.json", "--modes", "kv", "--duration-s", "0.5", "--warmup-s", "0.2",
+        "--producers", "4", "--kv-list-rows", "200,1000", "--kv-retention-keys", "100",
+        timeout=120)
+    kv = data["kv"]
     assert set(kv["conditional"]) == {"read+put distinct keys", "if_latest distinct keys",
                                       "if_latest one hot key"}
     for name, figures in kv["conditional"].items():
@@ -54,4 +48,4 @@ def test_bench_kv_prints_every_figure(tmp_path: Path) -> None:
                  "retention keep_versions=2", "retention on/off puts/s", "retention left",
                  "retention with no load",
                  "kv took"):
-        assert line in run.stdout, line
+        assert line in stdout, line

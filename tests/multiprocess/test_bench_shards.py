@@ -3,24 +3,18 @@ printed and written, on the MODEL database and on the emulator; no speed is asse
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.helpers import run_bench
 
 
 def test_bench_shards_prints_every_figure(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "dstore_batch", "bench", "--modes", "shards", "--duration-s",
-         "0.6", "--warmup-s", "0.3", "--many-size", "10", "--lease-ms", "1000",
-         "--shards-counts", "1,2", "--shards-emulator-counts", "1", "--shards-nodes", "2",
-         "--shards-per-node", "2", "--json", str(out)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-    print(run.stdout[-4000:])
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    shards = json.loads(out.read_text())["shards"]
+    stdout, data = run_bench(
+        tmp_path / "bench.json", "--modes", "shards", "--duration-s", "0.6", "--warmup-s", "0.3",
+        "--many-size", "10", "--lease-ms", "1000", "--shards-counts", "1,2",
+        "--shards-emulator-counts", "1", "--shards-nodes", "2", "--shards-per-node", "2",
+        timeout=120)
+    shards = data["shards"]
     assert [r["shards"] for r in shards["runs"]] == [1, 2]
     assert [r["shards"] for r in shards["emulator_runs"]] == [1]
     for r in shards["runs"] + shards["emulator_runs"]:
@@ -32,7 +26,7 @@ def test_bench_shards_prints_every_figure(tmp_path: Path) -> None:
     assert shards["runs"][1]["leaders_per_node"] == [1, 1]  # spread over the nodes
     assert shards["runs"][0]["leader_cpu_us_per_row"] > 0
     assert "MODEL" in shards["model"]
-    text = run.stdout
+    text = stdout
     for line in ("shards on a MODEL database", "not Spanner",
                  "| shards | puts/s (MODEL db) | ratio to 1 shard | node CPU us/row |",
                  "rows/commit", "leaders per node", "cores busy: bench / other",

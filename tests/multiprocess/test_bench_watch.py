@@ -3,23 +3,17 @@ printed and written, and every watcher got every row; no speed is asserted."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.helpers import run_bench
 
 
 def test_bench_watch_prints_every_figure(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "dstore_batch", "bench", "--modes", "watch", "--duration-s",
-         "0.5", "--warmup-s", "0.2", "--producers", "2", "--watch-counts", "1,3",
-         "--watch-throughput-watchers", "3", "--json", str(out)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-    print(run.stdout[-4000:])
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    watch = json.loads(out.read_text())["watch"]
+    stdout, data = run_bench(
+        tmp_path / "bench.json", "--modes", "watch", "--duration-s", "0.5", "--warmup-s", "0.2",
+        "--producers", "2", "--watch-counts", "1,3", "--watch-throughput-watchers", "3",
+        timeout=120)
+    watch = data["watch"]
     phases = {p["phase"]: p for p in watch["phases"]}
     assert [p["phase"] for p in watch["phases"]] == [
         "peak", "lag1", "lag3", "tput0", "tput3", "tput3", "tput0"]
@@ -56,4 +50,4 @@ def test_bench_watch_prints_every_figure(tmp_path: Path) -> None:
                  "goal: lag p99 with 3 watchers <= commit p99 + 50 ms",
                  "goal: puts/s with 3 watchers / none >= 0.9",
                  "every watcher got every row, in order", "watch took"):
-        assert line in run.stdout, line
+        assert line in stdout, line

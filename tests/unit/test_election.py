@@ -184,6 +184,6 @@ async def test_a_withdrawn_node_never_takes_a_freed_lock(
         leader.withdraw()  # holding it: withdraw leaves it alone (resign is for that)
         assert leader.is_leader
         other.withdraw()  # stopping: a lock freed now must go to a node that stays
-        await leader.release()
+        await leader.stop()  # releases it, and competes no more: only `other` could take it
         await asyncio.sleep(2 * LEASE_S)
         assert not other.is_leader
