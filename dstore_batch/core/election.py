@@ -6,9 +6,12 @@
 - the state is cached here and read without I/O: ``is_leader`` never touches Spanner;
 - failed checks keep the safe default (not leader) and are counted.
 
-Timing: the holder heartbeats every lease/3; others check every lease/4. A leader that
-dies is replaced after at most ~1.25 leases; a released lock after at most lease/4, or at
-once when the releasing leader's ``released`` frame reaches a follower (``refresh``).
+Timing: the holder heartbeats every lease/3; others check every lease/4, and once more
+just as the holder's lease would run out. A leader that dies is replaced a lease after
+its last heartbeat (plus a read and a write); a released lock after at most lease/4, or
+at once when the releasing leader's ``released`` frame reaches a follower (``refresh``).
+A free lock that this node may not take yet is looked at every lease/20, so that the
+node learns its new holder at once.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +45,16 @@ class LeaderState:
 
 _NOBODY = LeaderState(None, False, None)
 REPORT_IDLE_LEASES = 5  # a follower with nothing to report writes once in this many
+# Past the moment another holder's lease runs out, when this node looks again: a dead
+# leader is noticed as its lease ends, not up to a check interval later.
+EXPIRY_MARGIN_S = 0.02
+# While a lock is free and this node may not take it yet (another node is named for
+# it), it looks again this often (in leases): it learns the new holder at once.
+FREE_RECHECK_LEASES = 1 / 20
+
+
+async def _always(shard: int, lock: LockState, free_for: float) -> bool:
+    return True
 
 
 class Reachability(Protocol):
@@ -73,14 +86,16 @@ class Election:
         metrics: Metrics | None = None,
         reach: Reachability | None = None,
         busy: Callable[[], bool] = lambda: False,
-        may_take: Callable[[LockState, float], bool] = lambda lock, free_for: True,
+        may_take: Callable[[int, LockState, float], Awaitable[bool]] = _always,
         shard: int = 0,
     ) -> None:
         self._storage = storage
-        # Whether this node may take one more lock now (shards: a node leads at most its
-        # share of them); asked only before taking a free or expired lock.
+        # Whether this node may take this shard's lock now (shards: the group's placement
+        # names who should); asked only before taking a free or expired lock.
         self._may_take = may_take
+        self._shard_index = shard
         self._shard = str(shard)
+        self._soon: float | None = None  # look again within this many seconds
         self._free_since: float | None = None  # when this node first saw the lock free
         self._reach = reach
         self._busy = busy  # whether a fenced commit (which refreshes the lock) is running
@@ -296,15 +311,19 @@ class Election:
             else:
                 self._round_ok()
             interval = self.lease_s / 3 if self._state.is_leader else self.lease_s / 4
+            delay = interval * random.uniform(0.9, 1.0)
+            if self._soon is not None and not self._state.is_leader:
+                delay = min(delay, self._soon)
             # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a
             # cancel that lands as the poke arrives, and stop() would wait forever.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval * random.uniform(0.9, 1.0)):
+                async with asyncio.timeout(delay):
                     await self._poke.wait()
 
     async def _round(self) -> None:
         st = self._state
         started = time.monotonic()
+        self._soon = None
         if st.is_leader and st.token is not None:
             if await self._followers_cut_off():
                 await self._step_down(st.token)
@@ -329,10 +348,16 @@ class Election:
         if fresh and lock.writer != self.node_id:
             # Learn who leads before anything else of this round can fail.
             self._set_state(LeaderState(lock.writer, False, None))
+            assert lock.age_ms is not None
+            self._soon = (self._lease_ms - lock.age_ms) / 1000 + EXPIRY_MARGIN_S
         await self._report(started)
-        if not self._may_lead(started) or (
-                not fresh and not self._may_take(lock, started - (self._free_since or started))):
+        if not self._may_lead(started):
             self._set_state(LeaderState(lock.writer if fresh else None, False, None))
+            return
+        if not fresh and not await self._may_take(
+                self._shard_index, lock, started - (self._free_since or started)):
+            self._set_state(_NOBODY)
+            self._soon = self.lease_s * FREE_RECHECK_LEASES
             return
         if (lock.token is None or lock.age_ms is None or lock.age_ms > self._lease_ms) and (
                 not await self._peers_reachable(lock.writer)):

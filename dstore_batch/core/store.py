@@ -170,7 +170,8 @@ class StoreCore:
         self._linked: set[EventSink] = set()  # every follower linked to this node
         self.shards: list[Shard] = []
         self.balancer = Balancer(config, self.storage, self.shards, hand_over=self._hand_over,
-                                 running=lambda: self._state == "running")
+                                 running=lambda: self._state == "running",
+                                 metrics=self.metrics)
         self.shards.extend(self._make_shard(i, link is not None) for i in range(config.shards))
         # Shard 0 is the whole group when there is one shard; these names keep it so.
         self.election = self.shards[0].election
@@ -330,6 +331,7 @@ class StoreCore:
         if new.is_leader and not old.is_leader and self._state in ("starting", "running"):
             shard.committer.open()
             if first:
+                self.balancer.poke()  # the new placer writes its placement now
                 self.retention.start()
                 if self.config.shards == 1:
                     self.watch_hub.source_up()

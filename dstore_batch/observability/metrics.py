@@ -116,6 +116,16 @@ class Metrics:
             "Times this node gave up the lock because most nodes could not reach it.",
             registry=r,
         )
+        self.shard_placements = Counter(
+            "dstore_shard_placements_total",
+            "Shard placements this node wrote as the group's placer (leader of shard 0).",
+            registry=r,
+        )
+        self.shard_handovers = Counter(
+            "dstore_shard_handovers_total",
+            "Shards this node handed over because the group's placement named another node.",
+            registry=r,
+        )
         self.election_check_failures = Counter(
             "dstore_election_check_failures_total",
             "Lock-table checks or heartbeats that failed.", registry=r,

@@ -146,7 +146,7 @@ async def test_after_a_release_the_free_time_counts_from_the_release(
     asked: list[float] = []
     allow = False
 
-    def may_take(lock: object, free_for: float) -> bool:
+    async def may_take(shard: int, lock: object, free_for: float) -> bool:
         asked.append(free_for)
         return allow
 
