@@ -42,8 +42,8 @@ def row_bytes(row: Row) -> int:
 class Request:
     """One put or put_many call waiting for its rows to commit."""
 
-    __slots__ = ("atomic", "future", "grouped", "nbytes", "remaining", "rows", "sizes",
-                 "source", "timestamps")
+    __slots__ = ("atomic", "future", "grouped", "inflight", "nbytes", "remaining", "rows",
+                 "sizes", "source", "timestamps")
 
     def __init__(self, rows: Sequence[Row], future: asyncio.Future[list[Timestamp]],
                  source: str = "local", atomic: bool = False) -> None:
@@ -55,6 +55,8 @@ class Request:
         self.nbytes = sum(self.sizes)
         self.future = future
         self.remaining = len(rows)
+        # Rows taken into a batch whose commit has not ended: they may still be written.
+        self.inflight = 0
         self.timestamps: list[Timestamp] = [Timestamp(0)] * len(rows)
 
     def resolve(self, index: int, ts: Timestamp) -> None:
@@ -67,11 +69,13 @@ class Request:
         if self.future.done():
             return
         committed = len(self.rows) - self.remaining
-        if committed and not isinstance(exc, OutcomeUnknownError):
-            # Part of it is stored: "nothing written" would be false.
+        if (committed or self.inflight) and not isinstance(exc, OutcomeUnknownError):
+            # Part of it is stored, or in a commit that may still land: "nothing
+            # written" would be false.
             exc = PartialCommitError(
-                f"{committed} of {len(self.rows)} rows were committed before the rest "
-                f"failed ({exc.code}: {exc.message}); re-send with the same ids")
+                f"{committed} of {len(self.rows)} rows were committed and {self.inflight} "
+                f"were in a commit still running when the rest failed ({exc.code}: "
+                f"{exc.message}); re-send with the same ids")
         self.future.set_exception(exc)
 
 
@@ -88,6 +92,11 @@ class Batch:
     def requests(self) -> list[Request]:
         """The distinct requests with rows in this batch."""
         return list({id(r): r for r, _ in self.slots}.values())
+
+    def ended(self) -> None:
+        """Its commit ended (either way): its rows are no longer in flight."""
+        for request, _ in self.slots:
+            request.inflight -= 1
 
 
 class Accumulator:
@@ -163,6 +172,7 @@ class Accumulator:
                 break
             queue.popleft()
             self._release_bytes(request.source, size)
+            request.inflight += 1
             batch.rows.append(request.rows[index])
             batch.slots.append((request, index))
             batch.keys.append(key)
@@ -210,6 +220,7 @@ class Accumulator:
             batch.keys.append(row.key)
             claimed.add(row.key)
         self._release_bytes(request.source, request.nbytes)
+        request.inflight += len(request.rows)
         batch.nbytes += request.nbytes
         batch.groups.append(list(range(start, len(batch.rows))))
         return True

@@ -237,7 +237,10 @@ class Committer:
         try:
             if not batch.rows:
                 return  # every row was refused here: nothing to commit
-            result = await self._commit_with_retries(batch)
+            try:
+                result = await self._commit_with_retries(batch)
+            finally:
+                batch.ended()
         except DstoreError as exc:
             # Outcome unknown: its rows may be stored and were never published. Watchers
             # re-read storage: only once no attempt of it can still land.
@@ -310,6 +313,10 @@ class Committer:
                 local[n] = newest
         if not local:
             return batch
+        for request in {batch.slots[n][0] for n in local}:
+            # Refused whole (a conditional request's rows are all in this batch): none
+            # of its rows will be in flight.
+            request.inflight -= len(request.rows)
         refused = _refuse(batch, local)
         self._metrics.local_conflicts.inc(len(refused))
         for n in local:

@@ -12,7 +12,13 @@ import pytest
 
 from dstore_batch.config import BatchConfig
 from dstore_batch.core.committer import Committer
-from dstore_batch.errors import CommitError, ConflictError, InternalError, NotLeaderError
+from dstore_batch.errors import (
+    CommitError,
+    ConflictError,
+    InternalError,
+    NotLeaderError,
+    OutcomeUnknownError,
+)
 from dstore_batch.observability.metrics import Metrics
 from dstore_batch.storage.base import Fence
 from dstore_batch.storage.sqlite import SQLiteStorage
@@ -239,3 +245,30 @@ async def test_a_gap_comes_only_after_a_timed_out_write_has_ended(tmp_path: Path
         blocker.close()
         await committer.stop()
         await storage.close()
+
+
+async def test_a_request_with_rows_in_flight_is_never_failed_as_nothing_written(
+        rig: Rig) -> None:
+    """Issue 24.1: a put_many split over two batches, the first in flight when leadership
+    is lost: the caller must hear "outcome unknown", since that batch still commits."""
+    rig.storage.commit_gate = asyncio.Event()
+    first = rig.committer.submit([Row("r0", "B", "v")])
+    split = rig.committer.submit([Row("ra", "A", "v"), Row("rb", "B", "v")])
+    await asyncio.wait_for(rig.storage.held.wait(), 5)  # batch 1: B:r0 and A:ra
+    assert [r.id for r in rig.storage.commits[0]] == ["r0", "ra"]
+    rig.committer.close()  # leadership lost: B:rb, still queued, is handed back
+    rig.storage.commit_gate.set()
+    assert await asyncio.wait_for(first, 5)
+    with pytest.raises(OutcomeUnknownError) as caught:
+        await asyncio.wait_for(split, 5)
+    assert caught.value.code == "partial_commit"
+    assert (await rig.storage.history("A", 1))[0].id == "ra"  # it did commit
+
+
+async def test_a_batch_failing_with_nothing_written_fails_its_requests_as_such(
+        rig: Rig) -> None:
+    """The in-flight count goes down when a batch ends: a request whose only batch failed
+    with nothing written still hears not_leader."""
+    rig.storage.fail_commit = refuse_keys("x", NotLeaderError("fence lost"))
+    with pytest.raises(NotLeaderError):
+        await asyncio.wait_for(rig.committer.submit([Row("i", "x1", "v")]), 5)
