@@ -233,7 +233,10 @@ class Committer:
     async def _commit(self, taken: Batch, seq: int = 0) -> None:
         m = self._metrics
         term = self._term
-        batch = self._decide_locally(taken) if self._newest else taken
+        # What this leader's commits taught it holds only while its lease does: after a
+        # pause that cost the lease, another leader may have written the key.
+        local = self._newest and self._fence() is not None
+        batch = self._decide_locally(taken) if local else taken
         try:
             if not batch.rows:
                 return  # every row was refused here: nothing to commit

@@ -272,3 +272,24 @@ async def test_a_batch_failing_with_nothing_written_fails_its_requests_as_such(
     rig.storage.fail_commit = refuse_keys("x", NotLeaderError("fence lost"))
     with pytest.raises(NotLeaderError):
         await asyncio.wait_for(rig.committer.submit([Row("i", "x1", "v")]), 5)
+
+
+async def test_the_hot_key_shortcut_refuses_only_while_the_lease_holds(
+        tmp_path: Path) -> None:
+    """Issue 24.8: a queued condition that the leader's own commits already decided is
+    refused locally only while this node still holds the lease (the fence); after a pause
+    that cost the lease, the newest row it knew may be stale: not_leader, no 409."""
+    async with open_rig(tmp_path, BatchConfig()) as rig:
+        c, storage = rig.committer, rig.storage
+        gate = storage.commit_gate = asyncio.Event()
+        first = c.submit([Row("a", "K", "v1", False, IF_ABSENT)])
+        await storage.held.wait()
+        second = c.submit([Row("b", "K", "v2", False, IF_ABSENT)])
+        fence, rig.fence = rig.fence, None  # the lease ran out while the commit ran
+        storage.commit_gate = None
+        gate.set()
+        await first
+        with pytest.raises(NotLeaderError):
+            await second
+        assert rig.sample("dstore_conflicts_refused_locally_total") == 0
+        rig.fence = fence
