@@ -189,15 +189,15 @@ def model_rows(items: Any) -> list[Row] | None:
         if not 1 <= len(rid) <= 128 or flags & ~ITEM_FLAG_BITS:
             return None
         no_append = bool(flags & 1)
-        if no_append != (rid == "-"):
-            return None
+        if no_append != (rid == "-") or (no_append and flags & 2):
+            return None  # "-" goes with no_append, never with the client-id flag
         if_absent, if_latest = bool(flags & 8), bool(flags & 16)
         if if_latest != (len(item) == 5):
             return None  # the expected id comes with if_latest, and only with it
         cond: str | None = None
         if if_latest:
             expected = item[4]
-            if type(expected) is not str or not 1 <= len(expected) <= 128:
+            if type(expected) is not str or not 1 <= len(expected) <= 128 or expected == "-":
                 return None
             if if_absent or no_append:
                 return None
@@ -381,18 +381,20 @@ def _frame_documents(draw: st.DrawFn) -> Any:
 FRAMES = _frame_documents()
 
 _EXPECTED_IDS = st.one_of(st.just("-"), ROW_IDS.filter(lambda r: 1 <= len(r) <= 128))
+_CONDITION_IDS = ROW_IDS.filter(lambda r: 1 <= len(r) <= 128 and r != "-")
 
 
 @st.composite
 def _rows(draw: st.DrawFn) -> Row:
     """A row the follower sends: any id, plain, a tombstone, or conditional (a condition
-    never goes with the no_append id "-")."""
+    never goes with or names the no_append id "-", which is never kept)."""
     rid = draw(ROW_IDS.filter(lambda r: 1 <= len(r) <= 128))
     cond: str | None = None
     if rid != "-":
         choice = draw(ONE_IN[3])
-        cond = None if choice == 0 else IF_ABSENT if choice == 1 else draw(_EXPECTED_IDS)
-    return Row(rid, draw(TEXT), draw(TEXT), draw(st.booleans()), cond, draw(st.booleans()))
+        cond = None if choice == 0 else IF_ABSENT if choice == 1 else draw(_CONDITION_IDS)
+    keep = rid != "-" and draw(st.booleans())  # a no_append row is never kept
+    return Row(rid, draw(TEXT), draw(TEXT), keep, cond, draw(st.booleans()))
 
 
 ROWS = _rows()

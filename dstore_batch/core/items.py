@@ -135,9 +135,15 @@ ITEM_FIELDS = frozenset({"key", "value", "no_append", "id", "if_latest", "if_abs
 
 
 def check_expected_id(expected: object, what: str) -> str:
-    """An ``if_latest`` id: any row id (a client's, a node's, or the no_append "-")."""
-    if type(expected) is not str or not (expected == NO_APPEND_ID
-                                         or CLIENT_ID.fullmatch(expected)):
+    """An ``if_latest`` id: a client's or a node's row id, never the no_append "-"."""
+    if expected == NO_APPEND_ID:
+        # Every no_append write stores the id "-": a write between the caller's read and
+        # this put would leave it unchanged, and the condition would hold over a value
+        # the caller never saw (an ABA).
+        raise InvalidInputError(f"{what}: if_latest cannot be '-': every no_append write "
+                                "has that id, so it names no one version (use a put with "
+                                "an id of its own, or if_absent)")
+    if type(expected) is not str or not CLIENT_ID.fullmatch(expected):
         raise InvalidInputError(f"{what}: if_latest must be a row id (1-64 characters of "
                                 "A-Z a-z 0-9 _ . : -)")
     return expected

@@ -228,12 +228,16 @@ def rows_from_wire(items: Any) -> list[Row]:
             raise ProtocolError(f"unknown item flags {flags & ~KNOWN_FLAGS}")
         if bool(flags & FLAG_NO_APPEND) != (rid == "-"):
             raise ProtocolError("the no_append flag goes with the id '-' and only with it")
+        if flags & FLAG_NO_APPEND and flags & FLAG_CLIENT_ID:
+            raise ProtocolError("a no_append item cannot carry the client-id flag")
         cond: str | None = None
         if flags & FLAG_IF_LATEST:
             if len(item) != 5 or type(item[4]) is not str or not 0 < len(item[4]) <= 128:
                 raise ProtocolError("an if_latest item must end with its expected id")
             if flags & (FLAG_IF_ABSENT | FLAG_NO_APPEND):
                 raise ProtocolError("if_latest cannot go with if_absent or no_append")
+            if item[4] == "-":
+                raise ProtocolError("if_latest cannot name the no_append id '-'")
             cond = item[4]
         elif len(item) == 5:
             raise ProtocolError("only an if_latest item carries an expected id")

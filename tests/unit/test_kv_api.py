@@ -388,8 +388,9 @@ def test_parse_item_refuses_unknown_fields_and_bad_combinations() -> None:
     assert item.cond == "abc"
     assert parse_item({"key": "k", "value": "v", "if_absent": True}, 0).cond == IF_ABSENT
     assert parse_item({"key": "k", "value": "v", "if_absent": False}, 0).cond is None
-    assert parse_item({"key": "k", "value": "v", "if_latest": "-"}, 0).cond == "-"
     bad: list[dict[str, Any]] = [
+        # Issue 24.6: every no_append write has the id "-": a condition on it is an ABA.
+        {"key": "k", "value": "v", "if_latest": "-"},
         {"key": "k", "value": "v", "if_lates": "x"},
         {"key": "k", "value": "v", "extra": None},
         {"key": "k", "value": "v", "if_latest": "a", "if_absent": True},

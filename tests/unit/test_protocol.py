@@ -127,6 +127,10 @@ def test_conflict_error_entries_carry_details() -> None:
         [1, [["a", "k", "v", 0, "b"]]],  # an expected id without the flag
         [1, [["a", "k", "v", protocol.FLAG_IF_LATEST | protocol.FLAG_IF_ABSENT, "b"]]],
         [1, [["-", "k", "v", protocol.FLAG_NO_APPEND | protocol.FLAG_IF_ABSENT]]],
+        # Issue 24.9: a no_append row is never "kept" (it has no id of its own to keep).
+        [1, [["-", "k", "v", protocol.FLAG_NO_APPEND | protocol.FLAG_CLIENT_ID]]],
+        # Issue 24.6: "-" names no one version of a key (the id of every no_append row).
+        [1, [["a", "k", "v", protocol.FLAG_IF_LATEST, "-"]]],
     ],
 )
 def test_bad_v2_entries_are_rejected(entry: list[object]) -> None:
