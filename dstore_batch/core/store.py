@@ -194,6 +194,9 @@ class StoreCore:
         self._no_puts = asyncio.Event()  # set while _active_puts == 0
         self._no_puts.set()
         self._state = "new"
+        # The server listens before the storage opens (a node elected at once must take
+        # its followers' links): reads until then are "not ready", never a crash.
+        self._storage_open = False
 
     def _make_shard(self, i: int, linked: bool) -> Shard:
         config, single = self.config, self.config.shards == 1
@@ -232,6 +235,7 @@ class StoreCore:
         self._state = "starting"
         try:
             await self.storage.start()
+            self._storage_open = True
             await self.balancer.check_shards()
             for shard in self.shards:
                 shard.election.add_listener(functools.partial(self._on_leader_change, shard))
@@ -316,6 +320,7 @@ class StoreCore:
         for sh in self.shards:
             await sh.committer.stop()
         await asyncio.gather(*(sh.election.stop(release=True) for sh in self.shards))
+        self._storage_open = False
         await self.storage.close()
         self._state = "stopped"
 
@@ -472,6 +477,7 @@ class StoreCore:
         if type(key) is not str or not key:
             raise InvalidInputError("key must be a non-empty string")
         staleness = check_staleness(max_staleness)
+        self._check_open()
         if limit is None:
             history = await self.storage.history(key, 1, staleness)
             if history and history[0].deleted:
@@ -482,6 +488,12 @@ class StoreCore:
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
         return await self.storage.history(key, limit, staleness)
+
+    def _check_open(self) -> None:
+        """Raise UnavailableError unless the storage is open (starting, or stopped)."""
+        if not self._storage_open:
+            raise UnavailableError(f"node {self.node_id} is not ready: its database "
+                                   f"connection is not open ({self._state}); retry")
 
     def count_refused(self, op: str, error: DstoreError) -> None:
         """Count a put that a front end refused before it reached ``put``."""
@@ -559,6 +571,7 @@ class StoreCore:
         if self.config.shards > 1:
             raise InvalidInputError(
                 "watch follows one funnel's commit order: it needs a group with --shards 1")
+        self._check_open()
         watcher = self.watch_hub.watch(key, prefix, since)
         if self.is_leader and not self.watch_hub.live:
             self.watch_hub.source_up()
@@ -741,6 +754,7 @@ class StoreCore:
         if type(prefix) is not str or (after is not None and type(after) is not str):
             raise InvalidInputError("prefix and after must be strings")
         staleness = check_staleness(max_staleness)
+        self._check_open()
         return await self.storage.list_keys(prefix, check_list_limit(limit), after, staleness)
 
 
