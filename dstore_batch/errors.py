@@ -30,8 +30,8 @@ branch on the three middle classes::
         │                                                   request committed, not all)
         └── InternalError          code "internal"         HTTP 500 (a bug on a node)
 
-``OutcomeUnknownError`` is safe to retry with the same row ids: writes are
-``insert_or_update`` on ``(key, id)``, so a retry can never duplicate a row.
+``OutcomeUnknownError`` is safe to retry with the same row ids: a row is written only
+if ``(key, id)`` is not stored yet, so a retry can never duplicate, move or rewrite one.
 
 The class says what a caller should do; ``code`` may be more specific than the class's
 default (each input limit has its own code, so each violation is counted apart). A

@@ -120,11 +120,28 @@ class StorageContract:
         await storage.commit([Row("x", "hh", "other")], "n:1", None)
         assert len(await storage.history("h", "all")) == 5
 
-    async def test_reinsert_of_the_same_id_keeps_one_row(self, storage: Storage) -> None:
-        first = (await storage.commit([Row("same", "k", "v")], "n:1", None)).timestamp
-        second = (await storage.commit([Row("same", "k", "v")], "n:2", None)).timestamp
+    async def test_a_row_written_without_a_look_never_replaces_a_stored_one(
+            self, storage: Storage) -> None:
+        """Issue 24.3: a delayed first attempt (no ``keep``) arriving after its own retry
+        leaves the stored row and its timestamp alone, and is acked with them."""
+        first = await storage.commit([Row("same", "k", "v1")], "n:1", None)
+        again = await storage.commit([Row("other", "k2", "x"), Row("same", "k", "v2")],
+                                     "n:2", None)
+        assert again.existing == {1: first.timestamp}
         items = await storage.history("k", "all")
-        assert len(items) == 1 and items[0].timestamp == second > first
+        assert [(i.id, i.value, i.timestamp) for i in items] == [
+            ("same", "v1", first.timestamp)]
+        assert (await storage.history("k2", 1))[0].timestamp == again.timestamp > \
+            first.timestamp
+        # A delete of the same id is no different.
+        tomb = await storage.commit([Row("same", "k", "", delete=True)], "n:2", None)
+        assert tomb.existing == {0: first.timestamp}
+        assert not (await storage.history("k", 1))[0].deleted
+        # The no_append row "-" alone replaces its key's previous one.
+        await storage.commit([Row("-", "n", "a")], "n:1", None)
+        last = await storage.commit([Row("-", "n", "b")], "n:1", None)
+        assert [(i.value, i.timestamp) for i in await storage.history("n", "all")] == [
+            ("b", last.timestamp)]
 
     async def test_kept_rows_are_not_written_again(self, storage: Storage) -> None:
         first = await storage.commit([Row("c1", "ck", "v1", keep=True)], "n:1", None)

@@ -395,7 +395,7 @@ class Committer:
     async def _commit_with_retries(self, batch: Batch) -> CommitResult:
         """Commit, retrying transient failures with backoff.
 
-        Safe because rows keep their ids (insert-or-update). Retries stop when the
+        Safe because rows keep their ids and are insert-only. Retries stop when the
         failure is permanent, when every caller of the batch has given up, when this node
         stops leading (the fence), or after RETRY_LIMIT_S.
         """

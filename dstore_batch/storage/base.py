@@ -120,11 +120,14 @@ class Storage(Protocol):
         self, rows: Sequence[Row], leader: str, fence: Fence | None,
         groups: Sequence[Sequence[int]] = (),
     ) -> CommitResult:
-        """Write ``rows`` (insert-or-update on (key, id)) in one transaction.
+        """Write ``rows`` in one transaction, each only if (key, id) is not stored yet
+        (insert-only: a delayed first attempt never replaces its own retry); the no_append
+        row "-" alone replaces its key's previous "-" row.
 
-        No two rows share a key (the accumulator sees to it). Rows with ``keep`` set are
-        written only if (key, id) is not stored yet; the result's ``existing`` names
-        those that were, with their stored timestamps. A row with ``cond`` is checked
+        No two rows share a key (the accumulator sees to it). The result's ``existing``
+        names the rows that were stored already, with their stored timestamps (a row
+        with ``keep`` is looked for first; any other is found when the insert is
+        refused, and the commit is redone looking). A row with ``cond`` is checked
         against its key's rows as this transaction reads them: if (key, id) is stored
         already, it is ``existing`` (its own earlier attempt: not checked again); else,
         if its condition fails (``IF_ABSENT``: the key has a live row; an id: the key's

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import functools
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ from google.protobuf import struct_pb2
 
 from ..errors import CommitError, DstoreError, NotLeaderError, ReadError
 from ..types import (
+    NO_APPEND_ID,
     Changes,
     CommitResult,
     History,
@@ -148,8 +150,21 @@ class _StopAt:
         return call
 
 
-def _insert_or_update_rows(txn: Any, table: str, rows: Sequence[Row], leader: str) -> None:
-    """Add one insert_or_update mutation for ``rows`` to ``txn``.
+def _write_rows(txn: Any, table: str, rows: Sequence[Row], leader: str) -> None:
+    """Add ``rows`` to ``txn``: one insert mutation, and one insert_or_update for the
+    no_append rows "-" (the only rows that replace a stored one). A row written without a
+    look is insert-only: a delayed first attempt must never replace its own retry; the
+    database refuses it (ALREADY_EXISTS) and ``commit`` redoes the commit with a look."""
+    plain = [r for r in rows if r.id != NO_APPEND_ID]
+    if plain:
+        _mutate_rows(txn, table, plain, leader, "insert")
+    if len(plain) < len(rows):
+        _mutate_rows(txn, table, [r for r in rows if r.id == NO_APPEND_ID], leader,
+                     "insert_or_update")
+
+
+def _mutate_rows(txn: Any, table: str, rows: Sequence[Row], leader: str, op: str) -> None:
+    """Add one ``op`` (insert, insert_or_update) mutation for ``rows`` to ``txn``.
 
     The client's own `insert_or_update` builds every value through proto-plus: under
     full load that was 57% of the leader's CPU samples (BENCHMARKS.md). Building the
@@ -160,7 +175,7 @@ def _insert_or_update_rows(txn: Any, table: str, rows: Sequence[Row], leader: st
     if not isinstance(getattr(txn, "_mutations", None), list):
         values = [(r.id, r.key, None if r.delete else r.value, leader,
                    spanner.COMMIT_TIMESTAMP) for r in rows]
-        txn.insert_or_update(table, LOG_COLUMNS, values)
+        getattr(txn, op)(table, LOG_COLUMNS, values)
         return
     write = _WRITE_PB(table=table, columns=LOG_COLUMNS)
     add = write.values.add
@@ -175,7 +190,7 @@ def _insert_or_update_rows(txn: Any, table: str, rows: Sequence[Row], leader: st
             cells.add(string_value=r.value)
         cells.add(string_value=leader)
         cells.add(string_value=commit_ts)
-    txn._mutations.append(Mutation.wrap(_MUTATION_PB(insert_or_update=write)))
+    txn._mutations.append(Mutation.wrap(_MUTATION_PB(**{op: write})))
 
 
 _WRITE_PB = Mutation.Write.pb()
@@ -351,10 +366,9 @@ class SpannerStorage:
         self, rows: Sequence[Row], leader: str, fence: Fence | None,
         groups: Sequence[Sequence[int]] = (),
     ) -> CommitResult:
-        keep = [i for i, r in enumerate(rows) if r.keep and r.cond is None]
         conds = [i for i, r in enumerate(rows) if r.cond is not None]
 
-        def work(txn: Any) -> _Decided | None:
+        def work(txn: Any, look: bool) -> _Decided | None:
             # One statement is the fence and the heartbeat: it touches the lock row only
             # while it holds our token (a busy leader's lease never waits for a separate
             # lock write queued behind its commits). A DML call, not a streaming read:
@@ -363,6 +377,8 @@ class SpannerStorage:
             if fence is not None and not self._fence_and_heartbeat(txn, fence):
                 return None
             # The plain path (no keep, no condition) reads nothing.
+            keep = [i for i, r in enumerate(rows) if r.cond is None and (
+                r.keep or (look and r.id != NO_APPEND_ID))]
             stored = self._existing(txn, rows, keep) if keep else {}
             latest: dict[int, Latest | None] = {}
             if conds:
@@ -370,12 +386,20 @@ class SpannerStorage:
             existing, conflicts, skip = resolve_commit(rows, groups, stored, latest)
             write = [r for i, r in enumerate(rows) if i not in skip]
             if write:
-                _insert_or_update_rows(txn, self.log_table, write, leader)
+                _write_rows(txn, self.log_table, write, leader)
             return existing, conflicts
 
         try:
-            decided, ts = await self._run(self._writer, self._transact_delayed, work,
-                                          writes=True)
+            try:
+                decided, ts = await self._run(self._writer, self._transact_delayed,
+                                              functools.partial(work, look=False),
+                                              writes=True)
+            except gexc.AlreadyExists:
+                # A row of it is stored already (an earlier attempt landed): redo the
+                # commit looking first, so such rows are acked with their first timestamp.
+                decided, ts = await self._run(self._writer, self._transact_delayed,
+                                              functools.partial(work, look=True),
+                                              writes=True)
         except (gexc.GoogleAPICallError, gexc.RetryError, grpc.RpcError) as exc:
             raise self._write_error(f"commit of {len(rows)} rows", exc) from exc
         if decided is None:

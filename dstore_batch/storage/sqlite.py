@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 from ..config import check_table_name
 from ..errors import CommitError, NotLeaderError, ReadError
 from ..types import (
+    NO_APPEND_ID,
     Changes,
     CommitResult,
     History,
@@ -159,19 +161,22 @@ class SQLiteStorage:
         self, rows: Sequence[Row], leader: str, fence: Fence | None,
         groups: Sequence[Sequence[int]] = (),
     ) -> CommitResult:
-        sql = (f"INSERT OR REPLACE INTO {self.log_table} (id, key, value, leader, timestamp) "
-               "VALUES (?, ?, ?, ?, ?)")
+        columns = f"{self.log_table} (id, key, value, leader, timestamp) VALUES (?, ?, ?, ?, ?)"
+        # A row written without a look is insert-only: a delayed first attempt must never
+        # replace its own retry (nor move it to a later timestamp). Only the no_append
+        # row "-" replaces its key's previous one.
+        insert, replace = f"INSERT INTO {columns}", f"INSERT OR REPLACE INTO {columns}"
         lookup = f"SELECT timestamp FROM {self.log_table} WHERE key = ? AND id = ?"
         newest = (f"SELECT id, timestamp, value IS NULL FROM {self.log_table} WHERE key = ? "
                   "ORDER BY timestamp DESC, id DESC LIMIT 1")
 
-        def work(c: sqlite3.Connection, ts: Timestamp) -> CommitResult | None:
+        def work(c: sqlite3.Connection, ts: Timestamp, look: bool) -> CommitResult | None:
             if fence is not None and not self._fence_and_heartbeat(c, fence, ts):
                 return None
             stored: dict[int, Timestamp] = {}
             latest: dict[int, Latest | None] = {}
             for i, r in enumerate(rows):
-                if not r.keep and r.cond is None:
+                if not (r.keep or (look and r.id != NO_APPEND_ID)) and r.cond is None:
                     continue  # the plain path reads nothing
                 if found := c.execute(lookup, (r.key, r.id)).fetchone():
                     stored[i] = Timestamp(found[0])
@@ -180,12 +185,19 @@ class SQLiteStorage:
                     latest[i] = (None if top is None
                                  else Latest(top[0], Timestamp(top[1]), bool(top[2])))
             existing, conflicts, skip = resolve_commit(rows, groups, stored, latest)
-            c.executemany(sql, [(r.id, r.key, None if r.delete else r.value, leader, ts)
-                                for i, r in enumerate(rows) if i not in skip])
+            for sql, no_append in ((insert, False), (replace, True)):
+                c.executemany(sql, [(r.id, r.key, None if r.delete else r.value, leader, ts)
+                                    for i, r in enumerate(rows)
+                                    if i not in skip and (r.id == NO_APPEND_ID) == no_append])
             return CommitResult(ts, existing, conflicts)
 
         try:
-            result = await self._write(work)
+            try:
+                result = await self._write(functools.partial(work, look=False))
+            except sqlite3.IntegrityError:
+                # A row of it is stored already (an earlier attempt landed): redo the
+                # commit looking first, so such rows are acked with their first timestamp.
+                result = await self._write(functools.partial(work, look=True))
         except sqlite3.Error as exc:
             # OperationalError: locked, busy, I/O; the rest (integrity, programming) repeat.
             raise CommitError(f"commit of {len(rows)} rows failed: {exc}",

@@ -123,19 +123,28 @@ def test_fast_mutation_encoding_matches_the_client() -> None:
     from google.cloud.spanner_v1 import Mutation
     from google.cloud.spanner_v1.batch import _make_write_pb
 
-    from dstore_batch.storage.spanner import LOG_COLUMNS, _insert_or_update_rows
+    from dstore_batch.storage.spanner import LOG_COLUMNS, _write_rows
 
     class Collected:
         def __init__(self) -> None:
             self._mutations: list[Mutation] = []
 
-    rows = [Row("id1", "k", "v"), Row("id2", "ключ", "é" * 3 + "\x00"), Row("-", "k3", "")]
+    plain = [Row("id1", "k", "v"), Row("id2", "ключ", "é" * 3 + "\x00")]
+    no_append = [Row("-", "k3", "")]
     got = Collected()
-    _insert_or_update_rows(got, "logtable", rows, "10.0.0.1:8080")
-    values = [(r.id, r.key, r.value, "10.0.0.1:8080", spanner.COMMIT_TIMESTAMP) for r in rows]
-    expected = Mutation(insert_or_update=_make_write_pb("logtable", LOG_COLUMNS, values))
-    (mutation,) = got._mutations
-    assert Mutation.pb(mutation).SerializeToString() == Mutation.pb(expected).SerializeToString()
+    _write_rows(got, "logtable", [plain[0], no_append[0], plain[1]], "10.0.0.1:8080")
+
+    def values(rows: list[Row]) -> list[tuple[str, str, str, str, str]]:
+        return [(r.id, r.key, r.value, "10.0.0.1:8080", spanner.COMMIT_TIMESTAMP)
+                for r in rows]
+
+    # Insert-only for every row but the no_append "-", which replaces its key's own.
+    expected = [
+        Mutation(insert=_make_write_pb("logtable", LOG_COLUMNS, values(plain))),
+        Mutation(insert_or_update=_make_write_pb("logtable", LOG_COLUMNS, values(no_append))),
+    ]
+    assert [Mutation.pb(m).SerializeToString() for m in got._mutations] == \
+        [Mutation.pb(m).SerializeToString() for m in expected]
 
 
 def test_row_ids_are_unique_hex() -> None:

@@ -126,7 +126,7 @@ def test_tombstone_mutations_match_the_client_encoding() -> None:
     from google.cloud.spanner_v1 import Mutation
     from google.cloud.spanner_v1.batch import _make_write_pb
 
-    from dstore_batch.storage.spanner import LOG_COLUMNS, _insert_or_update_rows
+    from dstore_batch.storage.spanner import LOG_COLUMNS, _write_rows
 
     class Collected:
         def __init__(self) -> None:
@@ -134,9 +134,9 @@ def test_tombstone_mutations_match_the_client_encoding() -> None:
 
     rows = [Row("a", "k", "v"), Row("t", "k2", "ignored", delete=True), Row("b", "k3", "")]
     got = Collected()
-    _insert_or_update_rows(got, "logtable", rows, "n:1")
+    _write_rows(got, "logtable", rows, "n:1")
     values = [(r.id, r.key, None if r.delete else r.value, "n:1", spanner.COMMIT_TIMESTAMP)
               for r in rows]
-    expected = Mutation(insert_or_update=_make_write_pb("logtable", LOG_COLUMNS, values))
+    expected = Mutation(insert=_make_write_pb("logtable", LOG_COLUMNS, values))
     (mutation,) = got._mutations
     assert Mutation.pb(mutation).SerializeToString() == Mutation.pb(expected).SerializeToString()

@@ -16,7 +16,7 @@ from google.cloud.spanner_v1 import Mutation
 from google.cloud.spanner_v1.batch import _make_write_pb
 
 from ...core.items import new_id
-from ...storage.spanner import LOG_COLUMNS, _insert_or_update_rows
+from ...storage.spanner import LOG_COLUMNS, _write_rows
 from ...types import Row
 
 
@@ -31,13 +31,13 @@ def main(rows_per_batch: int = 2000) -> None:
 
     def client() -> bytes:
         values = [(r.id, r.key, r.value, leader, spanner.COMMIT_TIMESTAMP) for r in rows]
-        m = Mutation(insert_or_update=_make_write_pb("logtable", LOG_COLUMNS, values))
+        m = Mutation(insert=_make_write_pb("logtable", LOG_COLUMNS, values))
         data: bytes = Mutation.pb(m).SerializeToString()
         return data
 
     def ours() -> bytes:
         holder = _Collected()
-        _insert_or_update_rows(holder, "logtable", rows, leader)
+        _write_rows(holder, "logtable", rows, leader)
         data: bytes = Mutation.pb(holder._mutations[0]).SerializeToString()
         return data
 

@@ -37,7 +37,7 @@ from ...runtime import run, tune_gc
 from ...storage import collect_changes, list_page, plan_trim, prefix_end, resolve_commit
 from ...storage.base import peer_row_prefix
 from ...storage.model import FAILED, NOT_LEADER, OK, WRITE_OPS
-from ...types import Latest, Row, Timestamp
+from ...types import NO_APPEND_ID, Latest, Row, Timestamp
 
 __all__ = ["MODEL_LABEL", "ModelDatabase", "ModelLatency", "serve_model"]
 
@@ -218,7 +218,9 @@ class ModelDatabase:
         stored: dict[int, Timestamp] = {}
         latest: dict[int, Latest | None] = {}
         for i, r in enumerate(rows):
-            if not r.keep and r.cond is None:
+            # Every row but a no_append "-" is insert-only: one stored is kept and acked
+            # with its first timestamp (a look costs nothing here).
+            if r.id == NO_APPEND_ID and r.cond is None:
                 continue
             found = table.rows.get(r.key, {}).get(r.id)
             if found is not None:
