@@ -138,23 +138,28 @@ class _Connection:
                 control, self._control = self._control, []
                 for frame in control:
                     await self.ws.send_bytes(frame)
-                outbox, self._outbox = self._outbox, []
-                start = 0
-                while start < len(outbox):
-                    end, size = start, 0
+                while self._outbox:
+                    # Only requests whose caller still waits: one given up on (its
+                    # deadline, its byte budget given back) must never be sent later,
+                    # after the caller's retry went elsewhere. Checked frame by frame,
+                    # as each waits for the one before it.
+                    outbox = [e for e in self._outbox if e[0] in self._pending]
+                    end, size = 0, 0
                     # A request joins the frame only if the frame stays under the target.
                     while end < len(outbox) and (
-                        end == start or size + outbox[end][2] <= FRAME_TARGET_BYTES
+                        end == 0 or size + outbox[end][2] <= FRAME_TARGET_BYTES
                     ):
                         size += outbox[end][2]
                         end += 1
+                    self._outbox = outbox[end:]
+                    if not end:
+                        break
                     frame = protocol.encode_puts(
-                        [(rid, rows, atomic) for rid, rows, _, atomic in outbox[start:end]]
+                        [(rid, rows, atomic) for rid, rows, _, atomic in outbox[:end]]
                     )
                     await self.ws.send_bytes(frame)
                     m.peer_frames.labels("out").inc()
                     m.peer_bytes.labels("out").inc(len(frame))
-                    start = end
         except Exception as exc:
             await self._lost(f"send failed: {exc!r}")
 
