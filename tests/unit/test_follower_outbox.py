@@ -43,7 +43,7 @@ class SlowSocket:
 
 
 def sent_ids(sock: SlowSocket) -> list[str]:
-    ids = []
+    ids: list[str] = []
     for data in sock.sent:
         frame = protocol.decode(data, 1 << 20)
         assert frame[0] == protocol.PUT
