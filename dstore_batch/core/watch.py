@@ -144,9 +144,11 @@ class Watcher:
         self._room = asyncio.Event()  # the queue is under half its bound
         self._room.set()
         # While syncing, live commits wait here (None: it overflowed; they are dropped
-        # and the sync reads again from the cursor).
-        self._syncing = False
-        self._buffer: list[tuple[Timestamp, Chunk]] | None = None
+        # and the sync reads again from the cursor). A new watcher buffers from the
+        # start: a commit offered before its first read must not move its cursor past
+        # rows that read has not delivered yet.
+        self._syncing = True
+        self._buffer: list[tuple[Timestamp, Chunk]] | None = []
         self._buffer_bytes = 0
         self._synced_epoch = -1
         self._resync = asyncio.Event()
@@ -210,7 +212,14 @@ class Watcher:
         self._finish(WatchEvent("lagged", "", "", "", token, token))
 
     def source_changed(self) -> None:
-        """The hub's source went down or came back: re-synchronise when it is up."""
+        """The hub's source went down or came back: re-synchronise when it is up.
+
+        From this moment on, live commits are buffered, not queued: a commit offered
+        before the re-read (one released in the same callback as the change) would move
+        the cursor past rows that only the re-read delivers. What is buffered now is
+        dropped by the re-read, which finds it in storage."""
+        if not self._closed:
+            self._syncing, self._buffer, self._buffer_bytes = True, [], 0
         self._resync.set()
 
     # -- the consumer side ---------------------------------------------------------------

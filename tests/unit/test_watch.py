@@ -13,7 +13,7 @@ from dstore_batch.core import watch as watch_module
 from dstore_batch.core.store import StoreCore
 from dstore_batch.core.watch import Watcher
 from dstore_batch.errors import InvalidInputError
-from dstore_batch.types import Timestamp, WatchEvent
+from dstore_batch.types import Change, Row, Timestamp, WatchEvent
 from tests.helpers import local_config as config
 
 
@@ -239,3 +239,38 @@ async def test_events_metric_counts_a_commit_once_however_it_was_read(core: Stor
     assert sent() - before == 6  # 3 events handed to each watcher
     for w in (one_by_one, whole):
         await w.aclose()
+
+
+async def test_a_watcher_buffers_from_the_moment_its_source_changes(core: StoreCore) -> None:
+    """Issue 24.2: commit U lands with its answer lost (stored, never published); the
+    gap (``source_up``) and the release of a later held commit C come in one callback.
+    C must not move the watcher past U before its re-read: U is delivered, then C."""
+    watcher = core.watch(prefix="g/")
+    assert (await take(watcher, 1))[0].kind == "caught_up"
+    fence = core.election.fence
+    u = await core.storage.commit([Row("u", "g/u", "U")], core.node_id, fence)
+    c = await core.storage.commit([Row("c", "g/c", "C")], core.node_id, fence)
+    core.watch_hub.source_up()
+    core.watch_hub.publish(c.timestamp, [Change("g/c", "c", "C")])
+    events = await take(watcher, 2)
+    assert [(e.key, e.timestamp) for e in events] == [("g/u", u.timestamp),
+                                                      ("g/c", c.timestamp)]
+    await watcher.aclose()
+
+
+async def test_a_new_watcher_buffers_live_commits_until_its_first_read(
+        core: StoreCore) -> None:
+    """A commit published before a new watcher's first read must not move it past rows
+    it has not read yet (the same race on a follower whose SUBSCRIBED and EVENTS frames
+    arrive in one read)."""
+    first = await core.put("h/a", "A")
+    fence = core.election.fence
+    u = await core.storage.commit([Row("u", "h/u", "U")], core.node_id, fence)
+    c = await core.storage.commit([Row("c", "h/c", "C")], core.node_id, fence)
+    watcher = core.watch(prefix="h/", since=first.timestamp)
+    core.watch_hub.publish(c.timestamp, [Change("h/c", "c", "C")])
+    events = await take(watcher, 3)
+    assert [(e.kind, e.key, e.timestamp) for e in events[:2]] == [
+        ("put", "h/u", u.timestamp), ("put", "h/c", c.timestamp)]
+    assert events[2].kind == "caught_up"
+    await watcher.aclose()
