@@ -405,7 +405,7 @@ class Client:
                         raise aiohttp.ClientError(f"{node}: {err.code}: {err.message}")
                     async for event in _sse_events(resp.content):
                         failures = 0
-                        if event.kind == "lagged":
+                        if event.kind in ("lagged", "error"):
                             break  # resume from our own token, on the next node
                         resume = event.resume
                         if event.kind == "caught_up":

@@ -22,7 +22,8 @@ meanwhile wait in a buffer of the same bound (past it they are dropped, and the 
 reads on from storage instead). A live queue that overflows is dropped and caught up
 from storage from the last event the consumer took. A watcher whose consumer takes
 nothing across ``MAX_OVERFLOWS`` overflows, or for ``LAG_CLOSE_S`` while a sync waits,
-is closed with a ``lagged`` event that carries its resume token.
+is closed with a ``lagged`` event that carries its resume token. A watcher that fails
+for any other reason (a bug) ends with an ``error`` event, resume token included.
 """
 
 from __future__ import annotations
@@ -316,6 +317,19 @@ class Watcher:
     # -- synchronisation -------------------------------------------------------------------
 
     async def _pump(self) -> None:
+        try:
+            await self._follow()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug, not a database failure: end the watch where the consumer can see
+            # it (an ``error`` event with its resume token), never leave it hanging.
+            log.exception("watch %r failed; ending it with an error event", self.filter)
+            self._hub.metrics.watch_errors.inc()
+            token = self.resume if self.resume is not None else (self._start or Timestamp(0))
+            self._finish(WatchEvent("error", "", "", "", token, token))
+
+    async def _follow(self) -> None:
         hub = self._hub
         while not self._closed:
             await hub.wait_live()

@@ -167,6 +167,10 @@ class Metrics:
             "dstore_watch_overflows_total",
             "Times a watcher fell too far behind and was caught up from storage.",
             registry=r)
+        self.watch_errors = Counter(
+            "dstore_watch_errors_total",
+            "Watches ended with an error event (a failure that is not the database's).",
+            registry=r)
         self.watchers_lagged = Counter(
             "dstore_watchers_lagged_total",
             "Watches closed with a lagged event (they kept falling behind).", registry=r)

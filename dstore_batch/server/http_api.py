@@ -266,7 +266,7 @@ def sse_event(event: WatchEvent) -> bytes:
         data: dict[str, Any] = {"key": event.key, "id": event.id,
                                 "value": event.value if event.kind == "put" else None,
                                 "timestamp": str(event.timestamp)}
-    else:  # caught_up, lagged
+    else:  # caught_up, lagged, error
         data = {"timestamp": str(event.timestamp)}
     return (f"event: {event.kind}\nid: {event.resume}\n"
             f"data: {json.dumps(data, separators=(',', ':'))}\n\n").encode()
@@ -306,7 +306,7 @@ async def _watch(request: web.Request) -> web.StreamResponse:
             # Everything queued goes out in one write; each commit's text is made once
             # for all the streams with this filter.
             await resp.write(b"".join(c.encoded(sse_events) for c in chunks))
-            if chunks[-1].events[-1].kind == "lagged":
+            if chunks[-1].events[-1].kind in ("lagged", "error"):
                 break
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away

@@ -13,7 +13,7 @@ from dstore_batch.core import watch as watch_module
 from dstore_batch.core.store import StoreCore
 from dstore_batch.core.watch import Watcher
 from dstore_batch.errors import InvalidInputError
-from dstore_batch.types import Change, Row, Timestamp, WatchEvent
+from dstore_batch.types import Change, Changes, Row, Timestamp, WatchEvent
 from tests.helpers import local_config as config
 
 
@@ -274,3 +274,28 @@ async def test_a_new_watcher_buffers_live_commits_until_its_first_read(
         ("put", "h/u", u.timestamp), ("put", "h/c", c.timestamp)]
     assert events[2].kind == "caught_up"
     await watcher.aclose()
+
+
+class BrokenSource:
+    """A change source whose reads fail with a bug (not a database error)."""
+
+    async def changes(self, key: str | None, prefix: str, after: Timestamp,
+                      limit: int) -> Changes:
+        raise RuntimeError("a bug in the catch-up read")
+
+    async def read_timestamp(self) -> Timestamp:
+        raise RuntimeError("a bug in the catch-up read")
+
+
+async def test_a_watcher_that_fails_ends_with_an_error_event(core: StoreCore) -> None:
+    """Issue 24.9: a pump that dies on an exception that is not a DstoreError must not
+    leave its consumer waiting forever: an ``error`` event with the resume token, then
+    the end, and the failure counted."""
+    first = await core.put("e/1", "x")
+    core.watch_hub.source = BrokenSource()
+    watcher = core.watch(prefix="e/", since=first.timestamp)
+    events = await take(watcher, 1)
+    assert [(e.kind, e.resume) for e in events] == [("error", first.timestamp)]
+    async with asyncio.timeout(5):
+        assert [e async for e in watcher] == []
+    assert core.metrics.registry.get_sample_value("dstore_watch_errors_total") == 1
