@@ -207,8 +207,9 @@ class WatchEvent(NamedTuple):
     ``kind``: "put", "delete", "caught_up" (the backlog is over; only ``timestamp``
     set), "lagged" (the watcher fell too far behind and was closed; resume from
     ``resume``) or "error" (the watch failed on the node and was closed; resume from
-    ``resume``, on another node if it fails again). ``resume``: every matching row committed at or before this timestamp
-    has been delivered (up to this event); pass it as ``since`` to resume.
+    ``resume``, on another node if it fails again). ``resume``: every matching row
+    committed at or before this timestamp has been delivered (up to this event); pass
+    it as ``since`` to resume.
     """
 
     kind: str
