@@ -252,6 +252,7 @@ class SpannerStorage:
         self._abort_lock = threading.Lock()
         self._closing = False
         self._stale = 0  # calls in a row that failed for a session the database forgot
+        self._generation = 0  # bumped by each reconnect: its old channel gets closed
         self.aborted_attempts = 0  # read-write attempts the database aborted and we retried
 
     async def start(self) -> None:
@@ -270,8 +271,9 @@ class SpannerStorage:
         """
         old = self._db
         self._stale = 0
-        self._db = await asyncio.get_running_loop().run_in_executor(self._reader,
-                                                                     self._connect)
+        new = await asyncio.get_running_loop().run_in_executor(self._reader, self._connect)
+        # A call that began before this line may run on the old channel, closed below.
+        self._db, self._generation = new, self._generation + 1
         log.warning("spanner storage: the database forgot this node's session; "
                     "reconnected to %s", self.database_path)
         if old is not None:
@@ -314,6 +316,7 @@ class SpannerStorage:
         """
         if self._stale >= STALE_SESSION_ERRORS and not self._closing:
             await self._reconnect()
+        generation = self._generation
         try:
             result = await run_bounded(pool, fn, *args, timeout=self._timeout,
                                        database=self.database_path, writes=writes,
@@ -325,11 +328,14 @@ class SpannerStorage:
                 self._stale += 1
             raise  # the caller types it (commit: CommitError, history: ReadError)
         except Exception as exc:
-            if not self._closing or isinstance(exc, DstoreError):
+            replaced = generation != self._generation
+            if not (self._closing or replaced) or isinstance(exc, DstoreError):
                 raise
-            # close() closed the channel under a call in flight (its client raises a
-            # bare ValueError then): the call is over, and says so by type.
-            what = f"database {self.database_path}: this node is stopping ({exc!r})"
+            # close() or a reconnect closed the channel under a call in flight (its
+            # client raises a bare ValueError then): the call is over, and says so by
+            # type; a retry runs on the new client.
+            why = "reconnecting" if replaced else "this node is stopping"
+            what = f"database {self.database_path}: {why} ({exc!r})"
             if writes:
                 raise CommitError(f"{what}; the write may or may not be committed") from None
             raise ReadError(what) from None

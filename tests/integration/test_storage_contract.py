@@ -3,6 +3,7 @@ Spanner's own: how many reads a commit makes, the row deletion policy's DDL."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from google.cloud.spanner_v1.transaction import Transaction
 
+from dstore_batch.errors import ReadError
 from dstore_batch.storage import Storage, list_page
 from dstore_batch.storage import spanner as spanner_module
 from dstore_batch.storage.admin import init_database
@@ -154,3 +156,40 @@ async def test_max_commit_delay_is_passed_to_log_commits_only(
         await s.close()
     # The lock write carried no delay; the log commit carried 50 ms (the emulator takes it).
     assert [None if d is None else round(d.total_seconds(), 3) for d in seen] == [None, 0.05]
+
+
+async def test_a_read_cut_by_a_reconnect_is_a_read_error(database: str,
+                                                          emulator_host: str) -> None:
+    """Issue 24.10: after "Session not found" the storage makes a new client and closes
+    the old channel; a read still in flight on it fails with the client's bare
+    ValueError ("Channel closed"). It must come out typed (ReadError: retriable, 503),
+    never as an internal error."""
+    s = SpannerStorage(database, emulator_host=emulator_host)
+    await s.start()
+    stop = False
+    odd: list[BaseException] = []
+    reads = 0
+
+    async def reader() -> None:
+        nonlocal reads
+        while not stop:
+            try:
+                await s.history("k", "all")
+                reads += 1
+            except ReadError:
+                pass
+            except Exception as exc:  # anything untyped is the bug
+                odd.append(exc)
+
+    try:
+        await s.commit([Row("a", "k", "v")], "n:1", None)
+        tasks = [asyncio.create_task(reader()) for _ in range(8)]
+        for _ in range(10):
+            await asyncio.sleep(0.05)
+            await s._reconnect()  # what "Session not found" calls set off
+        stop = True
+        await asyncio.gather(*tasks)
+    finally:
+        await s.close()
+    assert reads > 0
+    assert not odd, odd[:3]
