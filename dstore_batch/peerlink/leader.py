@@ -269,6 +269,10 @@ async def serve_follower(ws: web.WebSocketResponse, intake: Intake, metrics: Met
             session.handle(frame)
             if session.stalled:
                 raise ProtocolError("the follower stopped reading its events")
+    except ConnectionError as exc:
+        # The follower went away mid-write (a pong or an ack to a closing transport): an
+        # expected event, not a failure of this node.
+        log.info("node %s: link from %s lost: %r", node_id, peer, exc)
     except DstoreError as exc:
         level = logging.WARNING if isinstance(exc, ProtocolError) else logging.INFO
         log.log(level, "node %s: closing link from %s: %s: %s",
@@ -277,7 +281,8 @@ async def serve_follower(ws: web.WebSocketResponse, intake: Intake, metrics: Met
             await ws.send_bytes(protocol.encode_fatal(exc.code, exc.message))
         code = WSCloseCode.UNSUPPORTED_DATA if isinstance(exc, ProtocolError) else (
             WSCloseCode.TRY_AGAIN_LATER)
-        await ws.close(code=code, message=exc.code.encode())
+        with contextlib.suppress(ConnectionError):
+            await ws.close(code=code, message=exc.code.encode())
     finally:
         metrics.peer_connections.labels("leader").dec()
         if session is not None:

@@ -362,10 +362,12 @@ async def _peer(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=max_bytes, heartbeat=config.lease_s / 2)
     try:
         await ws.prepare(request)
-    except ConnectionResetError:  # the follower gave up on this upgrade already
-        log.debug("node %s: peer link from %s closed before the upgrade", core.node_id,
-                  request.remote)
-        return ws
+    except ConnectionError:  # the follower gave up on this upgrade already
+        log.info("node %s: peer link from %s closed during the upgrade", core.node_id,
+                 request.remote)
+        # Not the unprepared socket: aiohttp would close it and fail ("Call .prepare()
+        # first"). A plain answer to a connection that is gone ends quietly.
+        return web.Response(status=499, text="closed during the upgrade")
     request.app[SOCKETS_KEY].add(ws)
     await serve_follower(ws, core, core.metrics, max_bytes=max_bytes,
                          remote=request.remote or "?")
