@@ -43,6 +43,12 @@ async def lost_fence(storage: Storage, name: str) -> Fence:
     return Fence(name, token)
 
 
+def _past(ts: Timestamp, seconds: float) -> bool:
+    """Whether this host's clock is past ``ts`` plus ``seconds`` and a margin (a
+    database clock ahead of the host's is past it too)."""
+    return time.time_ns() > ts + int((seconds + 0.2) * 1e9)
+
+
 async def list_all(storage: Storage, prefix: str, limit: int,
                    after: str | None = None) -> tuple[list[ListItem], int]:
     """Page through a listing to its end; the items and the number of pages."""
@@ -154,6 +160,33 @@ class StorageContract:
         (item,) = await storage.history("ck", "all")
         assert (item.value, item.timestamp) == ("v1", first.timestamp)
         assert (await storage.history("ck2", 1))[0].timestamp == again.timestamp
+
+    async def test_nothing_past_the_retention_horizon_is_seen(self, storage: Storage) -> None:
+        """Issue 24.7: with ``--retention-days``, expiry deletes rows in no order; reads
+        and conditions must never see a row past the horizon, deleted yet or not (an
+        older value or a deleted key would come back for a while)."""
+        old = await storage.commit([Row("o1", "k", "old"), Row("g1", "gone", "only"),
+                                    Row("t1", "p/t", "x")], "n:1", None)
+        await storage.commit([Row("t2", "p/t", "", delete=True)], "n:1", None)
+        storage.retention_s = 1.5
+        await wait_until(lambda: _past(old.timestamp, 1.5), 10, interval=0.1)
+        new = await storage.commit([Row("n1", "k", "new")], "n:1", None)
+        assert [i.id for i in await storage.history("k", "all")] == ["n1"]
+        assert [i.id for i in await storage.history("k", "oldest")] == ["n1"]
+        assert await storage.history("gone", "all") == []
+        assert [(i.key, i.id) for i in (await storage.list_keys("", 10, None)).items] == [
+            ("k", "n1")]
+        changes = await storage.changes(None, "", Timestamp(0), 100)
+        assert [(ts, [c.id for c in cs]) for ts, cs in changes.commits] == [
+            (new.timestamp, ["n1"])]
+        # Conditions: the old row is no key's newest any more.
+        result = await storage.commit([Row("g2", "gone", "again", cond=IF_ABSENT)], "n:1",
+                                      None)
+        assert result.conflicts == {}
+        result = await storage.commit([Row("o2", "k", "v", cond="o1")], "n:1", None)
+        assert result.conflicts == {0: Latest("n1", new.timestamp, False)}
+        storage.retention_s = None
+        assert len(await storage.history("k", "all")) == 2  # nothing was deleted
 
     async def test_lock_acquire_heartbeat_takeover_release(self, storage: Storage) -> None:
         assert (await storage.lock_read("L")).token is None

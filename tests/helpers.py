@@ -411,6 +411,14 @@ class StorageProbe:
     def aborted_attempts(self) -> int:
         return int(getattr(self.inner, "aborted_attempts", 0))
 
+    @property
+    def retention_s(self) -> float | None:
+        return self.inner.retention_s
+
+    @retention_s.setter
+    def retention_s(self, value: float | None) -> None:
+        self.inner.retention_s = value
+
     async def start(self) -> None:
         await self.inner.start()
 

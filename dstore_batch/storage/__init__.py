@@ -22,17 +22,19 @@ __all__ = ["Fence", "HistoryLimit", "LockState", "Storage", "open_storage"]
 def open_storage(config: Config) -> Storage:
     """The backend a config names: ``sqlite:///file`` or a Spanner database path (or,
     for benchmarks only, ``model://host:port``: a MODEL database, not Spanner)."""
+    retention = None if config.retention_days is None else config.retention_days * 86_400.0
     if config.database.startswith("model://"):
         from .model import ModelStorage
 
         return ModelStorage(config.database, log_table=config.log_table,
-                            lock_table=config.lock_table, call_timeout_s=config.db_timeout_s)
+                            lock_table=config.lock_table, call_timeout_s=config.db_timeout_s,
+                            retention_s=retention)
     from .sqlite import SQLiteStorage, sqlite_path
 
     path = sqlite_path(config.database)
     if path is not None:
         return SQLiteStorage(path, log_table=config.log_table, lock_table=config.lock_table,
-                             call_timeout_s=config.db_timeout_s)
+                             call_timeout_s=config.db_timeout_s, retention_s=retention)
     from .spanner import SpannerStorage
 
     return SpannerStorage(
@@ -43,10 +45,21 @@ def open_storage(config: Config) -> Storage:
         emulator_host=config.emulator_host,
         call_timeout_s=config.db_timeout_s,
         max_commit_delay_s=config.max_commit_delay_s,
+        retention_s=retention,
     )
 
 
 # -- shared by the backends (not part of the public API) -----------------------------
+
+
+def horizon(now: int, retention_s: float | None) -> Timestamp:
+    """The oldest commit timestamp still visible at ``now`` under ``--retention-days``
+    (0: every row). Reads and conditions never see a row older than it, whether or not
+    it is deleted yet: expiry has no order (Spanner's row deletion policy, a bounded
+    ``expire`` step), and must never show a key's older value again."""
+    if retention_s is None:
+        return Timestamp(0)
+    return Timestamp(max(0, now - int(retention_s * 1_000_000_000)))
 
 
 def condition_holds(cond: str, latest: Latest | None) -> bool:

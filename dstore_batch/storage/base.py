@@ -108,7 +108,15 @@ class Fence(NamedTuple):
 
 
 class Storage(Protocol):
-    """Log-table and lock-table operations; implemented once per backend."""
+    """Log-table and lock-table operations; implemented once per backend.
+
+    ``retention_s`` (``--retention-days``; None: off) is the horizon: every read
+    (``history``, ``list_keys``, ``changes``) and every condition a commit checks sees
+    only rows committed at or after the read's (or commit's) time less ``retention_s``,
+    deleted yet or not, so the order in which expiry deletes rows is never visible.
+    """
+
+    retention_s: float | None
 
     async def start(self) -> None:
         """Open connections; called once before any other operation."""

@@ -68,8 +68,9 @@ class ModelStorage:
     """Log and lock tables on a model database server (benchmarks only: a MODEL)."""
 
     def __init__(self, url: str, *, log_table: str = "logtable", lock_table: str = "locktable",
-                 call_timeout_s: float = 10.0) -> None:
+                 call_timeout_s: float = 10.0, retention_s: float | None = None) -> None:
         parsed = model_url(url)
+        self.retention_s = retention_s  # rows older than this are never seen (horizon)
         if parsed is None:
             raise ValueError(f"not a model:// URL: {url!r}")
         self.url = url
@@ -192,7 +193,8 @@ class ModelStorage:
     ) -> CommitResult:
         wire_rows = [[r.id, r.key, r.value, r.keep, r.cond, r.delete] for r in rows]
         ts, existing, conflicts = await self._call(
-            "commit", wire_rows, leader, _fence(fence), [list(g) for g in groups])
+            "commit", wire_rows, leader, _fence(fence), [list(g) for g in groups],
+            self.retention_s)
         return CommitResult(
             Timestamp(ts), {i: Timestamp(t) for i, t in existing},
             {i: None if latest is None else Latest(latest[0], Timestamp(latest[1]), latest[2])
@@ -202,7 +204,7 @@ class ModelStorage:
                       max_staleness_s: float | None = None) -> History:
         # max_staleness_s: accepted and ignored; a read of the model is always current.
         wire_limit = limit if isinstance(limit, str) else min(limit, MAX_LIMIT)
-        now, items = await self._call("history", key, wire_limit)
+        now, items = await self._call("history", key, wire_limit, self.retention_s)
         return History((HistoryItem(id_, "" if value is None else value, Timestamp(ts),
                                     value is None) for id_, value, ts in items),
                        read_timestamp=Timestamp(now))
@@ -211,7 +213,8 @@ class ModelStorage:
                         max_staleness_s: float | None = None) -> Listing:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        now, items, next_key = await self._call("list_keys", prefix, limit, after)
+        now, items, next_key = await self._call("list_keys", prefix, limit, after,
+                                                self.retention_s)
         return Listing([ListItem(k, i, v, Timestamp(ts)) for k, i, v, ts in items], next_key,
                        Timestamp(now))
 
@@ -230,7 +233,8 @@ class ModelStorage:
                       limit: int) -> Changes:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        commits, upto, complete = await self._call("changes", key, prefix, int(after), limit)
+        commits, upto, complete = await self._call("changes", key, prefix, int(after), limit,
+                                                   self.retention_s)
         return Changes([(Timestamp(ts), [Change(k, i, v) for k, i, v in rows])
                         for ts, rows in commits], Timestamp(upto), complete)
 

@@ -44,7 +44,7 @@ from ..types import (
     Timestamp,
     TrimResult,
 )
-from . import collect_changes, list_page, plan_trim, prefix_end, resolve_commit
+from . import collect_changes, horizon, list_page, plan_trim, prefix_end, resolve_commit
 from .base import (
     Fence,
     HistoryLimit,
@@ -224,8 +224,10 @@ class SpannerStorage:
         call_timeout_s: float = 10.0,
         emulator_host: str | None = None,
         max_commit_delay_s: float = 0.0,
+        retention_s: float | None = None,
     ) -> None:
         self.database_path = database
+        self.retention_s = retention_s  # rows older than this are never seen (horizon)
         # Spanner may hold a log commit this long to batch it with others (throughput-
         # optimized writes); never the lock's own writes, whose latency is the lease's.
         self._commit_delay = (_dt.timedelta(seconds=max_commit_delay_s)
@@ -435,6 +437,8 @@ class SpannerStorage:
         by_key = {rows[i].key: i for i in conds}  # no two rows of a commit share a key
         keyset = KeySet(ranges=[KeyRange(start_closed=[k], end_closed=[k]) for k in by_key])
         newest: dict[str, tuple[Timestamp, str, bool]] = {}
+        # The commit's timestamp is not known yet: the host's clock stands in for it.
+        cut = horizon(time.time_ns(), self.retention_s)
         for key, id_, value, when in txn.read(self.log_table, ("key", "id", "value",
                                                                 "timestamp"),
                                               keyset, **self._bound()):
@@ -444,6 +448,8 @@ class SpannerStorage:
             i = by_key[key]
             if id_ == rows[i].id:
                 stored[i] = ts
+            if ts < cut:
+                continue  # past the horizon: not a row any condition may see
             top = newest.get(key)
             if top is None or (ts, id_) > (top[0], top[1]):
                 newest[key] = (ts, id_, value is None)
@@ -494,8 +500,10 @@ class SpannerStorage:
                     for r in rows
                     if r[2] is not None
                 ]
-                return History(select_history(items, limit),
-                               read_timestamp=_read_timestamp(rows, snap))
+                now = _read_timestamp(rows, snap)
+                cut = horizon(now, self.retention_s)
+                return History(select_history([i for i in items if i.timestamp >= cut], limit),
+                               read_timestamp=now)
 
         return await self._read_call(read)
 
@@ -520,12 +528,24 @@ class SpannerStorage:
             seen: list[Timestamp] = []
             rows = self._range_rows(keyset, end, columns, limit + 1 + LIST_CHUNK_SLACK,
                                     max_staleness_s, seen)
-            items, next_key = list_page(
-                ((r[0], r[1], r[2], Timestamp.from_datetime(r[3]))
-                 for r in rows if r[3] is not None), limit)
+            items, next_key = list_page(self._visible(rows, seen), limit)
             return Listing(items, next_key, seen[0])
 
         return await self._read_call(read)
+
+    def _visible(self, rows: Iterator[Any], seen: list[Timestamp]
+                 ) -> Iterator[tuple[str, str, str | None, Timestamp]]:
+        """(key, id, value, timestamp) of the rows at or after the horizon of the read's
+        timestamp (``seen[0]``, there before the first row)."""
+        cut: Timestamp | None = None
+        for r in rows:
+            if r[3] is None:
+                continue
+            if cut is None:
+                cut = horizon(seen[0], self.retention_s)
+            ts = Timestamp.from_datetime(r[3])
+            if ts >= cut:
+                yield r[0], r[1], r[2], ts
 
     def _range_rows(self, keyset: KeySet, end: str | None, columns: tuple[str, ...],
                     rows: int, max_staleness_s: float | None,
@@ -572,9 +592,7 @@ class SpannerStorage:
             seen: list[Timestamp] = []
             rows = self._range_rows(keyset, end, ("key", "id", "value", "timestamp"),
                                     MAX_READ_CHUNK, None, seen)
-            commits, complete = collect_changes(
-                ((r[0], r[1], r[2], Timestamp.from_datetime(r[3]))
-                 for r in rows if r[3] is not None), after, limit)
+            commits, complete = collect_changes(self._visible(rows, seen), after, limit)
             return Changes(commits, seen[0] if complete else commits[-1][0], complete)
 
         return await self._read_call(read)

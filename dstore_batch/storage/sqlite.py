@@ -36,7 +36,7 @@ from ..types import (
     Timestamp,
     TrimResult,
 )
-from . import collect_changes, list_page, plan_trim, prefix_end, resolve_commit
+from . import collect_changes, horizon, list_page, plan_trim, prefix_end, resolve_commit
 from .base import (
     Fence,
     HistoryLimit,
@@ -81,10 +81,11 @@ class SQLiteStorage:
 
     def __init__(
         self, path: str, *, log_table: str = "logtable", lock_table: str = "locktable",
-        call_timeout_s: float = 10.0,
+        call_timeout_s: float = 10.0, retention_s: float | None = None,
     ) -> None:
         self.path = path
         self._timeout = call_timeout_s
+        self.retention_s = retention_s  # rows older than this are never seen (horizon)
         self._abandoned: set[asyncio.Future[Any]] = set()  # writes timed out, still running
         self.log_table = check_table_name(log_table)
         self.lock_table = check_table_name(lock_table)
@@ -168,7 +169,7 @@ class SQLiteStorage:
         insert, replace = f"INSERT INTO {columns}", f"INSERT OR REPLACE INTO {columns}"
         lookup = f"SELECT timestamp FROM {self.log_table} WHERE key = ? AND id = ?"
         newest = (f"SELECT id, timestamp, value IS NULL FROM {self.log_table} WHERE key = ? "
-                  "ORDER BY timestamp DESC, id DESC LIMIT 1")
+                  "AND timestamp >= ? ORDER BY timestamp DESC, id DESC LIMIT 1")
 
         def work(c: sqlite3.Connection, ts: Timestamp, look: bool) -> CommitResult | None:
             if fence is not None and not self._fence_and_heartbeat(c, fence, ts):
@@ -181,7 +182,7 @@ class SQLiteStorage:
                 if found := c.execute(lookup, (r.key, r.id)).fetchone():
                     stored[i] = Timestamp(found[0])
                 elif r.cond is not None:
-                    top = c.execute(newest, (r.key,)).fetchone()
+                    top = c.execute(newest, (r.key, horizon(ts, self.retention_s))).fetchone()
                     latest[i] = (None if top is None
                                  else Latest(top[0], Timestamp(top[1]), bool(top[2])))
             existing, conflicts, skip = resolve_commit(rows, groups, stored, latest)
@@ -219,6 +220,11 @@ class SQLiteStorage:
                   (ts, fence.lock_name))
         return True
 
+    def _horizon(self, read_ts: Timestamp) -> Timestamp:
+        """The retention horizon of a read (its timestamp is the last commit it sees,
+        which stands still while nothing commits: the host's clock says "now")."""
+        return horizon(max(read_ts, time.time_ns()), self.retention_s)
+
     def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``read(conn)`` in one read transaction on the reader connection (one
         snapshot of the database: WAL mode)."""
@@ -234,18 +240,20 @@ class SQLiteStorage:
     async def history(self, key: str, limit: HistoryLimit,
                       max_staleness_s: float | None = None) -> History:
         # max_staleness_s: accepted and ignored; a read here is always current.
-        base = f"SELECT id, value, timestamp FROM {self.log_table} WHERE key = ?"
-        args: tuple[str] | tuple[str, int]
+        base = (f"SELECT id, value, timestamp FROM {self.log_table} WHERE key = ? "
+                "AND timestamp >= ?")
+        more: tuple[int, ...] = ()
         if limit == "oldest":
-            sql, args = base + " ORDER BY timestamp ASC, id ASC LIMIT 1", (key,)
+            sql = base + " ORDER BY timestamp ASC, id ASC LIMIT 1"
         elif limit == "all":
-            sql, args = base + " ORDER BY timestamp DESC, id DESC", (key,)
+            sql = base + " ORDER BY timestamp DESC, id DESC"
         else:
             # SQLite integers are 64-bit; a limit past any history is "all" anyway.
-            sql, args = base + " ORDER BY timestamp DESC, id DESC LIMIT ?", (key, min(limit, 2**62))
+            sql, more = base + " ORDER BY timestamp DESC, id DESC LIMIT ?", (min(limit, 2**62),)
 
         def read(c: sqlite3.Connection) -> History:
             now = _read_timestamp(c)
+            args = (key, self._horizon(now), *more)
             return History((HistoryItem(r[0], "" if r[1] is None else r[1], Timestamp(r[2]),
                                         r[1] is None)
                             for r in c.execute(sql, args)), read_timestamp=now)
@@ -262,13 +270,15 @@ class SQLiteStorage:
         where: list[str] = []
         args: list[int | str] = []
         _key_range(where, args, prefix, after)
+        where.append("timestamp >= ?")
         # The (key, id) primary key index gives the range, in key order.
         sql = (f"SELECT key, id, value, timestamp FROM {self.log_table} "
                f"WHERE {' AND '.join(where)} ORDER BY key")
 
         def read(c: sqlite3.Connection) -> Listing:
             now = _read_timestamp(c)
-            rows = ((r[0], r[1], r[2], Timestamp(r[3])) for r in c.execute(sql, args))
+            rows = ((r[0], r[1], r[2], Timestamp(r[3]))
+                    for r in c.execute(sql, [*args, self._horizon(now)]))
             items, next_key = list_page(rows, limit)
             return Listing(items, next_key, now)
 
@@ -339,14 +349,15 @@ class SQLiteStorage:
             args.append(key)
         else:
             _key_range(where, args, prefix, None)
+        where.append("timestamp >= ?")
         sql = (f"SELECT key, id, value, timestamp FROM {self.log_table} "
                f"WHERE {' AND '.join(where)}")
 
         def read(c: sqlite3.Connection) -> Changes:
             now = _read_timestamp(c)
+            found = c.execute(sql, [*args, self._horizon(now)])
             commits, complete = collect_changes(
-                ((r[0], r[1], r[2], Timestamp(r[3])) for r in c.execute(sql, args)),
-                after, limit)
+                ((r[0], r[1], r[2], Timestamp(r[3])) for r in found), after, limit)
             return Changes(commits, now if complete else commits[-1][0], complete)
 
         try:

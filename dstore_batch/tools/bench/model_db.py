@@ -34,7 +34,14 @@ from typing import Any
 import msgpack
 
 from ...runtime import run, tune_gc
-from ...storage import collect_changes, list_page, plan_trim, prefix_end, resolve_commit
+from ...storage import (
+    collect_changes,
+    horizon,
+    list_page,
+    plan_trim,
+    prefix_end,
+    resolve_commit,
+)
 from ...storage.base import peer_row_prefix
 from ...storage.model import FAILED, NOT_LEADER, OK, WRITE_OPS
 from ...types import NO_APPEND_ID, Latest, Row, Timestamp
@@ -118,11 +125,12 @@ class _LogTable:
             del self.rows[key]
             self._dirty = True
 
-    def latest(self, key: str) -> Latest | None:
-        versions = self.rows.get(key)
+    def latest(self, key: str, cut: int = 0) -> Latest | None:
+        """The key's newest row at or after ``cut`` (the retention horizon)."""
+        versions = [kv for kv in self.rows.get(key, {}).items() if kv[1][1] >= cut]
         if not versions:
             return None
-        id_, (value, ts) = max(versions.items(), key=lambda kv: (kv[1][1], kv[0]))
+        id_, (value, ts) = max(versions, key=lambda kv: (kv[1][1], kv[0]))
         return Latest(id_, Timestamp(ts), value is None)
 
 
@@ -210,7 +218,8 @@ class ModelDatabase:
     # -- log table -----------------------------------------------------------------------
 
     def op_commit(self, db: _Database, log_table: str, lock_table: str, wire_rows: list[Any],
-                  leader: str, fence: list[Any] | None, groups: list[list[int]]) -> list[Any]:
+                  leader: str, fence: list[Any] | None, groups: list[list[int]],
+                  retention_s: float | None = None) -> list[Any]:
         ts = self.clock.commit()
         self._fence(db, lock_table, fence, ts)
         table = db.log(log_table)
@@ -226,7 +235,7 @@ class ModelDatabase:
             if found is not None:
                 stored[i] = Timestamp(found[1])
             elif r.cond is not None:
-                latest[i] = table.latest(r.key)
+                latest[i] = table.latest(r.key, horizon(ts, retention_s))
         existing, conflicts, skip = resolve_commit(rows, groups, stored, latest)
         written = 0
         for i, r in enumerate(rows):
@@ -240,32 +249,37 @@ class ModelDatabase:
                  for i, n in conflicts.items()]]
 
     def op_history(self, db: _Database, log_table: str, lock_table: str, key: str,
-                   limit: int | str) -> list[Any]:
+                   limit: int | str, retention_s: float | None = None) -> list[Any]:
         now = self.clock.read()
+        cut = horizon(now, retention_s)
         versions = db.log(log_table).rows.get(key, {})
-        ordered = sorted(((ts, id_, value) for id_, (value, ts) in versions.items()),
-                         reverse=True)
+        ordered = sorted(((ts, id_, value) for id_, (value, ts) in versions.items()
+                          if ts >= cut), reverse=True)
         if limit == "oldest":
             ordered = ordered[-1:]
         elif limit != "all":
             ordered = ordered[:int(limit)]
         return [now, [[id_, value, ts] for ts, id_, value in ordered]]
 
-    def _range(self, table: _LogTable, prefix: str,
-               after: str | None) -> Iterator[tuple[str, str, str | None, Timestamp]]:
+    def _range(self, table: _LogTable, prefix: str, after: str | None,
+               cut: int = 0) -> Iterator[tuple[str, str, str | None, Timestamp]]:
         """``(key, id, value, timestamp)`` rows of the keys under ``prefix`` (after
-        ``after``, when it is past the prefix's start), in key order."""
+        ``after``, when it is past the prefix's start), in key order; those at or after
+        ``cut`` (the retention horizon)."""
         inclusive, low = True, prefix
         if after is not None and after >= prefix:
             inclusive, low = False, after
         for key in table.keys_from(low, inclusive, prefix_end(prefix)):
             for id_, (value, ts) in table.rows[key].items():
-                yield key, id_, value, Timestamp(ts)
+                if ts >= cut:
+                    yield key, id_, value, Timestamp(ts)
 
     def op_list_keys(self, db: _Database, log_table: str, lock_table: str, prefix: str,
-                     limit: int, after: str | None) -> list[Any]:
+                     limit: int, after: str | None,
+                     retention_s: float | None = None) -> list[Any]:
         now = self.clock.read()
-        items, next_key = list_page(self._range(db.log(log_table), prefix, after), limit)
+        items, next_key = list_page(
+            self._range(db.log(log_table), prefix, after, horizon(now, retention_s)), limit)
         return [now, [[i.key, i.id, i.value, int(i.timestamp)] for i in items], next_key]
 
     def op_trim(self, db: _Database, log_table: str, lock_table: str, after: str | None,
@@ -296,15 +310,17 @@ class ModelDatabase:
         return len(doomed)
 
     def op_changes(self, db: _Database, log_table: str, lock_table: str, key: str | None,
-                   prefix: str, after: int, limit: int) -> list[Any]:
+                   prefix: str, after: int, limit: int,
+                   retention_s: float | None = None) -> list[Any]:
         now = self.clock.read()
+        cut = horizon(now, retention_s)
         table = db.log(log_table)
         if key is not None:
             rows: Iterator[tuple[str, str, str | None, Timestamp]] = (
                 (key, id_, value, Timestamp(ts))
-                for id_, (value, ts) in table.rows.get(key, {}).items())
+                for id_, (value, ts) in table.rows.get(key, {}).items() if ts >= cut)
         else:
-            rows = self._range(table, prefix, None)
+            rows = self._range(table, prefix, None, cut)
         commits, complete = collect_changes(rows, Timestamp(after), limit)
         return [[[int(ts), [list(c) for c in changes]] for ts, changes in commits],
                 now if complete else int(commits[-1][0]), complete]
