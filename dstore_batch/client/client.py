@@ -22,7 +22,7 @@ from typing import Any, Self
 import aiohttp
 import msgpack
 
-from ..core.items import Item, check_staleness, new_id, parse_item
+from ..core.items import Item, check_staleness, new_id, parse_item, resend_safe
 from ..errors import (
     DeadlineExceededError,
     DstoreError,
@@ -130,6 +130,11 @@ class Client:
             wire, _ = _from_caller(raw, 0)
             return await self._single("/v1/put", wire, id is None, timeout)
         item = _wire_item(key, value, no_append, id)
+        if no_append:
+            # Alone: it is never sent twice after an attempt of unknown outcome, and
+            # that rule must not hold back the puts it would be coalesced with.
+            item.pop("id", None)
+            return await self._single("/v1/put", item, False, timeout, resend=False)
         future: asyncio.Future[PutResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(item, future, id is None))
         self._pending_bytes += len(key) + len(value) + 64
@@ -277,11 +282,12 @@ class Client:
                 p.future.set_result(r)
 
     async def _single(self, path: str, payload: dict[str, Any], fresh: bool,
-                      timeout: float | None) -> PutResult:
-        """One uncoalesced write (a conditional put, a delete), retried with its id."""
+                      timeout: float | None, *, resend: bool = True) -> PutResult:
+        """One uncoalesced write (a conditional put, a delete, a no_append put), retried
+        with its id (``resend`` False: not after an attempt that may have written it)."""
         deadline = asyncio.get_running_loop().time() + (timeout or self.timeout_s)
         body = await self._call("POST", path, None, payload, deadline, idempotent=True,
-                                fresh=fresh)
+                                fresh=fresh, resend=resend)
         return PutResult(body["id"], Timestamp.parse(body["timestamp"]))
 
     async def _put_chunk(self, items: list[dict[str, Any]], deadline: float,
@@ -293,7 +299,9 @@ class Client:
         if atomic:
             payload["atomic"] = True
         body = await self._call("POST", "/v1/put_many", None, payload, deadline,
-                                idempotent=True, fresh=fresh)
+                                idempotent=True, fresh=fresh,
+                                resend=resend_safe([bool(i.get("no_append")) for i in items],
+                                                   atomic))
         # The rows of one commit share a timestamp: parse each distinct text once.
         stamps: dict[str, Timestamp] = {}
         out = []
@@ -309,7 +317,9 @@ class Client:
 
     async def _call(self, method: str, path: str, query: dict[str, str] | None,
                     payload: Any, deadline: float, *, idempotent: bool,
-                    fresh: bool = False) -> Any:
+                    fresh: bool = False, resend: bool = True) -> Any:
+        # ``resend`` False: the request holds a no_append item without a witness; after
+        # an attempt that may have written it, it is not sent again (outcome unknown).
         if self._session is None:
             raise RuntimeError("use the Client as `async with Client(...)`")
         loop = asyncio.get_running_loop()
@@ -346,6 +356,8 @@ class Client:
             except (aiohttp.ClientError, OSError) as exc:  # cut off mid-request
                 sent = True
                 last = OutcomeUnknownError(f"connection to {node} failed: {exc!r}")
+                if not resend:
+                    raise _not_resent(last) from None
             else:
                 body = _decode(raw, status)
                 if status == 200:
@@ -356,6 +368,8 @@ class Client:
                                       error.get("retry_after"), error)
                 if status not in (503, 504) or not idempotent:
                     raise err
+                if not resend and isinstance(err, OutcomeUnknownError):
+                    raise _not_resent(err)
                 last = err
             delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
             if last is not None and last.retry_after:
@@ -444,6 +458,13 @@ _STATUS_CODES = {400: "invalid", 401: "unauthorized", 409: "conflict", 413: "too
 
 
 WATCH_BUFFER_BYTES = 16 * 1024 * 1024  # an event line holds a whole (escaped) value
+
+
+def _not_resent(err: DstoreError) -> OutcomeUnknownError:
+    return OutcomeUnknownError(
+        f"{err.message}; a no_append item is not sent again after an attempt that may "
+        "have written it (a second copy could overwrite a later write of its key): read "
+        "the key to see whether it landed")
 
 
 async def _sse_events(content: aiohttp.StreamReader) -> AsyncIterator[WatchEvent]:

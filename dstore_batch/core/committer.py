@@ -31,6 +31,7 @@ from ..observability.metrics import Metrics
 from ..storage.base import Fence, Storage
 from ..types import IF_ABSENT, NO_APPEND_ID, Change, CommitResult, Latest, Row, Timestamp
 from .accumulator import Accumulator, Batch, Request
+from .items import resend_safe
 
 __all__ = ["Committer"]
 
@@ -240,10 +241,11 @@ class Committer:
         try:
             if not batch.rows:
                 return  # every row was refused here: nothing to commit
+            sent = batch
             try:
-                result = await self._commit_with_retries(batch)
+                result, batch = await self._commit_with_retries(sent)
             finally:
-                batch.ended()
+                sent.ended()
         except DstoreError as exc:
             # Outcome unknown: its rows may be stored and were never published. Watchers
             # re-read storage: only once no attempt of it can still land.
@@ -329,20 +331,7 @@ class Committer:
                 # may follow to clear it, and what is known would only grow stale).
                 self._conditional_keys.discard(key)
                 known.pop(key, None)
-        rest = Batch()
-        start: dict[Request, int] = {}
-        for (request, index), key, row in zip(batch.slots, batch.keys, batch.rows,
-                                              strict=True):
-            if request in refused:
-                continue
-            if request.grouped and request not in start:
-                start[request] = len(rest.rows)
-            rest.rows.append(row)
-            rest.slots.append((request, index))
-            rest.keys.append(key)
-            rest.nbytes += request.sizes[index]
-        rest.groups = [list(range(i, i + len(r.rows))) for r, i in start.items()]
-        return rest
+        return _without(batch, refused)
 
     def _learn_newest(self, batch: Batch, result: CommitResult,
                       refused: AbstractSet[Request]) -> None:
@@ -392,8 +381,9 @@ class Committer:
         if not self._acc.rows and not self._inflight:
             self._quiet.set()
 
-    async def _commit_with_retries(self, batch: Batch) -> CommitResult:
-        """Commit, retrying transient failures with backoff.
+    async def _commit_with_retries(self, batch: Batch) -> tuple[CommitResult, Batch]:
+        """Commit, retrying transient failures with backoff; the result, and the batch
+        it is the result of (a retry leaves out what may not be sent again).
 
         Safe because rows keep their ids and are insert-only. Retries stop when the
         failure is permanent, when every caller of the batch has given up, when this node
@@ -428,9 +418,11 @@ class Committer:
                 unknown = exc
                 # The attempt may have committed: the next one keeps what it stored (so
                 # every row keeps its first timestamp, and an atomic request stays one
-                # commit) instead of writing it again.
-                batch.rows = [r if r.keep or r.id == NO_APPEND_ID else r._replace(keep=True)
-                              for r in batch.rows]
+                # commit) instead of writing it again. A request with a no_append row
+                # and no witness is not sent again: it ends "outcome unknown".
+                batch = self._for_retry(batch, exc)
+                if not batch.rows:
+                    raise
                 waiting = any(not r.future.done() for r in batch.requests())
                 if not exc.transient or not waiting or time.monotonic() > give_up:
                     raise
@@ -452,7 +444,40 @@ class Committer:
             m.commit_latency.observe(time.perf_counter() - started)
             if self._heartbeat is not None:
                 self._heartbeat(fence.token, started_mono)
-            return result
+            return result, batch
+
+    def _for_retry(self, batch: Batch, exc: CommitError) -> Batch:
+        """The batch to send again after an attempt of unknown outcome: every row marked
+        ``keep`` but the no_append "-" rows (an atomic group's id rows are their witness
+        in storage), without the requests that may not be sent again, which fail."""
+        dropped = {r for r in batch.requests()
+                   if not resend_safe([row.id == NO_APPEND_ID for row in r.rows], r.atomic)}
+        for request in dropped:
+            request.fail(CommitError(
+                f"{exc.message}; a no_append item is not written again after an attempt "
+                "of unknown outcome (it could overwrite a later write of its key): read "
+                "the key to see whether it landed", transient=exc.transient))
+        return _without(batch, dropped, keep=True)
+
+
+def _without(batch: Batch, requests: AbstractSet[Request], *, keep: bool = False) -> Batch:
+    """A new batch of ``batch``'s rows but those of ``requests``; with ``keep``, every
+    row but the no_append "-" rows marked ``keep`` (a retry: keep what is stored)."""
+    rest = Batch()
+    start: dict[Request, int] = {}
+    for (request, index), key, row in zip(batch.slots, batch.keys, batch.rows, strict=True):
+        if request in requests:
+            continue
+        if request.grouped and request not in start:
+            start[request] = len(rest.rows)
+        if keep and not row.keep and row.id != NO_APPEND_ID:
+            row = row._replace(keep=True)
+        rest.rows.append(row)
+        rest.slots.append((request, index))
+        rest.keys.append(key)
+        rest.nbytes += request.sizes[index]
+    rest.groups = [list(range(i, i + len(r.rows))) for r, i in start.items()]
+    return rest
 
 
 def _refuse(batch: Batch, conflicts: Mapping[int, Latest | None]) -> set[Request]:

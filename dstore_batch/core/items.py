@@ -26,6 +26,7 @@ __all__ = [
     "delete_row",
     "new_id",
     "parse_item",
+    "resend_safe",
     "rows_from_items",
     "wire_bytes",
 ]
@@ -39,6 +40,16 @@ def _utf8_len(s: str, what: str) -> int:
     except UnicodeEncodeError:
         raise InvalidInputError(f"{what} is not valid UTF-8 (lone surrogate)",
                                 code="invalid_utf8") from None
+
+
+def resend_safe(no_append: Sequence[bool], atomic: bool) -> bool:
+    """Whether a request whose items are no_append or not (``no_append``) may be sent
+    again after an attempt of unknown outcome. A no_append row "-" has no history: a
+    second copy would overwrite whatever replaced the first meanwhile. Only an atomic
+    request that also holds a row with an id of its own has a witness (that row stored
+    means the whole request landed); anything else with a "-" row is answered
+    "outcome unknown" instead of being sent again."""
+    return not any(no_append) or (atomic and not all(no_append))
 
 
 def check_rows(rows: Sequence[Row], limits: LimitsConfig) -> None:

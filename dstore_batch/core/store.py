@@ -25,6 +25,7 @@ from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 from ..config import Config
 from ..errors import (
     BusyError,
+    CommitError,
     DeadlineExceededError,
     DstoreError,
     InvalidInputError,
@@ -47,6 +48,7 @@ from .items import (
     check_rows,
     check_staleness,
     delete_row,
+    resend_safe,
     rows_from_items,
     wire_bytes,
 )
@@ -697,9 +699,17 @@ class StoreCore:
         in_flight = False
         attempt = 0
         last_error: DstoreError | None = None
+        safe = resend_safe([r.id == NO_APPEND_ID for r in rows], atomic)
         while True:
             if deadline - loop.time() <= 0:
                 raise _deadline_error(maybe_written, timeout, last_error, self._db_note())
+            if maybe_written and not safe:
+                # A no_append row without a witness is never sent twice: a second copy
+                # would overwrite whatever replaced the first meanwhile.
+                raise CommitError(
+                    f"outcome unknown ({last_error.code if last_error else 'lost'}); a "
+                    "no_append item is not sent again after an attempt that may have "
+                    "written it: read the key to see whether it landed")
             state = election.state
             try:
                 if state.is_leader:

@@ -10,7 +10,7 @@ import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..types import IF_ABSENT, Change, Latest, ListItem, Row, Timestamp
+from ..types import IF_ABSENT, NO_APPEND_ID, Change, Latest, ListItem, Row, Timestamp
 from .base import Fence, HistoryLimit, LockState, Storage
 
 if TYPE_CHECKING:
@@ -91,6 +91,17 @@ def resolve_commit(
             if any(i in conflicts for i in group):
                 for i in group:
                     existing.pop(i, None)
+                    skip.add(i)
+    for group in groups:
+        # An atomic group one of whose id rows is stored already landed whole, at that
+        # row's timestamp: its no_append rows "-" were written then, and writing them
+        # again would undo whatever replaced them since (a "-" row has no history).
+        witness = next((existing[i] for i in group
+                        if i in existing and rows[i].id != NO_APPEND_ID), None)
+        if witness is not None:
+            for i in group:
+                if rows[i].id == NO_APPEND_ID:
+                    existing[i] = witness
                     skip.add(i)
     return existing, conflicts, skip
 

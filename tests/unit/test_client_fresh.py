@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from dstore_batch.client import Client
 from dstore_batch.core.items import rows_from_items
+from dstore_batch.errors import OutcomeUnknownError
 
 STAMP = "2026-11-27T10:00:00.000000001Z"
 
@@ -60,5 +62,45 @@ async def test_first_attempt_is_fresh_and_a_retry_is_not() -> None:
             await client.put("e", "5")
             await client.put("f", "6", id="mine-2")
             assert [b.get("fresh") for b in bodies] == [True, None]
+    finally:
+        await server.close()
+
+
+async def test_a_no_append_item_is_not_sent_twice_after_an_unknown_outcome() -> None:
+    """Issue 24.4: a node answers "outcome unknown" (504): a no_append put, or a
+    put_many holding one without a witness, is not sent again (a second copy could
+    overwrite a later write of its key); an atomic one with an id row is."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    lose = [True, True, True]  # the first three answers are lost, then all arrive
+
+    async def unknown(request: web.Request) -> web.Response:
+        body = msgpack.unpackb(await request.read())
+        seen.append((request.path, body))
+        if lose and lose.pop(0):
+            reply: dict[str, Any] = {"error": {"code": "deadline", "message": "lost"}}
+            return web.Response(body=msgpack.packb(reply), status=504,
+                                content_type="application/msgpack")
+        items = body.get("items", [body])
+        return web.Response(body=msgpack.packb({
+            "id": "-", "timestamp": STAMP,
+            "results": [{"id": i.get("id") or "-", "timestamp": STAMP} for i in items]}),
+            content_type="application/msgpack")
+
+    app = web.Application()
+    app.router.add_post("/v1/put", unknown)
+    app.router.add_post("/v1/put_many", unknown)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with Client([f"{server.host}:{server.port}"], timeout_s=5) as client:
+            with pytest.raises(OutcomeUnknownError, match="not sent again"):
+                await client.put("cfg", "v", no_append=True)
+            assert len(seen) == 1
+            with pytest.raises(OutcomeUnknownError, match="not sent again"):
+                await client.put_many([("a", "1"), ("cfg", "v", True)])
+            assert len(seen) == 2
+            seen.clear()
+            results = await client.put_many([("a", "1"), ("cfg", "v", True)], atomic=True)
+            assert len(seen) == 2 and len(results) == 2  # the witness makes it safe
     finally:
         await server.close()

@@ -293,3 +293,43 @@ async def test_the_hot_key_shortcut_refuses_only_while_the_lease_holds(
             await second
         assert rig.sample("dstore_conflicts_refused_locally_total") == 0
         rig.fence = fence
+
+
+def lose_first_answer() -> Callable[[Sequence[Row]], BaseException | None]:
+    """The first commit lands but its answer is lost (outcome unknown); later ones
+    answer."""
+    lost: list[bool] = []
+
+    def lose(rows: Sequence[Row]) -> BaseException | None:
+        if lost:
+            return None
+        lost.append(True)
+        return CommitError("the answer was lost", transient=True)
+
+    return lose
+
+
+async def test_a_retried_atomic_request_keeps_its_no_append_rows_at_its_timestamp(
+        rig: Rig) -> None:
+    """Issue 24.4: the retry of an atomic request whose first attempt landed (answer
+    lost) must not write its "-" rows again: its id row is the witness, and every item
+    is acked at the one timestamp it was stored with."""
+    rig.storage.lose_answer = lose_first_answer()
+    stamps = await rig.committer.submit([Row("x1", "a", "A"), Row("-", "b", "pA")],
+                                        atomic=True)
+    (a,) = await rig.storage.history("a", "all")
+    (b,) = await rig.storage.history("b", "all")
+    assert stamps == [a.timestamp, a.timestamp]
+    assert b.timestamp == a.timestamp  # not rewritten at the retry's timestamp
+    assert len(rig.storage.commits) == 2
+
+
+async def test_a_no_append_put_is_not_written_again_after_an_unknown_outcome(
+        rig: Rig) -> None:
+    """Issue 24.4: a single "-" put has no witness: after an attempt of unknown outcome
+    it ends "outcome unknown" instead of overwriting whatever came since."""
+    rig.storage.lose_answer = lose_first_answer()
+    with pytest.raises(OutcomeUnknownError, match="not written again"):
+        await rig.committer.submit([Row("-", "n", "v1")])
+    assert len(rig.storage.commits) == 1
+    assert [i.value for i in await rig.storage.history("n", "all")] == ["v1"]
