@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .config import BatchConfig, Config, LimitsConfig
+from .config import DEDUP_WINDOW_S, BatchConfig, Config, LimitsConfig
 from .observability.logs import setup_logging
 from .runtime import run, tune_gc
 from .storage.ddl import DEFAULT_LOCK_TABLE, DEFAULT_LOG_TABLE, render_ddl
@@ -391,6 +391,10 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
           help="each key keeps its newest N rows; the leader deletes older ones in the "
                "background (at most a twentieth of the database's time)")
     _retention_days_flag(p)
+    _flag(p, "--dedup-window-s", DEDUP_WINDOW_S, type=float,
+          help="with retention on: a retry (a row sent again with its id) older than this "
+               "is refused (retry_too_old), and --keep-versions keeps every row younger "
+               "than this")
     _flag(p, "--metrics-port", None, type=int, help="also serve /metrics on this port")
     _flag(p, "--log-level", "info", help="debug, info, warning")
     _flag(p, "--log-format", "text", choices=("text", "json"), help="text or json lines")
@@ -436,6 +440,7 @@ def _config(args: argparse.Namespace) -> Config:
         shards=int(args.shards),
         keep_versions=int(args.keep_versions) if args.keep_versions else None,
         retention_days=int(args.retention_days) if args.retention_days else None,
+        dedup_window_s=float(args.dedup_window_s),
     )
 
 

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 __all__ = [
+    "DEDUP_WINDOW_S",
     "DEFAULT_LEASE_S",
     "DEFAULT_LOCK_TABLE",
     "DEFAULT_LOG_TABLE",
@@ -94,6 +95,9 @@ class LimitsConfig:
 
 
 MAX_SHARDS = 64  # a bound for the metrics' shard label
+# With retention on, how long a row's first copy is surely kept for its retries: longer
+# than any automatic retry (put and Client deadlines: 30 s by default).
+DEDUP_WINDOW_S = 300.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,6 +128,9 @@ class Config:
     keep_versions: int | None = None  # each key keeps its newest N rows (leader trims)
     retention_days: int | None = None  # rows older than this go (Spanner: its TTL policy)
     retention_interval_s: float = 30.0  # pause between retention passes that found nothing
+    # With retention on: a retry (a row sent again with its id) older than this is
+    # refused, and --keep-versions never removes a row younger than it (see README).
+    dedup_window_s: float = DEDUP_WINDOW_S
     max_commit_delay_s: float = 0.0  # Spanner's max commit delay for log commits (0..0.5)
     shards: int = 1  # funnels in the group (each its own lock, leader and committer)
 
@@ -153,6 +160,8 @@ class Config:
             raise ValueError(f"shards must be 1..{MAX_SHARDS}")
         if not 0 <= self.max_commit_delay_s <= 0.5:
             raise ValueError("max_commit_delay_s must be 0..0.5 seconds (Spanner's range)")
+        if not 0 <= self.dedup_window_s <= 86_400:
+            raise ValueError("dedup_window_s must be 0..86400 seconds")
         if self.retention_interval_s <= 0:
             raise ValueError("retention_interval_s must be positive")
         if self.limits.max_value_bytes + self.limits.max_key_bytes + ROW_OVERHEAD_BYTES > (

@@ -526,6 +526,21 @@ class StorageContract:
 
     # -- trim and expire --------------------------------------------------------------
 
+    async def test_trim_keeps_every_row_inside_the_dedup_window(self, storage: Storage
+                                                                ) -> None:
+        """Issue 24.5: a retry must find its first copy: trimming never removes a row
+        younger than the de-duplication window, however many versions followed it."""
+        first = await storage.commit([Row("x", "w", "1", keep=True)], "n:1", None)
+        for i in range(3):
+            await storage.commit([Row(f"v{i}", "w", str(i))], "n:1", None)
+        storage.dedup_window_s = 3600.0
+        assert sum(s.removed for s in await trim_all(storage, keep=1, max_rows=100)) == 0
+        again = await storage.commit([Row("x", "w", "1", keep=True)], "n:1", None)
+        assert again.existing == {0: first.timestamp}  # acked, not written as the newest
+        assert [i.id for i in await storage.history("w", 1)] == ["v2"]
+        storage.dedup_window_s = 0.0
+        assert sum(s.removed for s in await trim_all(storage, keep=1, max_rows=100)) == 3
+
     async def test_trim_keeps_the_newest_versions(self, storage: Storage) -> None:
         versions = {f"t/{i:02d}": 1 + i % 5 for i in range(20)}
         stamps = await commit_versions(storage, versions)

@@ -419,6 +419,14 @@ class StorageProbe:
     def retention_s(self, value: float | None) -> None:
         self.inner.retention_s = value
 
+    @property
+    def dedup_window_s(self) -> float:
+        return self.inner.dedup_window_s
+
+    @dedup_window_s.setter
+    def dedup_window_s(self, value: float) -> None:
+        self.inner.dedup_window_s = value
+
     async def start(self) -> None:
         await self.inner.start()
 

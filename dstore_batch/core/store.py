@@ -45,6 +45,7 @@ from .election import Election, LeaderState
 from .items import (
     check_atomic,
     check_list_limit,
+    check_retry_age,
     check_rows,
     check_staleness,
     delete_row,
@@ -621,6 +622,9 @@ class StoreCore:
 
     def _check(self, rows: Sequence[Row], atomic: bool) -> None:
         check_rows(rows, self.config.limits)
+        config = self.config
+        if (config.keep_versions or config.retention_days) and config.dedup_window_s > 0:
+            check_retry_age(rows, config.dedup_window_s, time.time_ns())
         if atomic:
             batch = self.config.batch
             check_atomic(rows, batch.max_rows, batch.max_bytes, wire_bytes(rows))

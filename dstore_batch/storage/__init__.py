@@ -28,13 +28,14 @@ def open_storage(config: Config) -> Storage:
 
         return ModelStorage(config.database, log_table=config.log_table,
                             lock_table=config.lock_table, call_timeout_s=config.db_timeout_s,
-                            retention_s=retention)
+                            retention_s=retention, dedup_window_s=config.dedup_window_s)
     from .sqlite import SQLiteStorage, sqlite_path
 
     path = sqlite_path(config.database)
     if path is not None:
         return SQLiteStorage(path, log_table=config.log_table, lock_table=config.lock_table,
-                             call_timeout_s=config.db_timeout_s, retention_s=retention)
+                             call_timeout_s=config.db_timeout_s, retention_s=retention,
+                             dedup_window_s=config.dedup_window_s)
     from .spanner import SpannerStorage
 
     return SpannerStorage(
@@ -46,6 +47,7 @@ def open_storage(config: Config) -> Storage:
         call_timeout_s=config.db_timeout_s,
         max_commit_delay_s=config.max_commit_delay_s,
         retention_s=retention,
+        dedup_window_s=config.dedup_window_s,
     )
 
 
@@ -60,6 +62,12 @@ def horizon(now: int, retention_s: float | None) -> Timestamp:
     if retention_s is None:
         return Timestamp(0)
     return Timestamp(max(0, now - int(retention_s * 1_000_000_000)))
+
+
+def young_from(now: int, window_s: float) -> Timestamp | None:
+    """The oldest commit timestamp inside the de-duplication window at ``now`` (None:
+    no window): retention keeps every row from it on."""
+    return Timestamp(now - int(window_s * 1_000_000_000)) if window_s > 0 else None
 
 
 def condition_holds(cond: str, latest: Latest | None) -> bool:
@@ -155,12 +163,15 @@ class TrimPlan(NamedTuple):
 
 
 def plan_trim(rows: Iterable[tuple[str, str, Timestamp]], after: str | None,
-              keep_versions: int, max_rows: int, max_deletes: int | None = None) -> TrimPlan:
+              keep_versions: int, max_rows: int, max_deletes: int | None = None,
+              young_from: Timestamp | None = None) -> TrimPlan:
     """One trim step over ``(key, id, timestamp)`` rows in key order from after ``after``.
 
     Handles whole keys until ``max_rows`` rows were read (a key is whole when the next
     key's first row shows up, so a big key is read to its end). Deletes each key's rows
-    but its newest ``keep_versions`` by (timestamp, id). With ``max_deletes`` (a
+    but its newest ``keep_versions`` by (timestamp, id), and never a row committed at or
+    after ``young_from`` (inside the de-duplication window: a retry of it must still
+    find it). With ``max_deletes`` (a
     transaction's mutation budget), stops before a key whose deletes would pass it; the
     first key of a step is then trimmed by its oldest rows only, and ``next`` stays at
     ``after`` so that the next step returns to it.
@@ -180,6 +191,8 @@ def plan_trim(rows: Iterable[tuple[str, str, Timestamp]], after: str | None,
         nonlocal oldest, handled
         group.sort(reverse=True)  # newest first by (timestamp, id)
         extra = group[keep_versions:]
+        if young_from is not None:
+            extra = [row for row in extra if row[0] < young_from]
         whole = True
         if max_deletes is not None and len(doomed) + len(extra) > max_deletes:
             if handled:

@@ -117,6 +117,9 @@ class Storage(Protocol):
     """
 
     retention_s: float | None
+    # The de-duplication window: ``trim`` never removes a row younger than this, so a
+    # retry within it still finds its first copy (the leader refuses older retries).
+    dedup_window_s: float
 
     async def start(self) -> None:
         """Open connections; called once before any other operation."""

@@ -68,9 +68,11 @@ class ModelStorage:
     """Log and lock tables on a model database server (benchmarks only: a MODEL)."""
 
     def __init__(self, url: str, *, log_table: str = "logtable", lock_table: str = "locktable",
-                 call_timeout_s: float = 10.0, retention_s: float | None = None) -> None:
+                 call_timeout_s: float = 10.0, retention_s: float | None = None,
+                 dedup_window_s: float = 0.0) -> None:
         parsed = model_url(url)
         self.retention_s = retention_s  # rows older than this are never seen (horizon)
+        self.dedup_window_s = dedup_window_s  # trim keeps every row younger than this
         if parsed is None:
             raise ValueError(f"not a model:// URL: {url!r}")
         self.url = url
@@ -223,7 +225,7 @@ class ModelStorage:
         if keep_versions < 1 or max_rows < 1:
             raise ValueError("keep_versions and max_rows must be at least 1")
         removed, next_key, oldest = await self._call("trim", after, keep_versions, max_rows,
-                                                     _fence(fence))
+                                                     _fence(fence), self.dedup_window_s)
         return TrimResult(removed, next_key, None if oldest is None else Timestamp(oldest))
 
     async def expire(self, before: Timestamp, max_rows: int, fence: Fence | None) -> int:

@@ -44,7 +44,15 @@ from ..types import (
     Timestamp,
     TrimResult,
 )
-from . import collect_changes, horizon, list_page, plan_trim, prefix_end, resolve_commit
+from . import (
+    collect_changes,
+    horizon,
+    list_page,
+    plan_trim,
+    prefix_end,
+    resolve_commit,
+    young_from,
+)
 from .base import (
     Fence,
     HistoryLimit,
@@ -225,9 +233,11 @@ class SpannerStorage:
         emulator_host: str | None = None,
         max_commit_delay_s: float = 0.0,
         retention_s: float | None = None,
+        dedup_window_s: float = 0.0,
     ) -> None:
         self.database_path = database
         self.retention_s = retention_s  # rows older than this are never seen (horizon)
+        self.dedup_window_s = dedup_window_s  # trim keeps every row younger than this
         # Spanner may hold a log commit this long to batch it with others (throughput-
         # optimized writes); never the lock's own writes, whose latency is the lease's.
         self._commit_delay = (_dt.timedelta(seconds=max_commit_delay_s)
@@ -631,7 +641,8 @@ class SpannerStorage:
             plan = plan_trim(((r[0], r[1], Timestamp.from_datetime(r[2]))
                               for r in _chunked(chunk, keyset, None, max_rows + 1)
                               if r[2] is not None),
-                             after, keep_versions, max_rows, MAX_DELETES_PER_TXN)
+                             after, keep_versions, max_rows, MAX_DELETES_PER_TXN,
+                             young_from(time.time_ns(), self.dedup_window_s))
             if plan.doomed:
                 txn.delete(self.log_table, KeySet(keys=[list(k) for k in plan.doomed]))
             return TrimResult(len(plan.doomed), plan.next, plan.oldest)

@@ -36,7 +36,15 @@ from ..types import (
     Timestamp,
     TrimResult,
 )
-from . import collect_changes, horizon, list_page, plan_trim, prefix_end, resolve_commit
+from . import (
+    collect_changes,
+    horizon,
+    list_page,
+    plan_trim,
+    prefix_end,
+    resolve_commit,
+    young_from,
+)
 from .base import (
     Fence,
     HistoryLimit,
@@ -82,10 +90,12 @@ class SQLiteStorage:
     def __init__(
         self, path: str, *, log_table: str = "logtable", lock_table: str = "locktable",
         call_timeout_s: float = 10.0, retention_s: float | None = None,
+        dedup_window_s: float = 0.0,
     ) -> None:
         self.path = path
         self._timeout = call_timeout_s
         self.retention_s = retention_s  # rows older than this are never seen (horizon)
+        self.dedup_window_s = dedup_window_s  # trim keeps every row younger than this
         self._abandoned: set[asyncio.Future[Any]] = set()  # writes timed out, still running
         self.log_table = check_table_name(log_table)
         self.lock_table = check_table_name(lock_table)
@@ -304,7 +314,8 @@ class SQLiteStorage:
             cur = c.execute(sql, args)
             try:
                 plan = plan_trim(((r[0], r[1], Timestamp(r[2])) for r in cur), after,
-                                 keep_versions, max_rows)
+                                 keep_versions, max_rows,
+                                 young_from=young_from(ts, self.dedup_window_s))
             finally:
                 cur.close()  # done reading before the deletes
             c.executemany(delete, plan.doomed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -148,12 +149,19 @@ def test_fast_mutation_encoding_matches_the_client() -> None:
 
 
 def test_row_ids_are_unique_hex() -> None:
-    from dstore_batch.core.items import IdSource
+    from dstore_batch.core.items import IdSource, id_time_ns
 
     ids = IdSource()
+    before = time.time_ns()
     drawn = [ids() for _ in range(10_000)]  # crosses many refills of the buffer
+    after = time.time_ns()
     assert len(set(drawn)) == len(drawn)
-    assert all(len(i) == 32 and int(i, 16) >= 0 for i in drawn)
+    assert all(len(i) == 32 and i[0] == "t" and int(i[1:], 16) >= 0 for i in drawn)
+    # Each says when it was made (to the millisecond): a leader with retention on
+    # refuses a retry older than its de-duplication window.
+    made = [id_time_ns(i) for i in drawn]
+    assert all(m is not None and before // 10**6 * 10**6 <= m <= after for m in made)
+    assert id_time_ns("my-own-id") is None and id_time_ns("t" + "g" * 31) is None
 
 
 def test_missing_emulator_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

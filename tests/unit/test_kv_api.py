@@ -428,7 +428,7 @@ def retention(core: StoreCore, **kw: Any) -> Retention:
 
 
 async def test_keep_versions_trims_to_the_newest_n(sqlite_database: str) -> None:
-    core = StoreCore(config(sqlite_database))
+    core = StoreCore(config(sqlite_database, dedup_window_s=0))  # trims rows just written
     core.retention = retention(core, keep_versions=2)
     async with core:
         await core.wait_for_leader(LEASE_S)
@@ -525,3 +525,30 @@ async def test_retention_steps_faster_while_no_put_comes_through(sqlite_database
         assert core.retention.duty() == policy.duty  # a commit just now: the load's
         core.committer._last_commit -= IDLE_S  # as if that commit were IDLE_S old
         assert core.retention.duty() == policy.idle_duty
+
+
+async def test_a_retry_older_than_the_dedup_window_is_refused(sqlite_database: str) -> None:
+    """Issue 24.5: with retention on, a row sent again with its id after the window
+    (its first copy may be trimmed or expired) is refused with retry_too_old instead of
+    being written again as the key's newest row; one inside the window is acked."""
+    def item(value: str, rid: str) -> list[dict[str, str]]:
+        return [{"key": "k", "value": value, "id": rid}]
+
+    fresh = new_id()
+    stale = f"t{(time.time_ns() // 10**6) - 61_000:012x}" + fresh[13:]
+    async with StoreCore(config(sqlite_database, keep_versions=1,
+                                dedup_window_s=60)) as core:
+        await core.wait_for_leader(LEASE_S)
+        (first,) = await core.put_many(item("v", fresh))
+        assert (await core.put_many(item("v", fresh)))[0].timestamp == first.timestamp
+        with pytest.raises(InvalidInputError) as caught:
+            await core.put_many(item("old", stale))
+        assert caught.value.code == "retry_too_old"
+        assert "de-duplication window" in caught.value.message
+        assert [i.id for i in await core.get("k", "all")] == [fresh]
+        # Ids made elsewhere carry no time: nothing to check them against.
+        await core.put_many(item("mine", "my-own-id"))
+    # Without retention nothing is ever removed: a retry of any age is safe.
+    async with StoreCore(config(sqlite_database, dedup_window_s=60)) as core:
+        await core.wait_for_leader(LEASE_S)
+        await core.put_many(item("old", stale))

@@ -122,8 +122,10 @@ async def _window(spec: KvSpec, op: Op) -> _Tally:
 
 def _config(database: str, emulator_host: str | None, spec: KvSpec,
             keep_versions: int | None = None) -> Config:
+    # No de-duplication window: the bench trims rows it has just written (a deployment
+    # keeps every row younger than the window for its retries).
     return Config(node_id="127.0.0.1:1", database=database, emulator_host=emulator_host,
-                  batch=spec.batch, keep_versions=keep_versions)
+                  batch=spec.batch, keep_versions=keep_versions, dedup_window_s=0)
 
 
 async def _started(config: Config) -> StoreCore:

@@ -41,6 +41,7 @@ from ...storage import (
     plan_trim,
     prefix_end,
     resolve_commit,
+    young_from,
 )
 from ...storage.base import peer_row_prefix
 from ...storage.model import FAILED, NOT_LEADER, OK, WRITE_OPS
@@ -283,12 +284,14 @@ class ModelDatabase:
         return [now, [[i.key, i.id, i.value, int(i.timestamp)] for i in items], next_key]
 
     def op_trim(self, db: _Database, log_table: str, lock_table: str, after: str | None,
-                keep_versions: int, max_rows: int, fence: list[Any] | None) -> list[Any]:
+                keep_versions: int, max_rows: int, fence: list[Any] | None,
+                dedup_window_s: float = 0.0) -> list[Any]:
         ts = self.clock.commit()
         self._fence(db, lock_table, fence, ts)
         table = db.log(log_table)
         rows = ((k, i, t) for k, i, _v, t in self._range(table, "", after))
-        plan = plan_trim(rows, after, keep_versions, max_rows)
+        plan = plan_trim(rows, after, keep_versions, max_rows,
+                         young_from=young_from(ts, dedup_window_s))
         for key, id_ in plan.doomed:
             table.delete(key, id_)
         return [len(plan.doomed), plan.next, None if plan.oldest is None else int(plan.oldest)]
