@@ -168,6 +168,9 @@ class _Connection:
         why = "closed by the leader"
         try:
             async for msg in self.ws:
+                if msg.type == aiohttp.WSMsgType.ERROR:
+                    why = f"connection failed: {self.ws.exception()!r}"
+                    break
                 if msg.type != aiohttp.WSMsgType.BINARY:
                     why = f"unexpected {msg.type.name} message"
                     break

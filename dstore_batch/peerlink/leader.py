@@ -245,6 +245,11 @@ async def serve_follower(ws: web.WebSocketResponse, intake: Intake, metrics: Met
     metrics.peer_connections.labels("leader").inc()
     try:
         async for msg in ws:
+            if msg.type == WSMsgType.ERROR:
+                # The transport failed (a cut or reset connection): the link is lost, the
+                # follower broke no rule.
+                log.info("node %s: link from %s lost: %r", node_id, peer, ws.exception())
+                break
             if msg.type != WSMsgType.BINARY:
                 raise ProtocolError(f"expected binary frames, got {msg.type.name}")
             metrics.peer_frames.labels("in").inc()

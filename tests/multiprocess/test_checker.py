@@ -47,6 +47,13 @@ def test_short_check_with_every_fault(tmp_path: Path) -> None:
     assert report["rows"]["wiped"] > 0  # the emulator restart emptied the database
     assert "anomalies (must all be 0)" in proc.stdout and "PASS" in proc.stdout
     assert wall < 120, wall
+    # Issue 24.10: faults are expected events; nothing in them is an ERROR (an operator
+    # must act on every ERROR line), nor a traceback.
+    logs = {p.name: p.read_text() for p in (tmp_path / "run").glob("node*.log")}
+    assert logs, "no node logs kept"
+    bad = [line for text in logs.values() for line in text.splitlines()
+           if " ERROR [" in line or line.startswith("Traceback")]
+    assert not bad, bad[:5]
 
 
 def test_interrupt_leaves_no_process(tmp_path: Path) -> None:
