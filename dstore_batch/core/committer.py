@@ -267,7 +267,14 @@ class Committer:
                 self._learn_newest(batch, result, refused)
             if ts > self._published_upto:
                 self._published_upto = ts
-            if self._publish is not None and (self._held or self._listening()):
+            # Requests left out of a retry (no_append rows without a witness) may have
+            # landed with the first attempt, at the timestamp of rows this commit found
+            # stored: this commit is not published, watchers re-read storage instead
+            # (before any later commit is released: this one's floor still holds them).
+            dropped = len(batch.rows) < len(sent.rows)
+            if dropped and self._gap is not None:
+                self._gap()
+            elif self._publish is not None and (self._held or self._listening()):
                 self._hold(_written(batch, result, refused, self._floors.get(seq, ts)))
             for n, (request, index) in enumerate(batch.slots):
                 if request not in refused:
@@ -450,8 +457,15 @@ class Committer:
         """The batch to send again after an attempt of unknown outcome: every row marked
         ``keep`` but the no_append "-" rows (an atomic group's id rows are their witness
         in storage), without the requests that may not be sent again, which fail."""
-        dropped = {r for r in batch.requests()
-                   if not resend_safe([row.id == NO_APPEND_ID for row in r.rows], r.atomic)}
+        # Judged by each request's rows in this batch: a non-atomic request's "-" row in
+        # another batch does not stop its id rows here from being sent again.
+        here: dict[Request, list[bool]] = {}
+        for (request, _), row in zip(batch.slots, batch.rows, strict=True):
+            here.setdefault(request, []).append(row.id == NO_APPEND_ID)
+        dropped = {r for r, no_append in here.items()
+                   if not resend_safe(no_append if not r.atomic
+                                      else [row.id == NO_APPEND_ID for row in r.rows],
+                                      r.atomic)}
         for request in dropped:
             request.fail(CommitError(
                 f"{exc.message}; a no_append item is not written again after an attempt "

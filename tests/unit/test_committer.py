@@ -333,3 +333,28 @@ async def test_a_no_append_put_is_not_written_again_after_an_unknown_outcome(
         await rig.committer.submit([Row("-", "n", "v1")])
     assert len(rig.storage.commits) == 1
     assert [i.value for i in await rig.storage.history("n", "all")] == ["v1"]
+
+
+async def test_a_retry_that_left_a_request_out_sends_watchers_to_storage(
+        tmp_path: Path) -> None:
+    """Review finding on 24.4: a "-" request left out of a retry may have landed with the
+    first attempt, at the timestamp of the id rows the retry then finds stored. Publishing
+    those rows would move watchers past it: the commit is not published, a gap is."""
+    published: list[Timestamp] = []
+    gaps: list[bool] = []
+    async with open_rig(tmp_path, BatchConfig()) as rig:
+        committer = Committer(rig.storage, BatchConfig(), node_id="n:1",
+                              fence=lambda: rig.fence, metrics=Metrics(),
+                              publish=lambda ts, changes: published.append(ts),
+                              gap=lambda: gaps.append(True))
+        committer.open()
+        try:
+            rig.storage.lose_answer = lose_first_answer()
+            plain = committer.submit([Row("x1", "a", "A")])
+            dash = committer.submit([Row("-", "b", "B")])
+            assert await plain
+            with pytest.raises(OutcomeUnknownError):
+                await dash
+            assert gaps and not published
+        finally:
+            await committer.stop()

@@ -137,7 +137,7 @@ async def _started(config: Config) -> StoreCore:
 
 async def _conditional(core: StoreCore, spec: KvSpec) -> dict[str, Any]:
     value = "x" * spec.value_size
-    run = new_id()[:8]
+    run = new_id()[-8:]
     out: dict[str, Any] = {}
 
     def read_then_put(key_of: Callable[[int], str], conditional: bool) -> Op:
@@ -212,7 +212,7 @@ async def _list(core: StoreCore, spec: KvSpec) -> dict[str, Any]:
             await core.put_many([(f"{prefix}{i:09d}", value) for i in chunk])
 
     for n in spec.list_rows:
-        prefix = f"list{n}-{new_id()[:8]}/"
+        prefix = f"list{n}-{new_id()[-8:]}/"
         chunks = [range(s, min(n, s + LOAD_CHUNK)) for s in range(0, n, LOAD_CHUNK)]
 
         started = time.monotonic()

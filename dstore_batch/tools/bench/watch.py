@@ -364,7 +364,7 @@ class _Run:
         """One window: ``watchers`` watchers, and a closed-loop load (``rows_s`` None) or
         an open-loop one at ``rows_s``."""
         spec = self.spec
-        prefix = f"{name}-{new_id()[:6]}/"
+        prefix = f"{name}-{new_id()[-6:]}/"
         bounds = _Bounds()
         consumers = [_Consumer(self.stores[i % len(self.stores)],
                                self.role(self.stores[i % len(self.stores)]), prefix, bounds)
