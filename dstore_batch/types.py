@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -37,6 +38,10 @@ IF_ABSENT = ""
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 
+_RFC3339_UTC = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?Z")
+
+
 class Timestamp(int):
     """A commit timestamp: nanoseconds since the Unix epoch, UTC.
 
@@ -60,13 +65,23 @@ class Timestamp(int):
 
     @classmethod
     def parse(cls, text: str) -> Timestamp:
-        """Parse an RFC 3339 UTC string such as ``2026-11-26T15:00:00.123456789Z``."""
-        if not text.endswith("Z"):
-            raise ValueError(f"timestamp must end in Z: {text!r}")
-        head, _, frac = text[:-1].partition(".")
-        base = _dt.datetime.fromisoformat(head).replace(tzinfo=_dt.UTC)
-        frac = (frac + "000000000")[:9] if frac else "0"
-        return cls(cls.from_datetime(base) + int(frac))
+        """Parse an RFC 3339 UTC string such as ``2026-11-26T15:00:00.123456789Z``: one
+        strict grammar (``YYYY-MM-DDTHH:MM:SS``, an optional fraction of 1-9 digits,
+        ``Z``; no offsets, no spaces) within the 64-bit nanosecond range (1677-09-21 to
+        2262-04-11). Raises ValueError for anything else."""
+        match = _RFC3339_UTC.fullmatch(text) if type(text) is str else None
+        if match is None:
+            raise ValueError(f"timestamp must be RFC 3339 UTC such as "
+                             f"2026-11-26T15:00:00.123456789Z, got {text!r}")
+        head, frac = match.group(1), match.group(2) or ""
+        try:
+            base = _dt.datetime.fromisoformat(head).replace(tzinfo=_dt.UTC)
+        except ValueError:
+            raise ValueError(f"not a valid date and time: {text!r}") from None
+        value = cls.from_datetime(base) + int((frac + "000000000")[:9])
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"timestamp out of range (1677-09-21 to 2262-04-11): {text!r}")
+        return cls(value)
 
     def to_datetime(self) -> _dt.datetime:
         """The timestamp as an aware datetime (microsecond precision)."""

@@ -34,7 +34,7 @@ from ..storage.base import LockState, PeerReport, Storage
 from ..types import Timestamp
 from .committer import Committer
 from .election import Election
-from .placement import Placement, place
+from .placement import Placement, place, untaken
 from .shards import shards_row_name
 
 __all__ = ["Balancer", "Shard", "ShardsMismatchError"]
@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 # orphaned by a holder that died: any node takes it, share or not.
 ORPHANED_LEASES = 20
 LEAVING = "-leaving-"  # a member report's mark of a node that is stopping
+# A member report's mark of a node that is alive but cannot lead now (it stepped down, or
+# reaches too few peers): the placer names it for no shard.
+CANNOT_LEAD = "-cannot-lead-"
 MEMBER_LEASES = 2  # a member row older than this (written every half lease): gone
 PLACEMENT_SLOT = "current"  # the placement row is <lock>/placement/peer/current
 PLACEMENT_REREAD_LEASES = 0.1  # a free lock's check re-reads a placement older than this
@@ -84,6 +87,8 @@ class Balancer:
         self._wake = asyncio.Event()  # a leader released a shard: look again now
         self.placement: Placement | None = None  # the newest placement read or written
         self._placement_at = -1e9  # monotonic time it was read or written
+        # As placer: shard -> (named node, when it was first seen not leading the shard).
+        self._not_taken: dict[int, tuple[str, float]] = {}
 
     async def check_shards(self) -> None:
         """Record the group's number of shards, or refuse to run with another."""
@@ -172,7 +177,9 @@ class Balancer:
                     await self._wake.wait()
 
     async def _round(self) -> None:
-        await self._storage.peer_report(self._members_row, self._node, None)
+        able = all(sh.election.can_lead for sh in self._shards)
+        await self._storage.peer_report(self._members_row, self._node,
+                                        None if able else CANNOT_LEAD)
         reports = await self._storage.peer_reports(self._members_row)
         self.members = self._live(reports)
         zero = self._shards[0].election.state
@@ -203,8 +210,10 @@ class Balancer:
 
     async def _place(self, term: Timestamp, stored: Placement | None) -> Placement:
         """As the placer: the placement for the live nodes now; written when it changed."""
-        leaders, standby = place(self._config.shards, self.members,
-                                 [sh.election.state.leader for sh in self._shards], stored)
+        current = [sh.election.state.leader for sh in self._shards]
+        leaders, standby = place(self._config.shards, self.members, current,
+                                 untaken(stored, current, self._not_taken, time.monotonic(),
+                                         2 * self._config.lease_s))
         if (stored is not None and stored.term == term and stored.leaders == leaders
                 and stored.standby == standby):
             return stored
@@ -219,14 +228,20 @@ class Balancer:
         return new
 
     def _live(self, reports: list[PeerReport]) -> set[str]:
-        """Members with a fresh row, not leaving, and not seen dead (a lock of theirs
-        expired) since they last wrote it; this node too."""
+        """Members with a fresh row, not leaving, able to lead, and not seen dead (a lock
+        of theirs expired) since they last wrote it unless they still lead a shard; this
+        node too."""
         now = time.monotonic()
         live = {self._node}
+        # A node that still holds a fresh lock is alive, whatever one expired lock of its
+        # own said: it is not placed out of all its shards for one late heartbeat.
+        leading = {sh.election.state.leader for sh in self._shards}
         for r in reports:
             dead_at = self._dead.get(r.node)
-            if (r.age_ms <= MEMBER_LEASES * self._lease_ms and r.unreachable != LEAVING
-                    and (dead_at is None or now - r.age_ms / 1000 > dead_at)):
+            if (r.age_ms <= MEMBER_LEASES * self._lease_ms
+                    and r.unreachable not in (LEAVING, CANNOT_LEAD)
+                    and (dead_at is None or now - r.age_ms / 1000 > dead_at
+                         or r.node in leading)):
                 live.add(r.node)
         return live
 

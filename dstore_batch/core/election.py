@@ -274,6 +274,12 @@ class Election:
     # -- the loop --------------------------------------------------------------------
 
     @property
+    def can_lead(self) -> bool:
+        """Whether this node competes for the lock now: a candidate, not standing down,
+        and not refusing it for want of peers in reach (no I/O)."""
+        return self._may_lead(time.monotonic()) and self._refused_since is None
+
+    @property
     def database_reachable(self) -> bool:
         """Whether the last lock check or heartbeat reached the database (no I/O)."""
         return self._db_down_since is None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ..types import Timestamp
 
-__all__ = ["Placement", "place"]
+__all__ = ["Placement", "place", "untaken"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,3 +122,29 @@ def _standbys(assign: Sequence[str], nodes: Sequence[str]) -> tuple[str | None, 
             standby[i] = chosen
             load[chosen] += 1
     return tuple(standby)
+
+
+def untaken(stored: Placement | None, current: Sequence[str | None],
+            seen: dict[int, tuple[str, float]], now: float, limit_s: float
+            ) -> Placement | None:
+    """``stored`` without the names that have not led their shard for ``limit_s`` since
+    they were named (a live node may still be unable to lead: stepped down, or too few
+    peers in reach): such a shard goes to whoever leads it now, else is placed anew.
+    ``seen`` (shard -> (named node, first seen not leading)) is the caller's memory
+    between rounds."""
+    if stored is None:
+        seen.clear()
+        return None
+    named: list[str] = list(stored.leaders)
+    for i, node in enumerate(stored.leaders):
+        if current[i] == node:
+            seen.pop(i, None)
+            continue
+        first = seen.get(i)
+        if first is None or first[0] != node:
+            seen[i] = (node, now)
+        elif now - first[1] > limit_s:
+            named[i] = current[i] or ""  # "" names no node: the shard is placed anew
+    if named == list(stored.leaders):
+        return stored
+    return Placement(stored.term, tuple(named), stored.standby)

@@ -394,6 +394,27 @@ class Watcher:
         self._synced_epoch = epoch
 
 
+# A position this far past this host's clock is no position a stream gave out (database
+# clocks run a little ahead of the host's: the emulator's by up to a second).
+FUTURE_SLACK_S = 60.0
+
+
+def check_position(since: object) -> Timestamp:
+    """A watch's ``since`` as a Timestamp; InvalidInputError unless it is a 64-bit
+    nanosecond position no later than now (plus ``FUTURE_SLACK_S``): a stream never
+    gave out a later one, and a watch from there would wait for it in silence."""
+    if isinstance(since, bool) or not isinstance(since, int):
+        raise InvalidInputError(f"since must be a Timestamp, got {type(since).__name__}")
+    if not -(2**63) <= since < 2**63:
+        raise InvalidInputError("since is outside the 64-bit nanosecond range "
+                                "(1677-09-21 to 2262-04-11)")
+    position = Timestamp(since)
+    if position > time.time_ns() + FUTURE_SLACK_S * 1e9:
+        raise InvalidInputError(f"since {position} is in the future: a watch resumes from "
+                                "a position a stream gave out (an event's id)")
+    return position
+
+
 class WatchHub:
     """This node's watchers and the source of their live events."""
 
@@ -413,8 +434,8 @@ class WatchHub:
               since: Timestamp | None = None) -> Watcher:
         """Start a watch (see ``StoreCore.watch``)."""
         filt = WatchFilter(key, prefix)
-        if since is not None and (type(since) is not Timestamp or since < 0):
-            since = Timestamp(int(since))
+        if since is not None:
+            since = check_position(since)
         watcher = Watcher(self, filt, since)
         self._watchers.add(watcher)
         self._set_wanted()

@@ -286,7 +286,8 @@ async def _watch(request: web.Request) -> web.StreamResponse:
             since = Timestamp.parse(raw)
         except ValueError:
             raise InvalidInputError("since (or Last-Event-ID) must be an RFC 3339 UTC "
-                                    "timestamp such as 2026-11-27T10:00:00.000000000Z") from None
+                                    "timestamp such as 2026-11-27T10:00:00.000000000Z, "
+                                    "between 1677-09-21 and 2262-04-11") from None
     core = _core(request)
     watcher = core.watch(q.get("key"), q.get("prefix"), since)
     try:

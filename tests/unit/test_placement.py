@@ -9,7 +9,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dstore_batch.core.placement import Placement, place
+from dstore_batch.core.placement import Placement, place, untaken
 from dstore_batch.types import Timestamp
 
 NODES = [f"n{i}" for i in range(6)]
@@ -103,3 +103,21 @@ def test_any_group_is_placed_within_the_cap_and_one_death_keeps_it(
             after = Counter(standby[i] if leaders[i] == dead else leaders[i]
                             for i in range(shards))
             assert max(after.values()) <= math.ceil(shards / (len(live) - 1))
+
+
+def test_a_named_node_that_does_not_take_its_shard_is_passed_over() -> None:
+    """Review finding: a live node that cannot lead (stepped down, peers out of reach)
+    must not be handed the same shard again and again: after the limit, the shard stays
+    with whoever leads it now."""
+    live = {"a", "b", "c"}
+    stored = Placement(Timestamp(1), ("a", "b", "c", "b"), ("b", "c", "a", "a"))
+    now: list[str | None] = ["a", "b", "a", "b"]  # c was named for shard 2; a leads it
+    seen: dict[int, tuple[str, float]] = {}
+    assert untaken(stored, now, seen, 0.0, 4.0) is stored  # first seen: c may still take
+    assert untaken(stored, now, seen, 3.0, 4.0) is stored
+    later = untaken(stored, now, seen, 5.0, 4.0)
+    assert later is not None and later.leaders == ("a", "b", "a", "b")
+    leaders, _ = place(4, live, now, later)
+    assert leaders[2] == "a"  # not handed back to c (a is within the cap)
+    # A node that takes its shard in time is left alone, and forgotten.
+    assert untaken(stored, ["a", "b", "c", "b"], seen, 6.0, 4.0) is stored and not seen
