@@ -562,7 +562,9 @@ class Model:
         the ack contradicts what is stored."""
         self.touched.add(key)
         old = self.stored(key, rid)
-        if keep and old is not None:
+        # Every row is insert-only but the no_append "-": one stored already is kept
+        # and acked with its timestamp, whatever the flags say.
+        if (keep or rid != "-") and old is not None:
             if (key, rid) in self.pending and ts > old[1]:
                 # A row of unknown outcome was written over it first: the next check
                 # finds it among the pending values.

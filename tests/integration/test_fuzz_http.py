@@ -78,7 +78,7 @@ LIMITS = LimitsConfig(max_key_bytes=48, max_value_bytes=200, max_items_per_reque
                       max_request_bytes=1200)
 MSGPACK = "application/msgpack"
 CLIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-SERVER_ID = re.compile(r"[0-9a-f]{32}")
+SERVER_ID = re.compile(r"t[0-9a-f]{31}")  # made here: t, the time, random hex
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z")
 STATUS = {"invalid": 400, "empty_key": 400, "invalid_utf8": 400, "invalid_id": 400,
           "unauthorized": 401, "too_large": 413, "key_too_large": 413,

@@ -348,7 +348,19 @@ def settle(model: Model, requests: list[Request], replies: Replies, complete: bo
             continue
         assert kind == "ack", f"a valid request was refused: {detail} ({request})"
         assert len(detail) == len(request.rows), (request, detail)
+        # An atomic request one of whose id rows is stored already landed whole (an id
+        # names one write): its "-" rows are acked at that row's timestamp and not
+        # written again. One whose id row may be stored (outcome unknown) may go either
+        # way for its "-" rows.
+        ids = [r for r in request.rows if r.id != "-"] if request.atomic else []
+        witness = next((s[1] for r in ids if (s := model.stored(r.key, r.id))), None)
+        unsure = witness is None and any((r.key, r.id) in model.pending for r in ids)
         for row, ts in zip(request.rows, detail, strict=True):
+            if row.id == "-" and (witness is not None or unsure):
+                if witness is not None:
+                    assert ts == witness, (request, ts, witness)
+                model.maybe(row.key, row.id, "" if row.delete else row.value)
+                continue
             # A tombstone reads back with an empty value; a conditional row already
             # stored under its (key, id) is kept, as a kept row is.
             model.ack(row.key, row.id, "" if row.delete else row.value,
