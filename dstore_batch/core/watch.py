@@ -17,7 +17,7 @@ all go through this one path.
 
 Bounded memory. Each watcher's queue is bounded in bytes. A sync feeds it from storage
 at the consumer's pace (it waits for room before each commit; ``Storage.changes``
-returns at most about ``BACKLOG_ROWS`` rows a call), and live commits that arrive
+returns at most about ``BACKLOG_ROWS`` rows and 8 MiB a call), and live commits that arrive
 meanwhile wait in a buffer of the same bound (past it they are dropped, and the sync
 reads on from storage instead). A live queue that overflows is dropped and caught up
 from storage from the last event the consumer took. A watcher whose consumer takes

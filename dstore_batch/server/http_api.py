@@ -258,6 +258,10 @@ async def _list(request: web.Request) -> web.Response:
 
 # A comment line at least this often keeps proxies from closing an idle stream.
 SSE_KEEPALIVE_S = 15.0
+# A watch whose consumer takes nothing written to it for this long is cut off (counted
+# as lagged): a stalled socket must not hold its handler, its watcher and the data
+# buffered for it. It resumes with its last event's id, like any lagged watch.
+SSE_WRITE_TIMEOUT_S = 30.0
 
 
 def sse_event(event: WatchEvent) -> bytes:
@@ -300,14 +304,24 @@ async def _watch(request: web.Request) -> web.StreamResponse:
                 async with asyncio.timeout(SSE_KEEPALIVE_S):
                     chunks = await watcher.next_chunks()
             except TimeoutError:
-                await resp.write(b": keepalive\n\n")
-                continue
-            if not chunks:
+                chunks, data = [], b": keepalive\n\n"
+            else:
+                if not chunks:
+                    break
+                # Everything queued goes out in one write; each commit's text is made
+                # once for all the streams with this filter.
+                data = b"".join(c.encoded(sse_events) for c in chunks)
+            try:
+                async with asyncio.timeout(SSE_WRITE_TIMEOUT_S):
+                    await resp.write(data)
+            except TimeoutError:
+                core.metrics.watchers_lagged.inc()
+                log.info("node %s: cut off a watch from %s: its consumer took nothing for "
+                         "%g s", core.node_id, request.remote, SSE_WRITE_TIMEOUT_S)
+                if request.transport is not None:
+                    request.transport.abort()  # drop what sits in its buffers now
                 break
-            # Everything queued goes out in one write; each commit's text is made once
-            # for all the streams with this filter.
-            await resp.write(b"".join(c.encoded(sse_events) for c in chunks))
-            if chunks[-1].events[-1].kind in ("lagged", "error"):
+            if chunks and chunks[-1].events[-1].kind in ("lagged", "error"):
                 break
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away

@@ -226,15 +226,24 @@ def plan_trim(rows: Iterable[tuple[str, str, Timestamp]], after: str | None,
     return TrimPlan(doomed, None, oldest)
 
 
+# What one catch-up read (``Storage.changes``) holds at most, in keys, ids and values:
+# a watcher replaying a table of large values must not pull it into memory at once.
+CHANGES_MAX_BYTES = 8 * 1024 * 1024
+
+
 def collect_changes(rows: Iterable[tuple[str, str, str | None, Timestamp]], after: Timestamp,
-                    limit: int) -> tuple[list[tuple[Timestamp, list[Change]]], bool]:
+                    limit: int, max_bytes: int = CHANGES_MAX_BYTES
+                    ) -> tuple[list[tuple[Timestamp, list[Change]]], bool]:
     """The oldest whole commits after ``after`` among ``(key, id, value, timestamp)``
-    rows (any order), at most ``limit`` rows in all (but always a first commit whole),
-    oldest first, rows of a commit in (key, id) order. Returns (commits, complete):
-    ``complete`` False when newer commits were left out. Holds about ``limit`` rows."""
+    rows (any order), at most ``limit`` rows and about ``max_bytes`` bytes in all (but
+    always a first commit whole), oldest first, rows of a commit in (key, id) order.
+    Returns (commits, complete): ``complete`` False when newer commits were left out.
+    Holds about ``limit`` rows and ``max_bytes`` bytes, whatever the range holds."""
     by_ts: dict[Timestamp, list[Change]] = {}
+    sizes: dict[Timestamp, int] = {}
     newest: list[int] = []  # a max-heap (negated) of the timestamps in by_ts
     total = 0
+    held = 0  # bytes of keys, ids and values in by_ts
     cutoff: Timestamp | None = None  # commits at or after this one were left out
     for key, id_, value, ts in rows:
         if ts <= after or (cutoff is not None and ts >= cutoff):
@@ -242,12 +251,17 @@ def collect_changes(rows: Iterable[tuple[str, str, str | None, Timestamp]], afte
         commit = by_ts.get(ts)
         if commit is None:
             commit = by_ts[ts] = []
+            sizes[ts] = 0
             heapq.heappush(newest, -ts)
         commit.append(Change(key, id_, value))
+        size = len(key) + len(id_) + (len(value) if value is not None else 0)
+        sizes[ts] += size
+        held += size
         total += 1
-        while total > limit and len(by_ts) > 1:
+        while (total > limit or held > max_bytes) and len(by_ts) > 1:
             drop = Timestamp(-heapq.heappop(newest))
             total -= len(by_ts.pop(drop))
+            held -= sizes.pop(drop)
             cutoff = drop if cutoff is None else min(cutoff, drop)
     commits = [(ts, sorted(by_ts[ts])) for ts in sorted(by_ts)]
     return commits, cutoff is None

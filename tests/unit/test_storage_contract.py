@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dstore_batch.storage import Storage, list_page, plan_trim, prefix_end
+from dstore_batch.storage import Storage, collect_changes, list_page, plan_trim, prefix_end
 from dstore_batch.storage.ddl import ddl_statements, render_ddl
 from dstore_batch.storage.sqlite import SQLiteStorage
 from dstore_batch.types import IF_ABSENT, ListItem, Row, Timestamp
@@ -140,3 +140,21 @@ def test_tombstone_mutations_match_the_client_encoding() -> None:
     expected = Mutation(insert=_make_write_pb("logtable", LOG_COLUMNS, values))
     (mutation,) = got._mutations
     assert Mutation.pb(mutation).SerializeToString() == Mutation.pb(expected).SerializeToString()
+
+
+def test_a_catch_up_read_holds_a_bounded_number_of_bytes() -> None:
+    """Issue 25.1: a watcher replaying a table of large values reads it in pages bounded
+    by bytes, not only rows: oldest whole commits first, the first one always whole."""
+    big = "v" * 1000
+    rows = [(f"k{c}-{i}", f"id{i}", big, Timestamp(100 + c)) for c in range(3)
+            for i in range(4)]
+    rows.reverse()  # any order
+    commits, complete = collect_changes(rows, Timestamp(0), 1000, max_bytes=5000)
+    assert [ts for ts, _ in commits] == [100] and not complete
+    assert len(commits[0][1]) == 4
+    commits, complete = collect_changes(rows, Timestamp(0), 1000, max_bytes=9000)
+    assert [ts for ts, _ in commits] == [100, 101] and not complete
+    commits, complete = collect_changes(rows, Timestamp(0), 1000, max_bytes=100)
+    assert [ts for ts, _ in commits] == [100] and not complete  # one commit, whole
+    commits, complete = collect_changes(rows, Timestamp(101), 1000)
+    assert [ts for ts, _ in commits] == [102] and complete
