@@ -6,6 +6,7 @@ A test module runs it on a backend by subclassing ``StorageContract`` in a class
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -671,3 +672,17 @@ def check_sorted(keys: Sequence[str]) -> bool:
     """Whether ``keys`` are in UTF-8 byte order (what `list` promises)."""
     encoded = [k.encode() for k in keys]
     return encoded == sorted(encoded)
+
+
+async def lock_reads_do_not_wait_behind_data_reads(storage: Storage, reads: int) -> None:
+    """Issue 25.1 (the election never waits behind watch work): with ``reads`` slow
+    history reads queued, a lock read answers while most of them still wait."""
+    await storage.commit([Row(f"r{i}", "wide", "v" * 200) for i in range(500)], "n:1", None)
+    assert await storage.lock_acquire("L", "a:1") is not None
+    queued = [asyncio.ensure_future(storage.history("wide", "all")) for _ in range(reads)]
+    await asyncio.sleep(0)  # every read handed to the storage first
+    lock = await storage.lock_read("L")
+    finished = sum(t.done() for t in queued)
+    await asyncio.gather(*queued)
+    assert lock.writer == "a:1"
+    assert finished < reads // 2, f"{finished} of {reads} data reads came first"

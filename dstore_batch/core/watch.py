@@ -49,7 +49,8 @@ EVENT_OVERHEAD_BYTES = 96
 BACKLOG_ROWS = 20_000  # above a commit's most rows, so a page always ends on a commit
 MAX_OVERFLOWS = 3  # overflows in a row with nothing taken between them: lagged
 LAG_CLOSE_S = 60.0  # a sync waiting this long for a consumer that takes nothing: lagged
-RETRY_READ_S = 1.0
+RETRY_READ_S = 1.0  # after a failed catch-up read; doubled each time, up to the next
+RETRY_READ_MAX_S = 8.0  # (a read given up on may still run: retries must not pile up)
 
 
 class ChangeSource(Protocol):
@@ -331,6 +332,7 @@ class Watcher:
 
     async def _follow(self) -> None:
         hub = self._hub
+        pause = RETRY_READ_S
         while not self._closed:
             await hub.wait_live()
             self._resync.clear()
@@ -338,10 +340,12 @@ class Watcher:
                 try:
                     await self._sync(hub.epoch)
                 except DstoreError as exc:
-                    log.info("watch %r: catch-up read failed (%s: %s); retrying",
-                             self.filter, exc.code, exc.message)
-                    await asyncio.sleep(RETRY_READ_S)
+                    log.info("watch %r: catch-up read failed (%s: %s); retrying in %g s",
+                             self.filter, exc.code, exc.message, pause)
+                    await asyncio.sleep(pause)
+                    pause = min(2 * pause, RETRY_READ_MAX_S)
                     continue
+                pause = RETRY_READ_S
             if hub.epoch == self._synced_epoch and hub.live and not self._closed:
                 await self._resync.wait()
 

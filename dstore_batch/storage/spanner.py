@@ -259,6 +259,9 @@ class SpannerStorage:
         # and its commits are fenced.
         self._locker = self._writer
         self._reader = ThreadPoolExecutor(4, thread_name_prefix="spanner-ro")
+        # The election's reads (lock rows, member reports) on threads of their own: a
+        # watcher's long catch-up reads must never delay a lease.
+        self._lock_reader = ThreadPoolExecutor(2, thread_name_prefix="spanner-lock")
         self._db: Any = None
         self._client: Any = None
         self._abort_lock = threading.Lock()
@@ -300,11 +303,11 @@ class SpannerStorage:
         self._closing = True
         if self._db is not None:
             await asyncio.to_thread(_close_quietly, self._db)
-        for pool in (self._writer, self._reader):
+        for pool in (self._writer, self._reader, self._lock_reader):
             pool.shutdown(wait=False, cancel_futures=True)
 
         def join() -> None:
-            for pool in (self._writer, self._reader):
+            for pool in (self._writer, self._reader, self._lock_reader):
                 pool.shutdown(wait=True)
 
         try:
@@ -706,7 +709,7 @@ class SpannerStorage:
             diff, token, writer = rows[0]
             return LockState(Timestamp.from_datetime(token), writer, diff)
 
-        return await self._run(self._reader, read)
+        return await self._run(self._lock_reader, read)
 
     async def lock_acquire(self, name: str, writer: str) -> Timestamp | None:
         def work(txn: Any) -> None:
@@ -829,7 +832,7 @@ class SpannerStorage:
                 ))
             return [PeerReport(r[0][len(prefix):], r[1], r[2] or None) for r in rows]
 
-        return await self._run(self._reader, read)
+        return await self._run(self._lock_reader, read)
 
 
 def _chunked(read: Callable[[KeySet, int], Iterator[Any]], keyset: KeySet, end: str | None,

@@ -101,8 +101,12 @@ class SQLiteStorage:
         self.lock_table = check_table_name(lock_table)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-rw")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-ro")
+        # The election's reads (lock rows, member reports) on a thread and connection of
+        # their own: a long catch-up read of a watcher must never delay a lease.
+        self._lock_reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-lock")
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
+        self._lconn: sqlite3.Connection | None = None
         self.aborted_attempts = 0  # SQLite waits for its lock instead of aborting
 
     def _connect(self) -> sqlite3.Connection:
@@ -137,11 +141,16 @@ class SQLiteStorage:
         def open_reader() -> None:
             self._rconn = self._connect()
 
+        def open_lock_reader() -> None:
+            self._lconn = self._connect()
+
         await self._run(self._writer, open_writer)
         await self._run(self._reader, open_reader)
+        await self._run(self._lock_reader, open_lock_reader)
 
     async def close(self) -> None:
-        for pool, conn in ((self._writer, self._wconn), (self._reader, self._rconn)):
+        for pool, conn in ((self._writer, self._wconn), (self._reader, self._rconn),
+                           (self._lock_reader, self._lconn)):
             if conn is not None:
                 with contextlib.suppress(ReadError):
                     await self._run(pool, conn.close)
@@ -393,8 +402,8 @@ class SQLiteStorage:
 
     async def lock_read(self, name: str) -> LockState:
         def read() -> LockState:
-            assert self._rconn is not None
-            row = self._rconn.execute(
+            assert self._lconn is not None
+            row = self._lconn.execute(
                 f"SELECT heartbeat, token, writer FROM {self.lock_table} WHERE name = ?", (name,)
             ).fetchone()
             if row is None or row[1] is None:
@@ -402,7 +411,7 @@ class SQLiteStorage:
             age_ms = (time.time_ns() - row[0]) // 1_000_000
             return LockState(Timestamp(row[1]), row[2], age_ms)
 
-        return await self._run(self._reader, read)
+        return await self._run(self._lock_reader, read)
 
     async def lock_acquire(self, name: str, writer: str) -> Timestamp | None:
         def work(c: sqlite3.Connection, ts: Timestamp) -> Timestamp | None:
@@ -465,8 +474,8 @@ class SQLiteStorage:
         prefix = peer_row_prefix(name)
 
         def read() -> list[PeerReport]:
-            assert self._rconn is not None
-            rows = self._rconn.execute(
+            assert self._lconn is not None
+            rows = self._lconn.execute(
                 f"SELECT name, heartbeat, writer FROM {self.lock_table} "
                 "WHERE substr(name, 1, ?) = ? AND token IS NULL", (len(prefix), prefix),
             ).fetchall()
@@ -474,7 +483,7 @@ class SQLiteStorage:
             return [PeerReport(r[0][len(prefix):], (now - r[1]) // 1_000_000, r[2] or None)
                     for r in rows]
 
-        return await self._run(self._reader, read)
+        return await self._run(self._lock_reader, read)
 
 
 @contextlib.contextmanager

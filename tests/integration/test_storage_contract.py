@@ -19,7 +19,7 @@ from dstore_batch.storage.admin import init_database
 from dstore_batch.storage.spanner import SpannerStorage, parse_database_path, spanner_client
 from dstore_batch.testing.emulator import Emulator
 from dstore_batch.types import IF_ABSENT, ListItem, Row, Timestamp
-from tests.contract import StorageContract
+from tests.contract import StorageContract, lock_reads_do_not_wait_behind_data_reads
 
 _names = itertools.count(1)
 
@@ -193,3 +193,7 @@ async def test_a_read_cut_by_a_reconnect_is_a_read_error(database: str,
         await s.close()
     assert reads > 0
     assert not odd, odd[:3]
+
+
+async def test_lock_reads_do_not_wait_behind_data_reads(storage: Storage) -> None:
+    await lock_reads_do_not_wait_behind_data_reads(storage, 200)

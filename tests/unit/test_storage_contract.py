@@ -12,7 +12,7 @@ from dstore_batch.storage import Storage, collect_changes, list_page, plan_trim,
 from dstore_batch.storage.ddl import ddl_statements, render_ddl
 from dstore_batch.storage.sqlite import SQLiteStorage
 from dstore_batch.types import IF_ABSENT, ListItem, Row, Timestamp
-from tests.contract import StorageContract
+from tests.contract import StorageContract, lock_reads_do_not_wait_behind_data_reads
 
 
 @pytest.fixture
@@ -158,3 +158,7 @@ def test_a_catch_up_read_holds_a_bounded_number_of_bytes() -> None:
     assert [ts for ts, _ in commits] == [100] and not complete  # one commit, whole
     commits, complete = collect_changes(rows, Timestamp(101), 1000)
     assert [ts for ts, _ in commits] == [102] and complete
+
+
+async def test_lock_reads_do_not_wait_behind_data_reads(storage: Storage) -> None:
+    await lock_reads_do_not_wait_behind_data_reads(storage, 300)
