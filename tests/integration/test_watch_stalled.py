@@ -70,3 +70,5 @@ async def test_a_consumer_that_stops_reading_is_cut_off(
                     break
         assert len(events) == PUTS
         await reader.aclose()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors[:3]]  # an expected event, quietly
