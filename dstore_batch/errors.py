@@ -7,7 +7,8 @@ branch on the three middle classes::
     DstoreError
     ├── RejectedError            refused as it stands; nothing of it was written
     │   ├── InvalidInputError      code "invalid"          HTTP 400
-    │   │                          (or "empty_key", "invalid_utf8", "invalid_id")
+    │   │                          (or "empty_key", "invalid_utf8", "invalid_id",
+    │   │                           "retry_too_old")
     │   ├── TooLargeError          code "too_large"        HTTP 413
     │   │                          (or "key_too_large", "value_too_large",
     │   │                           "too_many_items", "body_too_large")
@@ -268,6 +269,7 @@ _BY_CODE: dict[str, type[DstoreError]] = {cls.code: cls for cls in _CLASSES}
 DETAIL_CODES: dict[str, type[DstoreError]] = {
     "empty_key": InvalidInputError,
     "invalid_id": InvalidInputError,
+    "retry_too_old": InvalidInputError,
     "invalid_utf8": InvalidInputError,
     "key_too_large": TooLargeError,
     "value_too_large": TooLargeError,

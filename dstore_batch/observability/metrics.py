@@ -24,7 +24,8 @@ BYTE_BUCKETS = tuple(float(4**i * 256) for i in range(11))  # 256 B .. 256 MiB
 OPS = ("put", "put_many", "delete")
 ROLES = ("leader", "follower")
 # Wire codes a put can end with (dstore_batch.errors); "ok" is the success result.
-ERROR_CODES = ("invalid", "empty_key", "invalid_utf8", "invalid_id", "too_large", "key_too_large",
+ERROR_CODES = ("invalid", "empty_key", "invalid_utf8", "invalid_id", "retry_too_old",
+               "too_large", "key_too_large",
                "value_too_large", "too_many_items", "body_too_large", "unauthorized", "conflict",
                "not_leader", "busy", "no_leader", "unavailable", "link_down", "deadline",
                "commit_failed", "link_lost", "partial_commit", "internal")

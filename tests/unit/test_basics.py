@@ -56,6 +56,8 @@ def test_error_tree_and_codes() -> None:
     unknown = errors.error_from_code("some_new_code", "?")
     assert isinstance(unknown, errors.OutcomeUnknownError) and unknown.code == "some_new_code"
     assert isinstance(errors.error_from_code("internal", "bug"), errors.InternalError)
+    # A retry refused past the de-duplication window: refused, not "maybe written".
+    assert isinstance(errors.error_from_code("retry_too_old", "old"), errors.InvalidInputError)
     assert errors.CommitError("x", transient=True).transient
     assert errors.TooLargeError("x").to_dict() == {"error": {"code": "too_large", "message": "x"}}
 
