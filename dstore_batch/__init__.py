@@ -9,6 +9,7 @@ from .config import BatchConfig, Config, LimitsConfig
 from .errors import (
     BusyError,
     CommitError,
+    CompactedError,
     ConflictError,
     DeadlineExceededError,
     DstoreError,
@@ -38,6 +39,7 @@ __all__ = [
     "BusyError",
     "Client",
     "CommitError",
+    "CompactedError",
     "Config",
     "ConflictError",
     "DeadlineExceededError",

@@ -15,7 +15,9 @@ branch on the three middle classes::
     │   ├── UnauthorizedError      code "unauthorized"     HTTP 401
     │   ├── ConflictError          code "conflict"         HTTP 409 (a condition
     │   │                          (if_latest / if_absent) failed at commit time)
-    │   └── ProtocolError          code "bad_frame"        (peer link only)
+    │   ├── ProtocolError          code "bad_frame"        (peer link only)
+    │   └── CompactedError         code "compacted"        HTTP 410 (a watch position
+    │                                                       older than retention keeps)
     ├── UnavailableError         not written; safe to retry (same ids or new)
     │   ├── NotLeaderError         code "not_leader"       HTTP 503
     │   ├── BusyError              code "busy"             HTTP 503 + Retry-After
@@ -47,6 +49,7 @@ from typing import Any
 __all__ = [
     "BusyError",
     "CommitError",
+    "CompactedError",
     "ConflictError",
     "DeadlineExceededError",
     "DstoreError",
@@ -159,6 +162,32 @@ class ProtocolError(RejectedError):
     http_status = 400
 
 
+class CompactedError(RejectedError):
+    """A watch position older than what retention keeps: rows after it may be gone.
+
+    ``oldest``: the oldest position a watch can start or resume from now.
+    """
+
+    code = "compacted"
+    http_status = 410
+
+    def __init__(self, message: str = "", *, oldest: str | None = None,
+                 retry_after: float | None = None, code: str | None = None) -> None:
+        super().__init__(message, retry_after=retry_after, code=code)
+        self.oldest = oldest
+
+    def details(self) -> dict[str, Any]:
+        """What the error carries beyond its code and message (HTTP)."""
+        return {"oldest": self.oldest}
+
+    def to_dict(self) -> dict[str, object]:
+        body = super().to_dict()
+        err = body["error"]
+        assert isinstance(err, dict)
+        err.update(self.details())
+        return body
+
+
 class UnavailableError(DstoreError):
     """Not written; the same request may be retried (after ``retry_after`` if set)."""
 
@@ -250,6 +279,7 @@ _CLASSES: tuple[type[DstoreError], ...] = (
     UnauthorizedError,
     ConflictError,
     ProtocolError,
+    CompactedError,
     UnavailableError,
     NotLeaderError,
     BusyError,
@@ -297,4 +327,8 @@ def error_from_code(code: str, message: str, retry_after: float | None = None,
                 index = None
         return ConflictError(message, latest=latest, index=index, retry_after=retry_after,
                              code=code)
+    if cls is CompactedError:
+        oldest = details.get("oldest") if isinstance(details, dict) else None
+        return CompactedError(message, oldest=oldest if type(oldest) is str else None,
+                              retry_after=retry_after, code=code)
     return cls(message, retry_after=retry_after, code=code)

@@ -24,6 +24,7 @@ import msgpack
 
 from ..core.items import Item, check_staleness, new_id, parse_item, resend_safe
 from ..errors import (
+    CompactedError,
     DeadlineExceededError,
     DstoreError,
     InvalidInputError,
@@ -413,7 +414,8 @@ class Client:
                         body = _decode(await resp.read(), resp.status)
                         error = body.get("error", {}) if isinstance(body, dict) else {}
                         err = error_from_code(error.get("code", "outcome_unknown"),
-                                              error.get("message", f"HTTP {resp.status}"))
+                                              error.get("message", f"HTTP {resp.status}"),
+                                              None, error)
                         if isinstance(err, RejectedError):
                             raise err
                         raise aiohttp.ClientError(f"{node}: {err.code}: {err.message}")
@@ -421,6 +423,12 @@ class Client:
                         failures = 0
                         if event.kind in ("lagged", "error"):
                             break  # resume from our own token, on the next node
+                        if event.kind == "compacted":
+                            raise CompactedError(
+                                f"the watch fell behind what retention keeps whole: rows "
+                                f"after {resume} may be gone; the oldest position to "
+                                f"watch from is {event.timestamp}",
+                                oldest=str(event.timestamp))
                         resume = event.resume
                         if event.kind == "caught_up":
                             if not caught_up:
@@ -453,7 +461,8 @@ class Client:
 
 # The class of a reply that is not one of ours (a proxy's, or the HTTP server's own
 # refusal before our handlers run), by its status.
-_STATUS_CODES = {400: "invalid", 401: "unauthorized", 409: "conflict", 413: "too_large",
+_STATUS_CODES = {400: "invalid", 401: "unauthorized", 409: "conflict", 410: "compacted",
+                 413: "too_large",
                  429: "busy", 503: "unavailable"}
 
 
@@ -499,6 +508,10 @@ def _decode(raw: bytes, status: int) -> Any:
     try:
         return msgpack.unpackb(raw, raw=False)
     except Exception:  # msgpack raises several unrelated types for foreign bodies
+        pass
+    try:  # a JSON reply (a node answers JSON unless asked for msgpack: the watch)
+        return json.loads(raw)
+    except ValueError:
         text = raw[:200].decode(errors="replace").strip()
         return {"error": {"code": _STATUS_CODES.get(status, "outcome_unknown"),
                           "message": f"HTTP {status} (not a dstore reply): {text}"}}

@@ -168,7 +168,8 @@ class StoreCore:
         self.metrics = metrics or Metrics()
         self.storage: Storage = storage or open_storage(config)
         self.link: LeaderLink = link or _NoLink()
-        self.watch_hub = WatchHub(self.storage, self.metrics, on_wanted=self._poke_keeper)
+        self.watch_hub = WatchHub(self.storage, self.metrics, on_wanted=self._poke_keeper,
+                                  oldest=self._oldest_whole)
         self._subscribers: list[EventSink] = []  # followers that want every commit
         self._linked: set[EventSink] = set()  # every follower linked to this node
         self.shards: list[Shard] = []
@@ -491,6 +492,18 @@ class StoreCore:
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
         return await self.storage.history(key, limit, staleness)
+
+    def _oldest_whole(self) -> Timestamp | None:
+        """The oldest position whose later rows retention keeps whole (None: it removes
+        nothing). ``--keep-versions`` may remove any row older than the de-duplication
+        window; ``--retention-days`` hides every row older than D days."""
+        config, now = self.config, time.time_ns()
+        bounds = []
+        if config.keep_versions:
+            bounds.append(now - int(config.dedup_window_s * 1e9))
+        if config.retention_days:
+            bounds.append(now - config.retention_days * 86_400 * 10**9)
+        return Timestamp(max(bounds)) if bounds else None
 
     def _check_open(self) -> None:
         """Raise UnavailableError unless the storage is open (starting, or stopped)."""

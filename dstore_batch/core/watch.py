@@ -23,7 +23,9 @@ reads on from storage instead). A live queue that overflows is dropped and caugh
 from storage from the last event the consumer took. A watcher whose consumer takes
 nothing across ``MAX_OVERFLOWS`` overflows, or for ``LAG_CLOSE_S`` while a sync waits,
 is closed with a ``lagged`` event that carries its resume token. A watcher that fails
-for any other reason (a bug) ends with an ``error`` event, resume token included.
+for any other reason (a bug) ends with an ``error`` event, resume token included. One
+whose position is older than what retention keeps whole (``WatchHub.oldest``) ends
+with a ``compacted`` event that carries the oldest position it may go on from.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
-from ..errors import DstoreError, InvalidInputError
+from ..errors import CompactedError, DstoreError, InvalidInputError
 from ..observability.metrics import Metrics
 from ..types import Change, Changes, Timestamp, WatchEvent
 
@@ -367,6 +369,12 @@ class Watcher:
         """Catch up from storage after the cursor, then go live (see the module doc)."""
         hub = self._hub
         self._syncing, self._buffer, self._buffer_bytes = True, [], 0
+        oldest = hub.oldest()
+        if self._cursor is not None and oldest is not None and self._cursor < oldest:
+            # Behind what retention keeps: rows after the cursor may be gone. Said, not
+            # skipped: the consumer decides how to go on from ``oldest``.
+            self._finish(WatchEvent("compacted", "", "", "", oldest, oldest))
+            return
         if self._cursor is None:
             # A watch without ``since``: what commits after the database's "now".
             upto = await hub.source.read_timestamp()
@@ -423,9 +431,13 @@ class WatchHub:
     """This node's watchers and the source of their live events."""
 
     def __init__(self, source: ChangeSource, metrics: Metrics,
-                 on_wanted: Callable[[], None] | None = None) -> None:
+                 on_wanted: Callable[[], None] | None = None,
+                 oldest: Callable[[], Timestamp | None] = lambda: None) -> None:
         self.source = source
         self.metrics = metrics
+        # The oldest position retention keeps whole (None: nothing is ever removed): a
+        # watch from before it may miss rows, and is told so instead.
+        self.oldest = oldest
         self._on_wanted = on_wanted  # told when ``wanted`` changes
         self._watchers: set[Watcher] = set()
         self.epoch = 0  # bumps each time the live source is (re)established
@@ -440,6 +452,12 @@ class WatchHub:
         filt = WatchFilter(key, prefix)
         if since is not None:
             since = check_position(since)
+            oldest = self.oldest()
+            if oldest is not None and since < oldest:
+                raise CompactedError(
+                    f"since {since} is older than what retention keeps whole: rows after "
+                    f"it may be gone; the oldest position to watch from is {oldest}",
+                    oldest=str(oldest))
         watcher = Watcher(self, filt, since)
         self._watchers.add(watcher)
         self._set_wanted()

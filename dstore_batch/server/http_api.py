@@ -270,7 +270,7 @@ def sse_event(event: WatchEvent) -> bytes:
         data: dict[str, Any] = {"key": event.key, "id": event.id,
                                 "value": event.value if event.kind == "put" else None,
                                 "timestamp": str(event.timestamp)}
-    else:  # caught_up, lagged, error
+    else:  # caught_up, lagged, error, compacted
         data = {"timestamp": str(event.timestamp)}
     return (f"event: {event.kind}\nid: {event.resume}\n"
             f"data: {json.dumps(data, separators=(',', ':'))}\n\n").encode()
@@ -321,7 +321,7 @@ async def _watch(request: web.Request) -> web.StreamResponse:
                 if request.transport is not None:
                     request.transport.abort()  # drop what sits in its buffers now
                 break
-            if chunks and chunks[-1].events[-1].kind in ("lagged", "error"):
+            if chunks and chunks[-1].events[-1].kind in ("lagged", "error", "compacted"):
                 break
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away

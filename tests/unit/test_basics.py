@@ -108,7 +108,8 @@ def test_ddl_file_matches_the_cli() -> None:
 
 def test_public_names() -> None:
     assert set(dstore_batch.__all__) == {
-        "BatchConfig", "BusyError", "Client", "CommitError", "Config", "ConflictError",
+        "BatchConfig", "BusyError", "Client", "CommitError", "CompactedError", "Config",
+        "ConflictError",
         "DeadlineExceededError", "DstoreError", "History", "HistoryItem", "ListItem", "Listing",
         "InternalError", "InvalidInputError", "LimitsConfig",
         "LinkDownError", "LinkLostError", "NoLeaderError", "NotLeaderError",

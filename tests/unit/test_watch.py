@@ -12,7 +12,7 @@ import pytest
 from dstore_batch.core import watch as watch_module
 from dstore_batch.core.store import StoreCore
 from dstore_batch.core.watch import Watcher
-from dstore_batch.errors import InvalidInputError
+from dstore_batch.errors import CompactedError, InvalidInputError
 from dstore_batch.types import Change, Changes, Row, Timestamp, WatchEvent
 from tests.helpers import local_config as config
 
@@ -299,3 +299,23 @@ async def test_a_watcher_that_fails_ends_with_an_error_event(core: StoreCore) ->
     async with asyncio.timeout(5):
         assert [e async for e in watcher] == []
     assert core.metrics.registry.get_sample_value("dstore_watch_errors_total") == 1
+
+
+async def test_a_watcher_behind_what_retention_keeps_is_told_so(core: StoreCore) -> None:
+    """Issue 25.2: a watcher whose position falls behind what retention keeps whole gets
+    a ``compacted`` event carrying the oldest position it may go on from, then the end,
+    never a silent gap; a new watch from there is refused with CompactedError."""
+    first = await core.put("c/1", "x")
+    watcher = core.watch(prefix="c/", since=first.timestamp)
+    assert (await take(watcher, 1))[0].kind == "caught_up"
+    now = Timestamp(first.timestamp + 10**9)
+    core.watch_hub.oldest = lambda: now  # retention moved past the watcher's position
+    core.watch_hub.source_up()  # any re-read (a leader change, an overflow) finds it
+    (event,) = await take(watcher, 1)
+    assert (event.kind, event.timestamp, event.resume) == ("compacted", now, now)
+    async with asyncio.timeout(5):
+        assert [e async for e in watcher] == []
+    with pytest.raises(CompactedError) as caught:
+        core.watch(prefix="c/", since=first.timestamp)
+    assert caught.value.oldest == str(now) and caught.value.http_status == 410
+    core.watch(prefix="c/", since=now)  # from the oldest position on: fine
