@@ -86,9 +86,14 @@ class DstoreError(Exception):
         if code is not None:
             self.code = code
 
+    def details(self) -> dict[str, Any]:
+        """What the error carries beyond its code and message (wire and HTTP)."""
+        return {}
+
     def to_dict(self) -> dict[str, object]:
         """The JSON body of an HTTP error reply."""
-        body: dict[str, object] = {"code": self.code, "message": self.message}
+        body: dict[str, object] = {"code": self.code, "message": self.message,
+                                   **self.details()}
         if self.retry_after is not None:
             body["retry_after"] = self.retry_after
         return {"error": body}
@@ -147,13 +152,6 @@ class ConflictError(RejectedError):
             body["index"] = self.index
         return body
 
-    def to_dict(self) -> dict[str, object]:
-        body = super().to_dict()
-        err = body["error"]
-        assert isinstance(err, dict)
-        err.update(self.details())
-        return body
-
 
 class ProtocolError(RejectedError):
     """A peer sent a frame that does not follow the protocol."""
@@ -179,13 +177,6 @@ class CompactedError(RejectedError):
     def details(self) -> dict[str, Any]:
         """What the error carries beyond its code and message (HTTP)."""
         return {"oldest": self.oldest}
-
-    def to_dict(self) -> dict[str, object]:
-        body = super().to_dict()
-        err = body["error"]
-        assert isinstance(err, dict)
-        err.update(self.details())
-        return body
 
 
 class UnavailableError(DstoreError):
