@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import DEDUP_WINDOW_S, BatchConfig, Config, LimitsConfig
 from .observability.logs import setup_logging
-from .runtime import run, tune_gc
+from .runtime import run, tune_gc, tune_malloc
 from .storage.ddl import DEFAULT_LOCK_TABLE, DEFAULT_LOG_TABLE, render_ddl
 
 __all__ = ["main"]
@@ -395,6 +395,9 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
           help="with retention on: a retry (a row sent again with its id) older than this "
                "is refused (retry_too_old), and --keep-versions keeps every row younger "
                "than this")
+    _flag(p, "--watch-memory-mib", 256, type=int,
+          help="what this node's watchers may hold in all: each watcher's queue gets an "
+               "equal share (128 KiB to 8 MiB); a watch past 8 a MiB is refused (busy)")
     _flag(p, "--metrics-port", None, type=int, help="also serve /metrics on this port")
     _flag(p, "--log-level", "info", help="debug, info, warning")
     _flag(p, "--log-format", "text", choices=("text", "json"), help="text or json lines")
@@ -441,6 +444,7 @@ def _config(args: argparse.Namespace) -> Config:
         keep_versions=int(args.keep_versions) if args.keep_versions else None,
         retention_days=int(args.retention_days) if args.retention_days else None,
         dedup_window_s=float(args.dedup_window_s),
+        watch_memory_bytes=int(args.watch_memory_mib) * 1024 * 1024,
     )
 
 
@@ -487,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   getattr(args, "id", None))
     try:
         tune_gc()
+        tune_malloc()
         return _main(args)
     except ValueError as exc:  # bad flag values: say which, without a traceback
         parser.exit(2, f"dstore-batch: error: {exc}\n")

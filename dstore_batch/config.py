@@ -133,6 +133,9 @@ class Config:
     dedup_window_s: float = DEDUP_WINDOW_S
     max_commit_delay_s: float = 0.0  # Spanner's max commit delay for log commits (0..0.5)
     shards: int = 1  # funnels in the group (each its own lock, leader and committer)
+    # What this node's watchers may hold in all (queues and catch-up pages); see
+    # core/watch.py for how it is shared.
+    watch_memory_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         host, sep, port = self.node_id.rpartition(":")
@@ -162,6 +165,8 @@ class Config:
             raise ValueError("max_commit_delay_s must be 0..0.5 seconds (Spanner's range)")
         if not 0 <= self.dedup_window_s <= 86_400:
             raise ValueError("dedup_window_s must be 0..86400 seconds")
+        if not 1 <= self.watch_memory_bytes // (1024 * 1024) <= 1024 * 1024:
+            raise ValueError("watch_memory_bytes must be 1 MiB..1 TiB")
         if self.retention_interval_s <= 0:
             raise ValueError("retention_interval_s must be positive")
         if self.limits.max_value_bytes + self.limits.max_key_bytes + ROW_OVERHEAD_BYTES > (

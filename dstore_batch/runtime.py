@@ -1,5 +1,5 @@
-"""How a dstore-batch process runs: the event loop (uvloop when installed) and the
-garbage collector's thresholds.
+"""How a dstore-batch process runs: the event loop (uvloop when installed), the
+garbage collector's thresholds and malloc's (``tune_malloc``).
 
 The write path makes a handful of short-lived objects per row (items, rows, frames,
 watch events). With Python's default thresholds (700, 10, 10) a young-generation
@@ -13,12 +13,14 @@ the cycles it lets wait are few (the code makes almost none), and it bounds them
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["GC_THRESHOLD", "run", "tune_gc"]
+__all__ = ["GC_THRESHOLD", "MMAP_THRESHOLD", "run", "tune_gc", "tune_malloc"]
 
 T = TypeVar("T")
 
@@ -42,6 +44,38 @@ def tune_gc() -> tuple[int, ...]:
             raise ValueError(f"{GC_ENV} must be three numbers such as 700,10,10, not {raw!r}")
     gc.set_threshold(*thresholds)
     return thresholds
+
+
+# glibc's malloc raises its mmap threshold (up to 32 MiB) each time a block that had its
+# own mapping is freed; from then on large blocks (values, watch pages, request bodies)
+# come from the heap, and a heap fragmented by small live objects is not given back:
+# a node that replayed a table of 1 MiB values to watchers kept 1.4 GB after they left.
+# A fixed threshold keeps every block this large in its own mapping, returned on free.
+MMAP_THRESHOLD = 64 * 1024
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt  # noqa: B018  (glibc only)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def tune_malloc() -> bool:
+    """Keep large blocks in their own mappings (``MMAP_THRESHOLD``) and trim the heap's
+    top early, so memory freed after a burst goes back to the system. glibc only;
+    returns whether it applied."""
+    libc = _libc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                and libc.mallopt(_M_TRIM_THRESHOLD, 4 * MMAP_THRESHOLD))
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

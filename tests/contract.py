@@ -661,6 +661,11 @@ class StorageContract:
         big = await storage.changes(None, "", Timestamp(0), 1)
         assert [ts for ts, _ in big.commits] == [c1] and len(big.commits[0][1]) == 3
         assert not big.complete and big.upto == c1
+        # Bounded by bytes too (c1 holds 14, c2 3): a first commit whole, then no more.
+        small = await storage.changes(None, "", Timestamp(0), 100, max_bytes=5)
+        assert [ts for ts, _ in small.commits] == [c1] and not small.complete
+        two = await storage.changes(None, "", Timestamp(0), 100, max_bytes=17)
+        assert [ts for ts, _ in two.commits] == [c1, c2] and two.upto == c2
         empty = await storage.changes(None, "none/", Timestamp(0), 10)
         assert empty.commits == [] and empty.complete and empty.upto >= c3
 

@@ -38,7 +38,14 @@ from dstore_batch.core.store import LeaderConnection, StoreCore
 from dstore_batch.errors import LinkDownError, LinkLostError
 from dstore_batch.server.node import Store
 from dstore_batch.storage import open_storage
-from dstore_batch.storage.base import Fence, HistoryLimit, LockState, PeerReport, Storage
+from dstore_batch.storage.base import (
+    CHANGES_MAX_BYTES,
+    Fence,
+    HistoryLimit,
+    LockState,
+    PeerReport,
+    Storage,
+)
 from dstore_batch.storage.spanner import parse_database_path, spanner_client
 from dstore_batch.storage.sqlite import sqlite_path
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
@@ -475,10 +482,10 @@ class StorageProbe:
         self.calls["expire"] += 1
         return self.inner.expire(before, max_rows, fence)
 
-    def changes(self, key: str | None, prefix: str, after: Timestamp, limit: int
-                ) -> Coroutine[Any, Any, Changes]:
+    def changes(self, key: str | None, prefix: str, after: Timestamp, limit: int,
+                max_bytes: int = CHANGES_MAX_BYTES) -> Coroutine[Any, Any, Changes]:
         self.calls["changes"] += 1
-        return self.inner.changes(key, prefix, after, limit)
+        return self.inner.changes(key, prefix, after, limit, max_bytes)
 
     def read_timestamp(self) -> Coroutine[Any, Any, Timestamp]:
         self.calls["read_timestamp"] += 1

@@ -169,7 +169,8 @@ class StoreCore:
         self.storage: Storage = storage or open_storage(config)
         self.link: LeaderLink = link or _NoLink()
         self.watch_hub = WatchHub(self.storage, self.metrics, on_wanted=self._poke_keeper,
-                                  oldest=self._oldest_whole)
+                                  oldest=self._oldest_whole,
+                                  memory_bytes=config.watch_memory_bytes)
         self._subscribers: list[EventSink] = []  # followers that want every commit
         self._linked: set[EventSink] = set()  # every follower linked to this node
         self.shards: list[Shard] = []

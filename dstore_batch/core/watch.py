@@ -15,14 +15,21 @@ after it was published to the live stream that was already subscribed. A leader
 change, a lost peer link and a restart of the watcher's node (resume with ``since``)
 all go through this one path.
 
-Bounded memory. Each watcher's queue is bounded in bytes. A sync feeds it from storage
-at the consumer's pace (it waits for room before each commit; ``Storage.changes``
-returns at most about ``BACKLOG_ROWS`` rows and 8 MiB a call), and live commits that arrive
-meanwhile wait in a buffer of the same bound (past it they are dropped, and the sync
-reads on from storage instead). A live queue that overflows is dropped and caught up
-from storage from the last event the consumer took. A watcher whose consumer takes
-nothing across ``MAX_OVERFLOWS`` overflows, or for ``LAG_CLOSE_S`` while a sync waits,
-is closed with a ``lagged`` event that carries its resume token. A watcher that fails
+Bounded memory. The hub has a budget (``memory_bytes``, ``--watch-memory-mib``) that
+its watchers share: each watcher's queue holds at most its share, ``quota()`` (the
+budget over the number of watchers, between ``MIN_QUOTA_BYTES`` and
+``QUEUE_MAX_BYTES``), but always one commit; a watch past ``budget / MIN_QUOTA_BYTES``
+watchers is refused (busy). A sync feeds the queue from storage at the consumer's pace:
+pages of at most ``BACKLOG_ROWS`` rows and one share of bytes (``Storage.changes``),
+one page at a time, waiting for room before each commit. Watchers that need the same
+page at the same time share one read and its events (``WatchHub.read_page``), and at
+most ``CATCHUP_READS`` catch-up reads run at once, so gets, the election's reads and
+the peer link never queue behind watch work. Live commits that arrive during a sync
+wait in a buffer of the same bound (past it they are dropped, and the sync reads on
+from storage instead). A live queue that overflows is dropped and caught up from storage
+from the last event the consumer took. A watcher whose consumer takes nothing across
+``MAX_OVERFLOWS`` overflows, or for ``LAG_CLOSE_S`` while a sync waits, is closed with
+a ``lagged`` event that carries its resume token. A watcher that fails
 for any other reason (a bug) ends with an ``error`` event, resume token included. One
 whose position is older than what retention keeps whole (``WatchHub.oldest``) ends
 with a ``compacted`` event that carries the oldest position it may go on from.
@@ -36,30 +43,42 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from ..errors import CompactedError, DstoreError, InvalidInputError
+from ..errors import BusyError, CompactedError, DstoreError, InvalidInputError
 from ..observability.metrics import Metrics
+from ..storage.base import CHANGES_MAX_BYTES
 from ..types import Change, Changes, Timestamp, WatchEvent
 
 __all__ = ["Chunk", "WatchFilter", "WatchHub", "Watcher"]
 
 log = logging.getLogger(__name__)
 
-QUEUE_MAX_BYTES = 8 * 1024 * 1024
+QUEUE_MAX_BYTES = 8 * 1024 * 1024  # one watcher's queue at most, however few there are
+MIN_QUOTA_BYTES = 128 * 1024  # one watcher's queue at least (so: at most budget / this)
+WATCH_MEMORY_BYTES = 256 * 1024 * 1024  # the hub's budget by default
+CATCHUP_READS = 2  # catch-up reads from storage at once, for all watchers of a node
 EVENT_OVERHEAD_BYTES = 96
 BACKLOG_ROWS = 20_000  # above a commit's most rows, so a page always ends on a commit
 MAX_OVERFLOWS = 3  # overflows in a row with nothing taken between them: lagged
-LAG_CLOSE_S = 60.0  # a sync waiting this long for a consumer that takes nothing: lagged
+LAG_CLOSE_S = 30.0  # a sync waiting this long for a consumer that takes nothing: lagged
 RETRY_READ_S = 1.0  # after a failed catch-up read; doubled each time, up to the next
 RETRY_READ_MAX_S = 8.0  # (a read given up on may still run: retries must not pile up)
+
+
+class Page(NamedTuple):
+    """A catch-up page (``Changes``) with its events made, shared by its readers."""
+
+    commits: list[tuple[Timestamp, Chunk]]
+    upto: Timestamp
+    complete: bool
 
 
 class ChangeSource(Protocol):
     """The storage reads a watcher's resync needs (part of ``Storage``)."""
 
     async def changes(self, key: str | None, prefix: str, after: Timestamp,
-                      limit: int) -> Changes: ...
+                      limit: int, max_bytes: int = CHANGES_MAX_BYTES) -> Changes: ...
 
     async def read_timestamp(self) -> Timestamp: ...
 
@@ -170,17 +189,18 @@ class Watcher:
         once for every watcher with the same filter)."""
         if self._closed:
             return
+        quota = self._hub.quota()
         if self._syncing:
             if self._buffer is not None:
                 self._buffer.append((ts, chunk))
                 self._buffer_bytes += chunk.nbytes
-                if self._buffer_bytes > QUEUE_MAX_BYTES:
+                if self._buffer_bytes > quota and len(self._buffer) > 1:
                     self._buffer, self._buffer_bytes = None, 0
             return
         if self._cursor is not None and ts <= self._cursor:
             return  # already queued by the read that preceded going live
         self._enqueue(ts, chunk)
-        if self._bytes > QUEUE_MAX_BYTES:
+        if self._bytes > quota and len(self._queue) > 1:
             self._overflow()
 
     def _enqueue(self, ts: Timestamp, chunk: Chunk) -> None:
@@ -188,7 +208,7 @@ class Watcher:
         self._bytes += chunk.nbytes
         self._cursor = ts
         self._ready.set()
-        if self._bytes >= QUEUE_MAX_BYTES // 2:
+        if self._bytes >= self._hub.quota() // 2:
             self._room.clear()
 
     def _overflow(self) -> None:
@@ -245,19 +265,23 @@ class Watcher:
             self.resume = event.resume
         return event
 
-    async def next_chunks(self, max_events: int = 4096) -> list[Chunk]:
+    async def next_chunks(self, max_events: int = 4096,
+                          max_bytes: int = QUEUE_MAX_BYTES) -> list[Chunk]:
         """The chunks queued now (at least one; more while they hold at most
-        ``max_events`` events in all), waiting for one if none is: for consumers that
-        handle many events a wakeup. An empty list means the watch ended. A chunk is
-        shared with the other watchers of this filter: read it, never change it."""
+        ``max_events`` events and ``max_bytes`` bytes in all), waiting for one if none
+        is: for consumers that handle many events a wakeup. An empty list means the
+        watch ended. A chunk is shared with the other watchers of this filter: read it,
+        never change it."""
         await self._wait_ready()
         out: list[Chunk] = []
-        n = 0
+        n = size = 0
         queue = self._queue
-        while queue and (not out or n + len(queue[0].events) - self._head <= max_events):
+        while queue and (not out or (n + len(queue[0].events) - self._head <= max_events
+                                     and size + queue[0].nbytes <= max_bytes)):
             chunk = self._pop()
             out.append(chunk)
             n += len(chunk.events)
+            size += chunk.nbytes
         return out
 
     async def next_batch(self, limit: int = 1024) -> list[WatchEvent]:
@@ -286,7 +310,7 @@ class Watcher:
             chunk = Chunk(chunk.events[self._head:], chunk.nbytes, chunk.timestamp)
             self._head = 0
         self._bytes -= chunk.nbytes
-        if self._bytes < QUEUE_MAX_BYTES // 2:
+        if self._bytes < self._hub.quota() // 2:
             self._room.set()
         self.resume = chunk.events[-1].resume
         if chunk.nbytes:  # a commit (markers have no size): its metrics once
@@ -382,12 +406,11 @@ class Watcher:
         else:
             upto = self._cursor
             while True:
-                page = await hub.source.changes(self.filter.key, self.filter.prefix, upto,
-                                                BACKLOG_ROWS)
-                for ts, changes in page.commits:
+                page = await hub.read_page(self.filter, upto)
+                for ts, chunk in page.commits:
                     if not await self._wait_room():
                         return
-                    self._enqueue(ts, prepare(ts, changes))
+                    self._enqueue(ts, chunk)
                 upto = page.upto
                 if page.complete:
                     break
@@ -432,9 +455,14 @@ class WatchHub:
 
     def __init__(self, source: ChangeSource, metrics: Metrics,
                  on_wanted: Callable[[], None] | None = None,
-                 oldest: Callable[[], Timestamp | None] = lambda: None) -> None:
+                 oldest: Callable[[], Timestamp | None] = lambda: None,
+                 memory_bytes: int = WATCH_MEMORY_BYTES) -> None:
         self.source = source
         self.metrics = metrics
+        self.memory_bytes = memory_bytes
+        self.max_watchers = max(1, memory_bytes // MIN_QUOTA_BYTES)
+        self._reads: dict[tuple[str | None, str, Timestamp, int], asyncio.Task[Page]] = {}
+        self._read_slots = asyncio.Semaphore(CATCHUP_READS)
         # The oldest position retention keeps whole (None: nothing is ever removed): a
         # watch from before it may miss rows, and is told so instead.
         self.oldest = oldest
@@ -450,6 +478,11 @@ class WatchHub:
               since: Timestamp | None = None) -> Watcher:
         """Start a watch (see ``StoreCore.watch``)."""
         filt = WatchFilter(key, prefix)
+        if len(self._watchers) >= self.max_watchers:
+            raise BusyError(
+                f"this node has {len(self._watchers)} watches, all its watch memory "
+                f"({self.memory_bytes // 2**20} MiB, --watch-memory-mib) allows; watch "
+                "through another node, or later", retry_after=1.0)
         if since is not None:
             since = check_position(since)
             oldest = self.oldest()
@@ -462,6 +495,37 @@ class WatchHub:
         self._watchers.add(watcher)
         self._set_wanted()
         return watcher
+
+    def quota(self) -> int:
+        """The bytes each watcher's queue may hold now: the hub's budget shared."""
+        share = self.memory_bytes // max(1, len(self._watchers))
+        return min(QUEUE_MAX_BYTES, max(MIN_QUOTA_BYTES, share))
+
+    async def read_page(self, filt: WatchFilter, after: Timestamp) -> Page:
+        """The next page of a catch-up after ``after``, its events made (as ``prepare``
+        does). Watchers asking for the same page at the same time share one read and
+        its chunks; at most ``CATCHUP_READS`` reads run at once."""
+        ident = (filt.key, filt.prefix, after, self.quota())
+        task = self._reads.get(ident)
+        if task is None:
+            task = asyncio.create_task(self._read(filt, after, ident[3]))
+            self._reads[ident] = task
+            task.add_done_callback(lambda t: self._read_done(ident, t))
+        # A watcher that leaves (cancelled) must not cancel the read the others wait on.
+        return await asyncio.shield(task)
+
+    def _read_done(self, ident: tuple[str | None, str, Timestamp, int],
+                   task: asyncio.Task[Page]) -> None:
+        self._reads.pop(ident, None)
+        if not task.cancelled():
+            task.exception()  # its readers have it; none may be left to take it
+
+    async def _read(self, filt: WatchFilter, after: Timestamp, max_bytes: int) -> Page:
+        async with self._read_slots:
+            page = await self.source.changes(filt.key, filt.prefix, after, BACKLOG_ROWS,
+                                             max_bytes)
+        return Page([(ts, prepare(ts, changes)) for ts, changes in page.commits],
+                    page.upto, page.complete)
 
     def remove(self, watcher: Watcher) -> None:
         self._watchers.discard(watcher)

@@ -262,6 +262,10 @@ SSE_KEEPALIVE_S = 15.0
 # as lagged): a stalled socket must not hold its handler, its watcher and the data
 # buffered for it. It resumes with its last event's id, like any lagged watch.
 SSE_WRITE_TIMEOUT_S = 30.0
+# At most this much of a stream's text is handed to the socket at once: what waits in the
+# transport's buffer for a slow reader stays this small (the text itself is shared by
+# every stream with the same filter until then).
+SSE_WRITE_BYTES = 256 * 1024
 
 
 def sse_event(event: WatchEvent) -> bytes:
@@ -279,6 +283,26 @@ def sse_event(event: WatchEvent) -> bytes:
 def sse_events(events: Sequence[WatchEvent]) -> bytes:
     """Events in Server-Sent Events form, one after another."""
     return b"".join(sse_event(e) for e in events)
+
+
+async def _write_sliced(resp: web.StreamResponse, pieces: list[bytes]) -> None:
+    """Write ``pieces`` in order, in writes of at most ``SSE_WRITE_BYTES``: each write
+    waits until the socket has taken most of the one before."""
+    pending: list[bytes] = []
+    size = 0
+    for piece in pieces:
+        if pending and size + len(piece) > SSE_WRITE_BYTES:
+            await resp.write(b"".join(pending))
+            pending, size = [], 0
+        if len(piece) > SSE_WRITE_BYTES:
+            view = memoryview(piece)
+            for at in range(0, len(piece), SSE_WRITE_BYTES):
+                await resp.write(view[at:at + SSE_WRITE_BYTES])
+        else:
+            pending.append(piece)
+            size += len(piece)
+    if pending:
+        await resp.write(b"".join(pending))
 
 
 async def _watch(request: web.Request) -> web.StreamResponse:
@@ -302,18 +326,18 @@ async def _watch(request: web.Request) -> web.StreamResponse:
         while True:
             try:
                 async with asyncio.timeout(SSE_KEEPALIVE_S):
-                    chunks = await watcher.next_chunks()
+                    chunks = await watcher.next_chunks(max_bytes=SSE_WRITE_BYTES)
             except TimeoutError:
-                chunks, data = [], b": keepalive\n\n"
+                chunks, pieces = [], [b": keepalive\n\n"]
             else:
                 if not chunks:
                     break
-                # Everything queued goes out in one write; each commit's text is made
-                # once for all the streams with this filter.
-                data = b"".join(c.encoded(sse_events) for c in chunks)
+                # Each commit's text is made once for all the streams with this filter,
+                # and written in slices of it, not copied whole per stream.
+                pieces = [c.encoded(sse_events) for c in chunks]
             try:
                 async with asyncio.timeout(SSE_WRITE_TIMEOUT_S):
-                    await resp.write(data)
+                    await _write_sliced(resp, pieces)
             except TimeoutError:
                 core.metrics.watchers_lagged.inc()
                 log.info("node %s: cut off a watch from %s: its consumer took nothing for "

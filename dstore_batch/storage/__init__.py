@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..types import IF_ABSENT, NO_APPEND_ID, Change, Latest, ListItem, Row, Timestamp
-from .base import Fence, HistoryLimit, LockState, Storage
+from .base import CHANGES_MAX_BYTES, Fence, HistoryLimit, LockState, Storage
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -226,19 +226,16 @@ def plan_trim(rows: Iterable[tuple[str, str, Timestamp]], after: str | None,
     return TrimPlan(doomed, None, oldest)
 
 
-# What one catch-up read (``Storage.changes``) holds at most, in keys, ids and values:
-# a watcher replaying a table of large values must not pull it into memory at once.
-CHANGES_MAX_BYTES = 8 * 1024 * 1024
-
-
 def collect_changes(rows: Iterable[tuple[str, str, str | None, Timestamp]], after: Timestamp,
-                    limit: int, max_bytes: int = CHANGES_MAX_BYTES
+                    limit: int, max_bytes: int = CHANGES_MAX_BYTES, *, ordered: bool = False
                     ) -> tuple[list[tuple[Timestamp, list[Change]]], bool]:
     """The oldest whole commits after ``after`` among ``(key, id, value, timestamp)``
     rows (any order), at most ``limit`` rows and about ``max_bytes`` bytes in all (but
     always a first commit whole), oldest first, rows of a commit in (key, id) order.
     Returns (commits, complete): ``complete`` False when newer commits were left out.
-    Holds about ``limit`` rows and ``max_bytes`` bytes, whatever the range holds."""
+    Holds about ``limit`` rows and ``max_bytes`` bytes, whatever the range holds.
+    ``ordered``: the rows come in timestamp order, so the first one past what is kept
+    ends the read (the rest is never fetched)."""
     by_ts: dict[Timestamp, list[Change]] = {}
     sizes: dict[Timestamp, int] = {}
     newest: list[int] = []  # a max-heap (negated) of the timestamps in by_ts
@@ -247,6 +244,8 @@ def collect_changes(rows: Iterable[tuple[str, str, str | None, Timestamp]], afte
     cutoff: Timestamp | None = None  # commits at or after this one were left out
     for key, id_, value, ts in rows:
         if ts <= after or (cutoff is not None and ts >= cutoff):
+            if ordered and cutoff is not None:
+                break
             continue
         commit = by_ts.get(ts)
         if commit is None:

@@ -15,6 +15,10 @@ from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 from ..errors import CommitError, ReadError
 from ..types import Changes, CommitResult, History, Listing, Row, Timestamp, TrimResult
 
+# What one catch-up read (``Storage.changes``) holds at most by default, in keys, ids and
+# values: a watcher replaying a table of large values must not pull it in at once.
+CHANGES_MAX_BYTES = 8 * 1024 * 1024
+
 T = TypeVar("T")
 
 __all__ = ["Fence", "HistoryLimit", "LockState", "PeerReport", "Storage", "check_limit",
@@ -187,12 +191,13 @@ class Storage(Protocol):
         ...
 
     async def changes(self, key: str | None, prefix: str, after: Timestamp,
-                      limit: int) -> Changes:
+                      limit: int, max_bytes: int = CHANGES_MAX_BYTES) -> Changes:
         """Rows of one key (``key``) or under ``prefix`` committed after ``after``, as
         whole commits, oldest first, rows of a commit in (key, id) order; tombstones
         with value None. A key-range read of the primary key (strong), keeping only the
         rows after ``after``: its cost follows the rows under the filter. At most about
-        ``limit`` rows (``limit`` is above any commit's row count): when more are
+        ``limit`` rows (``limit`` is above any commit's row count) and ``max_bytes``
+        bytes of keys, ids and values (but always a first commit whole): when more are
         newer, the oldest whole commits are returned with ``complete`` False and
         ``upto`` the last one's timestamp; else ``upto`` is the read's timestamp."""
         ...

@@ -40,7 +40,7 @@ from ..types import (
     Timestamp,
     TrimResult,
 )
-from .base import Fence, HistoryLimit, LockState, PeerReport
+from .base import CHANGES_MAX_BYTES, Fence, HistoryLimit, LockState, PeerReport
 
 __all__ = ["FAILED", "NOT_LEADER", "OK", "READ_OPS", "WRITE_OPS", "ModelStorage", "model_url"]
 
@@ -232,11 +232,11 @@ class ModelStorage:
         return int(await self._call("expire", int(before), max(0, max_rows), _fence(fence)))
 
     async def changes(self, key: str | None, prefix: str, after: Timestamp,
-                      limit: int) -> Changes:
+                      limit: int, max_bytes: int = CHANGES_MAX_BYTES) -> Changes:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         commits, upto, complete = await self._call("changes", key, prefix, int(after), limit,
-                                                   self.retention_s)
+                                                   self.retention_s, max_bytes)
         return Changes([(Timestamp(ts), [Change(k, i, v) for k, i, v in rows])
                         for ts, rows in commits], Timestamp(upto), complete)
 

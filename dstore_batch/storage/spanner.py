@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import datetime as _dt
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -54,6 +55,7 @@ from . import (
     young_from,
 )
 from .base import (
+    CHANGES_MAX_BYTES,
     Fence,
     HistoryLimit,
     LockState,
@@ -584,28 +586,40 @@ class SpannerStorage:
         return _chunked(chunk, keyset, end, rows)
 
     async def changes(self, key: str | None, prefix: str, after: Timestamp,
-                      limit: int) -> Changes:
+                      limit: int, max_bytes: int = CHANGES_MAX_BYTES) -> Changes:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        end: str | None
+        # Only the rows after ``after`` leave the database, oldest first, and the
+        # stream is left once a page is full: a catch-up page costs what it returns on
+        # the wire, not the filter's whole range (a watcher replaying a table of large
+        # values read all of it for every page). No LIMIT: it could cut a commit.
+        where = ["timestamp > @after"]
+        params: dict[str, Any] = {"after": _to_spanner_ts(after)}
+        types: dict[str, Any] = {"after": param_types.TIMESTAMP}
         if key is not None:
-            keyset, end = KeySet(ranges=[KeyRange(start_closed=[key], end_closed=[key])]), None
-        else:
+            where.append("key = @key")
+            params["key"], types["key"] = key, param_types.STRING
+        elif prefix:
+            where.append("key >= @prefix")
+            params["prefix"], types["prefix"] = prefix, param_types.STRING
             end = prefix_end(prefix)
-            bounds: dict[str, list[str]] = {}
-            if prefix:
-                bounds["start_closed"] = [prefix]
             if end is not None:
-                bounds["end_open"] = [end]
-            keyset = KeySet(ranges=[KeyRange(**bounds)]) if bounds else KeySet(all_=True)
+                where.append("key < @end")
+                params["end"], types["end"] = end, param_types.STRING
+        sql = (f"SELECT key, id, value, timestamp FROM {self.log_table} "
+               f"WHERE {' AND '.join(where)} ORDER BY timestamp, key, id")
 
         def read() -> Changes:
-            # The whole range is read (rows are in key order, not time order); only the
-            # rows after `after` are kept, and of those about `limit`.
-            seen: list[Timestamp] = []
-            rows = self._range_rows(keyset, end, ("key", "id", "value", "timestamp"),
-                                    MAX_READ_CHUNK, None, seen)
-            commits, complete = collect_changes(self._visible(rows, seen), after, limit)
+            with self._db.snapshot() as snap:
+                result = snap.execute_sql(sql, params=params, param_types=types,
+                                          **self._bound())
+                stream = iter(result)
+                first = next(stream, None)
+                seen = [_read_timestamp(result, snap)]
+                rows = self._visible(itertools.chain([first] if first else [], stream),
+                                     seen)
+                commits, complete = collect_changes(rows, after, limit, max_bytes,
+                                                    ordered=True)
             return Changes(commits, seen[0] if complete else commits[-1][0], complete)
 
         return await self._read_call(read)

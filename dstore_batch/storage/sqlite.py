@@ -46,6 +46,7 @@ from . import (
     young_from,
 )
 from .base import (
+    CHANGES_MAX_BYTES,
     Fence,
     HistoryLimit,
     LockState,
@@ -359,7 +360,7 @@ class SQLiteStorage:
                               transient=isinstance(exc, sqlite3.OperationalError)) from exc
 
     async def changes(self, key: str | None, prefix: str, after: Timestamp,
-                      limit: int) -> Changes:
+                      limit: int, max_bytes: int = CHANGES_MAX_BYTES) -> Changes:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         where: list[str] = ["timestamp > ?"]
@@ -377,7 +378,7 @@ class SQLiteStorage:
             now = _read_timestamp(c)
             found = c.execute(sql, [*args, self._horizon(now)])
             commits, complete = collect_changes(
-                ((r[0], r[1], r[2], Timestamp(r[3])) for r in found), after, limit)
+                ((r[0], r[1], r[2], Timestamp(r[3])) for r in found), after, limit, max_bytes)
             return Changes(commits, now if complete else commits[-1][0], complete)
 
         try:

@@ -12,7 +12,7 @@ import pytest
 from dstore_batch.core import watch as watch_module
 from dstore_batch.core.store import StoreCore
 from dstore_batch.core.watch import Watcher
-from dstore_batch.errors import CompactedError, InvalidInputError
+from dstore_batch.errors import BusyError, CompactedError, InvalidInputError
 from dstore_batch.types import Change, Changes, Row, Timestamp, WatchEvent
 from tests.helpers import local_config as config
 
@@ -280,7 +280,7 @@ class BrokenSource:
     """A change source whose reads fail with a bug (not a database error)."""
 
     async def changes(self, key: str | None, prefix: str, after: Timestamp,
-                      limit: int) -> Changes:
+                      limit: int, max_bytes: int = 0) -> Changes:
         raise RuntimeError("a bug in the catch-up read")
 
     async def read_timestamp(self) -> Timestamp:
@@ -319,3 +319,73 @@ async def test_a_watcher_behind_what_retention_keeps_is_told_so(core: StoreCore)
         core.watch(prefix="c/", since=first.timestamp)
     assert caught.value.oldest == str(now) and caught.value.http_status == 410
     core.watch(prefix="c/", since=now)  # from the oldest position on: fine
+
+
+class CountingSource:
+    """A change source that counts its reads and holds each until released."""
+
+    def __init__(self, inner: watch_module.ChangeSource) -> None:
+        self.inner = inner
+        self.reads = 0
+        self.gate = asyncio.Event()
+
+    async def changes(self, key: str | None, prefix: str, after: Timestamp,
+                      limit: int, max_bytes: int = 0) -> Changes:
+        self.reads += 1
+        await self.gate.wait()
+        return await self.inner.changes(key, prefix, after, limit, max_bytes)
+
+    async def read_timestamp(self) -> Timestamp:
+        return await self.inner.read_timestamp()
+
+
+async def test_watchers_that_need_the_same_page_share_one_read(core: StoreCore) -> None:
+    for i in range(5):
+        await core.put(f"s/{i}", "v" * 1000)
+    source = CountingSource(core.storage)
+    core.watch_hub.source = source
+    watchers = [core.watch(prefix="s/", since=Timestamp(0)) for _ in range(5)]
+    other = core.watch(prefix="t/", since=Timestamp(0))
+    await asyncio.sleep(0.1)  # every watcher is waiting on a read
+    source.gate.set()
+    got = [await take(w, 6) for w in watchers]
+    assert all([e.kind for e in g] == ["put"] * 5 + ["caught_up"] for g in got)
+    # One read for the five "s/" watchers (the same page, at once), one for "t/".
+    assert source.reads == 2
+    # And the same events: the page's chunks are made once for all of them.
+    assert all(g[0] is got[0][0] for g in got)
+    for w in (*watchers, other):
+        await w.aclose()
+
+
+async def test_the_watch_budget_is_shared_and_bounds_the_watchers(
+        core: StoreCore) -> None:
+    hub = core.watch_hub
+    hub.memory_bytes = 4 * watch_module.MIN_QUOTA_BYTES
+    hub.max_watchers = 4
+    assert hub.quota() == watch_module.MIN_QUOTA_BYTES * 4  # none yet: one share
+    watchers = [core.watch(prefix="q/") for _ in range(2)]
+    assert hub.quota() == 2 * watch_module.MIN_QUOTA_BYTES
+    watchers += [core.watch(prefix="q/") for _ in range(2)]
+    assert hub.quota() == watch_module.MIN_QUOTA_BYTES
+    with pytest.raises(BusyError, match="watch memory"):
+        core.watch(prefix="q/")
+    await watchers.pop().aclose()
+    watchers.append(core.watch(prefix="q/"))  # room again once one left
+    for w in watchers:
+        await w.aclose()
+
+
+async def test_a_slow_watcher_queue_holds_its_share_but_always_one_commit(
+        core: StoreCore) -> None:
+    hub = core.watch_hub
+    hub.memory_bytes = watch_module.MIN_QUOTA_BYTES  # one watcher: a 128 KiB share
+    watcher = core.watch(prefix="big/")
+    assert (await take(watcher, 1))[0].kind == "caught_up"
+    big = "x" * (2 * watch_module.MIN_QUOTA_BYTES)  # one commit over the share
+    await core.put("big/1", big)
+    await core.put("big/2", big)  # a second: the queue overflows to storage
+    events = await take(watcher, 2)
+    assert [e.key for e in events] == ["big/1", "big/2"]
+    assert (core.metrics.registry.get_sample_value("dstore_watch_overflows_total") or 0) >= 1
+    await watcher.aclose()

@@ -43,7 +43,7 @@ from ...storage import (
     resolve_commit,
     young_from,
 )
-from ...storage.base import peer_row_prefix
+from ...storage.base import CHANGES_MAX_BYTES, peer_row_prefix
 from ...storage.model import FAILED, NOT_LEADER, OK, WRITE_OPS
 from ...types import NO_APPEND_ID, Latest, Row, Timestamp
 
@@ -314,7 +314,8 @@ class ModelDatabase:
 
     def op_changes(self, db: _Database, log_table: str, lock_table: str, key: str | None,
                    prefix: str, after: int, limit: int,
-                   retention_s: float | None = None) -> list[Any]:
+                   retention_s: float | None = None,
+                   max_bytes: int = CHANGES_MAX_BYTES) -> list[Any]:
         now = self.clock.read()
         cut = horizon(now, retention_s)
         table = db.log(log_table)
@@ -324,7 +325,7 @@ class ModelDatabase:
                 for id_, (value, ts) in table.rows.get(key, {}).items() if ts >= cut)
         else:
             rows = self._range(table, prefix, None, cut)
-        commits, complete = collect_changes(rows, Timestamp(after), limit)
+        commits, complete = collect_changes(rows, Timestamp(after), limit, max_bytes)
         return [[[int(ts), [list(c) for c in changes]] for ts, changes in commits],
                 now if complete else int(commits[-1][0]), complete]
 
