@@ -9,6 +9,7 @@ import pytest
 
 from dstore_batch.errors import (
     BusyError,
+    ConflictError,
     DeadlineExceededError,
     InvalidInputError,
     LinkLostError,
@@ -18,11 +19,14 @@ from dstore_batch.errors import (
 )
 from dstore_batch.tools.checker.check import CHECKS, FinalRead, Report, check_history
 from dstore_batch.tools.checker.history import (
+    ABSENT,
     EmulatorRestart,
     History,
     Op,
     PutItem,
     Seen,
+    WatchConnection,
+    WatchStream,
     classify,
 )
 from dstore_batch.tools.checker.runner import parse_faults
@@ -77,6 +81,37 @@ def only(report: Report) -> dict[str, int]:
     return {k: v for k, v in report.counts.items() if v}
 
 
+def cond_put(h: History, start: float, end: float, key: str, rid: str, cond: str, *,
+             ack: int | None = None, latest: str | None = None) -> Op:
+    """A conditional put: acked at ``ack``, or refused naming ``latest`` as newest."""
+    op = h.invoke_put("n1", "p2", [PutItem(key, rid, value(rid), cond)], at=start)
+    if ack is not None:
+        h.ok_put(op, [ts(ack)], at=end)
+    else:
+        h.error(op, ConflictError("conflict", latest=None if latest is None else
+                                  {"id": latest, "timestamp": "", "deleted": False}), at=end)
+    return op
+
+
+def stream(h: History, since: int, *rows: tuple[str, str, int], caught_up: int = 0,
+           name: str = "w0") -> WatchConnection:
+    """A watch of everything from ``since`` that delivered ``rows`` ((key, id, ts)),
+    then caught_up at ``caught_up`` (0: none); each row's resume is its commit's last."""
+    conn = WatchConnection("n1", ts(since), 0.0)
+    for n, (key, rid, t) in enumerate(rows):
+        last = n + 1 == len(rows) or rows[n + 1][2] != t
+        conn.events.append(("put", key, rid, ts(t), ts(t) if last else ts(t - 1)))
+    if caught_up:
+        conn.events.append(("caught_up", "", "", ts(caught_up), ts(caught_up)))
+    h.watches.append(WatchStream(name, "", [conn]))
+    return conn
+
+
+LOG = (("a", "r1", 10), ("a", "r5", 15), ("a", "r2", 20), ("b", "r3", 21), ("a", "r4", 22),
+       ("b", "r7", 30), ("c", "r9", 40), ("d", "r10", 40), ("c", "r11", 50),
+       ("e", "r12", 60))
+
+
 def clean_history() -> tuple[History, list[FinalRead]]:
     h = History()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
@@ -88,8 +123,17 @@ def clean_history() -> tuple[History, list[FinalRead]]:
     get(h, 1.35, 1.4, "a", ("r1", 10), ("r2", 20), ("r4", 22))  # r5 not acked yet: fine
     get(h, 3.0, 3.1, "a", ("r1", 10), ("r2", 20), ("r4", 22), ("r5", 15))
     get(h, 3.0, 3.1, "b", ("r3", 21), ("r7", 30))
+    atomic = h.invoke_put("n1", "p2", [PutItem("c", "r9", value("r9")),
+                                       PutItem("d", "r10", value("r10"))],
+                          atomic=True, at=3.2)
+    h.ok_put(atomic, [ts(40), ts(40)], at=3.3)
+    cond_put(h, 3.5, 3.6, "c", "r11", "r9", ack=50)
+    cond_put(h, 3.7, 3.8, "c", "r13", "r9", latest="r11")  # refused: r11 is newest
+    cond_put(h, 3.7, 3.8, "e", "r12", ABSENT, ack=60)
+    stream(h, 0, *LOG, caught_up=70)
     return h, [*final("a", ("r1", 10), ("r5", 15), ("r2", 20), ("r4", 22)),
-               *final("b", ("r3", 21), ("r7", 30))]
+               *final("b", ("r3", 21), ("r7", 30)), *final("c", ("r9", 40), ("r11", 50)),
+               *final("d", ("r10", 40)), *final("e", ("r12", 60))]
 
 
 def test_a_clean_history_has_no_anomaly() -> None:
@@ -97,9 +141,9 @@ def test_a_clean_history_has_no_anomaly() -> None:
     report = check_history(h, reads)
     assert report.total == 0, report.anomalies
     assert set(report.counts) == set(CHECKS)
-    assert report.rows["ok"] == 5 and report.rows["failed"] == 1
+    assert report.rows["ok"] == 9 and report.rows["failed"] == 2
     assert report.rows["unknown_stored"] == 1 and report.rows["unknown_absent"] == 1
-    assert report.gets_checked == 3 and report.final_reads == 6 and report.keys == 2
+    assert report.gets_checked == 3 and report.final_reads == 15 and report.keys == 5
     # Not vacuous: every check examined something.
     assert all(report.checked[k] > 0 for k in CHECKS), report.checked
 
@@ -348,3 +392,123 @@ def test_parse_faults() -> None:
     assert parse_faults("none") == ()
     with pytest.raises(ValueError, match="unknown fault"):
         parse_faults("kill,flood")
+
+
+# -- atomic, conditional and watch oracles (oracles.py) ------------------------------------
+
+
+def atomic_put(h: History, *acks: int, outcome: str = "ok") -> Op:
+    op = h.invoke_put("n1", "p2", [PutItem("c", "r9", value("r9")),
+                                   PutItem("d", "r10", value("r10"))], atomic=True, at=1.0)
+    if outcome == "ok":
+        h.ok_put(op, [ts(a) for a in acks], at=1.1)
+    else:
+        h.unknown(op, "deadline", at=1.1)
+    return op
+
+
+def test_an_atomic_put_acked_with_two_timestamps() -> None:
+    h = History()
+    atomic_put(h, 40, 41)
+    report = check_history(h, [*final("c", ("r9", 40)), *final("d", ("r10", 41))])
+    assert only(report) == {"atomic_split": 2}  # the acks, and the stored timestamps
+
+
+def test_an_atomic_put_stored_in_part() -> None:
+    h = History()
+    atomic_put(h, outcome="unknown")  # whatever its outcome: all of it or none
+    report = check_history(h, [*final("c", ("r9", 40)), *final("d")])
+    assert only(report) == {"atomic_split": 1}
+    assert "1 of 2 rows stored" in report.anomalies[0].message
+
+
+def test_an_atomic_put_stored_whole_or_not_at_all_passes() -> None:
+    h = History()
+    atomic_put(h, outcome="unknown")
+    assert check_history(h, [*final("c"), *final("d")]).total == 0
+
+
+def test_if_latest_stored_over_another_newest_row() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("c", "r9"), acks=(40,))
+    put(h, 1.2, 1.3, ("c", "r14"), acks=(45,))
+    cond_put(h, 1.2, 1.4, "c", "r11", "r9", ack=50)  # r14 came between: must be refused
+    report = check_history(h, final("c", ("r9", 40), ("r14", 45), ("r11", 50)))
+    assert only(report) == {"cas_violation": 1}
+    assert report.anomalies[0].row_id == "r11"
+
+
+def test_if_absent_stored_over_a_row() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("e", "r1"), acks=(10,))
+    op = h.invoke_put("n1", "p2", [PutItem("e", "r2", value("r2"), ABSENT)], at=1.2)
+    h.unknown(op, "deadline", at=5.0)  # an unknown outcome is held to it all the same
+    report = check_history(h, final("e", ("r1", 10), ("r2", 20)))
+    assert only(report) == {"cas_violation": 1}
+
+
+def test_a_conflict_that_named_a_replaced_row() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("c", "r9"), acks=(40,))
+    cond_put(h, 1.2, 1.3, "c", "r11", "r9", ack=50)
+    # Sent after r11 was acked, yet refused naming r9 as the newest row: a stale read.
+    cond_put(h, 1.5, 1.6, "c", "r13", "r9", latest="r9")
+    report = check_history(h, final("c", ("r9", 40), ("r11", 50)))
+    assert only(report) == {"cas_stale_conflict": 1}
+    # The same conflict while r11 was still in flight is fine.
+    h2 = History()
+    put(h2, 1.0, 1.1, ("c", "r9"), acks=(40,))
+    cond_put(h2, 1.2, 1.6, "c", "r11", "r9", ack=50)
+    cond_put(h2, 1.5, 1.7, "c", "r13", "r9", latest="r9")
+    assert check_history(h2, final("c", ("r9", 40), ("r11", 50))).total == 0
+
+
+def log_reads() -> list[FinalRead]:
+    by_key: dict[str, list[tuple[str, int]]] = {}
+    for key, rid, t in LOG:
+        by_key.setdefault(key, []).append((rid, t))
+    return [r for key, rows in by_key.items() for r in final(key, *rows)]
+
+
+def log_history() -> History:
+    h = History()
+    for key, rid, t in LOG:
+        put(h, 1.0, 1.1, (key, rid), acks=(t,))
+    return h
+
+
+def test_a_watch_stream_that_skipped_a_row() -> None:
+    h = log_history()
+    stream(h, 0, *[r for r in LOG if r[1] != "r5"], caught_up=70)
+    report = check_history(h, log_reads())
+    assert only(report) == {"watch_gap": 1}
+    assert report.anomalies[0].row_id == "r5"
+
+
+def test_a_watch_stream_is_held_only_up_to_its_last_position() -> None:
+    h = log_history()
+    stream(h, 12, *LOG[2:5])  # from 12: r5 (15) is after the start and was not delivered
+    report = check_history(h, log_reads())
+    assert only(report) == {"watch_gap": 1}
+    h2 = log_history()
+    stream(h2, 15, *LOG[2:5])  # up to r4 (22): nothing after it is owed yet
+    assert check_history(h2, log_reads()).total == 0
+
+
+def test_a_watch_stream_out_of_order_or_caught_up_twice() -> None:
+    h = log_history()
+    swapped = (LOG[0], LOG[2], LOG[1], *LOG[3:])
+    stream(h, 0, *swapped, caught_up=70)
+    conn = stream(h, 0, *LOG, caught_up=70, name="w1")
+    conn.events.append(("caught_up", "", "", ts(71), ts(71)))
+    report = check_history(h, log_reads())
+    assert only(report) == {"watch_order": 3}  # r5 after r2, its position back; twice
+
+
+def test_a_watch_event_for_a_row_not_stored() -> None:
+    h = log_history()
+    stream(h, 0, *LOG, ("z", "r99", 65), caught_up=70)
+    wrong = (("a", "r1", 11), *LOG[1:])  # r1 at another timestamp
+    stream(h, 0, *wrong, caught_up=70, name="w1")
+    report = check_history(h, log_reads())
+    assert only(report) == {"watch_phantom": 2}

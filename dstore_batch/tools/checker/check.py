@@ -23,6 +23,7 @@ from typing import Any
 
 from ...types import Timestamp
 from .history import History, Op, Seen
+from .oracles import ORACLE_CHECKS, check_atomic, check_cas, check_watches, final_logs
 
 __all__ = ["CHECKS", "Anomaly", "FinalRead", "Report", "check_history"]
 
@@ -41,6 +42,7 @@ CHECKS: dict[str, str] = {
     "phantom_row": "a row nobody put, with another value, or read before it was sent",
     "vanished_row": "a row a get returned is missing from the final state (same epoch)",
     "node_disagreement": "the final reads of a key through two nodes differ",
+    **ORACLE_CHECKS,
 }
 
 
@@ -214,6 +216,9 @@ class _Checker:
         self.check_nodes_agree()
         self.check_real_time_order()
         self.check_final_order()
+        logs = final_logs((f.node, f.key, f.rows) for f in self.final)
+        for oracle in (check_atomic, check_cas, check_watches):
+            oracle(self.history, logs, self.add, self.checked)
         counts = {name: 0 for name in CHECKS}
         for a in self.anomalies:
             counts[a.check] += 1

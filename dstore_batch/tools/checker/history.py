@@ -23,10 +23,17 @@ from typing import Any, Literal
 
 import aiohttp
 
-from ...errors import DstoreError, OutcomeUnknownError, RejectedError, UnavailableError
+from ...errors import (
+    ConflictError,
+    DstoreError,
+    OutcomeUnknownError,
+    RejectedError,
+    UnavailableError,
+)
 from ...types import Timestamp
 
 __all__ = [
+    "ABSENT",
     "EmulatorRestart",
     "FaultEvent",
     "History",
@@ -35,6 +42,8 @@ __all__ = [
     "Outcome",
     "PutItem",
     "Seen",
+    "WatchConnection",
+    "WatchStream",
     "classify",
 ]
 
@@ -64,11 +73,72 @@ def classify(exc: BaseException) -> tuple[Outcome, str]:
 
 @dataclass(frozen=True, slots=True)
 class PutItem:
-    """One item of a put: its key, client row id and value."""
+    """One item of a put: its key, client row id and value, and its condition: None,
+    ``ABSENT`` (``if_absent``) or the row id the key's newest row must have
+    (``if_latest``)."""
 
     key: str
     id: str
     value: str
+    cond: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """The item as ``/v1/put`` and ``/v1/put_many`` take it."""
+        out: dict[str, Any] = {"key": self.key, "value": self.value, "id": self.id}
+        if self.cond == ABSENT:
+            out["if_absent"] = True
+        elif self.cond is not None:
+            out["if_latest"] = self.cond
+        return out
+
+    def to_list(self) -> list[str]:
+        return [self.key, self.id, self.value] + ([self.cond] if self.cond else [])
+
+
+ABSENT = "\x00absent"  # PutItem.cond of an if_absent item (no row id looks like it)
+
+
+@dataclass(slots=True)
+class WatchConnection:
+    """One SSE stream of a watcher: where it started, what it delivered (``(kind, key,
+    id, timestamp, resume)``, markers with empty key and id), and how it ended."""
+
+    node: str
+    since: Timestamp | None
+    start: float
+    events: list[tuple[str, str, str, Timestamp, Timestamp]] = field(default_factory=list)
+    end: float | None = None
+    ended: str = ""  # why: "closed" (the watcher moved on), an event kind, an error
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "since": None if self.since is None else str(self.since),
+                "start": self.start, "end": self.end, "ended": self.ended,
+                "events": [[k, key, i, str(t), str(r)] for k, key, i, t, r in self.events]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WatchConnection:
+        return cls(d["node"], None if d["since"] is None else Timestamp.parse(d["since"]),
+                   d["start"], [(k, key, i, Timestamp.parse(t), Timestamp.parse(r))
+                                for k, key, i, t, r in d["events"]], d["end"], d["ended"])
+
+
+@dataclass(slots=True)
+class WatchStream:
+    """One watcher of a prefix, over its streams in order (each resumes from the last
+    event's id the one before delivered)."""
+
+    name: str
+    prefix: str
+    connections: list[WatchConnection] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "prefix": self.prefix,
+                "connections": [c.to_dict() for c in self.connections]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WatchStream:
+        return cls(d["name"], d["prefix"],
+                   [WatchConnection.from_dict(c) for c in d["connections"]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +163,8 @@ class Op:
     items: tuple[PutItem, ...] = ()  # puts
     key: str | None = None  # gets
     retry_of: int | None = None  # the op whose ids this put re-sends
+    atomic: bool = False  # a put_many whose items commit together or not at all
+    latest: str | None = None  # a conflict (409): the newest row's id it named ("": none)
     complete: float | None = None
     complete_wall: float | None = None
     outcome: Outcome | None = None
@@ -119,10 +191,14 @@ class Op:
             out["key"] = self.key
             out["seen"] = [[s.id, str(s.timestamp), s.value] for s in self.seen]
         else:
-            out["items"] = [[i.key, i.id, i.value] for i in self.items]
+            out["items"] = [i.to_list() for i in self.items]
             out["acks"] = [str(t) for t in self.acks]
             if self.retry_of is not None:
                 out["retry_of"] = self.retry_of
+            if self.atomic:
+                out["atomic"] = True
+            if self.latest is not None:
+                out["latest"] = self.latest
         return out
 
     @classmethod
@@ -130,8 +206,9 @@ class Op:
         return cls(
             index=int(d["index"]), kind=d["kind"], node=d["node"], process=d["process"],
             invoke=float(d["invoke"]), invoke_wall=float(d["invoke_wall"]),
-            items=tuple(PutItem(k, i, v) for k, i, v in d.get("items", ())),
-            key=d.get("key"), retry_of=d.get("retry_of"),
+            items=tuple(PutItem(*item) for item in d.get("items", ())),
+            key=d.get("key"), retry_of=d.get("retry_of"), atomic=bool(d.get("atomic")),
+            latest=d.get("latest"),
             complete=d.get("complete"), complete_wall=d.get("complete_wall"),
             outcome=d.get("outcome"), error=d.get("error"),
             acks=tuple(Timestamp.parse(t) for t in d.get("acks", ())),
@@ -181,11 +258,12 @@ class EmulatorRestart:
 
 @dataclass
 class History:
-    """Operations in invoke order, fault events, emulator restarts."""
+    """Operations in invoke order, fault events, emulator restarts, watchers."""
 
     ops: list[Op] = field(default_factory=list)
     faults: list[FaultEvent] = field(default_factory=list)
     restarts: list[EmulatorRestart] = field(default_factory=list)
+    watches: list[WatchStream] = field(default_factory=list)
 
     # -- recording (``at``: a monotonic time, for hand-made histories) -------------------
 
@@ -197,10 +275,10 @@ class History:
 
     def invoke_put(self, node: str, process: str, items: Sequence[PutItem], *,
                    kind: OpKind | None = None, retry_of: int | None = None,
-                   at: float | None = None) -> Op:
+                   atomic: bool = False, at: float | None = None) -> Op:
         mono, wall = self._times(at)
         op = Op(len(self.ops), kind or ("put" if len(items) == 1 else "put_many"), node,
-                process, mono, wall, items=tuple(items), retry_of=retry_of)
+                process, mono, wall, items=tuple(items), retry_of=retry_of, atomic=atomic)
         self.ops.append(op)
         return op
 
@@ -239,9 +317,12 @@ class History:
         op.error = error
 
     def error(self, op: Op, exc: BaseException, *, at: float | None = None) -> Outcome:
-        """Complete ``op`` with the outcome ``exc`` means (``classify``); return it."""
+        """Complete ``op`` with the outcome ``exc`` means (``classify``); return it. A
+        conflict records the newest row it named (``Op.latest``)."""
         outcome, label = classify(exc)
         (self.fail if outcome == "failed" else self.unknown)(op, label, at=at)
+        if isinstance(exc, ConflictError):
+            op.latest = str(exc.latest["id"]) if exc.latest is not None else ""
         return outcome
 
     # -- summaries ------------------------------------------------------------------------
@@ -259,13 +340,15 @@ class History:
     def to_dict(self) -> dict[str, Any]:
         return {"ops": [op.to_dict() for op in self.ops],
                 "faults": [f.to_dict() for f in self.faults],
-                "restarts": [[r.begin, r.end] for r in self.restarts]}
+                "restarts": [[r.begin, r.end] for r in self.restarts],
+                "watches": [w.to_dict() for w in self.watches]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:
         return cls(ops=[Op.from_dict(o) for o in d["ops"]],
                    faults=[FaultEvent.from_dict(f) for f in d.get("faults", ())],
-                   restarts=[EmulatorRestart(b, e) for b, e in d.get("restarts", ())])
+                   restarts=[EmulatorRestart(b, e) for b, e in d.get("restarts", ())],
+                   watches=[WatchStream.from_dict(w) for w in d.get("watches", ())])
 
     def dump(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict()))

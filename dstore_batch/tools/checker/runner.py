@@ -39,7 +39,7 @@ from ...testing.faultproxy import FaultProxy
 from ...types import Timestamp
 from .check import CHECKS, FinalRead, Report, check_history
 from .faults import FAULT_KINDS, Faults, Rig
-from .history import History, Op, PutItem, Seen
+from .history import ABSENT, History, Op, PutItem, Seen, WatchConnection, WatchStream
 
 __all__ = ["CheckConfig", "CheckResult", "parse_faults", "recheck", "run_check", "run_checker"]
 
@@ -53,6 +53,8 @@ MAX_RETRIES = 2  # re-sends, with the same ids, of a put whose outcome is unknow
 # How long each fault takes, heal and re-election included (for the schedule only).
 ESTIMATE_S = {"kill": 4.5, "stop": 4.0, "peer-partition": 6.5, "db-partition": 4.0,
               "db-latency": 4.5, "emulator-restart": 1.5}
+WATCH_RECONNECT_S = (3.0, 8.0)  # a watcher moves to the next node this often
+HOT_KEYS = 3  # keys per window that conditional puts contend on
 IMPATIENT_S = 1.5  # the request timeout of every other producer: it gives up early and
 # re-sends the same ids elsewhere while the first request may still be in flight
 
@@ -141,18 +143,48 @@ class Workload:
         self.stop = asyncio.Event()
         self._seq = 0
         self.timeouts: dict[str, aiohttp.ClientTimeout] = {}  # per producer
+        # Where the watchers start: before anything this run writes.
+        self.since = Timestamp(time.time_ns() - 10**9)
 
     def key(self, rng: random.Random) -> str:
         window = int((time.monotonic() - self.t0) / WINDOW_S)
         return f"{self.tag}-w{window}-k{rng.randrange(self.config.keys)}"
 
+    def hot_key(self, rng: random.Random) -> str:
+        """One of a few keys per window that conditional puts contend on."""
+        window = int((time.monotonic() - self.t0) / WINDOW_S)
+        return f"{self.tag}-w{window}-hot{rng.randrange(HOT_KEYS)}"
+
+    def item(self, rng: random.Random, producer: str, key: str,
+             cond: str | None = None) -> PutItem:
+        self._seq += 1
+        rid = f"{self.tag}-{producer}-{self._seq}"
+        return PutItem(key, rid, f"{rid}|{'x' * rng.randrange(8, 64)}", cond)
+
     def items(self, rng: random.Random, producer: str, count: int) -> list[PutItem]:
-        out = []
-        for _ in range(count):
-            self._seq += 1
-            rid = f"{self.tag}-{producer}-{self._seq}"
-            out.append(PutItem(self.key(rng), rid, f"{rid}|{'x' * rng.randrange(8, 64)}"))
-        return out
+        return [self.item(rng, producer, self.key(rng)) for _ in range(count)]
+
+    async def latest(self, http: aiohttp.ClientSession, node: NodeProcess, process: str,
+                     key: str) -> str | None:
+        """The condition a CAS on ``key`` sets now: ``ABSENT``, or the newest row's id
+        (None: the read failed). The read is a get of the history like any other."""
+        seen = await self.get(http, node, process, key)
+        if seen is None:
+            return None
+        return seen[0].id if seen else ABSENT
+
+    async def cas_items(self, http: aiohttp.ClientSession, node: NodeProcess,
+                        process: str, rng: random.Random) -> list[PutItem] | None:
+        """A conditional put on a hot key (alone, or atomic with 1-2 plain items)."""
+        key = self.hot_key(rng)
+        cond = await self.latest(http, node, process, key)
+        if cond is None:
+            return None
+        items = [self.item(rng, process, key, cond)]
+        if rng.random() < 0.4:
+            items += [self.item(rng, process, k)
+                      for k in {self.key(rng) for _ in range(rng.randrange(1, 3))}]
+        return items
 
     async def producer(self, n: int, http: aiohttp.ClientSession) -> None:
         rng = random.Random(self.seed * 1000 + n)
@@ -163,33 +195,48 @@ class Workload:
         while not self.stop.is_set():
             node = rng.choice(self.nodes)
             r = rng.random()
-            if r < 0.2:
-                outcome = await self.get(http, node, name, self.key(rng))
-            else:
-                count = 1 if r < 0.6 else rng.randrange(2, 7)
+            outcome = "failed"
+            items: list[PutItem] | None = None
+            atomic = False
+            if r < 0.15:
+                outcome = "ok" if await self.get(http, node, name, self.key(rng)) is not None \
+                    else "failed"
+            elif r < 0.8:
+                count = 1 if r < 0.45 else rng.randrange(2, 7)
                 items = self.items(rng, name, count)
-                outcome, first = await self.put(http, node, name, items)
+                # Atomic: 2-3 distinct keys in one commit (or none of them).
+                atomic = r >= 0.65
+                if atomic:
+                    items = list({i.key: i for i in items[:3]}.values())
+            else:
+                items = await self.cas_items(http, node, name, rng)
+                atomic = items is not None and len(items) > 1
+            if items:
+                outcome, first = await self.put(http, node, name, items, atomic=atomic)
                 for _ in range(MAX_RETRIES):
                     if outcome != "unknown" or self.stop.is_set():
                         break
                     await asyncio.sleep(rng.uniform(0.05, 0.3))
                     node = rng.choice([m for m in self.nodes if m is not node] or self.nodes)
-                    outcome, _ = await self.put(http, node, name, items, retry_of=first.index)
+                    outcome, _ = await self.put(http, node, name, items, retry_of=first.index,
+                                                atomic=atomic)
             if outcome != "ok":
                 await asyncio.sleep(0.05)  # do not spin on a dead or stopped node
             await asyncio.sleep(rng.uniform(0.0, 0.02))
 
     async def put(self, http: aiohttp.ClientSession, node: NodeProcess, process: str,
-                  items: list[PutItem], retry_of: int | None = None) -> tuple[str, Op]:
-        op = self.history.invoke_put(node.node_id, process, items, retry_of=retry_of)
+                  items: list[PutItem], retry_of: int | None = None,
+                  atomic: bool = False) -> tuple[str, Op]:
+        op = self.history.invoke_put(node.node_id, process, items, retry_of=retry_of,
+                                     atomic=atomic)
         single = len(items) == 1
-        wire = [{"key": i.key, "value": i.value, "id": i.id} for i in items]
+        wire = [i.wire() for i in items]
         try:
             if single:
                 body: Any = wire[0]
                 path = "/v1/put"
             else:
-                body, path = {"items": wire}, "/v1/put_many"
+                body, path = {"items": wire, "atomic": atomic}, "/v1/put_many"
             async with http.post(node.url + path, json=body,
                                  timeout=self.timeouts[process]) as resp:
                 raw, status = await resp.read(), resp.status
@@ -210,23 +257,84 @@ class Workload:
         return self.history.error(op, _http_error(raw, status)), op
 
     async def get(self, http: aiohttp.ClientSession, node: NodeProcess, process: str,
-                  key: str) -> str:
+                  key: str) -> list[Seen] | None:
+        """A get of every row of ``key``, recorded; its rows (None if it failed)."""
         op = self.history.invoke_get(node.node_id, process, key)
         try:
             async with http.get(node.url + "/v1/get", params={"key": key, "limit": "all"},
                                 timeout=self.timeouts[process]) as resp:
                 raw, status = await resp.read(), resp.status
         except Exception as exc:
-            return self.history.error(op, exc)
+            self.history.error(op, exc)
+            return None
         if status != 200:
-            return self.history.error(op, _http_error(raw, status))
+            self.history.error(op, _http_error(raw, status))
+            return None
         try:
             seen = _rows(json.loads(raw))
         except (ValueError, KeyError, TypeError) as exc:
             self.history.unknown(op, f"bad_reply: {exc}: {raw[:200]!r}")
-            return "unknown"
+            return None
         self.history.ok_get(op, seen)
-        return "ok"
+        return seen
+
+    async def watcher(self, n: int, http: aiohttp.ClientSession) -> None:
+        """A watch of everything this run writes, over raw SSE: it starts on node ``n``,
+        and every few seconds (and after any end) goes on through the next node from the
+        last event's id (``Last-Event-ID``), recording every stream."""
+        rng = random.Random(self.seed * 1000 + 900 + n)
+        stream = WatchStream(f"w{n}", f"{self.tag}-")
+        self.history.watches.append(stream)
+        position: Timestamp | None = self.since
+        i = n
+        while not self.stop.is_set():
+            node = self.nodes[i % len(self.nodes)]
+            i += 1
+            conn = WatchConnection(node.node_id, position, time.monotonic())
+            stream.connections.append(conn)
+            try:
+                async with asyncio.timeout(rng.uniform(*WATCH_RECONNECT_S)):
+                    await self._stream(http, node, stream.prefix, conn)
+            except TimeoutError:
+                conn.ended = "closed"
+            except Exception as exc:
+                conn.ended = f"error: {type(exc).__name__}"
+            conn.end = time.monotonic()
+            if conn.events:
+                position = conn.events[-1][4]
+            if not conn.ended.startswith("closed"):
+                await asyncio.sleep(0.2)  # a node that is down: not in a tight loop
+
+    async def _stream(self, http: aiohttp.ClientSession, node: NodeProcess, prefix: str,
+                      conn: WatchConnection) -> None:
+        headers = {"Accept": "text/event-stream"}
+        if conn.since is not None:
+            headers["Last-Event-ID"] = str(conn.since)
+        timeout = aiohttp.ClientTimeout(total=None, connect=2.0, sock_read=20.0)
+        async with http.get(node.url + "/v1/watch", params={"prefix": prefix},
+                            headers=headers, timeout=timeout) as resp:
+            if resp.status != 200:
+                conn.ended = f"status {resp.status}"
+                return
+            kind, ident, data = "", "", ""
+            async for raw in resp.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("id: "):
+                    ident = line[4:]
+                elif line.startswith("data: "):
+                    data = line[6:]
+                elif not line and kind:
+                    body = json.loads(data)
+                    resume = Timestamp.parse(ident)
+                    conn.events.append((kind, body.get("key", ""), body.get("id", ""),
+                                        Timestamp.parse(body["timestamp"]), resume))
+                    if kind in ("lagged", "error", "compacted"):
+                        conn.ended = kind
+                        return
+                    kind = ""
+            conn.ended = "eof"
 
     async def client_producer(self, n: int, client: Client) -> None:
         """Puts through ``dstore_batch.Client``: it picks the node and retries by itself."""
@@ -258,7 +366,8 @@ def _http_error(raw: bytes, status: int) -> BaseException:
     unknown (the safe reading)."""
     try:
         error = json.loads(raw)["error"]
-        return error_from_code(str(error["code"]), str(error.get("message", "")))
+        return error_from_code(str(error["code"]), str(error.get("message", "")),
+                               details=error)
     except (ValueError, KeyError, TypeError):
         return error_from_code("outcome_unknown", f"HTTP {status}: {raw[:200]!r}")
 
@@ -348,6 +457,8 @@ class _Run:
                      for i in range(c.producers)]
             tasks += [asyncio.create_task(workload.client_producer(i, client))
                       for i in range(2)]
+            tasks += [asyncio.create_task(workload.watcher(i, http))
+                      for i in range(len(rig.cluster.nodes))]
             progress = asyncio.create_task(self.progress(workload))
             try:
                 await self.schedule(faults, c.seconds)

@@ -1,0 +1,260 @@
+"""The checks of atomic and conditional writes and of watch streams, against the final
+state (the final reads: every key's rows through every node).
+
+They read the final state as the log it is: per key, rows in timestamp order. An
+emulator restart empties the database, so only what the last epoch wrote is in it: rows
+and events with timestamps before the last restart began are left out, and so are
+operations that ran before it ended.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from ...types import Timestamp
+from .history import ABSENT, History, Seen, WatchConnection
+
+__all__ = ["ORACLE_CHECKS", "FinalLog", "check_atomic", "check_cas", "check_watches",
+           "final_logs"]
+
+ORACLE_CHECKS: dict[str, str] = {
+    "atomic_split": "an atomic put_many acked with two timestamps, or stored in part or "
+                    "at two timestamps",
+    "cas_violation": "a conditional row stored although its condition did not hold "
+                     "(if_absent over a row; if_latest over another newest row)",
+    "cas_stale_conflict": "a conflict (409) that named as newest a row another row had "
+                          "replaced, acked before the request was sent",
+    "watch_gap": "a watch stream skipped a row of its prefix between where it started "
+                 "and its last position",
+    "watch_order": "a watch stream delivered rows out of (timestamp, key, id) order, "
+                   "moved its position back, or sent caught_up twice",
+    "watch_phantom": "a watch event for a row that is not in the final state at that "
+                     "timestamp",
+}
+
+Add = Callable[..., None]  # _Checker.add(check, key, row_id, message, ops, dedupe=...)
+
+
+@dataclass(frozen=True, slots=True)
+class FinalRow:
+    key: str
+    id: str
+    timestamp: Timestamp
+
+
+class FinalLog:
+    """One node's final reads as a log: per key, rows oldest first; and every row of the
+    run's prefix in (timestamp, key, id) order."""
+
+    def __init__(self, node: str, reads: Iterable[tuple[str, Sequence[Seen]]]) -> None:
+        self.node = node
+        self.by_key: dict[str, list[Seen]] = {}
+        rows: list[FinalRow] = []
+        for key, seen in reads:
+            ordered = sorted(seen, key=lambda s: (s.timestamp, s.id))
+            self.by_key[key] = ordered
+            rows.extend(FinalRow(key, s.id, s.timestamp) for s in ordered)
+        rows.sort(key=lambda r: (r.timestamp, r.key, r.id))
+        self.rows = rows
+        self._stamps = [r.timestamp for r in rows]
+        self.where: dict[tuple[str, str], Timestamp] = {(r.key, r.id): r.timestamp
+                                                        for r in rows}
+
+    def between(self, after: Timestamp, upto: Timestamp) -> list[FinalRow]:
+        """Rows with ``after < timestamp <= upto``."""
+        lo = bisect.bisect_right(self._stamps, after)
+        hi = bisect.bisect_right(self._stamps, upto)
+        return self.rows[lo:hi]
+
+
+def epoch_cut(history: History) -> tuple[Timestamp, float]:
+    """(timestamp, monotonic time): what the final state can hold starts after both
+    (the last emulator restart's beginning and end; zero and -inf without one)."""
+    if not history.restarts:
+        return Timestamp(0), float("-inf")
+    last = history.restarts[-1]
+    ref = next((op for op in history.ops), None)
+    offset = (ref.invoke_wall - ref.invoke) if ref is not None else 0.0
+    return Timestamp(int((last.begin + offset) * 1e9)), last.end
+
+
+def _acked_at(history: History) -> dict[tuple[str, str], float]:
+    """When each row was first acked (monotonic)."""
+    out: dict[tuple[str, str], float] = {}
+    for op in history.ops:
+        if op.kind != "get" and op.outcome == "ok" and op.complete is not None:
+            for item in op.items:
+                k = (item.key, item.id)
+                out[k] = min(out.get(k, op.complete), op.complete)
+    return out
+
+
+def check_atomic(history: History, logs: Sequence[FinalLog], add: Add,
+                 checked: dict[str, int]) -> None:
+    """One timestamp per atomic request, in its acks and in the final state; all of its
+    rows stored, or none."""
+    _, after = epoch_cut(history)
+    for op in history.ops:
+        if not op.atomic:
+            continue
+        if op.outcome == "ok":
+            checked["atomic_split"] += 1
+            if len(set(op.acks)) > 1:
+                add("atomic_split", op.items[0].key, op.items[0].id,
+                    f"op {op.index} (atomic, {len(op.items)} items) acked with "
+                    f"{len(set(op.acks))} timestamps: {sorted(set(map(str, op.acks)))[:3]}",
+                    [op.index], dedupe=("atomic-acks", op.index))
+        if op.invoke < after:
+            continue
+        for log in logs:
+            stored = {(i.key, i.id): log.where.get((i.key, i.id)) for i in op.items}
+            present = {k: ts for k, ts in stored.items() if ts is not None}
+            if not present:
+                continue
+            checked["atomic_split"] += 1
+            if len(present) != len(stored) or len(set(present.values())) > 1:
+                missing = [k for k, ts in stored.items() if ts is None]
+                add("atomic_split", op.items[0].key, op.items[0].id,
+                    f"op {op.index} (atomic): via {log.node} {len(present)} of "
+                    f"{len(stored)} rows stored (missing {missing[:3]}), at "
+                    f"{sorted(set(map(str, present.values())))[:3]}",
+                    [op.index], dedupe=("atomic-final", op.items[0].key, op.items[0].id))
+
+
+def check_cas(history: History, logs: Sequence[FinalLog], add: Add,
+              checked: dict[str, int]) -> None:
+    """Each stored conditional row's predecessor in its key's log met the condition;
+    each conflict named a row that was the newest at some moment of the request."""
+    conds: dict[tuple[str, str], tuple[str, list[int]]] = {}
+    for op in history.ops:
+        for item in op.items:
+            if item.cond is not None:
+                entry = conds.setdefault((item.key, item.id), (item.cond, []))
+                entry[1].append(op.index)
+    for log in logs:
+        for key, rows in log.by_key.items():
+            for i, seen in enumerate(rows):
+                found = conds.get((key, seen.id))
+                if found is None:
+                    continue
+                cond, ops = found
+                before = rows[i - 1] if i else None
+                checked["cas_violation"] += 1
+                want = "no row" if cond == ABSENT else cond
+                if (before is not None if cond == ABSENT
+                        else before is None or before.id != cond):
+                    add("cas_violation", key, seen.id,
+                        f"via {log.node}: {seen.id} ({seen.timestamp}) needed {want} "
+                        f"before it; the row before it is "
+                        f"{'none' if before is None else f'{before.id} ({before.timestamp})'}",
+                        ops, dedupe=("cas", key, seen.id))
+    _check_conflicts(history, logs, add, checked)
+
+
+def _check_conflicts(history: History, logs: Sequence[FinalLog], add: Add,
+                     checked: dict[str, int]) -> None:
+    _, after = epoch_cut(history)
+    acked = _acked_at(history)
+    log = logs[0] if logs else None
+    if log is None:
+        return
+    for op in history.ops:
+        if op.latest is None or op.invoke < after:
+            continue
+        for item in op.items:
+            if item.cond is None:
+                continue
+            rows = log.by_key.get(item.key, [])
+            if op.latest == "":
+                successor = rows[0] if rows else None
+            else:
+                ids = [s.id for s in rows]
+                if op.latest not in ids:
+                    continue  # not in this epoch's log: nothing to compare
+                at = ids.index(op.latest)
+                successor = rows[at + 1] if at + 1 < len(rows) else None
+            checked["cas_stale_conflict"] += 1
+            if successor is None:
+                continue
+            replaced = acked.get((item.key, successor.id))
+            if replaced is not None and replaced < op.invoke:
+                add("cas_stale_conflict", item.key, item.id,
+                    f"op {op.index} was refused with newest "
+                    f"{op.latest or 'none'}, but {successor.id} had replaced it, acked "
+                    f"{op.invoke - replaced:.3f} s before the request was sent",
+                    [op.index], dedupe=("conflict", op.index))
+
+
+def check_watches(history: History, logs: Sequence[FinalLog], add: Add,
+                  checked: dict[str, int]) -> None:
+    """Each stream against the final log: every row of its prefix after its start up
+    to its last position delivered, in order, each event a stored row."""
+    if not logs:
+        return
+    log = logs[0]
+    cut, _ = epoch_cut(history)
+    for watch in history.watches:
+        for n, conn in enumerate(watch.connections):
+            where = f"watch {watch.name} stream {n} via {conn.node}"
+            _check_stream(watch.prefix, conn, log, cut, where, add, checked)
+
+
+def _check_stream(prefix: str, conn: WatchConnection, log: FinalLog, cut: Timestamp,
+                  where: str, add: Add, checked: dict[str, int]) -> None:
+    delivered: set[tuple[str, str]] = set()
+    last: tuple[Timestamp, str, str] | None = None
+    position = conn.since
+    caught_up = 0
+    for kind, key, row_id, ts, resume in conn.events:
+        checked["watch_order"] += 1
+        if position is not None and resume < position:
+            add("watch_order", key or "-", row_id or None,
+                f"{where}: position went back from {position} to {resume}", [],
+                dedupe=("watch-back", where, resume))
+        position = resume
+        if kind == "caught_up":
+            caught_up += 1
+            if caught_up == 2:
+                add("watch_order", "-", None, f"{where}: caught_up twice", [],
+                    dedupe=("caught-up", where))
+            continue
+        if kind not in ("put", "delete"):
+            continue
+        here = (ts, key, row_id)
+        if last is not None and here < last:
+            add("watch_order", key, row_id,
+                f"{where}: {key}/{row_id} ({ts}) after {last[1]}/{last[2]} ({last[0]})", [],
+                dedupe=("watch-order", where, key, row_id))
+        last = max(here, last) if last is not None else here
+        delivered.add((key, row_id))
+        if ts <= cut:
+            continue  # written before the last emulator restart: not in the final state
+        checked["watch_phantom"] += 1
+        stored = log.where.get((key, row_id))
+        if stored != ts:
+            add("watch_phantom", key, row_id,
+                f"{where}: event {key}/{row_id} at {ts}; the final state has "
+                f"{'no such row' if stored is None else stored}", [],
+                dedupe=("watch-phantom", key, row_id, ts))
+    if conn.since is None or position is None or position <= conn.since:
+        return
+    for row in log.between(max(conn.since, cut), position):
+        if not row.key.startswith(prefix):
+            continue
+        checked["watch_gap"] += 1
+        if (row.key, row.id) not in delivered:
+            add("watch_gap", row.key, row.id,
+                f"{where}: started after {conn.since}, reached {position}, never "
+                f"delivered {row.key}/{row.id} ({row.timestamp})", [],
+                dedupe=("watch-gap", where, row.key, row.id))
+
+
+def final_logs(final: Iterable[tuple[str, str, Sequence[Seen]]]) -> list[FinalLog]:
+    """One log per node from the final reads, as ``(node, key, rows)``."""
+    by_node: dict[str, list[tuple[str, Sequence[Seen]]]] = defaultdict(list)
+    for node, key, rows in final:
+        by_node[node].append((key, rows))
+    return [FinalLog(node, reads) for node, reads in sorted(by_node.items())]
