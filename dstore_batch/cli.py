@@ -140,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(printed; give it again to repeat a run)")
     p.add_argument("--data-dir", help="folder for node logs and the history (default: "
                    "temp, kept only when the check fails)")
+    p.add_argument("--max-inflight", type=int, default=1,
+                   help="the nodes' --max-inflight (commits in flight at once; > 1 lets a "
+                        "commit of unknown outcome have later commits beside it)")
     _emulator_bin_flag(p)
 
     # Internal: one producing node of `bench` (a serve node with producers inside).
@@ -527,7 +530,8 @@ def _main(args: argparse.Namespace) -> int:
 
         return run_check(seconds=args.seconds, faults=args.faults, nodes=args.nodes,
                          lease_ms=args.lease_ms, json_path=args.json, seed=args.seed,
-                         data_dir=args.data_dir, emulator_bin=args.emulator_bin)
+                         data_dir=args.data_dir, emulator_bin=args.emulator_bin,
+                         max_inflight=args.max_inflight)
     if args.command == "bench-node":
         from .tools.bench.funnel_node import run_node
         from .tools.bench.workload import WorkloadSpec

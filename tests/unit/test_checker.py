@@ -30,7 +30,7 @@ from dstore_batch.tools.checker.history import (
     classify,
 )
 from dstore_batch.tools.checker.runner import parse_faults
-from dstore_batch.types import Timestamp
+from dstore_batch.types import NO_APPEND_ID, Timestamp
 
 NODES = ("n1", "n2", "n3")
 BASE = 1_800_000_000_000_000_000
@@ -107,6 +107,32 @@ def stream(h: History, since: int, *rows: tuple[str, str, int], caught_up: int =
     return conn
 
 
+def na_put(h: History, start: float, end: float, key: str, tag: str, *,
+           ack: int | None = None, outcome: str = "ok", retry_of: int | None = None) -> Op:
+    """A no_append put (id "-") of the value ``tag``."""
+    op = h.invoke_put("n1", "p3", [PutItem(key, NO_APPEND_ID, value(tag))], at=start,
+                      retry_of=retry_of)
+    if outcome == "ok":
+        assert ack is not None
+        h.ok_put(op, [ts(ack)], at=end)
+    elif outcome == "failed":
+        h.fail(op, "no_leader", at=end)
+    else:
+        h.unknown(op, "deadline", at=end)
+    return op
+
+
+def get_na(h: History, start: float, end: float, key: str, row: tuple[str, int]) -> Op:
+    op = h.invoke_get("n2", "p3", key, at=start)
+    h.ok_get(op, [Seen(NO_APPEND_ID, ts(row[1]), value(row[0]))], at=end)
+    return op
+
+
+def na_final(key: str, row: tuple[str, int]) -> list[FinalRead]:
+    return [FinalRead(n, key, 100.0, 100.01, (Seen(NO_APPEND_ID, ts(row[1]), value(row[0])),))
+            for n in NODES]
+
+
 LOG = (("a", "r1", 10), ("a", "r5", 15), ("a", "r2", 20), ("b", "r3", 21), ("a", "r4", 22),
        ("b", "r7", 30), ("c", "r9", 40), ("d", "r10", 40), ("c", "r11", 50),
        ("e", "r12", 60))
@@ -131,7 +157,10 @@ def clean_history() -> tuple[History, list[FinalRead]]:
     cond_put(h, 3.7, 3.8, "c", "r13", "r9", latest="r11")  # refused: r11 is newest
     cond_put(h, 3.7, 3.8, "e", "r12", ABSENT, ack=60)
     stream(h, 0, *LOG, caught_up=70)
-    return h, [*final("a", ("r1", 10), ("r5", 15), ("r2", 20), ("r4", 22)),
+    na_put(h, 4.0, 4.1, "f", "v1", ack=80)
+    get_na(h, 4.2, 4.3, "f", ("v1", 80))
+    return h, [*na_final("f", ("v1", 80)),
+               *final("a", ("r1", 10), ("r5", 15), ("r2", 20), ("r4", 22)),
                *final("b", ("r3", 21), ("r7", 30)), *final("c", ("r9", 40), ("r11", 50)),
                *final("d", ("r10", 40)), *final("e", ("r12", 60))]
 
@@ -143,7 +172,7 @@ def test_a_clean_history_has_no_anomaly() -> None:
     assert set(report.counts) == set(CHECKS)
     assert report.rows["ok"] == 9 and report.rows["failed"] == 2
     assert report.rows["unknown_stored"] == 1 and report.rows["unknown_absent"] == 1
-    assert report.gets_checked == 3 and report.final_reads == 15 and report.keys == 5
+    assert report.gets_checked == 3 and report.final_reads == 18 and report.keys == 6
     # Not vacuous: every check examined something.
     assert all(report.checked[k] > 0 for k in CHECKS), report.checked
 
@@ -512,3 +541,29 @@ def test_a_watch_event_for_a_row_not_stored() -> None:
     stream(h, 0, *wrong, caught_up=70, name="w1")
     report = check_history(h, log_reads())
     assert only(report) == {"watch_phantom": 2}
+
+
+def test_a_no_append_value_written_again_by_a_retry() -> None:
+    # The first attempt's answer is lost (it was stored at 80, and a get saw it there);
+    # its retry writes the value again at 90: the value has two timestamps.
+    h = History()
+    first = na_put(h, 1.0, 2.0, "f", "v1", outcome="unknown")
+    get_na(h, 2.1, 2.2, "f", ("v1", 80))
+    na_put(h, 2.3, 2.4, "f", "v1", ack=90, retry_of=first.index)
+    report = check_history(h, na_final("f", ("v1", 90)))
+    assert only(report) == {"no_append_rewritten": 1}
+    assert report.anomalies[0].key == "f"
+
+
+def test_a_failed_no_append_value_is_never_read() -> None:
+    h = History()
+    na_put(h, 1.0, 1.1, "f", "v1", outcome="failed")
+    assert only(check_history(h, na_final("f", ("v1", 80)))) == {"failed_but_stored": 1}
+
+
+def test_no_append_values_replacing_each_other_pass() -> None:
+    h = History()
+    na_put(h, 1.0, 1.1, "f", "v1", ack=80)
+    get_na(h, 1.2, 1.3, "f", ("v1", 80))
+    na_put(h, 1.4, 1.5, "f", "v2", ack=90)
+    assert check_history(h, na_final("f", ("v2", 90))).total == 0

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...types import Timestamp
+from ...types import NO_APPEND_ID, Timestamp
 from .history import History, Op, Seen
 from .oracles import ORACLE_CHECKS, check_atomic, check_cas, check_watches, final_logs
 
@@ -42,6 +42,8 @@ CHECKS: dict[str, str] = {
     "phantom_row": "a row nobody put, with another value, or read before it was sent",
     "vanished_row": "a row a get returned is missing from the final state (same epoch)",
     "node_disagreement": "the final reads of a key through two nodes differ",
+    "no_append_rewritten": "a no_append value seen (or acked) at two timestamps in one "
+                           "epoch: written again after its first write",
     **ORACLE_CHECKS,
 }
 
@@ -165,6 +167,9 @@ class _Checker:
             defaultdict(list))
         # (key, epoch) -> {row id: timestamp} as acked or read in that epoch
         self.known_ts: dict[tuple[str, int], dict[str, Timestamp]] = defaultdict(dict)
+        # Keys of no_append writes (id "-": one row, no history): checked apart.
+        self.no_append_keys = {i.key for op in history.ops for i in op.items
+                               if i.id == NO_APPEND_ID}
         self._index()
 
     # -- building -------------------------------------------------------------------------
@@ -174,6 +179,8 @@ class _Checker:
             if op.kind == "get":
                 continue
             for i, item in enumerate(op.items):
+                if item.key in self.no_append_keys:
+                    continue
                 row = self.rows.get((item.key, item.id))
                 if row is None:
                     row = self.rows[(item.key, item.id)] = _Row(item.key, item.id, item.value)
@@ -216,6 +223,7 @@ class _Checker:
         self.check_nodes_agree()
         self.check_real_time_order()
         self.check_final_order()
+        self.check_no_append()
         logs = final_logs((f.node, f.key, f.rows) for f in self.final)
         for oracle in (check_atomic, check_cas, check_watches):
             oracle(self.history, logs, self.add, self.checked)
@@ -258,6 +266,10 @@ class _Checker:
                 last[item.key] = (ts, item.id)
 
     def reads(self) -> list[_Read]:
+        """Every ok get and final read (of keys with history: not no_append keys)."""
+        return [r for r in self._all_reads() if r.key not in self.no_append_keys]
+
+    def _all_reads(self) -> list[_Read]:
         out: list[_Read] = []
         for op in self.history.ops:
             if op.kind == "get" and op.outcome == "ok" and op.key is not None:
@@ -268,6 +280,49 @@ class _Checker:
             out.append(_Read(f"final read via {f.node}", f.key, f.invoke, f.complete, f.rows,
                              None, self.epochs.of(f.invoke, f.complete)))
         return out
+
+    def check_no_append(self) -> None:
+        """A no_append value is written once: within an epoch, every ack and read of it
+        names one timestamp; a value whose every put definitely failed is never read."""
+        seen: dict[tuple[str, int], dict[Timestamp, list[str]]] = defaultdict(
+            lambda: defaultdict(list))
+        status: dict[str, str] = {}
+        ops_of: dict[str, list[int]] = defaultdict(list)
+        key_of: dict[str, str] = {}
+        for op in self.history.ops:
+            for i, item in enumerate(op.items):
+                if item.id != NO_APPEND_ID:
+                    continue
+                ops_of[item.value].append(op.index)
+                key_of[item.value] = item.key
+                was = status.get(item.value, "failed")
+                status[item.value] = ("ok" if op.outcome == "ok" or was == "ok" else
+                                      "unknown" if op.outcome != "failed" else was)
+                epoch = self.epochs.of(op.invoke, op.end)
+                if op.outcome == "ok" and epoch is not None:
+                    seen[(item.value, epoch)][op.acks[i]].append(f"ack of op {op.index}")
+        for read in self._all_reads():
+            if read.key not in self.no_append_keys:
+                continue
+            for row in read.rows:
+                if row.id != NO_APPEND_ID:
+                    continue
+                self.checked["failed_but_stored"] += 1
+                if status.get(row.value) == "failed":
+                    self.add("failed_but_stored", read.key, NO_APPEND_ID,
+                             f"{read.label} returned no_append value {row.value[:40]!r}; "
+                             "every put of it definitely failed", ops_of[row.value],
+                             dedupe=("na-failed", row.value))
+                if read.epoch is not None:
+                    seen[(row.value, read.epoch)][row.timestamp].append(read.label)
+        for (value, _epoch), stamps in seen.items():
+            self.checked["no_append_rewritten"] += 1
+            if len(stamps) > 1:
+                where = "; ".join(f"{ts}: {', '.join(who[:2])}"
+                                  for ts, who in sorted(stamps.items()))
+                self.add("no_append_rewritten", key_of.get(value, "?"), NO_APPEND_ID,
+                         f"no_append value {value[:40]!r} at {len(stamps)} timestamps "
+                         f"({where})", ops_of[value], dedupe=("na", value))
 
     def check_read(self, read: _Read) -> None:
         final = read.op is None

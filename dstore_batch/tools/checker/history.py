@@ -30,7 +30,7 @@ from ...errors import (
     RejectedError,
     UnavailableError,
 )
-from ...types import Timestamp
+from ...types import NO_APPEND_ID, Timestamp
 
 __all__ = [
     "ABSENT",
@@ -84,7 +84,11 @@ class PutItem:
 
     def wire(self) -> dict[str, Any]:
         """The item as ``/v1/put`` and ``/v1/put_many`` take it."""
-        out: dict[str, Any] = {"key": self.key, "value": self.value, "id": self.id}
+        out: dict[str, Any] = {"key": self.key, "value": self.value}
+        if self.id == NO_APPEND_ID:
+            out["no_append"] = True
+        else:
+            out["id"] = self.id
         if self.cond == ABSENT:
             out["if_absent"] = True
         elif self.cond is not None:

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from ...types import Timestamp
+from ...types import NO_APPEND_ID, Timestamp
 from .history import ABSENT, History, Seen, WatchConnection
 
 __all__ = ["ORACLE_CHECKS", "FinalLog", "check_atomic", "check_cas", "check_watches",
@@ -221,8 +221,8 @@ def _check_stream(prefix: str, conn: WatchConnection, log: FinalLog, cut: Timest
                 add("watch_order", "-", None, f"{where}: caught_up twice", [],
                     dedupe=("caught-up", where))
             continue
-        if kind not in ("put", "delete"):
-            continue
+        if kind not in ("put", "delete") or row_id == NO_APPEND_ID:
+            continue  # a no_append row has no history: its events are not checked here
         here = (ts, key, row_id)
         if last is not None and here < last:
             add("watch_order", key, row_id,
@@ -242,7 +242,7 @@ def _check_stream(prefix: str, conn: WatchConnection, log: FinalLog, cut: Timest
     if conn.since is None or position is None or position <= conn.since:
         return
     for row in log.between(max(conn.since, cut), position):
-        if not row.key.startswith(prefix):
+        if not row.key.startswith(prefix) or row.id == NO_APPEND_ID:
             continue
         checked["watch_gap"] += 1
         if (row.key, row.id) not in delivered:

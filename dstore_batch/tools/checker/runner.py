@@ -36,7 +36,7 @@ from ...errors import error_from_code
 from ...testing.cluster import LocalCluster, NodeProcess
 from ...testing.emulator import Emulator, free_port
 from ...testing.faultproxy import FaultProxy
-from ...types import Timestamp
+from ...types import NO_APPEND_ID, Timestamp
 from .check import CHECKS, FinalRead, Report, check_history
 from .faults import FAULT_KINDS, Faults, Rig
 from .history import ABSENT, History, Op, PutItem, Seen, WatchConnection, WatchStream
@@ -54,7 +54,8 @@ MAX_RETRIES = 2  # re-sends, with the same ids, of a put whose outcome is unknow
 ESTIMATE_S = {"kill": 4.5, "stop": 4.0, "peer-partition": 6.5, "db-partition": 4.0,
               "db-latency": 4.5, "emulator-restart": 1.5}
 WATCH_RECONNECT_S = (3.0, 8.0)  # a watcher moves to the next node this often
-HOT_KEYS = 3  # keys per window that conditional puts contend on
+HOT_KEYS = 3
+NO_APPEND_KEYS = 2  # keys per window that conditional puts contend on
 IMPATIENT_S = 1.5  # the request timeout of every other producer: it gives up early and
 # re-sends the same ids elsewhere while the first request may still be in flight
 
@@ -73,6 +74,7 @@ class CheckConfig:
     keys: int = 12  # keys per window
     put_timeout_ms: int = 5000
     db_timeout_ms: int = 3000
+    max_inflight: int = 1  # the nodes' --max-inflight
 
     @property
     def lease_s(self) -> float:
@@ -155,6 +157,10 @@ class Workload:
         window = int((time.monotonic() - self.t0) / WINDOW_S)
         return f"{self.tag}-w{window}-hot{rng.randrange(HOT_KEYS)}"
 
+    def no_append_key(self, rng: random.Random) -> str:
+        window = int((time.monotonic() - self.t0) / WINDOW_S)
+        return f"{self.tag}-w{window}-na{rng.randrange(NO_APPEND_KEYS)}"
+
     def item(self, rng: random.Random, producer: str, key: str,
              cond: str | None = None) -> PutItem:
         self._seq += 1
@@ -208,9 +214,17 @@ class Workload:
                 atomic = r >= 0.65
                 if atomic:
                     items = list({i.key: i for i in items[:3]}.values())
-            else:
+            elif r < 0.9:
                 items = await self.cas_items(http, node, name, rng)
                 atomic = items is not None and len(items) > 1
+            else:
+                # A no_append write (id "-": no history) on keys of their own, read back
+                # now and then: a retry must never write its value again.
+                key = self.no_append_key(rng)
+                if rng.random() < 0.3:
+                    await self.get(http, node, name, key)
+                value = self.item(rng, name, key).value
+                items = [PutItem(key, NO_APPEND_ID, value)]
             if items:
                 outcome, first = await self.put(http, node, name, items, atomic=atomic)
                 for _ in range(MAX_RETRIES):
@@ -403,7 +417,7 @@ class _Run:
     def setup(self) -> Rig:
         c = self.config
         self.say(f"seed {self.seed}; faults {','.join(c.faults) or 'none'}; {c.seconds:.0f} s "
-                 f"of load on {c.nodes} nodes")
+                 f"of load on {c.nodes} nodes (--max-inflight {c.max_inflight})")
         self.emulator = Emulator(binary=c.emulator_bin).start()
         database = self.emulator.create_database("check", project="check-project",
                                                  instance="check-instance")
@@ -416,7 +430,8 @@ class _Run:
                        for p, port in zip(peer_proxies, real_ports, strict=True)],
             node_args=[["--emulator-host", p.address] for p in db_proxies],
             extra_args=["--put-timeout-ms", str(c.put_timeout_ms),
-                        "--db-timeout-ms", str(c.db_timeout_ms)],
+                        "--db-timeout-ms", str(c.db_timeout_ms),
+                        "--max-inflight", str(c.max_inflight)],
         )
         self.cluster.start(timeout=60.0)
         leader = self.cluster.wait_for_leader(60.0)
@@ -783,7 +798,8 @@ def run_checker(config: CheckConfig, out: TextIO | None = None) -> CheckResult:
 
 def run_check(*, seconds: float, faults: str, nodes: int = 3, lease_ms: int = 2000,
               json_path: str | None = None, seed: int | None = None,
-              data_dir: str | None = None, emulator_bin: str | None = None) -> int:
+              data_dir: str | None = None, emulator_bin: str | None = None,
+              max_inflight: int = 1) -> int:
     """`dstore-batch check`: run, print the table, return the exit status."""
     if nodes < 2:
         raise ValueError("--nodes must be at least 2")
@@ -791,5 +807,6 @@ def run_check(*, seconds: float, faults: str, nodes: int = 3, lease_ms: int = 20
         raise ValueError("--seconds must be positive")
     config = CheckConfig(seconds=seconds, faults=parse_faults(faults), nodes=nodes,
                          lease_ms=lease_ms, seed=seed, json_path=json_path,
-                         data_dir=data_dir, emulator_bin=emulator_bin)
+                         data_dir=data_dir, emulator_bin=emulator_bin,
+                         max_inflight=max_inflight)
     return run_checker(config).exit_code
