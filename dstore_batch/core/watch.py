@@ -418,14 +418,18 @@ class Watcher:
         if hub.epoch != epoch or not hub.live or buffered is None or self._closed:
             return  # the source moved or the buffer overflowed: read again from here
         self._cursor = max(upto, self._cursor or upto)
+        if not self._caught_up_sent:
+            # Right after the backlog, before the live commits buffered meanwhile: they
+            # are newer than ``upto``, and positions must never go back (nor behind a
+            # ``since`` ahead of the read).
+            self._caught_up_sent = True
+            at = self._cursor
+            self._queue.append(_marker(WatchEvent("caught_up", "", "", "", at, at)))
+            self._ready.set()
         for ts, chunk in buffered:
             if ts > self._cursor:
                 self._enqueue(ts, chunk)
         self._syncing, self._buffer, self._buffer_bytes = False, None, 0
-        if not self._caught_up_sent:
-            self._caught_up_sent = True
-            self._queue.append(_marker(WatchEvent("caught_up", "", "", "", upto, upto)))
-            self._ready.set()
         self._synced_epoch = epoch
 
 

@@ -15,6 +15,7 @@ from dstore_batch.core.watch import Watcher
 from dstore_batch.errors import BusyError, CompactedError, InvalidInputError
 from dstore_batch.types import Change, Changes, Row, Timestamp, WatchEvent
 from tests.helpers import local_config as config
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -388,4 +389,37 @@ async def test_a_slow_watcher_queue_holds_its_share_but_always_one_commit(
     events = await take(watcher, 2)
     assert [e.key for e in events] == ["big/1", "big/2"]
     assert (core.metrics.registry.get_sample_value("dstore_watch_overflows_total") or 0) >= 1
+    await watcher.aclose()
+
+
+class LateSource(CountingSource):
+    """Reads at once but answers only when released: commits made meanwhile are newer
+    than what the read saw."""
+
+    async def changes(self, key: str | None, prefix: str, after: Timestamp,
+                      limit: int, max_bytes: int = 0) -> Changes:
+        self.reads += 1
+        page = await self.inner.changes(key, prefix, after, limit, max_bytes)
+        await self.gate.wait()
+        return page
+
+
+async def test_positions_never_go_back_when_live_commits_wait_behind_a_catch_up(
+        core: StoreCore) -> None:
+    # Found by the checker's watch_order oracle: caught_up carried the catch-up read's
+    # timestamp after the live commits buffered during the read, whose positions are
+    # later; a consumer keeping the last id would have moved back.
+    first = await core.put("l/1", "backlog")
+    source = LateSource(core.storage)
+    core.watch_hub.source = source
+    watcher = core.watch(prefix="l/", since=Timestamp(first.timestamp - 1))
+    await wait_until(lambda: source.reads == 1, 5, what="the catch-up read made")
+    live = await core.put("l/2", "live, during the read")
+    source.gate.set()
+    events = await take(watcher, 3)
+    assert [e.kind for e in events] == ["put", "caught_up", "put"]
+    assert [e.key for e in events if e.kind == "put"] == ["l/1", "l/2"]
+    positions = [e.resume for e in events]
+    assert positions == sorted(positions), positions
+    assert events[-1].timestamp == live.timestamp
     await watcher.aclose()
