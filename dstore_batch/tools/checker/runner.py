@@ -227,7 +227,10 @@ class Workload:
                 items = [PutItem(key, NO_APPEND_ID, value)]
             if items:
                 outcome, first = await self.put(http, node, name, items, atomic=atomic)
-                for _ in range(MAX_RETRIES):
+                # A no_append write is never sent again (README, "no_append and
+                # retries"): a second copy is a second write.
+                retries = 0 if items[0].id == NO_APPEND_ID else MAX_RETRIES
+                for _ in range(retries):
                     if outcome != "unknown" or self.stop.is_set():
                         break
                     await asyncio.sleep(rng.uniform(0.05, 0.3))
