@@ -61,11 +61,12 @@ def put(h: History, start: float, end: float, *items: tuple[str, str],
 
 
 def get(h: History, start: float, end: float, key: str, *rows: tuple[str, int],
-        node: str = "n2") -> Op:
-    """A get of ``key`` that returned ``rows`` ((id, timestamp) pairs)."""
-    op = h.invoke_get(node, "p1", key, at=start)
+        node: str = "n2", read_ts: int | None = None, stale: float | None = None) -> Op:
+    """A get of ``key`` that returned ``rows`` ((id, timestamp) pairs), read at
+    ``read_ts`` (None: not said), with max staleness ``stale``."""
+    op = h.invoke_get(node, "p1", key, at=start, staleness_s=stale)
     h.ok_get(op, [Seen(i, ts(t), value(i)) for i, t in sorted(rows, key=lambda r: -r[1])],
-             at=end)
+             at=end, read_ts=None if read_ts is None else ts(read_ts))
     return op
 
 
@@ -147,8 +148,8 @@ def clean_history() -> tuple[History, list[FinalRead]]:
     put(h, 2.0, 7.0, ("b", "r7"), outcome="unknown")  # stored
     put(h, 2.0, 7.0, ("b", "r8"), outcome="unknown")  # not stored
     get(h, 1.35, 1.4, "a", ("r1", 10), ("r2", 20), ("r4", 22))  # r5 not acked yet: fine
-    get(h, 3.0, 3.1, "a", ("r1", 10), ("r2", 20), ("r4", 22), ("r5", 15))
-    get(h, 3.0, 3.1, "b", ("r3", 21), ("r7", 30))
+    get(h, 3.0, 3.1, "a", ("r1", 10), ("r2", 20), ("r4", 22), ("r5", 15), read_ts=25)
+    get(h, 3.0, 3.1, "b", ("r3", 21), ("r7", 30), read_ts=35)
     atomic = h.invoke_put("n1", "p2", [PutItem("c", "r9", value("r9")),
                                        PutItem("d", "r10", value("r10"))],
                           atomic=True, at=3.2)
@@ -567,3 +568,55 @@ def test_no_append_values_replacing_each_other_pass() -> None:
     get_na(h, 1.2, 1.3, "f", ("v1", 80))
     na_put(h, 1.4, 1.5, "f", "v2", ack=90)
     assert check_history(h, na_final("f", ("v2", 90))).total == 0
+
+
+def test_a_get_that_is_not_the_log_at_its_read_timestamp() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    put(h, 1.0, 1.6, ("a", "r5"), acks=(15,))  # in flight while the get ran
+    put(h, 1.0, 1.2, ("a", "r2"), acks=(20,))
+    get(h, 1.3, 1.4, "a", ("r1", 10), ("r2", 20), read_ts=22)  # r5 (15 <= 22) missing
+    report = check_history(h, final("a", ("r1", 10), ("r5", 15), ("r2", 20)))
+    assert only(report) == {"read_timestamp": 1}
+    assert "r5" in report.anomalies[0].message
+
+
+def test_a_strong_get_read_before_an_ack_it_came_after() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    put(h, 1.0, 1.2, ("b", "r2"), acks=(20,))  # another key: real time holds across keys
+    get(h, 1.3, 1.4, "a", ("r1", 10), read_ts=15)
+    report = check_history(h, [*final("a", ("r1", 10)), *final("b", ("r2", 20))])
+    assert only(report) == {"read_timestamp": 1}
+
+
+def test_a_stale_get_may_miss_recent_acks_but_not_older_ones() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    put(h, 1.5, 1.6, ("a", "r2"), acks=(20,))
+    # max staleness 0.5 s from 1.7: it must see what was acked before 1.2, not r2.
+    get(h, 1.7, 1.8, "a", ("r1", 10), read_ts=12, stale=0.5)
+    reads = final("a", ("r1", 10), ("r2", 20))
+    assert check_history(h, reads).total == 0
+    h2 = History()
+    put(h2, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    get(h2, 1.7, 1.8, "a", read_ts=5, stale=0.5)
+    assert only(check_history(h2, final("a", ("r1", 10)))) == {"read_timestamp": 1,
+                                                                "stale_read": 1}
+
+
+@pytest.mark.parametrize(("behind_s", "anomalies"), [(0.3, 0), (2.0, 1)])
+def test_a_stale_get_read_no_older_than_its_bound(behind_s: float, anomalies: int) -> None:
+    h = History()
+    op = h.invoke_get("n1", "p1", "a", at=1.0, staleness_s=0.5)
+    read_ts = Timestamp(int(op.invoke_wall * 1e9) - int(behind_s * 1e9))
+    h.ok_get(op, [], at=1.1, read_ts=read_ts)
+    assert check_history(h, final("a")).counts["read_timestamp"] == anomalies
+
+
+def test_real_time_order_across_keys() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(20,))
+    put(h, 1.2, 1.3, ("b", "r2"), acks=(10,))  # sent after r1's ack, yet older
+    report = check_history(h, [*final("a", ("r1", 20)), *final("b", ("r2", 10))])
+    assert only(report) == {"order_violation": 1}

@@ -27,6 +27,8 @@ from .oracles import ORACLE_CHECKS, check_atomic, check_cas, check_watches, fina
 
 __all__ = ["CHECKS", "Anomaly", "FinalRead", "Report", "check_history"]
 
+CLOCK_SLACK_S = 0.05  # the database's clock against this host's, for stale reads' bounds
+
 # Every check, and what an anomaly of it means (the table prints these).
 CHECKS: dict[str, str] = {
     "lost_ack": "an acked row is missing from the final state (through some node)",
@@ -42,6 +44,9 @@ CHECKS: dict[str, str] = {
     "phantom_row": "a row nobody put, with another value, or read before it was sent",
     "vanished_row": "a row a get returned is missing from the final state (same epoch)",
     "node_disagreement": "the final reads of a key through two nodes differ",
+    "read_timestamp": "a get's rows differ from the final state's rows at or before its "
+                      "read_timestamp, or that timestamp is below an ack that completed "
+                      "before the get began (less its staleness bound)",
     "no_append_rewritten": "a no_append value seen (or acked) at two timestamps in one "
                            "epoch: written again after its first write",
     **ORACLE_CHECKS,
@@ -224,6 +229,8 @@ class _Checker:
         self.check_real_time_order()
         self.check_final_order()
         self.check_no_append()
+        self.check_read_timestamps()
+        self.check_real_time_across_keys()
         logs = final_logs((f.node, f.key, f.rows) for f in self.final)
         for oracle in (check_atomic, check_cas, check_watches):
             oracle(self.history, logs, self.add, self.checked)
@@ -280,6 +287,99 @@ class _Checker:
             out.append(_Read(f"final read via {f.node}", f.key, f.invoke, f.complete, f.rows,
                              None, self.epochs.of(f.invoke, f.complete)))
         return out
+
+    def check_read_timestamps(self) -> None:
+        """A get is the log at its read_timestamp: exactly the final state's rows of its
+        key at or before it (last epoch), and that timestamp is at or after every ack
+        (any key) that completed before the get began, less its staleness bound."""
+        ends: dict[int, list[float]] = {}
+        newest: dict[int, list[Timestamp]] = {}  # per epoch: newest of the first i acks
+        for e, puts in self._epoch_acks().items():
+            acks = sorted((op.end, max(op.acks)) for op in puts)
+            ends[e] = [end for end, _ in acks]
+            newest[e] = []
+            for _, ts in acks:
+                newest[e].append(max(ts, newest[e][-1]) if newest[e] else ts)
+        final: dict[str, FinalRead] = {}
+        for f in self.final:
+            final.setdefault(f.key, f)
+        offset = (self.history.ops[0].invoke_wall - self.history.ops[0].invoke
+                  if self.history.ops else 0.0)
+        for op in self.history.ops:
+            if op.kind != "get" or op.outcome != "ok" or op.read_ts is None:
+                continue
+            key = op.key or ""
+            epoch = self.epochs.of(op.invoke, op.end)
+            bound = op.staleness_s or 0.0
+            done = (bisect.bisect_left(ends[epoch], op.invoke - bound)
+                    if epoch is not None and epoch in ends else 0)
+            if epoch is not None and done:
+                first = newest[epoch][done - 1]
+                self.checked["read_timestamp"] += 1
+                if op.read_ts < first:
+                    self.add("read_timestamp", key, None,
+                             f"get op {op.index} via {op.node} read at {op.read_ts}, "
+                             f"before {first}, acked before it began"
+                             + (f" less {bound:g} s" if bound else ""), [op.index],
+                             dedupe=("read-ts-ack", op.index))
+            if bound:
+                floor = Timestamp(int((op.invoke + offset - bound - CLOCK_SLACK_S) * 1e9))
+                self.checked["read_timestamp"] += 1
+                if op.read_ts < floor:
+                    self.add("read_timestamp", key, None,
+                             f"get op {op.index} (max staleness {bound:g} s) read at "
+                             f"{op.read_ts}, older than its bound allows", [op.index],
+                             dedupe=("read-ts-stale", op.index))
+            last = final.get(key)
+            if epoch != self.epochs.last or last is None or key in self.no_append_keys:
+                continue
+            want = {(s.id, s.timestamp) for s in last.rows if s.timestamp <= op.read_ts}
+            got = {(s.id, s.timestamp) for s in op.seen}
+            self.checked["read_timestamp"] += 1
+            if want != got:
+                self.add("read_timestamp", key, None,
+                         f"get op {op.index} via {op.node} at {op.read_ts}: only in it "
+                         f"{sorted(got - want)[:3]}, only in the final state at or before "
+                         f"its timestamp {sorted(want - got)[:3]}", [op.index],
+                         dedupe=("read-ts-rows", op.index))
+
+    def _sent(self, op: Op) -> float:
+        """When the row(s) of ``op`` were first sent: a retry holds its first attempt's
+        place in time."""
+        return self.history.ops[op.retry_of].invoke if op.retry_of is not None else op.invoke
+
+    def _epoch_acks(self) -> dict[int, list[Op]]:
+        """Acked puts by epoch (a restarted emulator's clock may be behind the old one's:
+        timestamps are compared within an epoch only)."""
+        out: dict[int, list[Op]] = defaultdict(list)
+        for op in self.history.ops:
+            if op.kind != "get" and op.outcome == "ok" and op.acks:
+                epoch = self.epochs.of(self._sent(op), op.end)
+                if epoch is not None:
+                    out[epoch].append(op)
+        return out
+
+    def check_real_time_across_keys(self) -> None:
+        """Strict serializability's real-time part, over every key: a put acked before
+        another was sent has the lower timestamp (one key: ``check_real_time_order``)."""
+        for puts in self._epoch_acks().values():
+            by_end = sorted(puts, key=lambda op: op.end)
+            i = 0
+            best: Op | None = None
+            for op in sorted(puts, key=self._sent):
+                while i < len(by_end) and by_end[i].end < self._sent(op):
+                    if best is None or max(by_end[i].acks) > max(best.acks):
+                        best = by_end[i]
+                    i += 1
+                if best is None:
+                    continue
+                self.checked["order_violation"] += 1
+                same_key = {i.key for i in op.items} & {i.key for i in best.items}
+                if min(op.acks) <= max(best.acks) and not same_key:
+                    self.add("order_violation", op.items[0].key, op.items[0].id,
+                             f"op {op.index} was sent after op {best.index} was acked with "
+                             f"{max(best.acks)}, yet got {min(op.acks)}",
+                             [best.index, op.index], dedupe=("realtime-keys", op.index))
 
     def check_no_append(self) -> None:
         """A no_append value is written once: within an epoch, every ack and read of it
@@ -350,9 +450,12 @@ class _Checker:
             self._check_seen(read, seen, ops, where)
         if read.epoch is None:
             return
-        # Every put acked in this epoch before the read began is in it.
+        # Every put acked in this epoch before the read began is in it (for a stale
+        # read: acked before the read began less its staleness bound).
         attempts = self.oks.get((read.key, read.epoch), [])
-        required = attempts[:bisect.bisect_left(attempts, (read.invoke,))]
+        since = read.invoke - (self.history.ops[read.op].staleness_s or 0.0
+                               if read.op is not None else 0.0)
+        required = attempts[:bisect.bisect_left(attempts, (since,))]
         self.checked["lost_ack" if final else "stale_read"] += len(required)
         for complete, ts, row_id, op_index in required:
             got = ids.get(row_id)

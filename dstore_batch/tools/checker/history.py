@@ -175,6 +175,8 @@ class Op:
     error: str | None = None  # the code or kind of error, when not ok
     acks: tuple[Timestamp, ...] = ()  # ok puts: one ack timestamp per item, input order
     seen: tuple[Seen, ...] = ()  # ok gets: the rows returned, newest first
+    read_ts: Timestamp | None = None  # ok gets: the read_timestamp the node answered
+    staleness_s: float | None = None  # gets with max_staleness_ms (a stale read's bound)
 
     @property
     def end(self) -> float:
@@ -194,6 +196,10 @@ class Op:
         if self.kind == "get":
             out["key"] = self.key
             out["seen"] = [[s.id, str(s.timestamp), s.value] for s in self.seen]
+            if self.read_ts is not None:
+                out["read_ts"] = str(self.read_ts)
+            if self.staleness_s is not None:
+                out["staleness_s"] = self.staleness_s
         else:
             out["items"] = [i.to_list() for i in self.items]
             out["acks"] = [str(t) for t in self.acks]
@@ -217,6 +223,8 @@ class Op:
             outcome=d.get("outcome"), error=d.get("error"),
             acks=tuple(Timestamp.parse(t) for t in d.get("acks", ())),
             seen=tuple(Seen(i, Timestamp.parse(t), v) for i, t, v in d.get("seen", ())),
+            read_ts=Timestamp.parse(d["read_ts"]) if d.get("read_ts") else None,
+            staleness_s=d.get("staleness_s"),
         )
 
 
@@ -286,9 +294,11 @@ class History:
         self.ops.append(op)
         return op
 
-    def invoke_get(self, node: str, process: str, key: str, *, at: float | None = None) -> Op:
+    def invoke_get(self, node: str, process: str, key: str, *, at: float | None = None,
+                   staleness_s: float | None = None) -> Op:
         mono, wall = self._times(at)
-        op = Op(len(self.ops), "get", node, process, mono, wall, key=key)
+        op = Op(len(self.ops), "get", node, process, mono, wall, key=key,
+                staleness_s=staleness_s)
         self.ops.append(op)
         return op
 
@@ -306,9 +316,11 @@ class History:
         self._complete(op, "ok", at)
         op.acks = tuple(timestamps)
 
-    def ok_get(self, op: Op, seen: Iterable[Seen], *, at: float | None = None) -> None:
+    def ok_get(self, op: Op, seen: Iterable[Seen], *, at: float | None = None,
+               read_ts: Timestamp | None = None) -> None:
         self._complete(op, "ok", at)
         op.seen = tuple(seen)
+        op.read_ts = read_ts
 
     def fail(self, op: Op, error: str, *, at: float | None = None) -> None:
         """Definitely not written (for a put)."""

@@ -54,6 +54,7 @@ MAX_RETRIES = 2  # re-sends, with the same ids, of a put whose outcome is unknow
 ESTIMATE_S = {"kill": 4.5, "stop": 4.0, "peer-partition": 6.5, "db-partition": 4.0,
               "db-latency": 4.5, "emulator-restart": 1.5}
 WATCH_RECONNECT_S = (3.0, 8.0)  # a watcher moves to the next node this often
+STALE_READ_S = 0.5  # the bound of the workload's stale gets
 HOT_KEYS = 3
 NO_APPEND_KEYS = 2  # keys per window that conditional puts contend on
 IMPATIENT_S = 1.5  # the request timeout of every other producer: it gives up early and
@@ -205,8 +206,10 @@ class Workload:
             items: list[PutItem] | None = None
             atomic = False
             if r < 0.15:
-                outcome = "ok" if await self.get(http, node, name, self.key(rng)) is not None \
-                    else "failed"
+                # A third of the gets are stale reads (max_staleness_ms 500).
+                stale = STALE_READ_S if rng.random() < 0.33 else None
+                got = await self.get(http, node, name, self.key(rng), stale)
+                outcome = "ok" if got is not None else "failed"
             elif r < 0.8:
                 count = 1 if r < 0.45 else rng.randrange(2, 7)
                 items = self.items(rng, name, count)
@@ -274,11 +277,15 @@ class Workload:
         return self.history.error(op, _http_error(raw, status)), op
 
     async def get(self, http: aiohttp.ClientSession, node: NodeProcess, process: str,
-                  key: str) -> list[Seen] | None:
-        """A get of every row of ``key``, recorded; its rows (None if it failed)."""
-        op = self.history.invoke_get(node.node_id, process, key)
+                  key: str, staleness_s: float | None = None) -> list[Seen] | None:
+        """A get of every row of ``key`` (strong, or with ``max_staleness_ms``),
+        recorded; its rows (None if it failed)."""
+        op = self.history.invoke_get(node.node_id, process, key, staleness_s=staleness_s)
+        params = {"key": key, "limit": "all"}
+        if staleness_s is not None:
+            params["max_staleness_ms"] = str(int(staleness_s * 1000))
         try:
-            async with http.get(node.url + "/v1/get", params={"key": key, "limit": "all"},
+            async with http.get(node.url + "/v1/get", params=params,
                                 timeout=self.timeouts[process]) as resp:
                 raw, status = await resp.read(), resp.status
         except Exception as exc:
@@ -288,11 +295,13 @@ class Workload:
             self.history.error(op, _http_error(raw, status))
             return None
         try:
-            seen = _rows(json.loads(raw))
+            body = json.loads(raw)
+            seen = _rows(body)
+            read_ts = Timestamp.parse(body["read_timestamp"])
         except (ValueError, KeyError, TypeError) as exc:
             self.history.unknown(op, f"bad_reply: {exc}: {raw[:200]!r}")
             return None
-        self.history.ok_get(op, seen)
+        self.history.ok_get(op, seen, read_ts=read_ts)
         return seen
 
     async def watcher(self, n: int, http: aiohttp.ClientSession) -> None:
