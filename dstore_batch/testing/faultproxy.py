@@ -5,6 +5,9 @@ Modes:
 - ``pass``: bytes flow both ways (after ``delay_s`` each way, when set);
 - ``blackhole``: connections stay open but nothing flows (packets dropped: callers see
   no error, only silence, which is what a cut network looks like);
+- ``no-replies``: bytes flow to the upstream but nothing comes back (held until the mode
+  changes): a request arrives and is acted on, its answer is lost; one side of an
+  asymmetric partition;
 - ``reset``: every connection is closed at once, and new ones are closed on accept
   (what a dead process or a firewall's RST looks like).
 
@@ -23,7 +26,7 @@ from .emulator import free_port
 
 __all__ = ["FaultProxy", "Mode"]
 
-Mode = Literal["pass", "blackhole", "reset"]
+Mode = Literal["pass", "blackhole", "no-replies", "reset"]
 CHUNK = 65536
 
 
@@ -42,7 +45,8 @@ class FaultProxy:
                                         daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._flowing = asyncio.Event()  # set while bytes may flow (mode pass)
+        self._flowing = asyncio.Event()  # set while bytes may flow back (mode pass)
+        self._flowing_up = asyncio.Event()  # set while bytes may flow to the upstream
         self.connections = 0  # accepted so far
 
     # -- control (any thread) ----------------------------------------------------------
@@ -78,6 +82,7 @@ class FaultProxy:
 
     async def _start(self) -> None:
         self._flowing.set()
+        self._flowing_up.set()
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
 
     async def _stop(self) -> None:
@@ -93,10 +98,12 @@ class FaultProxy:
         self._mode = mode
         if delay_s is not None:
             self._delay_s = delay_s
-        if mode == "pass":
-            self._flowing.set()
-        else:
-            self._flowing.clear()
+        for event, on in ((self._flowing, mode == "pass"),
+                          (self._flowing_up, mode in ("pass", "no-replies"))):
+            if on:
+                event.set()
+            else:
+                event.clear()
         if mode == "reset":
             self._drop_all()
 
@@ -118,14 +125,16 @@ class FaultProxy:
             return
         self._writers.update((writer, up_writer))
         try:
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+            await asyncio.gather(self._pump(reader, up_writer, self._flowing_up),
+                                 self._pump(up_reader, writer, self._flowing))
         finally:
             for w in (writer, up_writer):
                 self._writers.discard(w)
                 with contextlib.suppress(Exception):
                     w.transport.abort()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    flowing: asyncio.Event) -> None:
         # Reading and writing are apart so that a delay is latency (each chunk goes out
         # delay_s after it came in), not a cap on throughput.
         loop = asyncio.get_running_loop()
@@ -138,7 +147,7 @@ class FaultProxy:
                     return
                 # A black hole holds the bytes (and the connection) until the mode
                 # changes; what was held then goes on, as TCP would retransmit it.
-                await self._flowing.wait()
+                await flowing.wait()
                 if (wait := due - loop.time()) > 0:
                     await asyncio.sleep(wait)
                 writer.write(data)

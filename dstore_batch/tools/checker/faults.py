@@ -10,7 +10,14 @@
 - ``db-latency``: add 50-100 ms each way on every node's database connection for a while;
 - ``emulator-restart``: stop the emulator and start it again on the same port, then
   create the database again. The emulator keeps its data in memory: what was stored is
-  gone, and the history records the restart so that the checks are scoped to it.
+  gone, and the history records the restart so that the checks are scoped to it;
+- ``restart``: SIGTERM a node (the leader, or another) and start it again once it has
+  exited: one step of a rolling restart;
+- ``answer-loss``: a node's database requests arrive and are acted on, but the answers
+  are held for longer than a lease (commits land; their callers do not hear it in time);
+- ``asym-partition``: frames to a node's peer address arrive, nothing comes back (a
+  leader gets its followers' puts and commits them; its acks do not reach them);
+- ``slow-peer``: a node's peer link gets more latency than a put's deadline.
 """
 
 from __future__ import annotations
@@ -25,13 +32,14 @@ from dataclasses import dataclass
 
 from ...testing.cluster import LocalCluster, NodeProcess
 from ...testing.emulator import Emulator
-from ...testing.faultproxy import FaultProxy
+from ...testing.faultproxy import FaultProxy, Mode
 from .history import EmulatorRestart, FaultEvent, History
 
 __all__ = ["FAULT_KINDS", "Faults", "Rig"]
 
 FAULT_KINDS: tuple[str, ...] = ("kill", "stop", "peer-partition", "db-partition",
-                                "db-latency", "emulator-restart")
+                                "db-latency", "emulator-restart", "restart", "answer-loss",
+                                "asym-partition", "slow-peer")
 
 
 @dataclass
@@ -106,7 +114,9 @@ class Faults:
         handler = {
             "kill": self._kill, "stop": self._stop, "peer-partition": self._peer_partition,
             "db-partition": self._db_partition, "db-latency": self._db_latency,
-            "emulator-restart": self._emulator_restart,
+            "emulator-restart": self._emulator_restart, "restart": self._restart,
+            "answer-loss": self._answer_loss, "asym-partition": self._asym_partition,
+            "slow-peer": self._slow_peer,
         }[kind]
         event = FaultEvent(kind, "", "", time.monotonic(), time.time())
         self.history.faults.append(event)
@@ -205,6 +215,54 @@ class Faults:
         finally:
             for p in self.rig.db_proxies:
                 await asyncio.to_thread(p.set_mode, "pass", delay_s=0.0)
+
+    async def _restart(self, event: FaultEvent) -> None:
+        victim, role = await self.pick(0.6)
+        self._begin(event, victim.node_id, f"SIGTERM the {role} {victim.node_id}, start it "
+                                           "again once it has exited")
+        victim.signal(signal.SIGTERM)
+        try:
+            if await asyncio.to_thread(victim.wait, 20) is None:
+                victim.signal(signal.SIGKILL)
+                await asyncio.to_thread(victim.wait, 5)
+                raise RuntimeError(f"{victim.node_id} did not exit within 20 s of SIGTERM")
+        finally:
+            victim.start()
+            await asyncio.to_thread(self.rig.cluster.wait_healthy, victim, 30.0)
+
+    async def _hold(self, proxy: FaultProxy, hold: float, mode: Mode = "pass",
+                    delay_s: float = 0.0) -> None:
+        """``proxy`` in ``mode`` (and ``delay_s``) for ``hold`` seconds, then passing."""
+        await asyncio.to_thread(proxy.set_mode, mode, delay_s=delay_s)
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            await asyncio.to_thread(proxy.set_mode, "pass", delay_s=0.0)
+
+    async def _answer_loss(self, event: FaultEvent) -> None:
+        victim, role = await self.pick(0.7)
+        hold = 1.5 * self.rig.lease_s + 0.5
+        self._begin(event, victim.node_id,
+                    f"hold the database's answers to the {role} {victim.node_id} for "
+                    f"{hold:.1f}s (its requests arrive and are acted on)")
+        await self._hold(self.rig.db_proxies[self.index(victim)], hold, "no-replies")
+
+    async def _asym_partition(self, event: FaultEvent) -> None:
+        victim, role = await self.pick(0.75)
+        hold = max(3 * self.rig.lease_s, self.rig.put_timeout_s + 1.0)
+        self._begin(event, victim.node_id,
+                    f"frames to the peer address of the {role} {victim.node_id} arrive, "
+                    f"nothing comes back, for {hold:.1f}s")
+        await self._hold(self.rig.peer_proxies[self.index(victim)], hold, "no-replies")
+
+    async def _slow_peer(self, event: FaultEvent) -> None:
+        victim, role = await self.pick(0.75)
+        delay = self.rig.put_timeout_s + 0.5
+        hold = max(4.0, 2 * self.rig.lease_s)
+        self._begin(event, victim.node_id,
+                    f"{delay:.1f}s each way on the peer address of the {role} "
+                    f"{victim.node_id} (above the put deadline) for {hold:.1f}s")
+        await self._hold(self.rig.peer_proxies[self.index(victim)], hold, delay_s=delay)
 
     async def _emulator_restart(self, event: FaultEvent) -> None:
         self._begin(event, self.rig.emulator.host,

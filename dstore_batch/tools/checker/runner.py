@@ -52,7 +52,8 @@ FINAL_READS_S = 60.0  # the final reads, all of them
 MAX_RETRIES = 2  # re-sends, with the same ids, of a put whose outcome is unknown
 # How long each fault takes, heal and re-election included (for the schedule only).
 ESTIMATE_S = {"kill": 4.5, "stop": 4.0, "peer-partition": 6.5, "db-partition": 4.0,
-              "db-latency": 4.5, "emulator-restart": 1.5}
+              "db-latency": 4.5, "emulator-restart": 1.5, "restart": 4.0,
+              "answer-loss": 4.0, "asym-partition": 6.5, "slow-peer": 5.0}
 WATCH_RECONNECT_S = (3.0, 8.0)  # a watcher moves to the next node this often
 STALE_READ_S = 0.5  # the bound of the workload's stale gets
 HOT_KEYS = 3
