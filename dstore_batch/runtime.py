@@ -20,7 +20,7 @@ import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["GC_THRESHOLD", "MMAP_THRESHOLD", "run", "tune_gc", "tune_malloc"]
+__all__ = ["GC_THRESHOLD", "MMAP_ENV", "MMAP_THRESHOLD", "run", "tune_gc", "tune_malloc"]
 
 T = TypeVar("T")
 
@@ -51,7 +51,8 @@ def tune_gc() -> tuple[int, ...]:
 # come from the heap, and a heap fragmented by small live objects is not given back:
 # a node that replayed a table of 1 MiB values to watchers kept 1.4 GB after they left.
 # A fixed threshold keeps every block this large in its own mapping, returned on free.
-MMAP_THRESHOLD = 64 * 1024
+MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, kept from moving up
+MMAP_ENV = "DSTORE_MMAP_THRESHOLD"  # bytes; 0 leaves malloc as it is (a before/after run)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 
 
@@ -68,14 +69,20 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def tune_malloc() -> bool:
-    """Keep large blocks in their own mappings (``MMAP_THRESHOLD``) and trim the heap's
-    top early, so memory freed after a burst goes back to the system. glibc only;
-    returns whether it applied."""
-    libc = _libc()
+    """Keep large blocks in their own mappings (``MMAP_THRESHOLD``, or
+    ``$DSTORE_MMAP_THRESHOLD`` bytes; 0: leave malloc alone) and trim the heap's top
+    early, so memory freed after a burst goes back to the system. glibc only; returns
+    whether it applied."""
+    raw = os.environ.get(MMAP_ENV, "")
+    try:
+        threshold = int(raw) if raw else MMAP_THRESHOLD
+    except ValueError:
+        raise ValueError(f"{MMAP_ENV} must be a number of bytes, not {raw!r}") from None
+    libc = _libc() if threshold > 0 else None
     if libc is None:
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                and libc.mallopt(_M_TRIM_THRESHOLD, 4 * MMAP_THRESHOLD))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+                and libc.mallopt(_M_TRIM_THRESHOLD, 4 * threshold))
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
