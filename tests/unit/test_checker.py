@@ -417,7 +417,7 @@ def test_an_op_completes_once() -> None:
 
 
 def test_parse_faults() -> None:
-    assert parse_faults("all")[0] == "kill" and len(parse_faults("all")) == 6
+    assert parse_faults("all")[0] == "kill" and len(parse_faults("all")) == 10
     assert parse_faults("kill, db-latency") == ("kill", "db-latency")
     assert parse_faults("none") == ()
     with pytest.raises(ValueError, match="unknown fault"):
@@ -620,3 +620,14 @@ def test_real_time_order_across_keys() -> None:
     put(h, 1.2, 1.3, ("b", "r2"), acks=(10,))  # sent after r1's ack, yet older
     report = check_history(h, [*final("a", ("r1", 20)), *final("b", ("r2", 10))])
     assert only(report) == {"order_violation": 1}
+
+
+def test_watchers_see_a_no_append_value_written_twice() -> None:
+    # The store re-sent a no_append row after a lost answer: the value was committed at
+    # 80 and again at 90 (acked with 90). Reads see only the newest; a watcher sees both.
+    h = History()
+    na_put(h, 1.0, 2.0, "f", "v1", ack=90)
+    conn = WatchConnection("n1", ts(0), 0.0)
+    conn.no_append += [("f", value("v1"), ts(80)), ("f", value("v1"), ts(90))]
+    h.watches.append(WatchStream("w0", "", [conn]))
+    assert only(check_history(h, na_final("f", ("v1", 90)))) == {"no_append_rewritten": 1}

@@ -23,7 +23,14 @@ from typing import Any
 
 from ...types import NO_APPEND_ID, Timestamp
 from .history import History, Op, Seen
-from .oracles import ORACLE_CHECKS, check_atomic, check_cas, check_watches, final_logs
+from .oracles import (
+    ORACLE_CHECKS,
+    check_atomic,
+    check_cas,
+    check_watches,
+    epoch_cut,
+    final_logs,
+)
 
 __all__ = ["CHECKS", "Anomaly", "FinalRead", "Report", "check_history"]
 
@@ -381,9 +388,16 @@ class _Checker:
                              f"{max(best.acks)}, yet got {min(op.acks)}",
                              [best.index, op.index], dedupe=("realtime-keys", op.index))
 
+    def _epoch_of_ts(self, ts: Timestamp) -> int | None:
+        """The last epoch for a commit timestamp after its start (the emulator's clock is
+        this host's); None before it."""
+        cut, _ = epoch_cut(self.history)
+        return self.epochs.last if ts > cut else None
+
     def check_no_append(self) -> None:
-        """A no_append value is written once: within an epoch, every ack and read of it
-        names one timestamp; a value whose every put definitely failed is never read."""
+        """A no_append value is written once: within an epoch, every ack, read and watch
+        event of it names one timestamp; a value whose every put definitely failed is
+        never read."""
         seen: dict[tuple[str, int], dict[Timestamp, list[str]]] = defaultdict(
             lambda: defaultdict(list))
         status: dict[str, str] = {}
@@ -415,6 +429,13 @@ class _Checker:
                              dedupe=("na-failed", row.value))
                 if read.epoch is not None:
                     seen[(row.value, read.epoch)][row.timestamp].append(read.label)
+        # Watchers see every commit of a no_append value (a read sees only the newest).
+        cut = self.epochs.last
+        for watch in self.history.watches:
+            for conn in watch.connections:
+                for key, value, ts in conn.no_append:
+                    if key in self.no_append_keys and self._epoch_of_ts(ts) == cut:
+                        seen[(value, cut)][ts].append(f"watch {watch.name}")
         for (value, _epoch), stamps in seen.items():
             self.checked["no_append_rewritten"] += 1
             if len(stamps) > 1:

@@ -113,17 +113,21 @@ class WatchConnection:
     events: list[tuple[str, str, str, Timestamp, Timestamp]] = field(default_factory=list)
     end: float | None = None
     ended: str = ""  # why: "closed" (the watcher moved on), an event kind, an error
+    # The no_append rows among the events, with their values: (key, value, timestamp).
+    no_append: list[tuple[str, str, Timestamp]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"node": self.node, "since": None if self.since is None else str(self.since),
                 "start": self.start, "end": self.end, "ended": self.ended,
-                "events": [[k, key, i, str(t), str(r)] for k, key, i, t, r in self.events]}
+                "events": [[k, key, i, str(t), str(r)] for k, key, i, t, r in self.events],
+                "no_append": [[k, v, str(t)] for k, v, t in self.no_append]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WatchConnection:
         return cls(d["node"], None if d["since"] is None else Timestamp.parse(d["since"]),
                    d["start"], [(k, key, i, Timestamp.parse(t), Timestamp.parse(r))
-                                for k, key, i, t, r in d["events"]], d["end"], d["ended"])
+                                for k, key, i, t, r in d["events"]], d["end"], d["ended"],
+                   [(k, v, Timestamp.parse(t)) for k, v, t in d.get("no_append", ())])
 
 
 @dataclass(slots=True)

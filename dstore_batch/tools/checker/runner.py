@@ -355,6 +355,9 @@ class Workload:
                 elif not line and kind:
                     body = json.loads(data)
                     resume = Timestamp.parse(ident)
+                    if body.get("id") == NO_APPEND_ID and kind == "put":
+                        conn.no_append.append((body["key"], body["value"],
+                                               Timestamp.parse(body["timestamp"])))
                     conn.events.append((kind, body.get("key", ""), body.get("id", ""),
                                         Timestamp.parse(body["timestamp"]), resume))
                     if kind in ("lagged", "error", "compacted"):
