@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import DEDUP_WINDOW_S, BatchConfig, Config, LimitsConfig
 from .observability.logs import setup_logging
-from .runtime import run, tune_gc, tune_malloc
+from .runtime import run, tune_gc
 from .storage.ddl import DEFAULT_LOCK_TABLE, DEFAULT_LOG_TABLE, render_ddl
 
 __all__ = ["main"]
@@ -495,7 +495,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                   getattr(args, "id", None))
     try:
         tune_gc()
-        tune_malloc()
         return _main(args)
     except ValueError as exc:  # bad flag values: say which, without a traceback
         parser.exit(2, f"dstore-batch: error: {exc}\n")

@@ -47,6 +47,7 @@ from typing import NamedTuple, Protocol
 
 from ..errors import BusyError, CompactedError, DstoreError, InvalidInputError
 from ..observability.metrics import Metrics
+from ..runtime import release_memory_soon
 from ..storage.base import CHANGES_MAX_BYTES
 from ..types import Change, Changes, Timestamp, WatchEvent
 
@@ -225,6 +226,7 @@ class Watcher:
         self._head = 0
         self._bytes = 0
         self._room.set()
+        release_memory_soon()  # what the queue held, back to the system
         self._cursor = self.resume if self.resume is not None else self._start
         self._syncing, self._buffer, self._buffer_bytes = True, None, 0
         self._synced_epoch = -1
@@ -337,6 +339,7 @@ class Watcher:
         self._buffer = None
         self._ready.set()
         self._room.set()
+        release_memory_soon()
         self._hub.remove(self)
         if end is not None and self._task is not asyncio.current_task():
             self._task.cancel()

@@ -25,6 +25,7 @@ from ..core.store import StoreCore
 from ..errors import DstoreError, InternalError, InvalidInputError, TooLargeError
 from ..observability.metrics import HTTP_PATHS
 from ..peerlink.leader import PEER_PATH, serve_follower
+from ..runtime import release_memory_soon
 from ..types import HistoryItem, PutResult, Timestamp, WatchEvent
 from .security import check_bearer
 
@@ -351,6 +352,7 @@ async def _watch(request: web.Request) -> web.StreamResponse:
         pass  # the client went away
     finally:
         await watcher.aclose()
+        release_memory_soon()  # what the stream held (its socket buffers too)
     return resp
 
 

@@ -55,6 +55,7 @@ ESTIMATE_S = {"kill": 4.5, "stop": 4.0, "peer-partition": 6.5, "db-partition": 4
               "db-latency": 4.5, "emulator-restart": 1.5, "restart": 4.0,
               "answer-loss": 4.0, "asym-partition": 6.5, "slow-peer": 5.0}
 WATCH_RECONNECT_S = (3.0, 8.0)  # a watcher moves to the next node this often
+WATCH_PAUSE_S = 8.0  # how long the pausing watcher reads nothing
 STALE_READ_S = 0.5  # the bound of the workload's stale gets
 HOT_KEYS = 3
 NO_APPEND_KEYS = 2  # keys per window that conditional puts contend on
@@ -319,9 +320,12 @@ class Workload:
             i += 1
             conn = WatchConnection(node.node_id, position, time.monotonic())
             stream.connections.append(conn)
+            # The first watcher stops reading for a while now and then: the others (and
+            # its own stream, once it reads again) must not notice.
+            pause = WATCH_PAUSE_S if n == 0 and rng.random() < 0.25 else 0.0
             try:
-                async with asyncio.timeout(rng.uniform(*WATCH_RECONNECT_S)):
-                    await self._stream(http, node, stream.prefix, conn)
+                async with asyncio.timeout(rng.uniform(*WATCH_RECONNECT_S) + pause):
+                    await self._stream(http, node, stream.prefix, conn, pause)
             except TimeoutError:
                 conn.ended = "closed"
             except Exception as exc:
@@ -332,8 +336,29 @@ class Workload:
             if not conn.ended.startswith("closed"):
                 await asyncio.sleep(0.2)  # a node that is down: not in a tight loop
 
+    async def client_watcher(self, client: Client) -> None:
+        """A watch of everything this run writes through ``Client.watch``: it moves
+        between nodes and resumes by itself; what it delivers is one stream."""
+        stream = WatchStream("client", f"{self.tag}-")
+        conn = WatchConnection("client", self.since, time.monotonic())
+        stream.connections.append(conn)
+        self.history.watches.append(stream)
+        conn.ended = "closed"
+        try:
+            async for event in client.watch(prefix=stream.prefix, since=self.since):
+                if event.kind == "put" and event.id == NO_APPEND_ID:
+                    conn.no_append.append((event.key, event.value, event.timestamp))
+                conn.events.append((event.kind, event.key, event.id, event.timestamp,
+                                    event.resume))
+                if self.stop.is_set():
+                    break
+        except Exception as exc:
+            conn.ended = f"error: {type(exc).__name__}: {exc}"
+        finally:
+            conn.end = time.monotonic()
+
     async def _stream(self, http: aiohttp.ClientSession, node: NodeProcess, prefix: str,
-                      conn: WatchConnection) -> None:
+                      conn: WatchConnection, pause_s: float = 0.0) -> None:
         headers = {"Accept": "text/event-stream"}
         if conn.since is not None:
             headers["Last-Event-ID"] = str(conn.since)
@@ -353,6 +378,9 @@ class Workload:
                 elif line.startswith("data: "):
                     data = line[6:]
                 elif not line and kind:
+                    if pause_s and kind == "caught_up":
+                        await asyncio.sleep(pause_s)  # reading nothing meanwhile
+                        pause_s = 0.0
                     body = json.loads(data)
                     resume = Timestamp.parse(ident)
                     if body.get("id") == NO_APPEND_ID and kind == "put":
@@ -490,6 +518,7 @@ class _Run:
                       for i in range(2)]
             tasks += [asyncio.create_task(workload.watcher(i, http))
                       for i in range(len(rig.cluster.nodes))]
+            watching = asyncio.create_task(workload.client_watcher(client))
             progress = asyncio.create_task(self.progress(workload))
             try:
                 await self.schedule(faults, c.seconds)
@@ -500,6 +529,12 @@ class _Run:
                     await progress
                 self.say("load stopped; waiting for operations in flight")
                 await asyncio.gather(*tasks, return_exceptions=True)
+                # Client.watch waits for the next event: end it after one more interval.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(watching), WATCH_RECONNECT_S[1])
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
                 await faults.heal_all()
             self.say(self.ops_line())
             took = await faults.wait_for_leader(AGREE_S)
