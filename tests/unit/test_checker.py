@@ -417,7 +417,7 @@ def test_an_op_completes_once() -> None:
 
 
 def test_parse_faults() -> None:
-    assert parse_faults("all")[0] == "kill" and len(parse_faults("all")) == 10
+    assert parse_faults("all")[0] == "kill" and len(parse_faults("all")) == 11
     assert parse_faults("kill, db-latency") == ("kill", "db-latency")
     assert parse_faults("none") == ()
     with pytest.raises(ValueError, match="unknown fault"):

@@ -17,7 +17,9 @@
   are held for longer than a lease (commits land; their callers do not hear it in time);
 - ``asym-partition``: frames to a node's peer address arrive, nothing comes back (a
   leader gets its followers' puts and commits them; its acks do not reach them);
-- ``slow-peer``: a node's peer link gets more latency than a put's deadline.
+- ``slow-peer``: a node's peer link gets more latency than a put's deadline;
+- ``client-reset``: the proxies between some producers and the nodes close every
+  connection, mid-request or not, and refuse new ones for a moment.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import random
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...testing.cluster import LocalCluster, NodeProcess
 from ...testing.emulator import Emulator
@@ -39,7 +41,7 @@ __all__ = ["FAULT_KINDS", "Faults", "Rig"]
 
 FAULT_KINDS: tuple[str, ...] = ("kill", "stop", "peer-partition", "db-partition",
                                 "db-latency", "emulator-restart", "restart", "answer-loss",
-                                "asym-partition", "slow-peer")
+                                "asym-partition", "slow-peer", "client-reset")
 
 
 @dataclass
@@ -54,6 +56,8 @@ class Rig:
     peer_proxies: list[FaultProxy]
     lease_s: float
     put_timeout_s: float = 5.0  # the nodes' --put-timeout-ms
+    # In front of each node's HTTP port, for the producers that go through them.
+    client_proxies: list[FaultProxy] = field(default_factory=list)
 
     def create_database(self) -> None:
         """The database again, with its tables, on a (restarted) emulator."""
@@ -116,7 +120,7 @@ class Faults:
             "db-partition": self._db_partition, "db-latency": self._db_latency,
             "emulator-restart": self._emulator_restart, "restart": self._restart,
             "answer-loss": self._answer_loss, "asym-partition": self._asym_partition,
-            "slow-peer": self._slow_peer,
+            "slow-peer": self._slow_peer, "client-reset": self._client_reset,
         }[kind]
         event = FaultEvent(kind, "", "", time.monotonic(), time.time())
         self.history.faults.append(event)
@@ -264,6 +268,18 @@ class Faults:
                     f"{victim.node_id} (above the put deadline) for {hold:.1f}s")
         await self._hold(self.rig.peer_proxies[self.index(victim)], hold, delay_s=delay)
 
+    async def _client_reset(self, event: FaultEvent) -> None:
+        hold = 1.0
+        self._begin(event, "clients", f"reset every producer connection through the client "
+                                      f"proxies, and refuse new ones for {hold:.1f}s")
+        try:
+            for p in self.rig.client_proxies:
+                await asyncio.to_thread(p.set_mode, "reset")
+            await asyncio.sleep(hold)
+        finally:
+            for p in self.rig.client_proxies:
+                await asyncio.to_thread(p.set_mode, "pass")
+
     async def _emulator_restart(self, event: FaultEvent) -> None:
         self._begin(event, self.rig.emulator.host,
                     f"stop the emulator {self.rig.emulator.host}, start it again, re-create "
@@ -292,7 +308,7 @@ class Faults:
     async def heal_all(self) -> None:
         """Undo whatever may be left of a fault: proxies pass with no delay, stopped nodes
         continue, dead nodes start again, the emulator runs."""
-        for p in (*self.rig.db_proxies, *self.rig.peer_proxies):
+        for p in (*self.rig.db_proxies, *self.rig.peer_proxies, *self.rig.client_proxies):
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(p.set_mode, "pass", delay_s=0.0)
         for node in self.nodes:

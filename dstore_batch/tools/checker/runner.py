@@ -53,7 +53,8 @@ MAX_RETRIES = 2  # re-sends, with the same ids, of a put whose outcome is unknow
 # How long each fault takes, heal and re-election included (for the schedule only).
 ESTIMATE_S = {"kill": 4.5, "stop": 4.0, "peer-partition": 6.5, "db-partition": 4.0,
               "db-latency": 4.5, "emulator-restart": 1.5, "restart": 4.0,
-              "answer-loss": 4.0, "asym-partition": 6.5, "slow-peer": 5.0}
+              "answer-loss": 4.0, "asym-partition": 6.5, "slow-peer": 5.0,
+              "client-reset": 2.5}
 WATCH_RECONNECT_S = (3.0, 8.0)  # a watcher moves to the next node this often
 WATCH_PAUSE_S = 8.0  # how long the pausing watcher reads nothing
 STALE_READ_S = 0.5  # the bound of the workload's stale gets
@@ -141,6 +142,9 @@ class Workload:
                  seed: int) -> None:
         self.config = config
         self.nodes = list(nodes)
+        # Producers that reach the nodes through a proxy (the client-reset fault cuts
+        # their connections mid-request): node id -> the proxy's URL.
+        self.proxied: dict[str, str] = {}
         self.history = history
         self.seed = seed
         self.tag = f"s{seed}"
@@ -154,6 +158,13 @@ class Workload:
     def key(self, rng: random.Random) -> str:
         window = int((time.monotonic() - self.t0) / WINDOW_S)
         return f"{self.tag}-w{window}-k{rng.randrange(self.config.keys)}"
+
+    def url(self, node: NodeProcess, process: str) -> str:
+        """Where ``process`` reaches ``node``: through its client proxy for every fourth
+        producer (p3, p7, ...), else directly."""
+        if process.startswith("p") and int(process[1:]) % 4 == 3 and node.node_id in self.proxied:
+            return self.proxied[node.node_id]
+        return node.url
 
     def hot_key(self, rng: random.Random) -> str:
         """One of a few keys per window that conditional puts contend on."""
@@ -259,7 +270,7 @@ class Workload:
                 path = "/v1/put"
             else:
                 body, path = {"items": wire, "atomic": atomic}, "/v1/put_many"
-            async with http.post(node.url + path, json=body,
+            async with http.post(self.url(node, process) + path, json=body,
                                  timeout=self.timeouts[process]) as resp:
                 raw, status = await resp.read(), resp.status
         except Exception as exc:
@@ -287,7 +298,7 @@ class Workload:
         if staleness_s is not None:
             params["max_staleness_ms"] = str(int(staleness_s * 1000))
         try:
-            async with http.get(node.url + "/v1/get", params=params,
+            async with http.get(self.url(node, process) + "/v1/get", params=params,
                                 timeout=self.timeouts[process]) as resp:
                 raw, status = await resp.read(), resp.status
         except Exception as exc:
@@ -482,8 +493,9 @@ class _Run:
         self.say(f"emulator {self.emulator.host}; {c.nodes} nodes (peer address -> real "
                  "port): " + ", ".join(f"{n.node_id}->{n.listen}" for n in self.cluster.nodes)
                  + f"; leader {leader.node_id}; logs in {self.log_dir}")
+        client_proxies = [self._proxy(port) for port in real_ports]
         self.rig = Rig(self.cluster, self.emulator, database, db_proxies, peer_proxies,
-                       c.lease_s, c.put_timeout_ms / 1000)
+                       c.lease_s, c.put_timeout_ms / 1000, client_proxies)
         return self.rig
 
     def _proxy(self, upstream_port: int) -> FaultProxy:
@@ -508,6 +520,8 @@ class _Run:
         c = self.config
         faults = Faults(rig, self.history, random.Random(self.seed), self.say)
         workload = Workload(c, rig.cluster.nodes, self.history, self.seed)
+        workload.proxied = {n.node_id: f"http://{p.address}"
+                            for n, p in zip(rig.cluster.nodes, rig.client_proxies, strict=True)}
         timeout = aiohttp.ClientTimeout(total=c.client_timeout_s, connect=2.0)
         nodes = [n.url for n in rig.cluster.nodes]
         async with aiohttp.ClientSession(timeout=timeout) as http, Client(
