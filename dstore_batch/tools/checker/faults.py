@@ -29,7 +29,7 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ...testing.cluster import LocalCluster, NodeProcess
@@ -182,11 +182,7 @@ class Faults:
         self._begin(event, victim.node_id,
                     f"black-hole the peer address of the {role} {victim.node_id} "
                     f"for {hold:.1f}s")
-        await asyncio.to_thread(proxy.set_mode, "blackhole")
-        try:
-            await asyncio.sleep(hold)
-        finally:
-            await asyncio.to_thread(proxy.set_mode, "pass")
+        await self._hold([proxy], hold, "blackhole")
 
     async def _db_partition(self, event: FaultEvent) -> None:
         hold = 1.5 * self.rig.lease_s + 0.5
@@ -199,26 +195,14 @@ class Faults:
             what = f"the {role} {victim.node_id}"
         self._begin(event, target, f"black-hole the database connection of {what} "
                                    f"for {hold:.1f}s")
-        try:
-            for p in proxies:
-                await asyncio.to_thread(p.set_mode, "blackhole")
-            await asyncio.sleep(hold)
-        finally:
-            for p in proxies:
-                await asyncio.to_thread(p.set_mode, "pass")
+        await self._hold(proxies, hold, "blackhole")
 
     async def _db_latency(self, event: FaultEvent) -> None:
         delay = round(self.rng.uniform(0.05, 0.1), 3)
         hold = max(4.0, 2 * self.rig.lease_s)
         self._begin(event, "all", f"{delay * 1000:.0f} ms each way on every node's "
                                   f"database connection for {hold:.1f}s")
-        try:
-            for p in self.rig.db_proxies:
-                await asyncio.to_thread(p.set_mode, "pass", delay_s=delay)
-            await asyncio.sleep(hold)
-        finally:
-            for p in self.rig.db_proxies:
-                await asyncio.to_thread(p.set_mode, "pass", delay_s=0.0)
+        await self._hold(self.rig.db_proxies, hold, delay_s=delay)
 
     async def _restart(self, event: FaultEvent) -> None:
         victim, role = await self.pick(0.6)
@@ -234,14 +218,16 @@ class Faults:
             victim.start()
             await asyncio.to_thread(self.rig.cluster.wait_healthy, victim, 30.0)
 
-    async def _hold(self, proxy: FaultProxy, hold: float, mode: Mode = "pass",
+    async def _hold(self, proxies: Sequence[FaultProxy], hold: float, mode: Mode = "pass",
                     delay_s: float = 0.0) -> None:
-        """``proxy`` in ``mode`` (and ``delay_s``) for ``hold`` seconds, then passing."""
-        await asyncio.to_thread(proxy.set_mode, mode, delay_s=delay_s)
+        """``proxies`` in ``mode`` (and ``delay_s``) for ``hold`` seconds, then passing."""
         try:
+            for p in proxies:
+                await asyncio.to_thread(p.set_mode, mode, delay_s=delay_s)
             await asyncio.sleep(hold)
         finally:
-            await asyncio.to_thread(proxy.set_mode, "pass", delay_s=0.0)
+            for p in proxies:
+                await asyncio.to_thread(p.set_mode, "pass", delay_s=0.0)
 
     async def _answer_loss(self, event: FaultEvent) -> None:
         victim, role = await self.pick(0.7)
@@ -249,7 +235,7 @@ class Faults:
         self._begin(event, victim.node_id,
                     f"hold the database's answers to the {role} {victim.node_id} for "
                     f"{hold:.1f}s (its requests arrive and are acted on)")
-        await self._hold(self.rig.db_proxies[self.index(victim)], hold, "no-replies")
+        await self._hold([self.rig.db_proxies[self.index(victim)]], hold, "no-replies")
 
     async def _asym_partition(self, event: FaultEvent) -> None:
         victim, role = await self.pick(0.75)
@@ -257,7 +243,7 @@ class Faults:
         self._begin(event, victim.node_id,
                     f"frames to the peer address of the {role} {victim.node_id} arrive, "
                     f"nothing comes back, for {hold:.1f}s")
-        await self._hold(self.rig.peer_proxies[self.index(victim)], hold, "no-replies")
+        await self._hold([self.rig.peer_proxies[self.index(victim)]], hold, "no-replies")
 
     async def _slow_peer(self, event: FaultEvent) -> None:
         victim, role = await self.pick(0.75)
@@ -266,19 +252,13 @@ class Faults:
         self._begin(event, victim.node_id,
                     f"{delay:.1f}s each way on the peer address of the {role} "
                     f"{victim.node_id} (above the put deadline) for {hold:.1f}s")
-        await self._hold(self.rig.peer_proxies[self.index(victim)], hold, delay_s=delay)
+        await self._hold([self.rig.peer_proxies[self.index(victim)]], hold, delay_s=delay)
 
     async def _client_reset(self, event: FaultEvent) -> None:
         hold = 1.0
         self._begin(event, "clients", f"reset every producer connection through the client "
                                       f"proxies, and refuse new ones for {hold:.1f}s")
-        try:
-            for p in self.rig.client_proxies:
-                await asyncio.to_thread(p.set_mode, "reset")
-            await asyncio.sleep(hold)
-        finally:
-            for p in self.rig.client_proxies:
-                await asyncio.to_thread(p.set_mode, "pass")
+        await self._hold(self.rig.client_proxies, hold, "reset")
 
     async def _emulator_restart(self, event: FaultEvent) -> None:
         self._begin(event, self.rig.emulator.host,
