@@ -226,6 +226,9 @@ class Workload:
             elif r < 0.8:
                 count = 1 if r < 0.45 else rng.randrange(2, 7)
                 items = self.items(rng, name, count)
+                if count == 1 and rng.random() < 0.15:
+                    # A plain append on a hot key: conditional puts race with it.
+                    items = [self.item(rng, name, self.hot_key(rng))]
                 # Atomic: 2-3 distinct keys in one commit (or none of them).
                 atomic = r >= 0.65
                 if atomic:
