@@ -145,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-inflight", type=int, default=1,
                    help="the nodes' --max-inflight (commits in flight at once; > 1 lets a "
                         "commit of unknown outcome have later commits beside it)")
+    p.add_argument("--keep-versions", type=int,
+                   help="the nodes' --keep-versions (with a 2 s --dedup-window-s, so rows "
+                        "are trimmed within the run); the checks allow for trimmed rows and "
+                        "check retention's own promises")
     _emulator_bin_flag(p)
 
     # Internal: one producing node of `bench` (a serve node with producers inside).
@@ -532,7 +536,7 @@ def _main(args: argparse.Namespace) -> int:
         return run_check(seconds=args.seconds, faults=args.faults, nodes=args.nodes,
                          lease_ms=args.lease_ms, json_path=args.json, seed=args.seed,
                          data_dir=args.data_dir, emulator_bin=args.emulator_bin,
-                         max_inflight=args.max_inflight)
+                         max_inflight=args.max_inflight, keep_versions=args.keep_versions)
     if args.command == "bench-node":
         from .tools.bench.funnel_node import run_node
         from .tools.bench.workload import WorkloadSpec

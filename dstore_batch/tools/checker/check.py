@@ -54,6 +54,8 @@ CHECKS: dict[str, str] = {
     "read_timestamp": "a get's rows differ from the final state's rows at or before its "
                       "read_timestamp, or that timestamp is below an ack that completed "
                       "before the get began (less its staleness bound)",
+    "retention": "with --keep-versions N: a key ends with fewer than min(N, its acked "
+                 "rows) rows, or a row one read lacked is back in a later read",
     "no_append_rewritten": "a no_append value seen (or acked) at two timestamps in one "
                            "epoch: written again after its first write",
     **ORACLE_CHECKS,
@@ -182,6 +184,8 @@ class _Checker:
         # Keys of no_append writes (id "-": one row, no history): checked apart.
         self.no_append_keys = {i.key for op in history.ops for i in op.items
                                if i.id == NO_APPEND_ID}
+        self.keep = history.keep_versions
+        self._known_stamps: dict[tuple[str, int], list[Timestamp]] = {}
         self._index()
 
     # -- building -------------------------------------------------------------------------
@@ -238,6 +242,7 @@ class _Checker:
         self.check_no_append()
         self.check_read_timestamps()
         self.check_real_time_across_keys()
+        self.check_retention()
         logs = final_logs((f.node, f.key, f.rows) for f in self.final)
         for oracle in (check_atomic, check_cas, check_watches):
             oracle(self.history, logs, self.add, self.checked)
@@ -343,7 +348,9 @@ class _Checker:
             want = {(s.id, s.timestamp) for s in last.rows if s.timestamp <= op.read_ts}
             got = {(s.id, s.timestamp) for s in op.seen}
             self.checked["read_timestamp"] += 1
-            if want != got:
+            # With retention, rows the get saw may have been trimmed since: the final
+            # state's rows at its timestamp must all be in it, not the other way round.
+            if want != got and not (self.keep is not None and want <= got):
                 self.add("read_timestamp", key, None,
                          f"get op {op.index} via {op.node} at {op.read_ts}: only in it "
                          f"{sorted(got - want)[:3]}, only in the final state at or before "
@@ -393,6 +400,71 @@ class _Checker:
         this host's); None before it."""
         cut, _ = epoch_cut(self.history)
         return self.epochs.last if ts > cut else None
+
+    def _trimmable(self, key: str, epoch: int, ts: Timestamp) -> bool:
+        """Whether --keep-versions lets ``key``'s row at ``ts`` go: that many of the
+        key's rows known in ``epoch`` (acked or read) are newer."""
+        if self.keep is None:
+            return False
+        stamps = self._known_stamps.get((key, epoch))
+        if stamps is None:
+            stamps = self._known_stamps[(key, epoch)] = sorted(
+                self.known_ts.get((key, epoch), {}).values())
+        return len(stamps) - bisect.bisect_right(stamps, ts) >= self.keep
+
+    def _newest(self, rows: Sequence[Seen]) -> Sequence[Seen]:
+        """The rows no trim may remove: all of them, or the newest --keep-versions."""
+        if self.keep is None:
+            return rows
+        return sorted(rows, key=lambda s: s.timestamp)[-self.keep:]
+
+    def check_retention(self) -> None:
+        """With --keep-versions N: each key ends with at least min(N, its rows acked in
+        the last epoch) rows, and a row one read lacked (committed before that read's
+        timestamp) is in no later read."""
+        if self.keep is None:
+            return
+        acked: dict[str, set[str]] = defaultdict(set)
+        for (key, epoch), oks in self.oks.items():
+            if epoch == self.epochs.last:
+                acked[key].update(rid for _, _, rid, _ in oks)
+        for f in self.final:
+            if f.key in self.no_append_keys:
+                continue
+            want = min(self.keep, len(acked.get(f.key, ())))
+            self.checked["retention"] += 1
+            if len(f.rows) < want:
+                self.add("retention", f.key, None,
+                         f"final read via {f.node}: {len(f.rows)} rows, at least {want} "
+                         f"must stay (--keep-versions {self.keep})", [],
+                         dedupe=("retention-count", f.key))
+        known: dict[str, dict[str, Timestamp]] = defaultdict(dict)
+        for (key, epoch), ids in self.known_ts.items():
+            if epoch == self.epochs.last:
+                known[key].update(ids)
+        by_key: dict[str, list[_Read]] = defaultdict(list)
+        for r in self.reads():
+            if r.epoch == self.epochs.last:
+                by_key[r.key].append(r)
+        for key, reads in by_key.items():
+            reads.sort(key=lambda r: r.invoke)
+            gone: dict[str, _Read] = {}  # row -> the first read that lacked it
+            for r in reads:
+                have = {s.id for s in r.rows}
+                read_ts = (self.history.ops[r.op].read_ts if r.op is not None else None)
+                for rid in have:
+                    lacked = gone.get(rid)
+                    self.checked["retention"] += 1
+                    if lacked is not None and lacked.complete < r.invoke:
+                        self.add("retention", key, rid,
+                                 f"{lacked.label} lacked {rid}; {r.label}, later, has it",
+                                 [o for o in (lacked.op, r.op) if o is not None],
+                                 dedupe=("reappeared", key, rid))
+                if read_ts is None:
+                    continue
+                for rid, ts in known[key].items():
+                    if rid not in have and rid not in gone and ts <= read_ts:
+                        gone[rid] = r
 
     def check_no_append(self) -> None:
         """A no_append value is written once: within an epoch, every ack, read and watch
@@ -480,6 +552,8 @@ class _Checker:
         self.checked["lost_ack" if final else "stale_read"] += len(required)
         for complete, ts, row_id, op_index in required:
             got = ids.get(row_id)
+            if got is None and self._trimmable(read.key, read.epoch, ts):
+                continue  # behind the key's newest --keep-versions rows: trimmed
             if got is None:
                 check = "lost_ack" if final else "stale_read"
                 self.add(check, read.key, row_id,
@@ -559,6 +633,8 @@ class _Checker:
             for final in finals[r.key]:
                 stored = {s.id: s.timestamp for s in final.rows}
                 for seen in r.rows:
+                    if seen.id not in stored and self._trimmable(r.key, last, seen.timestamp):
+                        continue  # trimmed since the get: retention's to remove
                     row = self.rows.get((r.key, seen.id))
                     if row is None or row.status == "failed":
                         continue  # reported as a phantom or as failed-but-stored
@@ -581,7 +657,10 @@ class _Checker:
         for f in self.final:
             by_key[f.key].append(f)
         for key, finals in by_key.items():
-            views = {f.node: {(s.id, s.timestamp) for s in f.rows} for f in finals}
+            # With retention, a trim may fall between two nodes' reads: only the newest
+            # --keep-versions rows, which no trim removes, must agree.
+            views = {f.node: {(s.id, s.timestamp) for s in self._newest(f.rows)}
+                     for f in finals}
             self.checked["node_disagreement"] += len(views) - 1
             first_node, first = next(iter(views.items()))
             for node, view in views.items():

@@ -280,6 +280,9 @@ class History:
     faults: list[FaultEvent] = field(default_factory=list)
     restarts: list[EmulatorRestart] = field(default_factory=list)
     watches: list[WatchStream] = field(default_factory=list)
+    # The nodes' --keep-versions (None: nothing removed): rows behind a key's newest
+    # ones may be trimmed, and the checks allow for it.
+    keep_versions: int | None = None
 
     # -- recording (``at``: a monotonic time, for hand-made histories) -------------------
 
@@ -361,14 +364,16 @@ class History:
         return {"ops": [op.to_dict() for op in self.ops],
                 "faults": [f.to_dict() for f in self.faults],
                 "restarts": [[r.begin, r.end] for r in self.restarts],
-                "watches": [w.to_dict() for w in self.watches]}
+                "watches": [w.to_dict() for w in self.watches],
+                "keep_versions": self.keep_versions}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:
         return cls(ops=[Op.from_dict(o) for o in d["ops"]],
                    faults=[FaultEvent.from_dict(f) for f in d.get("faults", ())],
                    restarts=[EmulatorRestart(b, e) for b, e in d.get("restarts", ())],
-                   watches=[WatchStream.from_dict(w) for w in d.get("watches", ())])
+                   watches=[WatchStream.from_dict(w) for w in d.get("watches", ())],
+                   keep_versions=d.get("keep_versions"))
 
     def dump(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict()))

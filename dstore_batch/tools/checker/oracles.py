@@ -18,7 +18,7 @@ from ...types import NO_APPEND_ID, Timestamp
 from .history import ABSENT, History, Seen, WatchConnection
 
 __all__ = ["ORACLE_CHECKS", "FinalLog", "check_atomic", "check_cas", "check_watches",
-           "final_logs"]
+           "final_logs", "trimmable"]
 
 ORACLE_CHECKS: dict[str, str] = {
     "atomic_split": "an atomic put_many acked with two timestamps, or stored in part or "
@@ -51,7 +51,7 @@ class FinalLog:
 
     def __init__(self, node: str, reads: Iterable[tuple[str, Sequence[Seen]]]) -> None:
         self.node = node
-        self.by_key: dict[str, list[Seen]] = {}
+        self.by_key: dict[str, list[Seen]] = {}  # oldest first
         rows: list[FinalRow] = []
         for key, seen in reads:
             ordered = sorted(seen, key=lambda s: (s.timestamp, s.id))
@@ -62,6 +62,11 @@ class FinalLog:
         self._stamps = [r.timestamp for r in rows]
         self.where: dict[tuple[str, str], Timestamp] = {(r.key, r.id): r.timestamp
                                                         for r in rows}
+
+    def newer(self, key: str, ts: Timestamp) -> int:
+        """How many of ``key``'s rows are newer than ``ts``."""
+        stamps = [s.timestamp for s in self.by_key.get(key, ())]
+        return len(stamps) - bisect.bisect_right(stamps, ts)
 
     def between(self, after: Timestamp, upto: Timestamp) -> list[FinalRow]:
         """Rows with ``after < timestamp <= upto``."""
@@ -79,6 +84,13 @@ def epoch_cut(history: History) -> tuple[Timestamp, float]:
     ref = next((op for op in history.ops), None)
     offset = (ref.invoke_wall - ref.invoke) if ref is not None else 0.0
     return Timestamp(int((last.begin + offset) * 1e9)), last.end
+
+
+def trimmable(history: History, log: FinalLog, key: str, ts: Timestamp) -> bool:
+    """Whether retention (``--keep-versions``) may have removed ``key``'s row at
+    ``ts`` from the final state: as many newer rows of the key are there."""
+    keep = history.keep_versions
+    return keep is not None and log.newer(key, ts) >= keep
 
 
 def _acked_at(history: History) -> dict[tuple[str, str], float]:
@@ -115,8 +127,10 @@ def check_atomic(history: History, logs: Sequence[FinalLog], add: Add,
             if not present:
                 continue
             checked["atomic_split"] += 1
-            if len(present) != len(stored) or len(set(present.values())) > 1:
-                missing = [k for k, ts in stored.items() if ts is None]
+            ts = next(iter(present.values()))
+            missing = [k for k, at in stored.items()
+                       if at is None and not trimmable(history, log, k[0], ts)]
+            if missing or len(set(present.values())) > 1:
                 add("atomic_split", op.items[0].key, op.items[0].id,
                     f"op {op.index} (atomic): via {log.node} {len(present)} of "
                     f"{len(stored)} rows stored (missing {missing[:3]}), at "
@@ -141,6 +155,8 @@ def check_cas(history: History, logs: Sequence[FinalLog], add: Add,
                 if found is None:
                     continue
                 cond, ops = found
+                if i == 0 and history.keep_versions is not None:
+                    continue  # its predecessor may have been trimmed: unknown
                 before = rows[i - 1] if i else None
                 checked["cas_violation"] += 1
                 want = "no row" if cond == ABSENT else cond
@@ -199,11 +215,11 @@ def check_watches(history: History, logs: Sequence[FinalLog], add: Add,
     for watch in history.watches:
         for n, conn in enumerate(watch.connections):
             where = f"watch {watch.name} stream {n} via {conn.node}"
-            _check_stream(watch.prefix, conn, log, cut, where, add, checked)
+            _check_stream(history, watch.prefix, conn, log, cut, where, add, checked)
 
 
-def _check_stream(prefix: str, conn: WatchConnection, log: FinalLog, cut: Timestamp,
-                  where: str, add: Add, checked: dict[str, int]) -> None:
+def _check_stream(history: History, prefix: str, conn: WatchConnection, log: FinalLog,
+                  cut: Timestamp, where: str, add: Add, checked: dict[str, int]) -> None:
     delivered: set[tuple[str, str]] = set()
     last: tuple[Timestamp, str, str] | None = None
     position = conn.since
@@ -234,6 +250,8 @@ def _check_stream(prefix: str, conn: WatchConnection, log: FinalLog, cut: Timest
             continue  # written before the last emulator restart: not in the final state
         checked["watch_phantom"] += 1
         stored = log.where.get((key, row_id))
+        if stored is None and trimmable(history, log, key, ts):
+            continue
         if stored != ts:
             add("watch_phantom", key, row_id,
                 f"{where}: event {key}/{row_id} at {ts}; the final state has "

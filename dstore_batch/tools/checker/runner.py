@@ -58,6 +58,9 @@ ESTIMATE_S = {"kill": 4.5, "stop": 4.0, "peer-partition": 6.5, "db-partition": 4
 WATCH_RECONNECT_S = (3.0, 8.0)  # a watcher moves to the next node this often
 WATCH_PAUSE_S = 8.0  # how long the pausing watcher reads nothing
 STALE_READ_S = 0.5  # the bound of the workload's stale gets
+# With --keep-versions: the nodes' de-duplication window, short so that trims happen
+# within a run (rows younger than it are never trimmed).
+RETENTION_WINDOW_S = 2.0
 HOT_KEYS = 3
 NO_APPEND_KEYS = 2  # keys per window that conditional puts contend on
 IMPATIENT_S = 1.5  # the request timeout of every other producer: it gives up early and
@@ -79,6 +82,7 @@ class CheckConfig:
     put_timeout_ms: int = 5000
     db_timeout_ms: int = 3000
     max_inflight: int = 1  # the nodes' --max-inflight
+    keep_versions: int | None = None  # the nodes' --keep-versions (with a short window)
 
     @property
     def lease_s(self) -> float:
@@ -458,7 +462,7 @@ class _Run:
         self.out = out
         self.say = _Say(out)
         self.seed = config.seed if config.seed is not None else random.randrange(1, 10**6)
-        self.history = History()
+        self.history = History(keep_versions=config.keep_versions)
         self.problems: list[str] = []
         self.log_dir = Path(config.data_dir or tempfile.mkdtemp(prefix="dstore-check-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -475,7 +479,8 @@ class _Run:
     def setup(self) -> Rig:
         c = self.config
         self.say(f"seed {self.seed}; faults {','.join(c.faults) or 'none'}; {c.seconds:.0f} s "
-                 f"of load on {c.nodes} nodes (--max-inflight {c.max_inflight})")
+                 f"of load on {c.nodes} nodes (--max-inflight {c.max_inflight}"
+                 + (f", --keep-versions {c.keep_versions}" if c.keep_versions else "") + ")")
         self.emulator = Emulator(binary=c.emulator_bin).start()
         database = self.emulator.create_database("check", project="check-project",
                                                  instance="check-instance")
@@ -489,7 +494,10 @@ class _Run:
             node_args=[["--emulator-host", p.address] for p in db_proxies],
             extra_args=["--put-timeout-ms", str(c.put_timeout_ms),
                         "--db-timeout-ms", str(c.db_timeout_ms),
-                        "--max-inflight", str(c.max_inflight)],
+                        "--max-inflight", str(c.max_inflight),
+                        *(["--keep-versions", str(c.keep_versions),
+                           "--dedup-window-s", str(RETENTION_WINDOW_S)]
+                          if c.keep_versions else [])],
         )
         self.cluster.start(timeout=60.0)
         leader = self.cluster.wait_for_leader(60.0)
@@ -867,7 +875,7 @@ def run_checker(config: CheckConfig, out: TextIO | None = None) -> CheckResult:
 def run_check(*, seconds: float, faults: str, nodes: int = 3, lease_ms: int = 2000,
               json_path: str | None = None, seed: int | None = None,
               data_dir: str | None = None, emulator_bin: str | None = None,
-              max_inflight: int = 1) -> int:
+              max_inflight: int = 1, keep_versions: int | None = None) -> int:
     """`dstore-batch check`: run, print the table, return the exit status."""
     if nodes < 2:
         raise ValueError("--nodes must be at least 2")
@@ -876,5 +884,5 @@ def run_check(*, seconds: float, faults: str, nodes: int = 3, lease_ms: int = 20
     config = CheckConfig(seconds=seconds, faults=parse_faults(faults), nodes=nodes,
                          lease_ms=lease_ms, seed=seed, json_path=json_path,
                          data_dir=data_dir, emulator_bin=emulator_bin,
-                         max_inflight=max_inflight)
+                         max_inflight=max_inflight, keep_versions=keep_versions)
     return run_checker(config).exit_code
