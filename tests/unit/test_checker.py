@@ -20,6 +20,7 @@ from dstore_batch.errors import (
 from dstore_batch.tools.checker.check import CHECKS, FinalRead, Report, check_history
 from dstore_batch.tools.checker.history import (
     ABSENT,
+    TOMBSTONE,
     EmulatorRestart,
     History,
     Op,
@@ -664,3 +665,18 @@ def test_a_trimmed_row_never_comes_back() -> None:
     report = check_history(h, final("a", ("r2", 30), ("r3", 40)))
     assert only(report) == {"retention": 1}
     assert report.anomalies[0].row_id == "r1"
+
+
+def test_if_absent_after_a_delete_passes() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("e", "r1"), acks=(10,))
+    delete = h.invoke_put("n1", "p0", [PutItem("e", "d1", TOMBSTONE)], kind="delete", at=1.2)
+    h.ok_put(delete, [ts(20)], at=1.3)
+    cond_put(h, 1.4, 1.5, "e", "r2", ABSENT, ack=30)  # the key is deleted: absent
+    reads = [FinalRead(n, "e", 100.0, 100.01, (Seen("r2", ts(30), value("r2")),
+                                               Seen("d1", ts(20), TOMBSTONE),
+                                               Seen("r1", ts(10), value("r1"))))
+             for n in NODES]
+    report = check_history(h, reads)
+    assert report.total == 0, report.anomalies
+    assert report.checked["cas_violation"] == 3  # once through each node

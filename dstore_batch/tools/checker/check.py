@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...types import NO_APPEND_ID, Timestamp
-from .history import History, Op, Seen
+from .history import TOMBSTONE, History, Op, Seen
 from .oracles import (
     ORACLE_CHECKS,
     check_atomic,
@@ -200,7 +200,8 @@ class _Checker:
                 row = self.rows.get((item.key, item.id))
                 if row is None:
                     row = self.rows[(item.key, item.id)] = _Row(item.key, item.id, item.value)
-                    self.by_value.setdefault(item.value, (item.key, item.id))
+                    if item.value != TOMBSTONE:  # every tombstone has the same "value"
+                        self.by_value.setdefault(item.value, (item.key, item.id))
                 row.attempts.append(op)
                 if op.outcome == "ok":
                     row.oks.append((op, op.acks[i]))

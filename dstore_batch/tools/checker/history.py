@@ -34,6 +34,7 @@ from ...types import NO_APPEND_ID, Timestamp
 
 __all__ = [
     "ABSENT",
+    "TOMBSTONE",
     "EmulatorRestart",
     "FaultEvent",
     "History",
@@ -47,10 +48,10 @@ __all__ = [
     "classify",
 ]
 
-OpKind = Literal["put", "put_many", "get"]
+OpKind = Literal["put", "put_many", "delete", "get"]
 Outcome = Literal["ok", "failed", "unknown"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "failed", "unknown")
-KINDS: tuple[OpKind, ...] = ("put", "put_many", "get")
+KINDS: tuple[OpKind, ...] = ("put", "put_many", "delete", "get")
 
 
 def classify(exc: BaseException) -> tuple[Outcome, str]:
@@ -100,6 +101,7 @@ class PutItem:
 
 
 ABSENT = "\x00absent"  # PutItem.cond of an if_absent item (no row id looks like it)
+TOMBSTONE = "\x00deleted"  # the value of a delete's row (a read shows it as deleted)
 
 
 @dataclass(slots=True)

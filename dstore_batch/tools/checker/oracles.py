@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ...types import NO_APPEND_ID, Timestamp
-from .history import ABSENT, History, Seen, WatchConnection
+from .history import ABSENT, TOMBSTONE, History, Seen, WatchConnection
 
 __all__ = ["ORACLE_CHECKS", "FinalLog", "check_atomic", "check_cas", "check_watches",
            "final_logs", "trimmable"]
@@ -159,9 +159,9 @@ def check_cas(history: History, logs: Sequence[FinalLog], add: Add,
                     continue  # its predecessor may have been trimmed: unknown
                 before = rows[i - 1] if i else None
                 checked["cas_violation"] += 1
-                want = "no row" if cond == ABSENT else cond
-                if (before is not None if cond == ABSENT
-                        else before is None or before.id != cond):
+                want = "no live row" if cond == ABSENT else cond
+                live = before is not None and before.value != TOMBSTONE
+                if (live if cond == ABSENT else before is None or before.id != cond):
                     add("cas_violation", key, seen.id,
                         f"via {log.node}: {seen.id} ({seen.timestamp}) needed {want} "
                         f"before it; the row before it is "

@@ -39,7 +39,16 @@ from ...testing.faultproxy import FaultProxy
 from ...types import NO_APPEND_ID, Timestamp
 from .check import CHECKS, FinalRead, Report, check_history
 from .faults import FAULT_KINDS, Faults, Rig
-from .history import ABSENT, History, Op, PutItem, Seen, WatchConnection, WatchStream
+from .history import (
+    ABSENT,
+    TOMBSTONE,
+    History,
+    Op,
+    PutItem,
+    Seen,
+    WatchConnection,
+    WatchStream,
+)
 
 __all__ = ["CheckConfig", "CheckResult", "parse_faults", "recheck", "run_check", "run_checker"]
 
@@ -195,7 +204,8 @@ class Workload:
         seen = await self.get(http, node, process, key)
         if seen is None:
             return None
-        return seen[0].id if seen else ABSENT
+        # A deleted key is absent: if_absent holds over its tombstone.
+        return seen[0].id if seen and seen[0].value != TOMBSTONE else ABSENT
 
     async def cas_items(self, http: aiohttp.ClientSession, node: NodeProcess,
                         process: str, rng: random.Random) -> list[PutItem] | None:
@@ -233,6 +243,10 @@ class Workload:
                 if count == 1 and rng.random() < 0.15:
                     # A plain append on a hot key: conditional puts race with it.
                     items = [self.item(rng, name, self.hot_key(rng))]
+                elif count == 1 and rng.random() < 0.1:
+                    # A delete (a tombstone row with a client id), on a key or a hot key.
+                    key = self.hot_key(rng) if rng.random() < 0.5 else self.key(rng)
+                    items = [PutItem(key, self.item(rng, name, key).id, TOMBSTONE)]
                 # Atomic: 2-3 distinct keys in one commit (or none of them).
                 atomic = r >= 0.65
                 if atomic:
@@ -268,12 +282,16 @@ class Workload:
                   items: list[PutItem], retry_of: int | None = None,
                   atomic: bool = False) -> tuple[str, Op]:
         op = self.history.invoke_put(node.node_id, process, items, retry_of=retry_of,
-                                     atomic=atomic)
+                                     atomic=atomic,
+                                     kind="delete" if items[0].value == TOMBSTONE else None)
         single = len(items) == 1
         wire = [i.wire() for i in items]
         try:
-            if single:
-                body: Any = wire[0]
+            body: Any
+            if items[0].value == TOMBSTONE:
+                body, path = {"key": items[0].key, "id": items[0].id}, "/v1/delete"
+            elif single:
+                body = wire[0]
                 path = "/v1/put"
             else:
                 body, path = {"items": wire, "atomic": atomic}, "/v1/put_many"
@@ -449,7 +467,8 @@ def _http_error(raw: bytes, status: int) -> BaseException:
 
 
 def _rows(body: Any) -> list[Seen]:
-    return [Seen(str(i["id"]), Timestamp.parse(i["timestamp"]), str(i["value"]))
+    return [Seen(str(i["id"]), Timestamp.parse(i["timestamp"]),
+                 TOMBSTONE if i.get("deleted") else str(i["value"]))
             for i in body["items"]]
 
 
@@ -593,7 +612,8 @@ class _Run:
 
     def ops_line(self) -> str:
         counts = self.history.counts()
-        puts = {o: counts["put"][o] + counts["put_many"][o] for o in counts["put"]}
+        puts = {o: counts["put"][o] + counts["put_many"][o] + counts["delete"][o]
+                for o in counts["put"]}
         rows = sum(len(op.items) for op in self.history.ops if op.outcome == "ok")
         return (f"ops {len(self.history.ops)}: puts ok {puts['ok']} failed {puts['failed']} "
                 f"unknown {puts['unknown']}; gets ok {counts['get']['ok']} not ok "
