@@ -135,6 +135,17 @@ def na_final(key: str, row: tuple[str, int]) -> list[FinalRead]:
             for n in NODES]
 
 
+PAGE = (("a", "r4", 22), ("b", "r7", 30), ("c", "r11", 50), ("d", "r10", 40),
+        ("e", "r12", 60), ("f", NO_APPEND_ID, 80))  # every key's newest row at 100
+
+
+def list_page(h: History, *rows: tuple[str, str, int], after: str | None = None,
+              next_key: str | None = None, read_ts: int = 100) -> Op:
+    op = h.invoke_list("n1", "p4", "", after, 10, at=5.0)
+    h.ok_list(op, [(k, i, ts(t)) for k, i, t in rows], next_key, ts(read_ts), at=5.1)
+    return op
+
+
 LOG = (("a", "r1", 10), ("a", "r5", 15), ("a", "r2", 20), ("b", "r3", 21), ("a", "r4", 22),
        ("b", "r7", 30), ("c", "r9", 40), ("d", "r10", 40), ("c", "r11", 50),
        ("e", "r12", 60))
@@ -161,6 +172,7 @@ def clean_history() -> tuple[History, list[FinalRead]]:
     stream(h, 0, *LOG, caught_up=70)
     na_put(h, 4.0, 4.1, "f", "v1", ack=80)
     get_na(h, 4.2, 4.3, "f", ("v1", 80))
+    list_page(h, *PAGE)
     return h, [*na_final("f", ("v1", 80)),
                *final("a", ("r1", 10), ("r5", 15), ("r2", 20), ("r4", 22)),
                *final("b", ("r3", 21), ("r7", 30)), *final("c", ("r9", 40), ("r11", 50)),
@@ -680,3 +692,13 @@ def test_if_absent_after_a_delete_passes() -> None:
     report = check_history(h, reads)
     assert report.total == 0, report.anomalies
     assert report.checked["cas_violation"] == 3  # once through each node
+
+
+def test_a_list_page_that_misses_a_key_or_shows_an_old_row() -> None:
+    h, reads = clean_history()
+    list_page(h, *[r for r in PAGE if r[0] != "c"])  # c skipped
+    list_page(h, ("a", "r2", 20), *PAGE[1:])  # a's older row
+    list_page(h, *PAGE[:2], next_key="b")  # a first page, up to b: fine
+    list_page(h, *PAGE[2:], after="b")  # and the rest: fine
+    report = check_history(h, reads)
+    assert only(report) == {"list_page": 2}

@@ -27,6 +27,7 @@ from .oracles import (
     ORACLE_CHECKS,
     check_atomic,
     check_cas,
+    check_lists,
     check_watches,
     epoch_cut,
     final_logs,
@@ -245,7 +246,7 @@ class _Checker:
         self.check_real_time_across_keys()
         self.check_retention()
         logs = final_logs((f.node, f.key, f.rows) for f in self.final)
-        for oracle in (check_atomic, check_cas, check_watches):
+        for oracle in (check_atomic, check_cas, check_lists, check_watches):
             oracle(self.history, logs, self.add, self.checked)
         counts = {name: 0 for name in CHECKS}
         for a in self.anomalies:

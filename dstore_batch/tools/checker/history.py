@@ -48,10 +48,10 @@ __all__ = [
     "classify",
 ]
 
-OpKind = Literal["put", "put_many", "delete", "get"]
+OpKind = Literal["put", "put_many", "delete", "get", "list"]
 Outcome = Literal["ok", "failed", "unknown"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "failed", "unknown")
-KINDS: tuple[OpKind, ...] = ("put", "put_many", "delete", "get")
+KINDS: tuple[OpKind, ...] = ("put", "put_many", "delete", "get", "list")
 
 
 def classify(exc: BaseException) -> tuple[Outcome, str]:
@@ -181,7 +181,13 @@ class Op:
     error: str | None = None  # the code or kind of error, when not ok
     acks: tuple[Timestamp, ...] = ()  # ok puts: one ack timestamp per item, input order
     seen: tuple[Seen, ...] = ()  # ok gets: the rows returned, newest first
-    read_ts: Timestamp | None = None  # ok gets: the read_timestamp the node answered
+    read_ts: Timestamp | None = None  # ok gets and lists: the read_timestamp answered
+    # Lists: ``key`` is the prefix; the page after ``after``, ``limit`` keys at most; the
+    # rows it returned, (key, id, timestamp) in key order, and its ``next``.
+    after: str | None = None
+    limit: int = 0
+    listed: tuple[tuple[str, str, Timestamp], ...] = ()
+    next: str | None = None
     staleness_s: float | None = None  # gets with max_staleness_ms (a stale read's bound)
 
     @property
@@ -199,7 +205,11 @@ class Op:
                               else round(self.complete_wall, 6)),
             "outcome": self.outcome, "error": self.error,
         }
-        if self.kind == "get":
+        if self.kind == "list":
+            out.update(key=self.key, after=self.after, limit=self.limit, next=self.next,
+                       listed=[[k, i, str(t)] for k, i, t in self.listed],
+                       read_ts=None if self.read_ts is None else str(self.read_ts))
+        elif self.kind == "get":
             out["key"] = self.key
             out["seen"] = [[s.id, str(s.timestamp), s.value] for s in self.seen]
             if self.read_ts is not None:
@@ -230,7 +240,9 @@ class Op:
             acks=tuple(Timestamp.parse(t) for t in d.get("acks", ())),
             seen=tuple(Seen(i, Timestamp.parse(t), v) for i, t, v in d.get("seen", ())),
             read_ts=Timestamp.parse(d["read_ts"]) if d.get("read_ts") else None,
-            staleness_s=d.get("staleness_s"),
+            staleness_s=d.get("staleness_s"), after=d.get("after"), limit=d.get("limit", 0),
+            listed=tuple((k, i, Timestamp.parse(t)) for k, i, t in d.get("listed", ())),
+            next=d.get("next"),
         )
 
 
@@ -310,6 +322,19 @@ class History:
                 staleness_s=staleness_s)
         self.ops.append(op)
         return op
+
+    def invoke_list(self, node: str, process: str, prefix: str, after: str | None,
+                    limit: int, *, at: float | None = None) -> Op:
+        mono, wall = self._times(at)
+        op = Op(len(self.ops), "list", node, process, mono, wall, key=prefix, after=after,
+                limit=limit)
+        self.ops.append(op)
+        return op
+
+    def ok_list(self, op: Op, listed: Iterable[tuple[str, str, Timestamp]],
+                next_key: str | None, read_ts: Timestamp, *, at: float | None = None) -> None:
+        self._complete(op, "ok", at)
+        op.listed, op.next, op.read_ts = tuple(listed), next_key, read_ts
 
     def _complete(self, op: Op, outcome: Outcome, at: float | None) -> None:
         if op.outcome is not None:

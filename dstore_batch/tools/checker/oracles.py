@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from ...types import NO_APPEND_ID, Timestamp
 from .history import ABSENT, TOMBSTONE, History, Seen, WatchConnection
 
-__all__ = ["ORACLE_CHECKS", "FinalLog", "check_atomic", "check_cas", "check_watches",
-           "final_logs", "trimmable"]
+__all__ = ["ORACLE_CHECKS", "FinalLog", "check_atomic", "check_cas", "check_lists",
+           "check_watches", "final_logs", "trimmable"]
 
 ORACLE_CHECKS: dict[str, str] = {
     "atomic_split": "an atomic put_many acked with two timestamps, or stored in part or "
@@ -27,6 +27,8 @@ ORACLE_CHECKS: dict[str, str] = {
                      "(if_absent over a row; if_latest over another newest row)",
     "cas_stale_conflict": "a conflict (409) that named as newest a row another row had "
                           "replaced, acked before the request was sent",
+    "list_page": "a list page that is not the final state's keys under its prefix, after "
+                 "its start, each with its newest live row at the page's read timestamp",
     "watch_gap": "a watch stream skipped a row of its prefix between where it started "
                  "and its last position",
     "watch_order": "a watch stream delivered rows out of (timestamp, key, id) order, "
@@ -202,6 +204,55 @@ def _check_conflicts(history: History, logs: Sequence[FinalLog], add: Add,
                     f"{op.latest or 'none'}, but {successor.id} had replaced it, acked "
                     f"{op.invoke - replaced:.3f} s before the request was sent",
                     [op.index], dedupe=("conflict", op.index))
+
+
+def check_lists(history: History, logs: Sequence[FinalLog], add: Add,
+                checked: dict[str, int]) -> None:
+    """Each list page against the final log: exactly the keys under its prefix in its
+    range (after its ``after``, up to its ``next``) whose newest row at its read
+    timestamp is live, each with that row, in key order, at most ``limit`` of them."""
+    if not logs:
+        return
+    log = logs[0]
+    _, after_restart = epoch_cut(history)
+    keys = sorted(log.by_key)
+    for op in history.ops:
+        if op.kind != "list" or op.outcome != "ok" or op.read_ts is None:
+            continue
+        if op.invoke < after_restart:
+            continue
+        prefix = op.key or ""
+        got = [(k, i, t) for k, i, t in op.listed]
+        checked["list_page"] += 1
+        problems: list[str] = []
+        if [k for k, _, _ in got] != sorted({k for k, _, _ in got}) or len(got) > op.limit:
+            problems.append("keys out of order, repeated, or over the limit")
+        want: list[tuple[str, str, Timestamp]] = []
+        for key in keys[bisect.bisect_right(keys, op.after or ""):]:
+            if not key.startswith(prefix) or (op.next is not None and key > op.next):
+                continue
+            rows = [s for s in log.by_key[key] if s.timestamp <= op.read_ts]
+            if not rows:
+                continue
+            newest = max(rows, key=lambda s: (s.timestamp, s.id))
+            if history.keep_versions is not None and trimmable(history, log, key,
+                                                               newest.timestamp):
+                continue
+            if newest.value != TOMBSTONE and newest.id != NO_APPEND_ID:
+                want.append((key, newest.id, newest.timestamp))
+        na = {k for k, i, _ in got if i == NO_APPEND_ID}  # a "-" row may have moved on
+        got_cmp = [g for g in got if g[0] not in na]
+        want = [w for w in want if w[0] not in na]
+        if got_cmp != want:
+            only_got = sorted(set(got_cmp) - set(want))[:3]
+            only_want = sorted(set(want) - set(got_cmp))[:3]
+            problems.append(f"only in the page {only_got}; only in the final state at its "
+                            f"read timestamp {only_want}")
+        if problems:
+            add("list_page", prefix, None,
+                f"list op {op.index} via {op.node} (after {op.after!r}, next {op.next!r}, "
+                f"at {op.read_ts}): {'; '.join(problems)}", [op.index],
+                dedupe=("list", op.index))
 
 
 def check_watches(history: History, logs: Sequence[FinalLog], add: Add,

@@ -70,6 +70,7 @@ STALE_READ_S = 0.5  # the bound of the workload's stale gets
 # With --keep-versions: the nodes' de-duplication window, short so that trims happen
 # within a run (rows younger than it are never trimmed).
 RETENTION_WINDOW_S = 2.0
+LIST_LIMIT = 5  # keys a list page (so that a window's keys take a few pages)
 HOT_KEYS = 3
 NO_APPEND_KEYS = 2  # keys per window that conditional puts contend on
 IMPATIENT_S = 1.5  # the request timeout of every other producer: it gives up early and
@@ -232,7 +233,9 @@ class Workload:
             outcome = "failed"
             items: list[PutItem] | None = None
             atomic = False
-            if r < 0.15:
+            if r < 0.03:
+                outcome = await self.list_window(http, node, name)
+            elif r < 0.15:
                 # A third of the gets are stale reads (max_staleness_ms 500).
                 stale = STALE_READ_S if rng.random() < 0.33 else None
                 got = await self.get(http, node, name, self.key(rng), stale)
@@ -371,6 +374,37 @@ class Workload:
                 position = conn.events[-1][4]
             if not conn.ended.startswith("closed"):
                 await asyncio.sleep(0.2)  # a node that is down: not in a tight loop
+
+    async def list_window(self, http: aiohttp.ClientSession, node: NodeProcess,
+                          process: str) -> str:
+        """List the current window's keys, a few a page, every page an operation."""
+        window = int((time.monotonic() - self.t0) / WINDOW_S)
+        prefix, after = f"{self.tag}-w{window}-", None
+        while True:
+            op = self.history.invoke_list(node.node_id, process, prefix, after, LIST_LIMIT)
+            params = {"prefix": prefix, "limit": str(LIST_LIMIT)}
+            if after is not None:
+                params["after"] = after
+            try:
+                async with http.get(self.url(node, process) + "/v1/list", params=params,
+                                    timeout=self.timeouts[process]) as resp:
+                    raw, status = await resp.read(), resp.status
+                if status != 200:
+                    return self.history.error(op, _http_error(raw, status))
+                body = json.loads(raw)
+                listed = [(str(i["key"]), str(i["id"]), Timestamp.parse(i["timestamp"]))
+                          for i in body["items"]]
+                next_key = body["next"]
+                read_ts = Timestamp.parse(body["read_timestamp"])
+            except (ValueError, KeyError, TypeError) as exc:
+                self.history.unknown(op, f"bad_reply: {exc}")
+                return "unknown"
+            except Exception as exc:
+                return self.history.error(op, exc)
+            self.history.ok_list(op, listed, next_key, read_ts)
+            if next_key is None:
+                return "ok"
+            after = next_key
 
     async def client_watcher(self, client: Client) -> None:
         """A watch of everything this run writes through ``Client.watch``: it moves
