@@ -702,3 +702,10 @@ def test_a_list_page_that_misses_a_key_or_shows_an_old_row() -> None:
     list_page(h, *PAGE[2:], after="b")  # and the rest: fine
     report = check_history(h, reads)
     assert only(report) == {"list_page": 2}
+
+
+def test_a_list_page_may_show_a_row_trimmed_since() -> None:
+    h = kept_history()
+    list_page(h, ("a", "r1", 20), read_ts=25)  # r1 was a's newest then; trimmed since
+    report = check_history(h, final("a", ("r2", 30), ("r3", 40)))
+    assert report.total == 0, report.anomalies
