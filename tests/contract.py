@@ -542,6 +542,29 @@ class StorageContract:
         storage.dedup_window_s = 0.0
         assert sum(s.removed for s in await trim_all(storage, keep=1, max_rows=100)) == 3
 
+    async def test_an_atomic_retry_whose_group_retention_cut_is_not_split(
+            self, storage: Storage) -> None:
+        """Found by `dstore-batch check --keep-versions 2`: an atomic request with client
+        ids landed (its answer lost); retention then removed one of its rows; its retry
+        found the other and wrote the missing one again, so the request was acked with
+        two timestamps. A group with every id row re-sent (``keep``) and one of them
+        stored landed whole: nothing of it is written again, every row is acked at the
+        stored row's timestamp, and its conditions are not checked again."""
+        group = [Row("ga", "ra", "1", keep=True), Row("gb", "rb", "1", keep=True),
+                 Row("gc", "rc", "1", keep=True, cond=IF_ABSENT)]
+        first = await storage.commit(group, "n:1", None, groups=[[0, 1, 2]])
+        for key in ("rb", "rc"):
+            await storage.commit([Row("newer", key, "2")], "n:1", None)
+        storage.dedup_window_s = 0.0
+        await trim_all(storage, keep=1, max_rows=100)
+        assert await ids(storage, "rb") == ["newer"]  # retention removed gb
+        again = await storage.commit(group, "n:1", None, groups=[[0, 1, 2]])
+        assert dict(again.conflicts) == {}
+        assert again.existing == {0: first.timestamp, 1: first.timestamp,
+                                  2: first.timestamp}
+        assert await ids(storage, "rb") == ["newer"]  # not written again
+        assert await ids(storage, "rc") == ["newer"]
+
     async def test_trim_keeps_the_newest_versions(self, storage: Storage) -> None:
         versions = {f"t/{i:02d}": 1 + i % 5 for i in range(20)}
         stamps = await commit_versions(storage, versions)

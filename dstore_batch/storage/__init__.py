@@ -88,6 +88,16 @@ def resolve_commit(
     Returns ``(existing, conflicts, skip)``: ``skip`` are the rows not to write.
     """
     existing = dict(stored)
+    # A re-sent atomic group (every id row of it ``keep``) one of whose rows is stored
+    # landed whole, at that row's timestamp: a row of it missing now was removed by
+    # retention since. Writing it again would split the group over two timestamps, and
+    # checking its conditions again would refuse a request that succeeded.
+    for group in groups:
+        ids = [i for i in group if rows[i].id != NO_APPEND_ID]
+        witness = next((existing[i] for i in ids if i in existing), None)
+        if witness is not None and all(rows[i].keep for i in ids):
+            for i in ids:
+                existing.setdefault(i, witness)
     conflicts: dict[int, Latest | None] = {}
     for i, newest in latest.items():
         cond = rows[i].cond
