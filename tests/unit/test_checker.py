@@ -709,3 +709,20 @@ def test_a_list_page_may_show_a_row_trimmed_since() -> None:
     list_page(h, ("a", "r1", 20), read_ts=25)  # r1 was a's newest then; trimmed since
     report = check_history(h, final("a", ("r2", 30), ("r3", 40)))
     assert report.total == 0, report.anomalies
+
+
+def test_a_watch_event_from_a_stopping_emulator_is_not_a_phantom() -> None:
+    # Found by the checker's CI run: the emulator committed a last row while it was
+    # stopping (after the restart began, before its process exited); the restart wiped
+    # it, and a watcher had seen it. Only rows committed after the restart's end must be
+    # in the final state.
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    restart = EmulatorRestart(2.0, 2.5)
+    h.restarts.append(restart)
+    offset = h.ops[0].invoke_wall - h.ops[0].invoke
+    during = Timestamp(int((2.2 + offset) * 1e9))  # between the restart's begin and end
+    conn = WatchConnection("n1", Timestamp(0), 0.0)
+    conn.events.append(("put", "a", "r0", during, during))
+    h.watches.append(WatchStream("w0", "", [conn]))
+    assert only(check_history(h, final("a"))) == {}

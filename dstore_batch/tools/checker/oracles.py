@@ -78,14 +78,15 @@ class FinalLog:
 
 
 def epoch_cut(history: History) -> tuple[Timestamp, float]:
-    """(timestamp, monotonic time): what the final state can hold starts after both
-    (the last emulator restart's beginning and end; zero and -inf without one)."""
+    """(timestamp, monotonic time): what the final state can hold was committed after
+    the last emulator restart's end (the old process had exited; it was still committing
+    while it stopped); zero and -inf without a restart."""
     if not history.restarts:
         return Timestamp(0), float("-inf")
     last = history.restarts[-1]
     ref = next((op for op in history.ops), None)
     offset = (ref.invoke_wall - ref.invoke) if ref is not None else 0.0
-    return Timestamp(int((last.begin + offset) * 1e9)), last.end
+    return Timestamp(int((last.end + offset) * 1e9)), last.end
 
 
 def trimmable(history: History, log: FinalLog, key: str, ts: Timestamp) -> bool:
