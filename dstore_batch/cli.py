@@ -146,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="the nodes' --max-inflight (commits in flight at once; > 1 lets a "
                         "commit of unknown outcome have later commits beside it)")
     p.add_argument("--keep-versions", type=int,
-                   help="the nodes' --keep-versions (with a 2 s --dedup-window-s, so rows "
+                   help="the nodes' --keep-versions (with a 30 s --dedup-window-s, so rows "
                         "are trimmed within the run); the checks allow for trimmed rows and "
                         "check retention's own promises")
     _emulator_bin_flag(p)

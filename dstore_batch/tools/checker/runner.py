@@ -68,8 +68,11 @@ WATCH_RECONNECT_S = (3.0, 8.0)  # a watcher moves to the next node this often
 WATCH_PAUSE_S = 8.0  # how long the pausing watcher reads nothing
 STALE_READ_S = 0.5  # the bound of the workload's stale gets
 # With --keep-versions: the nodes' de-duplication window, short so that trims happen
-# within a run (rows younger than it are never trimmed).
-RETENTION_WINDOW_S = 2.0
+# within a run (rows younger than it are never trimmed), but longer than any re-send
+# of the run (three attempts of 8 s at most): the store promises de-duplication inside
+# the window only, and client ids carry no time for it to refuse older re-sends
+# (README). A 2 s window showed exactly that: re-sends written again.
+RETENTION_WINDOW_S = 30.0
 LIST_LIMIT = 5  # keys a list page (so that a window's keys take a few pages)
 HOT_KEYS = 3
 NO_APPEND_KEYS = 2  # keys per window that conditional puts contend on
