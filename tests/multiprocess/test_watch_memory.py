@@ -33,8 +33,12 @@ WATCH_MIB = 32
 # second). Before the bound (main at 83e9c8f) the follower grew 326 MiB (SQLite) and
 # 526 MiB (emulator) here, and the leader 1.6 GB.
 ALLOWANCE_MIB = 128
-GROWTH_MAX_MIB = 2 * WATCH_MIB + ALLOWANCE_MIB
+# On the emulator the Spanner client's buffers come on top, and the 200 stalled streams
+# on the leader each hold the commit they are writing (250 KB and its text): peaks of
+# +139..206 MiB were seen there.
+ALLOWANCE_EMULATOR_MIB = 256
 AFTER_MAX_MIB = 24  # above the RSS before the watchers came, once they are gone
+AFTER_MAX_EMULATOR_MIB = 48  # the Spanner client keeps some of what it grew (+9..24 seen)
 STALLED_RCVBUF = 4096
 
 
@@ -64,6 +68,8 @@ class Probe:
 
     node: NodeProcess
     base: float
+    bound: float  # the peak growth allowed, MiB
+    after_max: float  # the growth allowed once the watchers have gone, MiB
     peak: float = 0.0
     answered: int = 0
     failures: list[str] = field(default_factory=list)
@@ -93,7 +99,7 @@ class Probe:
 
     def report(self, what: str) -> str:
         return (f"{what}: RSS {self.base:.0f} -> peak {self.peak:.0f} MiB "
-                f"(+{self.peak - self.base:.0f}; bound +{GROWTH_MAX_MIB}); "
+                f"(+{self.peak - self.base:.0f}; bound +{self.bound:.0f}); "
                 f"{self.answered} put+get pairs, slowest {self.slowest:.2f} s, "
                 f"failures {self.failures[:3]}")
 
@@ -122,21 +128,22 @@ async def watchers(node: NodeProcess, count: int) -> None:
     await wait_until(now, 30, interval=0.2, what=f"{count} watches on {node.node_id}")
 
 
-async def settle_rss(node: NodeProcess, base: float) -> float:
+async def settle_rss(node: NodeProcess, base: float, after_max: float) -> float:
     """The node's RSS once it has no watcher and has had a moment to give memory back."""
     assert node.proc is not None
     pid = node.proc.pid
     await watchers(node, 0)
     deadline = time.monotonic() + 20
     now = rss_mib(pid)
-    while now > base + AFTER_MAX_MIB and time.monotonic() < deadline:
+    while now > base + after_max and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
         now = rss_mib(pid)
     return now
 
 
 async def follower_replays(cluster: LocalCluster, leader: NodeProcess,
-                           follower: NodeProcess, table_mb: int) -> None:
+                           follower: NodeProcess, table_mb: int,
+                           bound: tuple[float, float]) -> None:
     value = "x" * 1_000_000
     async with aiohttp.ClientSession() as http:
         for i in range(table_mb):
@@ -144,7 +151,7 @@ async def follower_replays(cluster: LocalCluster, leader: NodeProcess,
                                  json={"key": f"big/{i:05d}", "value": value}) as resp:
                 assert resp.status == 200, await resp.text()
     assert follower.proc is not None
-    probe = Probe(follower, rss_mib(follower.proc.pid))
+    probe = Probe(follower, rss_mib(follower.proc.pid), *bound)
     stop = asyncio.Event()
     probing = asyncio.create_task(probe.run(stop))
     stalled = [await stalled_watch(follower, "prefix=&since=1970-01-01T00:00:00Z")
@@ -156,19 +163,19 @@ async def follower_replays(cluster: LocalCluster, leader: NodeProcess,
     await probing
     for sock in stalled:
         sock.close()
-    after = await settle_rss(follower, probe.base)
+    after = await settle_rss(follower, probe.base, probe.after_max)
     print(probe.report(f"follower, 10 stalled watches replaying {table_mb} MB") +
           f"; after they closed {after:.0f} MiB; reader got {got}/{table_mb}")
     assert got == table_mb
     assert not probe.failures, probe.failures[:3]
-    assert probe.peak - probe.base <= GROWTH_MAX_MIB, probe.report("follower")
-    assert after <= probe.base + AFTER_MAX_MIB, (after, probe.base)
+    assert probe.peak - probe.base <= probe.bound, probe.report("follower")
+    assert after <= probe.base + probe.after_max, (after, probe.base)
 
 
 async def leader_follows(cluster: LocalCluster, leader: NodeProcess,
-                         follower: NodeProcess) -> None:
+                         follower: NodeProcess, bound: tuple[float, float]) -> None:
     assert leader.proc is not None
-    probe = Probe(leader, rss_mib(leader.proc.pid))
+    probe = Probe(leader, rss_mib(leader.proc.pid), *bound)
     stalled = [await stalled_watch(leader, "prefix=") for _ in range(200)]
     await watchers(leader, 200)
     since = Timestamp(time.time_ns() - 10**9)
@@ -187,24 +194,27 @@ async def leader_follows(cluster: LocalCluster, leader: NodeProcess,
     await probing
     for sock in stalled:
         sock.close()
-    after = await settle_rss(leader, probe.base)
+    after = await settle_rss(leader, probe.base, probe.after_max)
     print(probe.report("leader, 200 stalled watches while 50 MB were written") +
           f"; after they closed {after:.0f} MiB; reader got {got}/200")
     assert got == 200
     assert not probe.failures, probe.failures[:3]
     assert set(cluster.leaders().values()) == {leader.node_id}
     assert "lease ran out" not in leader.log_tail(10**7)
-    assert probe.peak - probe.base <= GROWTH_MAX_MIB, probe.report("leader")
-    assert after <= probe.base + AFTER_MAX_MIB, (after, probe.base)
+    assert probe.peak - probe.base <= probe.bound, probe.report("leader")
+    assert after <= probe.base + probe.after_max, (after, probe.base)
 
 
 def test_watchers_that_never_read_leave_the_node_whole(
         any_database: str, any_emulator_host: str | None) -> None:
     table_mb = 100 if any_emulator_host is None else 40
+    sqlite = any_emulator_host is None
+    bound = (2 * WATCH_MIB + (ALLOWANCE_MIB if sqlite else ALLOWANCE_EMULATOR_MIB),
+             AFTER_MAX_MIB if sqlite else AFTER_MAX_EMULATOR_MIB)
     with serve_cluster(any_database, any_emulator_host,
                        extra_args=["--watch-memory-mib", str(WATCH_MIB)]) as cluster:
         leader = cluster.wait_for_leader()
         follower = next(n for n in cluster.nodes if n is not leader)
-        asyncio.run(follower_replays(cluster, leader, follower, table_mb))
-        asyncio.run(leader_follows(cluster, leader, follower))
+        asyncio.run(follower_replays(cluster, leader, follower, table_mb, bound))
+        asyncio.run(leader_follows(cluster, leader, follower, bound))
         assert cluster.wait_for_leader() is leader
