@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--faults", default="all",
                    help="comma list of kill, stop, peer-partition, db-partition, db-latency, "
                         "emulator-restart, restart, answer-loss, asym-partition, slow-peer, "
-                        "client-reset "
+                        "client-reset, overlap (a node's fault and a link's at once) "
                         "(default all; none for load only)")
     p.add_argument("--nodes", type=int, default=3, help="serve processes")
     p.add_argument("--lease-ms", type=int, default=2000, help="election lease of the nodes")

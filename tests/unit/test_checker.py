@@ -20,8 +20,11 @@ from dstore_batch.errors import (
 from dstore_batch.tools.checker.check import CHECKS, FinalRead, Report, check_history
 from dstore_batch.tools.checker.history import (
     ABSENT,
+    FRESH,
+    LIVE,
     TOMBSTONE,
     EmulatorRestart,
+    FaultEvent,
     History,
     Op,
     PutItem,
@@ -30,6 +33,7 @@ from dstore_batch.tools.checker.history import (
     WatchStream,
     classify,
 )
+from dstore_batch.tools.checker.oracles import LIVENESS_S
 from dstore_batch.tools.checker.runner import parse_faults
 from dstore_batch.types import NO_APPEND_ID, Timestamp
 
@@ -153,7 +157,8 @@ LOG = (("a", "r1", 10), ("a", "r5", 15), ("a", "r2", 20), ("b", "r3", 21), ("a",
 
 def clean_history() -> tuple[History, list[FinalRead]]:
     h = History()
-    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    h.faults.append(FaultEvent("kill", "n2", "SIGKILL n2", 0.5, 0.0, end=0.9, probed=["n1"]))
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,)).process = LIVE  # n1 took a put after it
     put(h, 1.2, 1.3, ("a", "r2"), ("b", "r3"), ("a", "r4"), acks=(20, 21, 22))
     put(h, 1.25, 1.5, ("a", "r5"), acks=(15,), node="n2")  # concurrent with r2: any order
     put(h, 2.0, 2.1, ("a", "r6"), outcome="failed")
@@ -430,7 +435,7 @@ def test_an_op_completes_once() -> None:
 
 
 def test_parse_faults() -> None:
-    assert parse_faults("all")[0] == "kill" and len(parse_faults("all")) == 11
+    assert parse_faults("all")[0] == "kill" and len(parse_faults("all")) == 12
     assert parse_faults("kill, db-latency") == ("kill", "db-latency")
     assert parse_faults("none") == ()
     with pytest.raises(ValueError, match="unknown fault"):
@@ -726,3 +731,78 @@ def test_a_watch_event_from_a_stopping_emulator_is_not_a_phantom() -> None:
     conn.events.append(("put", "a", "r0", during, during))
     h.watches.append(WatchStream("w0", "", [conn]))
     assert only(check_history(h, final("a"))) == {}
+
+
+def fresh_put(h: History, start: float, end: float, key: str, name: str, *,
+              outcome: str = "ok", ack: tuple[str, int] | None = None) -> Op:
+    """A put through ``Client`` without an id: the ack names the id the Client made."""
+    op = h.invoke_put("client", "c0", [PutItem(key, FRESH + name, value(name))], at=start)
+    if outcome == "ok":
+        assert ack is not None
+        h.ok_put(op, [ts(ack[1])], at=end, ids=[ack[0]])
+    elif outcome == "failed":
+        h.fail(op, "no_leader", at=end)
+    else:
+        h.unknown(op, "deadline", at=end)
+    return op
+
+
+def test_puts_without_ids_are_checked_like_any_other() -> None:
+    h = History()
+    fresh_put(h, 1.0, 1.1, "a", "f1", ack=("c-1", 10))  # acked: the ack names c-1
+    fresh_put(h, 1.2, 3.0, "a", "f2", outcome="unknown")  # stored as c-2, found by value
+    fresh_put(h, 3.1, 3.2, "a", "f3", outcome="unknown")  # never stored
+    assert h.ops[0].items[0].id == "c-1"
+    reads = [FinalRead(n, "a", 100.0, 100.1, (Seen("c-2", ts(20), value("f2")),
+                                              Seen("c-1", ts(10), value("f1"))))
+             for n in NODES]
+    assert check_history(h, reads).total == 0
+
+
+def test_a_put_without_an_id_stored_twice_or_lost() -> None:
+    # A Client retry that wrote its item again (under a second id), an acked item
+    # missing, a failed one stored.
+    h = History()
+    fresh_put(h, 1.0, 3.0, "a", "f1", outcome="unknown")
+    fresh_put(h, 3.1, 3.2, "a", "f2", ack=("c-2", 30))
+    fresh_put(h, 3.3, 3.4, "a", "f3", outcome="failed")
+    reads = [FinalRead(n, "a", 100.0, 100.1, (Seen("c-3", ts(40), value("f3")),
+                                              Seen("c-1b", ts(20), value("f1")),
+                                              Seen("c-1", ts(10), value("f1"))))
+             for n in NODES]
+    assert only(check_history(h, reads)) == {"duplicate": 1, "lost_ack": 1,
+                                             "failed_but_stored": 1}
+
+
+def test_a_key_watch_owes_its_key_only_and_shows_nothing_else() -> None:
+    h = log_history()
+    a_rows = [r for r in LOG if r[0] == "a"]
+    stream(h, 0, *a_rows, caught_up=70)
+    h.watches[-1].key = "a"  # a watch of key "a" that delivered exactly its rows: fine
+    assert check_history(h, log_reads()).total == 0
+    h2 = log_history()
+    stream(h2, 0, *a_rows[1:], caught_up=70)  # skipped a's first row
+    h2.watches[-1].key = "a"
+    stream(h2, 0, *LOG, caught_up=70, name="w1")  # every key's rows on a watch of "a"
+    h2.watches[-1].key = "a"
+    assert only(check_history(h2, log_reads())) == {
+        "watch_gap": 1, "watch_phantom": len(LOG) - len(a_rows)}
+
+
+def test_a_node_that_takes_no_put_after_a_heal() -> None:
+    h = History()
+    event = FaultEvent("kill", "n1", "SIGKILL n1", 1.0, 0.0, end=5.0, probed=["n1", "n2"])
+    h.faults.append(event)
+    probe = h.invoke_put("n2", LIVE, [PutItem("a", "r1", value("r1"))], at=5.0)
+    h.ok_put(probe, [ts(10)], at=5.5)
+    for n, at in enumerate((5.0, 12.0, 19.0)):  # n1 refuses, then acks too late
+        op = h.invoke_put("n1", LIVE, [PutItem("a", f"s{n}", value(f"s{n}"))], at=at)
+        if at < 19.0:
+            h.fail(op, "connect", at=at + 0.1)
+        else:
+            h.ok_put(op, [ts(20)], at=LIVENESS_S + 6.0)
+    report = check_history(h, final("a", ("r1", 10), ("s2", 20)))
+    assert only(report) == {"liveness": 1}
+    assert "n1" in report.anomalies[0].message
+    event.probed = ["n2"]  # n2 acked within the bound
+    assert check_history(h, final("a", ("r1", 10), ("s2", 20))).total == 0

@@ -18,16 +18,17 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ...types import NO_APPEND_ID, Timestamp
-from .history import TOMBSTONE, History, Op, Seen
+from .history import FRESH, TOMBSTONE, History, Op, Seen
 from .oracles import (
     ORACLE_CHECKS,
     check_atomic,
     check_cas,
     check_lists,
+    check_liveness,
     check_watches,
     epoch_cut,
     final_logs,
@@ -246,7 +247,7 @@ class _Checker:
         self.check_real_time_across_keys()
         self.check_retention()
         logs = final_logs((f.node, f.key, f.rows) for f in self.final)
-        for oracle in (check_atomic, check_cas, check_lists, check_watches):
+        for oracle in (check_atomic, check_cas, check_lists, check_watches, check_liveness):
             oracle(self.history, logs, self.add, self.checked)
         counts = {name: 0 for name in CHECKS}
         for a in self.anomalies:
@@ -785,6 +786,30 @@ def _ts_token(key: str, row_id: str, a: Timestamp, b: Timestamp) -> tuple[object
     return ("wrong_timestamp", key, row_id, min(a, b), max(a, b))
 
 
+def resolve_fresh(history: History, final: Sequence[FinalRead]) -> None:
+    """Name the items put without an id whose put was not acked (``FRESH`` names) by the
+    id their value was read under, if any read saw it: values are unique, so a row with
+    that value is that item, and the checks then treat it as any other row (a second
+    row with its value is a ``duplicate``). Items never seen keep their ``FRESH`` name,
+    which no stored row has."""
+    pending = {(i.key, i.value): n for op in history.ops for n, i in enumerate(op.items)
+               if i.id.startswith(FRESH)}
+    if not pending:
+        return
+    found: dict[tuple[str, str], str] = {}
+    reads = [(op.key, op.seen) for op in history.ops if op.kind == "get" and op.key]
+    reads += [(f.key, f.rows) for f in final]
+    for key, rows in reads:
+        for seen in rows:
+            if (key, seen.value) in pending:
+                found.setdefault((key, seen.value), seen.id)
+    for op in history.ops:
+        if any(i.id.startswith(FRESH) for i in op.items):
+            op.items = tuple(replace(i, id=found.get((i.key, i.value), i.id))
+                             if i.id.startswith(FRESH) else i for i in op.items)
+
+
 def check_history(history: History, final: Sequence[FinalRead]) -> Report:
     """Run every check of ``CHECKS`` on ``history`` and the final reads."""
+    resolve_fresh(history, final)
     return _Checker(history, final).run()

@@ -19,7 +19,9 @@
   leader gets its followers' puts and commits them; its acks do not reach them);
 - ``slow-peer``: a node's peer link gets more latency than a put's deadline;
 - ``client-reset``: the proxies between some producers and the nodes close every
-  connection, mid-request or not, and refuse new ones for a moment.
+  connection, mid-request or not, and refuse new ones for a moment;
+- ``overlap``: two faults at once, a node's (kill, stop or restart) and a link's (any of
+  the proxy faults), the second starting while the first holds.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from ...testing.cluster import LocalCluster, NodeProcess
@@ -41,7 +43,10 @@ __all__ = ["FAULT_KINDS", "Faults", "Rig"]
 
 FAULT_KINDS: tuple[str, ...] = ("kill", "stop", "peer-partition", "db-partition",
                                 "db-latency", "emulator-restart", "restart", "answer-loss",
-                                "asym-partition", "slow-peer", "client-reset")
+                                "asym-partition", "slow-peer", "client-reset", "overlap")
+NODE_FAULTS = ("kill", "stop", "restart")
+LINK_FAULTS = ("peer-partition", "db-partition", "db-latency", "answer-loss",
+               "asym-partition", "slow-peer", "client-reset")
 
 
 @dataclass
@@ -115,13 +120,7 @@ class Faults:
     async def inject(self, kind: str, agree_s: float = 30.0) -> FaultEvent:
         """Inject ``kind``, heal it, wait (up to ``agree_s``) for the group to agree on a
         leader again."""
-        handler = {
-            "kill": self._kill, "stop": self._stop, "peer-partition": self._peer_partition,
-            "db-partition": self._db_partition, "db-latency": self._db_latency,
-            "emulator-restart": self._emulator_restart, "restart": self._restart,
-            "answer-loss": self._answer_loss, "asym-partition": self._asym_partition,
-            "slow-peer": self._slow_peer, "client-reset": self._client_reset,
-        }[kind]
+        handler = self._handler(kind) if kind != "overlap" else self._overlap
         event = FaultEvent(kind, "", "", time.monotonic(), time.time())
         self.history.faults.append(event)
         try:
@@ -141,6 +140,36 @@ class Faults:
             self.say(f"<<< {kind} healed; leader agreed NOT within {agree_s:.0f}s; /v1/leader "
                      f"answers {answers}")
         return event
+
+    def _handler(self, kind: str) -> Callable[[FaultEvent], Awaitable[None]]:
+        return {
+            "kill": self._kill, "stop": self._stop, "peer-partition": self._peer_partition,
+            "db-partition": self._db_partition, "db-latency": self._db_latency,
+            "emulator-restart": self._emulator_restart, "restart": self._restart,
+            "answer-loss": self._answer_loss, "asym-partition": self._asym_partition,
+            "slow-peer": self._slow_peer, "client-reset": self._client_reset,
+        }[kind]
+
+    async def _overlap(self, event: FaultEvent) -> None:
+        """A node fault and a link fault at once (in either order), each healed as
+        alone; the event spans both."""
+        kinds = [self.rng.choice(NODE_FAULTS), self.rng.choice(LINK_FAULTS)]
+        self.rng.shuffle(kinds)
+        parts = [FaultEvent(k, "", "", time.monotonic(), time.time()) for k in kinds]
+        lag = self.rng.uniform(0.3, 1.5)
+
+        async def second() -> None:
+            await asyncio.sleep(lag)
+            await self._handler(kinds[1])(parts[1])
+
+        self.say(f">>> overlap: {kinds[0]}, and {kinds[1]} {lag:.1f}s later")
+        try:
+            await asyncio.gather(self._handler(kinds[0])(parts[0]), second())
+        finally:
+            event.target = "+".join(p.target for p in parts)
+            event.detail = "; with ".join(f"{p.kind}: {p.detail}" for p in parts)
+            event.start = min(p.start for p in parts)
+            event.start_wall = min(p.start_wall for p in parts)
 
     def _begin(self, event: FaultEvent, target: str, detail: str) -> None:
         event.target, event.detail = target, detail

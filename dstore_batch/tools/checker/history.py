@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,8 @@ from ...types import NO_APPEND_ID, Timestamp
 
 __all__ = [
     "ABSENT",
+    "FRESH",
+    "LIVE",
     "TOMBSTONE",
     "EmulatorRestart",
     "FaultEvent",
@@ -101,6 +103,11 @@ class PutItem:
 
 
 ABSENT = "\x00absent"  # PutItem.cond of an if_absent item (no row id looks like it)
+# The id of an item put through ``Client`` without one (the ``fresh`` path: the Client
+# makes the id): FRESH + the item's name until an ack names the id, or until the checks
+# find the item's (unique) value stored under an id.
+FRESH = "?"
+LIVE = "live"  # the process name of the puts that probe each node after a fault
 TOMBSTONE = "\x00deleted"  # the value of a delete's row (a read shows it as deleted)
 
 
@@ -134,21 +141,31 @@ class WatchConnection:
 
 @dataclass(slots=True)
 class WatchStream:
-    """One watcher of a prefix, over its streams in order (each resumes from the last
+    """One watcher of a prefix or a key, over its streams in order (each resumes from the last
     event's id the one before delivered)."""
 
     name: str
     prefix: str
     connections: list[WatchConnection] = field(default_factory=list)
+    key: str | None = None  # a watch of this one key (``prefix`` is then unused)
+
+    def matches(self, key: str) -> bool:
+        """Whether a row of ``key`` is in this watch's filter."""
+        return key == self.key if self.key is not None else key.startswith(self.prefix)
+
+    @property
+    def filter(self) -> dict[str, str]:
+        """The watch's query parameters."""
+        return {"key": self.key} if self.key is not None else {"prefix": self.prefix}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "prefix": self.prefix,
+        return {"name": self.name, "prefix": self.prefix, "key": self.key,
                 "connections": [c.to_dict() for c in self.connections]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WatchStream:
         return cls(d["name"], d["prefix"],
-                   [WatchConnection.from_dict(c) for c in d["connections"]])
+                   [WatchConnection.from_dict(c) for c in d["connections"]], d.get("key"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,9 +278,13 @@ class FaultEvent:
     recovered_s: float | None = None  # healed -> every live node names one leader
     error: str | None = None  # the injection itself failed
     error_after: str | None = None  # what was wrong after it was healed
+    # The nodes a put was tried through, again and again, from ``end`` on (the
+    # ``liveness`` check looks for each one's first acked put, process LIVE).
+    probed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "target": self.target, "detail": self.detail,
+                "probed": self.probed,
                 "start": round(self.start, 6), "start_wall": round(self.start_wall, 6),
                 "end": None if self.end is None else round(self.end, 6),
                 "end_wall": None if self.end_wall is None else round(self.end_wall, 6),
@@ -342,13 +363,18 @@ class History:
         op.complete, op.complete_wall = self._times(at)
         op.outcome = outcome
 
-    def ok_put(self, op: Op, timestamps: Sequence[Timestamp], *, at: float | None = None
-               ) -> None:
+    def ok_put(self, op: Op, timestamps: Sequence[Timestamp], *, at: float | None = None,
+               ids: Sequence[str] | None = None) -> None:
+        """An acked put; ``ids``: the row ids the answer named (they replace the
+        ``FRESH`` names of items put without an id)."""
         if len(timestamps) != len(op.items):
             raise ValueError(f"op {op.index}: {len(timestamps)} acks for "
                              f"{len(op.items)} items")
         self._complete(op, "ok", at)
         op.acks = tuple(timestamps)
+        if ids is not None:
+            op.items = tuple(replace(i, id=new) if i.id.startswith(FRESH) else i
+                             for i, new in zip(op.items, ids, strict=True))
 
     def ok_get(self, op: Op, seen: Iterable[Seen], *, at: float | None = None,
                read_ts: Timestamp | None = None) -> None:

@@ -15,10 +15,25 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ...types import NO_APPEND_ID, Timestamp
-from .history import ABSENT, TOMBSTONE, History, Seen, WatchConnection
+from .history import (
+    ABSENT,
+    LIVE,
+    TOMBSTONE,
+    FaultEvent,
+    History,
+    Seen,
+    WatchConnection,
+    WatchStream,
+)
 
-__all__ = ["ORACLE_CHECKS", "FinalLog", "check_atomic", "check_cas", "check_lists",
-           "check_watches", "final_logs", "trimmable"]
+__all__ = ["LIVENESS_S", "ORACLE_CHECKS", "FinalLog", "check_atomic", "check_cas",
+           "check_lists", "check_liveness", "check_watches", "final_logs", "live_after",
+           "trimmable"]
+
+# The bound the ``liveness`` check holds every node to: from a fault's heal to an acked
+# put through it. A heal includes restarting a killed node and waiting for it to be
+# healthy; what is left is an election (a lease, 2 s in the checker) and a put.
+LIVENESS_S = 15.0
 
 ORACLE_CHECKS: dict[str, str] = {
     "atomic_split": "an atomic put_many acked with two timestamps, or stored in part or "
@@ -29,12 +44,13 @@ ORACLE_CHECKS: dict[str, str] = {
                           "replaced, acked before the request was sent",
     "list_page": "a list page that is not the final state's keys under its prefix, after "
                  "its start, each with its newest live row at the page's read timestamp",
-    "watch_gap": "a watch stream skipped a row of its prefix between where it started "
+    "watch_gap": "a watch stream skipped a row of its filter between where it started "
                  "and its last position",
     "watch_order": "a watch stream delivered rows out of (timestamp, key, id) order, "
                    "moved its position back, or sent caught_up twice",
     "watch_phantom": "a watch event for a row that is not in the final state at that "
-                     "timestamp",
+                     "timestamp, or outside the watch's filter (key or prefix)",
+    "liveness": f"a node took no put within {LIVENESS_S:.0f} s of a fault's heal",
 }
 
 Add = Callable[..., None]  # _Checker.add(check, key, row_id, message, ops, dedupe=...)
@@ -269,10 +285,10 @@ def check_watches(history: History, logs: Sequence[FinalLog], add: Add,
     for watch in history.watches:
         for n, conn in enumerate(watch.connections):
             where = f"watch {watch.name} stream {n} via {conn.node}"
-            _check_stream(history, watch.prefix, conn, log, cut, where, add, checked)
+            _check_stream(history, watch, conn, log, cut, where, add, checked)
 
 
-def _check_stream(history: History, prefix: str, conn: WatchConnection, log: FinalLog,
+def _check_stream(history: History, watch: WatchStream, conn: WatchConnection, log: FinalLog,
                   cut: Timestamp, where: str, add: Add, checked: dict[str, int]) -> None:
     delivered: set[tuple[str, str]] = set()
     last: tuple[Timestamp, str, str] | None = None
@@ -294,6 +310,10 @@ def _check_stream(history: History, prefix: str, conn: WatchConnection, log: Fin
         if kind not in ("put", "delete") or row_id == NO_APPEND_ID:
             continue  # a no_append row has no history: its events are not checked here
         here = (ts, key, row_id)
+        if not watch.matches(key):
+            add("watch_phantom", key, row_id,
+                f"{where}: event {key}/{row_id} is outside the filter {watch.filter}", [],
+                dedupe=("watch-filter", where, key, row_id))
         if last is not None and here < last:
             add("watch_order", key, row_id,
                 f"{where}: {key}/{row_id} ({ts}) after {last[1]}/{last[2]} ({last[0]})", [],
@@ -314,7 +334,7 @@ def _check_stream(history: History, prefix: str, conn: WatchConnection, log: Fin
     if conn.since is None or position is None or position <= conn.since:
         return
     for row in log.between(max(conn.since, cut), position):
-        if not row.key.startswith(prefix) or row.id == NO_APPEND_ID:
+        if not watch.matches(row.key) or row.id == NO_APPEND_ID:
             continue
         checked["watch_gap"] += 1
         if (row.key, row.id) not in delivered:
@@ -322,6 +342,36 @@ def _check_stream(history: History, prefix: str, conn: WatchConnection, log: Fin
                 f"{where}: started after {conn.since}, reached {position}, never "
                 f"delivered {row.key}/{row.id} ({row.timestamp})", [],
                 dedupe=("watch-gap", where, row.key, row.id))
+
+
+def live_after(history: History, event: FaultEvent) -> dict[str, float | None]:
+    """For each node ``event`` was probed through: seconds from its heal to the first
+    acked put (process ``LIVE``) sent after it (None: none)."""
+    out: dict[str, float | None] = {}
+    if event.end is None:
+        return out
+    for node in event.probed:
+        done = [op.complete for op in history.ops
+                if op.process == LIVE and op.node == node and op.outcome == "ok"
+                and op.invoke >= event.end and op.complete is not None]
+        out[node] = min(done) - event.end if done else None
+    return out
+
+
+def check_liveness(history: History, logs: Sequence[FinalLog], add: Add,
+                   checked: dict[str, int]) -> None:
+    """After each healed fault, every node it was probed through acked a put (process
+    ``LIVE``, invoked after the heal) within ``LIVENESS_S`` of the heal."""
+    for event in history.faults:
+        if event.error is not None:
+            continue
+        for node, took in live_after(history, event).items():
+            checked["liveness"] += 1
+            if took is None or took > LIVENESS_S:
+                add("liveness", "-", None,
+                    f"after {event.kind} ({event.detail}) healed, {node} acked no put "
+                    + ("at all" if took is None else f"for {took:.1f} s"), [],
+                    dedupe=("liveness", id(event), node))
 
 
 def final_logs(final: Iterable[tuple[str, str, Sequence[Seen]]]) -> list[FinalLog]:

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -41,7 +41,10 @@ from .check import CHECKS, FinalRead, Report, check_history
 from .faults import FAULT_KINDS, Faults, Rig
 from .history import (
     ABSENT,
+    FRESH,
+    LIVE,
     TOMBSTONE,
+    FaultEvent,
     History,
     Op,
     PutItem,
@@ -49,6 +52,7 @@ from .history import (
     WatchConnection,
     WatchStream,
 )
+from .oracles import LIVENESS_S, live_after
 
 __all__ = ["CheckConfig", "CheckResult", "parse_faults", "recheck", "run_check", "run_checker"]
 
@@ -63,7 +67,7 @@ MAX_RETRIES = 2  # re-sends, with the same ids, of a put whose outcome is unknow
 ESTIMATE_S = {"kill": 4.5, "stop": 4.0, "peer-partition": 6.5, "db-partition": 4.0,
               "db-latency": 4.5, "emulator-restart": 1.5, "restart": 4.0,
               "answer-loss": 4.0, "asym-partition": 6.5, "slow-peer": 5.0,
-              "client-reset": 2.5}
+              "client-reset": 2.5, "overlap": 9.0}
 WATCH_RECONNECT_S = (3.0, 8.0)  # a watcher moves to the next node this often
 WATCH_PAUSE_S = 8.0  # how long the pausing watcher reads nothing
 STALE_READ_S = 0.5  # the bound of the workload's stale gets
@@ -284,6 +288,25 @@ class Workload:
                 await asyncio.sleep(0.05)  # do not spin on a dead or stopped node
             await asyncio.sleep(rng.uniform(0.0, 0.02))
 
+    async def probe(self, http: aiohttp.ClientSession, event: FaultEvent) -> None:
+        """Put through every node, again and again, until each acks one (or
+        ``LIVENESS_S`` and a little more have passed since ``event`` was healed): the
+        ``liveness`` check reads these puts."""
+        rng = random.Random(self.seed + len(self.history.ops))
+        self.timeouts.setdefault(LIVE, aiohttp.ClientTimeout(total=self.config.client_timeout_s,
+                                                             connect=1.0))
+        deadline = (event.end or time.monotonic()) + LIVENESS_S + 2.0
+        event.probed = [n.node_id for n in self.nodes]
+
+        async def until_acked(node: NodeProcess) -> None:
+            while time.monotonic() < deadline:
+                outcome, _ = await self.put(http, node, LIVE, self.items(rng, LIVE, 1))
+                if outcome == "ok":
+                    return
+                await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(until_acked(n) for n in self.nodes))
+
     async def put(self, http: aiohttp.ClientSession, node: NodeProcess, process: str,
                   items: list[PutItem], retry_of: int | None = None,
                   atomic: bool = False) -> tuple[str, Op]:
@@ -349,15 +372,26 @@ class Workload:
         return seen
 
     async def watcher(self, n: int, http: aiohttp.ClientSession) -> None:
-        """A watch of everything this run writes, over raw SSE: it starts on node ``n``,
-        and every few seconds (and after any end) goes on through the next node from the
-        last event's id (``Last-Event-ID``), recording every stream."""
+        """A watch over raw SSE: of everything this run writes (``n`` % 3 == 0), of one
+        hot key (1), or of a narrow prefix (2; ``-k1``: 3 of a window's keys). It starts
+        on node ``n``, and every few seconds (and after any end) goes on through the next
+        node from the last event's id (``Last-Event-ID``), recording every stream. The
+        key and prefix watches follow the windows: a new watch of the new window's key
+        or prefix each window, from the run's start."""
         rng = random.Random(self.seed * 1000 + 900 + n)
-        stream = WatchStream(f"w{n}", f"{self.tag}-")
-        self.history.watches.append(stream)
+        stream: WatchStream | None = None
         position: Timestamp | None = self.since
         i = n
         while not self.stop.is_set():
+            window = int((time.monotonic() - self.t0) / WINDOW_S)
+            name = f"w{n}" if n % 3 == 0 else f"w{n}-window{window}"
+            if stream is None or stream.name != name:
+                base = f"{self.tag}-w{window}-"
+                stream = (WatchStream(name, f"{self.tag}-") if n % 3 == 0 else
+                          WatchStream(name, "", key=base + "hot0") if n % 3 == 1 else
+                          WatchStream(name, base + "k1"))
+                self.history.watches.append(stream)
+                position = self.since
             node = self.nodes[i % len(self.nodes)]
             i += 1
             conn = WatchConnection(node.node_id, position, time.monotonic())
@@ -367,7 +401,7 @@ class Workload:
             pause = WATCH_PAUSE_S if n == 0 and rng.random() < 0.25 else 0.0
             try:
                 async with asyncio.timeout(rng.uniform(*WATCH_RECONNECT_S) + pause):
-                    await self._stream(http, node, stream.prefix, conn, pause)
+                    await self._stream(http, node, stream.filter, conn, pause)
             except TimeoutError:
                 conn.ended = "closed"
             except Exception as exc:
@@ -430,13 +464,14 @@ class Workload:
         finally:
             conn.end = time.monotonic()
 
-    async def _stream(self, http: aiohttp.ClientSession, node: NodeProcess, prefix: str,
-                      conn: WatchConnection, pause_s: float = 0.0) -> None:
+    async def _stream(self, http: aiohttp.ClientSession, node: NodeProcess,
+                      query: dict[str, str], conn: WatchConnection, pause_s: float = 0.0
+                      ) -> None:
         headers = {"Accept": "text/event-stream"}
         if conn.since is not None:
             headers["Last-Event-ID"] = str(conn.since)
         timeout = aiohttp.ClientTimeout(total=None, connect=2.0, sock_read=20.0)
-        async with http.get(node.url + "/v1/watch", params={"prefix": prefix},
+        async with http.get(node.url + "/v1/watch", params=query,
                             headers=headers, timeout=timeout) as resp:
             if resp.status != 200:
                 conn.ended = f"status {resp.status}"
@@ -474,21 +509,29 @@ class Workload:
         while not self.stop.is_set():
             count = 1 if rng.random() < 0.5 else rng.randrange(2, 5)
             items = self.items(rng, name, count)
+            # Half without ids: the Client makes them (its ``fresh`` path, which skips
+            # the leader's look-up of earlier attempts), and the ack names them.
+            fresh = rng.random() < 0.5
+            if fresh:
+                items = [replace(i, id=FRESH + i.id) for i in items]
             op = self.history.invoke_put("client", name, items)
+            wire = [{"key": i.key, "value": i.value, **({} if fresh else {"id": i.id})}
+                    for i in items]
             try:
                 if count == 1:
-                    results = [await client.put(items[0].key, items[0].value, id=items[0].id)]
+                    results = [await client.put(items[0].key, items[0].value,
+                                                id=None if fresh else items[0].id)]
                 else:
-                    results = await client.put_many(
-                        [{"key": i.key, "value": i.value, "id": i.id} for i in items])
+                    results = await client.put_many(wire)
             except Exception as exc:
                 self.history.error(op, exc)
                 await asyncio.sleep(0.05)
                 continue
-            if [r.id for r in results] != [i.id for i in items]:
+            if not fresh and [r.id for r in results] != [i.id for i in items]:
                 self.history.unknown(op, "bad_reply: ids do not match the request")
                 continue
-            self.history.ok_put(op, [r.timestamp for r in results])
+            self.history.ok_put(op, [r.timestamp for r in results],
+                                ids=[r.id for r in results])
             await asyncio.sleep(rng.uniform(0.0, 0.02))
 
 
@@ -602,7 +645,7 @@ class _Run:
             watching = asyncio.create_task(workload.client_watcher(client))
             progress = asyncio.create_task(self.progress(workload))
             try:
-                await self.schedule(faults, c.seconds)
+                await self.schedule(faults, c.seconds, workload, http)
             finally:
                 workload.stop.set()
                 progress.cancel()
@@ -629,7 +672,8 @@ class _Run:
         self.say(f"checking {len(self.history.ops)} operations and {len(final)} final reads")
         self.report = await asyncio.to_thread(check_history, self.history, final)
 
-    async def schedule(self, faults: Faults, seconds: float) -> None:
+    async def schedule(self, faults: Faults, seconds: float, workload: Workload,
+                       http: aiohttp.ClientSession) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         rng = random.Random(self.seed + 1)
@@ -642,7 +686,9 @@ class _Run:
             if loop.time() + ESTIMATE_S[kind] > deadline - min(TAIL_S, seconds / 10):
                 break
             # The wait for agreement after a fault ends with the run (5 s at least).
-            await faults.inject(kind, agree_s=min(AGREE_S, max(5.0, deadline - loop.time())))
+            event = await faults.inject(kind, agree_s=min(AGREE_S,
+                                                          max(5.0, deadline - loop.time())))
+            await workload.probe(http, event)
             i += 1
             await asyncio.sleep(max(0.0, min(rng.uniform(1.0, 2.0), deadline - loop.time())))
         await asyncio.sleep(max(0.0, deadline - loop.time()))
@@ -808,11 +854,14 @@ def render(result: CheckResult) -> str:
     for kind in c.faults:
         events = [e for e in h.faults if e.kind == kind and e.error is None]
         recoveries = [e.recovered_s for e in events if e.recovered_s is not None]
+        live = [t for e in events for t in live_after(h, e).values()]
         rows.append([kind, len(events),
                      f"{max(recoveries):.2f}" if recoveries else "-",
-                     sum(1 for e in events if e.recovered_s is None)])
-    lines += _table(rows, ["fault", "injected", "max s to agreed leader", "not agreed in time"],
-                     "<>>>")
+                     sum(1 for e in events if e.recovered_s is None),
+                     "-" if not live else "never" if None in live
+                     else f"{max(t for t in live if t is not None):.2f}"])
+    lines += _table(rows, ["fault", "injected", "max s to agreed leader", "not agreed in time",
+                           "max s to a put on every node"], "<>>>>")
     for e in h.faults:
         if e.error_after:
             lines.append(f"  after {e.kind} at {e.start - result.started:.1f}s "
