@@ -15,9 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from dstore_batch.testing.cluster import LocalCluster
 from dstore_batch.tools.checker.faults import FAULT_KINDS
 
-SECONDS = 90  # all eleven faults fit in about 70 s; the whole run takes about 1.8 minutes
+SECONDS = 90  # all twelve faults fit in about 80 s; the whole run takes about 1.9 minutes
 SEED = 7
 
 
@@ -102,3 +103,30 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_check_against_a_group_it_did_not_start(tmp_path: Path) -> None:
+    # Three serve processes on SQLite, started here; the checker gets their URLs and a
+    # fault command of the operator's (pause one node for longer than a lease).
+    with LocalCluster(f"sqlite:///{tmp_path / 'group.db'}", 3, lease_ms=1000,
+                      log_dir=str(tmp_path / "group")) as cluster:
+        victim = cluster.nodes[1].proc
+        assert victim is not None
+        fault = f"kill -STOP {victim.pid}; sleep 2; kill -CONT {victim.pid}; echo paused"
+        out = tmp_path / "check.json"
+        proc = subprocess.run(
+            [sys.executable, "-m", "dstore_batch", "check", "--seconds", "25",
+             "--against", ",".join(n.url for n in cluster.nodes), "--fault-cmd", fault,
+             "--fault-every-s", "5", "--key-prefix", "ci-check/", "--seed", "5",
+             "--json", str(out)],
+            capture_output=True, text=True, timeout=120, check=False)
+        print(proc.stdout[-4000:])
+        result = json.loads(out.read_text())
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+        assert result["faults"]["cmd"]["injected"] >= 2, result["faults"]
+        report = result["report"]
+        assert report["total"] == 0 and report["checked"]["liveness"] >= 6
+        assert result["operations"]["put"]["ok"] > 50
+        # Every key it wrote is under its prefix: the group's other keys are not its.
+        keys = cluster.nodes[0].get_json("/v1/list?prefix=&limit=10000")["items"]
+        assert keys and all(str(k["key"]).startswith("ci-check/s5-") for k in keys)

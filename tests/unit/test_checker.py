@@ -34,7 +34,13 @@ from dstore_batch.tools.checker.history import (
     classify,
 )
 from dstore_batch.tools.checker.oracles import LIVENESS_S
-from dstore_batch.tools.checker.runner import parse_faults
+from dstore_batch.tools.checker.runner import (
+    OP_KINDS,
+    Endpoint,
+    parse_configs,
+    parse_faults,
+    parse_ops,
+)
 from dstore_batch.types import NO_APPEND_ID, Timestamp
 
 NODES = ("n1", "n2", "n3")
@@ -806,3 +812,20 @@ def test_a_node_that_takes_no_put_after_a_heal() -> None:
     assert "n1" in report.anomalies[0].message
     event.probed = ["n2"]  # n2 acked within the bound
     assert check_history(h, final("a", ("r1", 10), ("s2", 20))).total == 0
+
+
+def test_parse_ops_configs_and_endpoints() -> None:
+    assert parse_ops("all") == OP_KINDS
+    assert parse_ops("put, watch") == ("put", "watch")
+    with pytest.raises(ValueError, match="unknown operation"):
+        parse_ops("put,scan")
+    with pytest.raises(ValueError, match="at least one kind"):
+        parse_ops("watch,client")
+    assert parse_configs("max-inflight=1; max-inflight=4,keep-versions=2") == [
+        {"max_inflight": 1}, {"max_inflight": 4, "keep_versions": 2}]
+    assert parse_configs("") == []
+    with pytest.raises(ValueError, match="NAME=INTEGER"):
+        parse_configs("shards=x")
+    assert Endpoint.of("127.0.0.1:8080/") == Endpoint("http://127.0.0.1:8080", "127.0.0.1:8080")
+    with pytest.raises(ValueError, match="not a node URL"):
+        Endpoint.of("ftp://x")

@@ -11,20 +11,22 @@ import pytest
 
 from dstore_batch.tools.checker.check import CHECKS
 from dstore_batch.tools.checker.faults import FAULT_KINDS
-from dstore_batch.tools.checker.seeded import BUGS, SeededBug, patched_copy
+from dstore_batch.tools.checker.seeded import BUGS, Edit, SeededBug, patched_copy
 
 
 @pytest.mark.parametrize("bug", BUGS, ids=[b.name for b in BUGS])
 def test_a_seeded_bug_applies_and_compiles(bug: SeededBug, tmp_path: Path) -> None:
     root = patched_copy(bug, tmp_path)
-    edited = root / "dstore_batch" / bug.path
-    assert bug.replacement in edited.read_text()
-    py_compile.compile(str(edited), doraise=True)
+    for edit in bug.edits:
+        edited = root / "dstore_batch" / edit.path
+        assert edit.replacement in edited.read_text()
+        py_compile.compile(str(edited), doraise=True)
     assert set(bug.expect) <= set(CHECKS)
     assert set(bug.faults.split(",")) <= set(FAULT_KINDS)
 
 
 def test_an_anchor_that_is_gone_is_an_error(tmp_path: Path) -> None:
-    bug = SeededBug("gone", "", "core/store.py", "no such text", "", "kill", ("duplicate",))
+    bug = SeededBug("gone", "", (Edit("core/store.py", "no such text", ""),), "kill",
+                    ("duplicate",))
     with pytest.raises(ValueError, match="occurs 0 times"):
         patched_copy(bug, tmp_path)

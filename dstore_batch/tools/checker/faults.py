@@ -34,12 +34,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+import aiohttp
+
 from ...testing.cluster import LocalCluster, NodeProcess
 from ...testing.emulator import Emulator
 from ...testing.faultproxy import FaultProxy, Mode
 from .history import EmulatorRestart, FaultEvent, History
 
-__all__ = ["FAULT_KINDS", "Faults", "Rig"]
+__all__ = ["FAULT_KINDS", "CommandFaults", "Faults", "Rig"]
 
 FAULT_KINDS: tuple[str, ...] = ("kill", "stop", "peer-partition", "db-partition",
                                 "db-latency", "emulator-restart", "restart", "answer-loss",
@@ -70,15 +72,119 @@ class Rig:
         self.emulator.create_database(parts[5], project=parts[1], instance=parts[3])
 
 
-class Faults:
-    """Injects faults on ``rig`` and records each in ``history.faults``."""
+class _Driver:
+    """Injects faults and records each in ``history.faults``: ``inject`` acts (the
+    subclass's handler for the kind), heals, and waits for the group to agree on a
+    leader again."""
+
+    def __init__(self, history: History, say: Callable[[str], None]) -> None:
+        self.history = history
+        self.say = say
+
+    def _handler(self, kind: str) -> Callable[[FaultEvent], Awaitable[None]]:
+        raise NotImplementedError
+
+    async def leaders(self) -> dict[str, str | None]:
+        """Each reachable node's answer to /v1/leader (None: no answer, or none named)."""
+        raise NotImplementedError
+
+    async def wait_for_leader(self, timeout: float, exclude: str | None = None) -> float | None:
+        """Seconds until every live node names one leader (None: not within timeout)."""
+        raise NotImplementedError
+
+    async def heal_all(self) -> None:
+        """Undo whatever may be left of a fault."""
+
+    async def inject(self, kind: str, agree_s: float = 30.0) -> FaultEvent:
+        """Inject ``kind``, heal it, wait (up to ``agree_s``) for the group to agree on a
+        leader again."""
+        handler = self._handler(kind)
+        event = FaultEvent(kind, "", "", time.monotonic(), time.time())
+        self.history.faults.append(event)
+        try:
+            await handler(event)
+        except Exception as exc:  # a fault that could not be injected is reported, not fatal
+            event.error = f"{type(exc).__name__}: {exc}"
+            self.say(f"    fault {kind} failed: {event.error}")
+            await self.heal_all()
+        finally:
+            event.end, event.end_wall = time.monotonic(), time.time()
+        event.recovered_s = await self.wait_for_leader(agree_s)
+        if event.recovered_s is not None:
+            self.say(f"<<< {kind} healed; leader agreed after {event.recovered_s:.2f}s")
+        else:
+            answers = await self.leaders()
+            event.error_after = f"no agreed leader {agree_s:.0f} s after healing: {answers}"
+            self.say(f"<<< {kind} healed; leader agreed NOT within {agree_s:.0f}s; /v1/leader "
+                     f"answers {answers}")
+        return event
+
+
+class CommandFaults(_Driver):
+    """The operator's own fault (``check --against ... --fault-cmd``): a shell command,
+    run to its end each time (it may delete a pod, say); the group is then watched
+    through the nodes' /v1/leader until they agree again."""
+
+    def __init__(self, urls: Sequence[str], history: History, command: str,
+                 say: Callable[[str], None], http: aiohttp.ClientSession,
+                 timeout_s: float = 300.0) -> None:
+        super().__init__(history, say)
+        self.urls = list(urls)
+        self.command = command
+        self.http = http
+        self.timeout_s = timeout_s
+
+    def _handler(self, kind: str) -> Callable[[FaultEvent], Awaitable[None]]:
+        return self._run
+
+    async def _run(self, event: FaultEvent) -> None:
+        event.target, event.detail = "group", self.command
+        event.start, event.start_wall = time.monotonic(), time.time()
+        self.say(f">>> cmd: {self.command}")
+        proc = await asyncio.create_subprocess_shell(
+            self.command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), self.timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise RuntimeError(f"the fault command ran past {self.timeout_s:.0f} s") from None
+        text = out.decode(errors="replace").strip()
+        if proc.returncode:
+            raise RuntimeError(f"the fault command exited {proc.returncode}: {text[-500:]}")
+        if text:
+            self.say(f"    {text.splitlines()[-1][:200]}")
+
+    async def leaders(self) -> dict[str, str | None]:
+        async def ask(url: str) -> str | None:
+            try:
+                async with self.http.get(url + "/v1/leader",
+                                         timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
+                    return str((await resp.json()).get("leader") or "") or None
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                return None
+
+        answers = await asyncio.gather(*(ask(u) for u in self.urls))
+        return dict(zip(self.urls, answers, strict=True))
+
+    async def wait_for_leader(self, timeout: float, exclude: str | None = None) -> float | None:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            named = set((await self.leaders()).values())
+            if len(named) == 1 and None not in named and exclude not in named:
+                return time.monotonic() - started
+            await asyncio.sleep(0.1)
+        return None
+
+
+class Faults(_Driver):
+    """Injects faults on ``rig`` (a cluster the checker started)."""
 
     def __init__(self, rig: Rig, history: History, rng: random.Random,
                  say: Callable[[str], None]) -> None:
+        super().__init__(history, say)
         self.rig = rig
-        self.history = history
         self.rng = rng
-        self.say = say
         self.emulator_down = False
 
     # -- helpers --------------------------------------------------------------------------
@@ -87,9 +193,11 @@ class Faults:
     def nodes(self) -> list[NodeProcess]:
         return self.rig.cluster.nodes
 
+    async def leaders(self) -> dict[str, str | None]:
+        return await asyncio.to_thread(self.rig.cluster.leaders)
+
     async def leader(self) -> NodeProcess | None:
-        answers = await asyncio.to_thread(self.rig.cluster.leaders)
-        named = {a for a in answers.values() if a}
+        named = {a for a in (await self.leaders()).values() if a}
         if len(named) != 1:
             return None
         return self.rig.cluster.node(named.pop())
@@ -107,7 +215,6 @@ class Faults:
         return self.nodes.index(node)
 
     async def wait_for_leader(self, timeout: float, exclude: str | None = None) -> float | None:
-        """Seconds until every live node names one leader (None: not within timeout)."""
         started = time.monotonic()
         try:
             await asyncio.to_thread(self.rig.cluster.wait_for_leader, timeout, exclude)
@@ -117,31 +224,9 @@ class Faults:
 
     # -- injection --------------------------------------------------------------------------
 
-    async def inject(self, kind: str, agree_s: float = 30.0) -> FaultEvent:
-        """Inject ``kind``, heal it, wait (up to ``agree_s``) for the group to agree on a
-        leader again."""
-        handler = self._handler(kind) if kind != "overlap" else self._overlap
-        event = FaultEvent(kind, "", "", time.monotonic(), time.time())
-        self.history.faults.append(event)
-        try:
-            await handler(event)
-        except Exception as exc:  # a fault that could not be injected is reported, not fatal
-            event.error = f"{type(exc).__name__}: {exc}"
-            self.say(f"    fault {kind} failed: {event.error}")
-            await self.heal_all()
-        finally:
-            event.end, event.end_wall = time.monotonic(), time.time()
-        event.recovered_s = await self.wait_for_leader(agree_s)
-        if event.recovered_s is not None:
-            self.say(f"<<< {kind} healed; leader agreed after {event.recovered_s:.2f}s")
-        else:
-            answers = await asyncio.to_thread(self.rig.cluster.leaders)
-            event.error_after = f"no agreed leader {agree_s:.0f} s after healing: {answers}"
-            self.say(f"<<< {kind} healed; leader agreed NOT within {agree_s:.0f}s; /v1/leader "
-                     f"answers {answers}")
-        return event
-
     def _handler(self, kind: str) -> Callable[[FaultEvent], Awaitable[None]]:
+        if kind == "overlap":
+            return self._overlap
         return {
             "kill": self._kill, "stop": self._stop, "peer-partition": self._peer_partition,
             "db-partition": self._db_partition, "db-latency": self._db_latency,

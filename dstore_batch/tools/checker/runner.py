@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -38,7 +39,7 @@ from ...testing.emulator import Emulator, free_port
 from ...testing.faultproxy import FaultProxy
 from ...types import NO_APPEND_ID, Timestamp
 from .check import CHECKS, FinalRead, Report, check_history
-from .faults import FAULT_KINDS, Faults, Rig
+from .faults import FAULT_KINDS, CommandFaults, Faults, Rig
 from .history import (
     ABSENT,
     FRESH,
@@ -54,7 +55,8 @@ from .history import (
 )
 from .oracles import LIVENESS_S, live_after
 
-__all__ = ["CheckConfig", "CheckResult", "parse_faults", "recheck", "run_check", "run_checker"]
+__all__ = ["OP_KINDS", "CheckConfig", "CheckResult", "Endpoint", "parse_configs",
+           "parse_faults", "parse_ops", "recheck", "run_check", "run_checker"]
 
 WARMUP_S = 3.0  # load before the first fault
 TAIL_S = 5.0  # load with no fault at the end, so the final state holds fresh rows
@@ -67,7 +69,7 @@ MAX_RETRIES = 2  # re-sends, with the same ids, of a put whose outcome is unknow
 ESTIMATE_S = {"kill": 4.5, "stop": 4.0, "peer-partition": 6.5, "db-partition": 4.0,
               "db-latency": 4.5, "emulator-restart": 1.5, "restart": 4.0,
               "answer-loss": 4.0, "asym-partition": 6.5, "slow-peer": 5.0,
-              "client-reset": 2.5, "overlap": 9.0}
+              "client-reset": 2.5, "overlap": 9.0, "cmd": 10.0}
 WATCH_RECONNECT_S = (3.0, 8.0)  # a watcher moves to the next node this often
 WATCH_PAUSE_S = 8.0  # how long the pausing watcher reads nothing
 STALE_READ_S = 0.5  # the bound of the workload's stale gets
@@ -82,6 +84,32 @@ HOT_KEYS = 3
 NO_APPEND_KEYS = 2  # keys per window that conditional puts contend on
 IMPATIENT_S = 1.5  # the request timeout of every other producer: it gives up early and
 # re-sends the same ids elsewhere while the first request may still be in flight
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A node of a group the checker did not start (``--against``): its URL, and the
+    name the history gives it (its host:port)."""
+
+    url: str
+    node_id: str
+
+    @classmethod
+    def of(cls, url: str) -> Endpoint:
+        url = url.strip().rstrip("/")
+        if "://" not in url:
+            url = "http://" + url
+        parts = urlsplit(url)
+        if not parts.hostname or parts.scheme not in ("http", "https"):
+            raise ValueError(f"not a node URL: {url!r}")
+        return cls(url, parts.netloc)
+
+
+Node = NodeProcess | Endpoint
+
+# What the workload can do (``--ops``): each producer draws from the chosen kinds.
+OP_KINDS: tuple[str, ...] = ("put", "put_many", "atomic", "delete", "cas", "no_append",
+                             "get", "stale_get", "list", "watch", "client")
 
 
 @dataclass
@@ -100,6 +128,16 @@ class CheckConfig:
     db_timeout_ms: int = 3000
     max_inflight: int = 1  # the nodes' --max-inflight
     keep_versions: int | None = None  # the nodes' --keep-versions (with a short window)
+    shards: int = 1  # the nodes' --shards (watch is refused with more than one, for now)
+    ops: tuple[str, ...] = OP_KINDS
+    # A group someone else started (its nodes' URLs): no cluster, emulator or built-in
+    # faults of the checker's own; ``fault_cmd`` (a shell command) every
+    # ``fault_every_s`` instead, and every key under ``key_prefix``.
+    against: tuple[str, ...] = ()
+    fault_cmd: str | None = None
+    fault_every_s: float = 30.0
+    key_prefix: str = "dstore-check/"
+    token: str | None = None  # the nodes' API token (Authorization: Bearer)
 
     @property
     def lease_s(self) -> float:
@@ -159,7 +197,7 @@ class _Say:
 class Workload:
     """Producers that record every operation in ``history``."""
 
-    def __init__(self, config: CheckConfig, nodes: Sequence[NodeProcess], history: History,
+    def __init__(self, config: CheckConfig, nodes: Sequence[Node], history: History,
                  seed: int) -> None:
         self.config = config
         self.nodes = list(nodes)
@@ -168,7 +206,10 @@ class Workload:
         self.proxied: dict[str, str] = {}
         self.history = history
         self.seed = seed
-        self.tag = f"s{seed}"
+        # Keys of a run against someone's group are new on every run (its database
+        # keeps earlier runs' rows) and under a prefix of their own.
+        self.tag = (f"s{seed}" if not config.against else
+                    f"{config.key_prefix}s{seed}-{time.time_ns() // 10**6:x}")
         self.t0 = time.monotonic()
         self.stop = asyncio.Event()
         self._seq = 0
@@ -180,7 +221,7 @@ class Workload:
         window = int((time.monotonic() - self.t0) / WINDOW_S)
         return f"{self.tag}-w{window}-k{rng.randrange(self.config.keys)}"
 
-    def url(self, node: NodeProcess, process: str) -> str:
+    def url(self, node: Node, process: str) -> str:
         """Where ``process`` reaches ``node``: through its client proxy for every fourth
         producer (p3, p7, ...), else directly."""
         if process.startswith("p") and int(process[1:]) % 4 == 3 and node.node_id in self.proxied:
@@ -205,7 +246,7 @@ class Workload:
     def items(self, rng: random.Random, producer: str, count: int) -> list[PutItem]:
         return [self.item(rng, producer, self.key(rng)) for _ in range(count)]
 
-    async def latest(self, http: aiohttp.ClientSession, node: NodeProcess, process: str,
+    async def latest(self, http: aiohttp.ClientSession, node: Node, process: str,
                      key: str) -> str | None:
         """The condition a CAS on ``key`` sets now: ``ABSENT``, or the newest row's id
         (None: the read failed). The read is a get of the history like any other."""
@@ -215,7 +256,7 @@ class Workload:
         # A deleted key is absent: if_absent holds over its tombstone.
         return seen[0].id if seen and seen[0].value != TOMBSTONE else ABSENT
 
-    async def cas_items(self, http: aiohttp.ClientSession, node: NodeProcess,
+    async def cas_items(self, http: aiohttp.ClientSession, node: Node,
                         process: str, rng: random.Random) -> list[PutItem] | None:
         """A conditional put on a hot key (alone, or atomic with 1-2 plain items)."""
         key = self.hot_key(rng)
@@ -228,6 +269,19 @@ class Workload:
                       for k in {self.key(rng) for _ in range(rng.randrange(1, 3))}]
         return items
 
+    def allowed(self, r: float) -> bool:
+        """Whether a producer's draw ``r`` makes a kind of operation ``--ops`` chose."""
+        ops = self.config.ops
+        if r < 0.03:
+            return "list" in ops
+        if r < 0.15:
+            return "get" in ops or "stale_get" in ops
+        if r < 0.45:
+            return "put" in ops or "delete" in ops
+        kind = "put_many" if r < 0.65 else "atomic" if r < 0.8 else "cas" if r < 0.9 \
+            else "no_append"
+        return kind in ops
+
     async def producer(self, n: int, http: aiohttp.ClientSession) -> None:
         rng = random.Random(self.seed * 1000 + n)
         name = f"p{n}"
@@ -237,6 +291,9 @@ class Workload:
         while not self.stop.is_set():
             node = rng.choice(self.nodes)
             r = rng.random()
+            if not self.allowed(r):
+                await asyncio.sleep(0.001)
+                continue
             outcome = "failed"
             items: list[PutItem] | None = None
             atomic = False
@@ -245,15 +302,18 @@ class Workload:
             elif r < 0.15:
                 # A third of the gets are stale reads (max_staleness_ms 500).
                 stale = STALE_READ_S if rng.random() < 0.33 else None
+                if {"get", "stale_get"} - set(self.config.ops):
+                    stale = STALE_READ_S if "stale_get" in self.config.ops else None
                 got = await self.get(http, node, name, self.key(rng), stale)
                 outcome = "ok" if got is not None else "failed"
             elif r < 0.8:
                 count = 1 if r < 0.45 else rng.randrange(2, 7)
                 items = self.items(rng, name, count)
-                if count == 1 and rng.random() < 0.15:
+                if count == 1 and "put" in self.config.ops and rng.random() < 0.15:
                     # A plain append on a hot key: conditional puts race with it.
                     items = [self.item(rng, name, self.hot_key(rng))]
-                elif count == 1 and rng.random() < 0.1:
+                elif count == 1 and "delete" in self.config.ops and (
+                        rng.random() < 0.1 or "put" not in self.config.ops):
                     # A delete (a tombstone row with a client id), on a key or a hot key.
                     key = self.hot_key(rng) if rng.random() < 0.5 else self.key(rng)
                     items = [PutItem(key, self.item(rng, name, key).id, TOMBSTONE)]
@@ -298,7 +358,7 @@ class Workload:
         deadline = (event.end or time.monotonic()) + LIVENESS_S + 2.0
         event.probed = [n.node_id for n in self.nodes]
 
-        async def until_acked(node: NodeProcess) -> None:
+        async def until_acked(node: Node) -> None:
             while time.monotonic() < deadline:
                 outcome, _ = await self.put(http, node, LIVE, self.items(rng, LIVE, 1))
                 if outcome == "ok":
@@ -307,7 +367,7 @@ class Workload:
 
         await asyncio.gather(*(until_acked(n) for n in self.nodes))
 
-    async def put(self, http: aiohttp.ClientSession, node: NodeProcess, process: str,
+    async def put(self, http: aiohttp.ClientSession, node: Node, process: str,
                   items: list[PutItem], retry_of: int | None = None,
                   atomic: bool = False) -> tuple[str, Op]:
         op = self.history.invoke_put(node.node_id, process, items, retry_of=retry_of,
@@ -343,7 +403,7 @@ class Workload:
             return "ok", op
         return self.history.error(op, _http_error(raw, status)), op
 
-    async def get(self, http: aiohttp.ClientSession, node: NodeProcess, process: str,
+    async def get(self, http: aiohttp.ClientSession, node: Node, process: str,
                   key: str, staleness_s: float | None = None) -> list[Seen] | None:
         """A get of every row of ``key`` (strong, or with ``max_staleness_ms``),
         recorded; its rows (None if it failed)."""
@@ -412,7 +472,7 @@ class Workload:
             if not conn.ended.startswith("closed"):
                 await asyncio.sleep(0.2)  # a node that is down: not in a tight loop
 
-    async def list_window(self, http: aiohttp.ClientSession, node: NodeProcess,
+    async def list_window(self, http: aiohttp.ClientSession, node: Node,
                           process: str) -> str:
         """List the current window's keys, a few a page, every page an operation."""
         window = int((time.monotonic() - self.t0) / WINDOW_S)
@@ -464,7 +524,7 @@ class Workload:
         finally:
             conn.end = time.monotonic()
 
-    async def _stream(self, http: aiohttp.ClientSession, node: NodeProcess,
+    async def _stream(self, http: aiohttp.ClientSession, node: Node,
                       query: dict[str, str], conn: WatchConnection, pause_s: float = 0.0
                       ) -> None:
         headers = {"Accept": "text/event-stream"}
@@ -579,7 +639,9 @@ class _Run:
         c = self.config
         self.say(f"seed {self.seed}; faults {','.join(c.faults) or 'none'}; {c.seconds:.0f} s "
                  f"of load on {c.nodes} nodes (--max-inflight {c.max_inflight}"
-                 + (f", --keep-versions {c.keep_versions}" if c.keep_versions else "") + ")")
+                 + (f", --keep-versions {c.keep_versions}" if c.keep_versions else "")
+                 + (f", --shards {c.shards}: no watchers, a sharded group refuses watch "
+                    "(issue 27)" if c.shards > 1 else "") + ")")
         self.emulator = Emulator(binary=c.emulator_bin).start()
         database = self.emulator.create_database("check", project="check-project",
                                                  instance="check-instance")
@@ -593,7 +655,7 @@ class _Run:
             node_args=[["--emulator-host", p.address] for p in db_proxies],
             extra_args=["--put-timeout-ms", str(c.put_timeout_ms),
                         "--db-timeout-ms", str(c.db_timeout_ms),
-                        "--max-inflight", str(c.max_inflight),
+                        "--max-inflight", str(c.max_inflight), "--shards", str(c.shards),
                         *(["--keep-versions", str(c.keep_versions),
                            "--dedup-window-s", str(RETENTION_WINDOW_S)]
                           if c.keep_versions else [])],
@@ -627,25 +689,52 @@ class _Run:
     # -- the run ---------------------------------------------------------------------------
 
     async def main(self, rig: Rig) -> None:
-        c = self.config
+        """The run on the checker's own cluster (``setup``)."""
         faults = Faults(rig, self.history, random.Random(self.seed), self.say)
-        workload = Workload(c, rig.cluster.nodes, self.history, self.seed)
-        workload.proxied = {n.node_id: f"http://{p.address}"
-                            for n, p in zip(rig.cluster.nodes, rig.client_proxies, strict=True)}
-        timeout = aiohttp.ClientTimeout(total=c.client_timeout_s, connect=2.0)
-        nodes = [n.url for n in rig.cluster.nodes]
-        async with aiohttp.ClientSession(timeout=timeout) as http, Client(
-                nodes, timeout_s=c.client_timeout_s) as client:
+        proxied = {n.node_id: f"http://{p.address}"
+                   for n, p in zip(rig.cluster.nodes, rig.client_proxies, strict=True)}
+        async with aiohttp.ClientSession(timeout=self._timeout()) as http:
+            await self.drive(http, rig.cluster.nodes, faults, list(self.config.faults),
+                             proxied)
+
+    async def main_against(self) -> None:
+        """The run against a group someone else started (``--against``)."""
+        c = self.config
+        nodes = [Endpoint.of(u) for u in c.against]
+        headers = {"Authorization": f"Bearer {c.token}"} if c.token else None
+        async with aiohttp.ClientSession(timeout=self._timeout(), headers=headers) as http:
+            faults = CommandFaults([n.url for n in nodes], self.history, c.fault_cmd or "",
+                                   self.say, http)
+            await self.drive(http, nodes, faults, ["cmd"] if c.fault_cmd else [], {})
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=self.config.client_timeout_s, connect=2.0)
+
+    async def drive(self, http: aiohttp.ClientSession, nodes: Sequence[Node],
+                    faults: Faults | CommandFaults, kinds: list[str],
+                    proxied: dict[str, str]) -> None:
+        """Load, faults, heal, settle, final reads, checks."""
+        c = self.config
+        workload = Workload(c, nodes, self.history, self.seed)
+        workload.proxied = proxied
+        if c.against:
+            self.say(f"keys under {workload.tag}-")
+        async with Client([n.url for n in nodes], timeout_s=c.client_timeout_s,
+                          token=c.token) as client:
             tasks = [asyncio.create_task(workload.producer(i, http))
                      for i in range(c.producers)]
-            tasks += [asyncio.create_task(workload.client_producer(i, client))
-                      for i in range(2)]
-            tasks += [asyncio.create_task(workload.watcher(i, http))
-                      for i in range(len(rig.cluster.nodes))]
-            watching = asyncio.create_task(workload.client_watcher(client))
+            if "client" in c.ops:
+                tasks += [asyncio.create_task(workload.client_producer(i, client))
+                          for i in range(2)]
+            watch = "watch" in c.ops and c.shards == 1
+            if watch:
+                tasks += [asyncio.create_task(workload.watcher(i, http))
+                          for i in range(max(3, len(nodes)))]
+            watching = asyncio.create_task(workload.client_watcher(client)
+                                           if watch else asyncio.sleep(0))
             progress = asyncio.create_task(self.progress(workload))
             try:
-                await self.schedule(faults, c.seconds, workload, http)
+                await self.schedule(faults, kinds, c.seconds, workload, http)
             finally:
                 workload.stop.set()
                 progress.cancel()
@@ -663,21 +752,20 @@ class _Run:
             self.say(self.ops_line())
             took = await faults.wait_for_leader(AGREE_S)
             if took is None:
-                answers = await asyncio.to_thread(rig.cluster.leaders)
+                answers = await faults.leaders()
                 self.problems.append(f"no agreed leader {AGREE_S:.0f} s after the faults were "
                                      f"healed: /v1/leader answers {answers}")
-            await self.settle(http, rig.cluster.nodes)
-            final = await self.final_reads(http, rig.cluster.nodes)
+            await self.settle(http, nodes)
+            final = await self.final_reads(http, nodes)
         self.final = final
         self.say(f"checking {len(self.history.ops)} operations and {len(final)} final reads")
         self.report = await asyncio.to_thread(check_history, self.history, final)
 
-    async def schedule(self, faults: Faults, seconds: float, workload: Workload,
-                       http: aiohttp.ClientSession) -> None:
+    async def schedule(self, faults: Faults | CommandFaults, kinds: list[str], seconds: float,
+                       workload: Workload, http: aiohttp.ClientSession) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         rng = random.Random(self.seed + 1)
-        kinds = list(self.config.faults)
         rng.shuffle(kinds)
         await asyncio.sleep(min(WARMUP_S, seconds))
         i = 0
@@ -690,7 +778,8 @@ class _Run:
                                                           max(5.0, deadline - loop.time())))
             await workload.probe(http, event)
             i += 1
-            await asyncio.sleep(max(0.0, min(rng.uniform(1.0, 2.0), deadline - loop.time())))
+            gap = self.config.fault_every_s if kind == "cmd" else rng.uniform(1.0, 2.0)
+            await asyncio.sleep(max(0.0, min(gap, deadline - loop.time())))
         await asyncio.sleep(max(0.0, deadline - loop.time()))
 
     def ops_line(self) -> str:
@@ -707,7 +796,7 @@ class _Run:
             await asyncio.sleep(PROGRESS_S)
             self.say(self.ops_line())
 
-    async def settle(self, http: aiohttp.ClientSession, nodes: Sequence[NodeProcess]) -> None:
+    async def settle(self, http: aiohttp.ClientSession, nodes: Sequence[Node]) -> None:
         """Wait until no node has rows queued or requests in flight (puts the producers
         gave up on may still commit until then), twice in a row, within a bound."""
         deadline = time.monotonic() + self.config.put_timeout_ms / 1000 + 10.0
@@ -728,7 +817,7 @@ class _Run:
         if quiet < 2:
             self.say("warning: the nodes did not become quiet; reading anyway")
 
-    async def final_reads(self, http: aiohttp.ClientSession, nodes: Sequence[NodeProcess]
+    async def final_reads(self, http: aiohttp.ClientSession, nodes: Sequence[Node]
                           ) -> list[FinalRead]:
         keys = sorted({i.key for op in self.history.ops for i in op.items})
         self.say(f"final reads: {len(keys)} keys through each of {len(nodes)} nodes")
@@ -736,7 +825,7 @@ class _Run:
         # A node that cannot read keeps failing: the phase is bounded as a whole.
         deadline = time.monotonic() + FINAL_READS_S
 
-        async def read(node: NodeProcess, key: str) -> FinalRead | None:
+        async def read(node: Node, key: str) -> FinalRead | None:
             async with gate:
                 for _ in range(20):
                     if time.monotonic() > deadline:
@@ -956,8 +1045,14 @@ def run_checker(config: CheckConfig, out: TextIO | None = None) -> CheckResult:
     config.seed = run.seed
     with _sigterm_as_interrupt():
         try:
-            rig = run.setup()
-            asyncio.run(run.main(rig))
+            if config.against:
+                run.say(f"seed {run.seed}; {config.seconds:.0f} s of load against "
+                        f"{', '.join(config.against)}; "
+                        + (f"fault command every {config.fault_every_s:.0f} s: "
+                           f"{config.fault_cmd}" if config.fault_cmd else "no faults"))
+                asyncio.run(run.main_against())
+            else:
+                asyncio.run(run.main(run.setup()))
         except KeyboardInterrupt:
             run.problems.append("interrupted")
             run.say("interrupted: stopping the cluster, the proxies and the emulator")
@@ -978,17 +1073,103 @@ def run_checker(config: CheckConfig, out: TextIO | None = None) -> CheckResult:
     return result
 
 
-def run_check(*, seconds: float, faults: str, nodes: int = 3, lease_ms: int = 2000,
+def parse_ops(text: str) -> tuple[str, ...]:
+    """``put,get,...`` (or ``all``) as a tuple of operation kinds (``OP_KINDS``)."""
+    if text.strip() in ("all", ""):
+        return OP_KINDS
+    ops = tuple(o.strip() for o in text.split(",") if o.strip())
+    unknown = [o for o in ops if o not in OP_KINDS]
+    if unknown:
+        raise ValueError(f"unknown operation kinds {unknown}; known: {', '.join(OP_KINDS)}")
+    if not set(ops) - {"watch", "client"}:
+        raise ValueError("--ops needs at least one kind a producer makes (put, get, ...)")
+    return ops
+
+
+# The settings ``--configs`` may vary between the runs of one check.
+CONFIG_KEYS = {"max-inflight": "max_inflight", "keep-versions": "keep_versions",
+               "shards": "shards", "nodes": "nodes", "lease-ms": "lease_ms"}
+
+
+def parse_configs(text: str) -> list[dict[str, int]]:
+    """``max-inflight=1;max-inflight=4,keep-versions=2`` as one override per run."""
+    out = []
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        overrides: dict[str, int] = {}
+        for setting in part.split(","):
+            name, _, value = setting.strip().partition("=")
+            if name not in CONFIG_KEYS or not value.isdigit():
+                raise ValueError(f"--configs: {setting!r} is not NAME=INTEGER with NAME one "
+                                 f"of {', '.join(CONFIG_KEYS)}")
+            overrides[CONFIG_KEYS[name]] = int(value)
+        out.append(overrides)
+    return out
+
+
+def _overridden(config: CheckConfig, overrides: dict[str, int]) -> CheckConfig:
+    out = replace(config)
+    for name, value in overrides.items():
+        setattr(out, name, value)
+    return out
+
+
+def run_check(*, seconds: float, faults: str | None, nodes: int = 3, lease_ms: int = 2000,
               json_path: str | None = None, seed: int | None = None,
               data_dir: str | None = None, emulator_bin: str | None = None,
-              max_inflight: int = 1, keep_versions: int | None = None) -> int:
-    """`dstore-batch check`: run, print the table, return the exit status."""
+              max_inflight: int = 1, keep_versions: int | None = None, shards: int = 1,
+              ops: str = "all",
+              configs: str = "", against: str = "", fault_cmd: str | None = None,
+              fault_every_s: float = 30.0, key_prefix: str = "dstore-check/",
+              token: str | None = None) -> int:
+    """`dstore-batch check`: run (once, or once per ``configs`` entry, the seconds shared
+    between them), print the table(s), return the exit status (the worst of the runs)."""
     if nodes < 2:
         raise ValueError("--nodes must be at least 2")
     if seconds <= 0:
         raise ValueError("--seconds must be positive")
-    config = CheckConfig(seconds=seconds, faults=parse_faults(faults), nodes=nodes,
-                         lease_ms=lease_ms, seed=seed, json_path=json_path,
-                         data_dir=data_dir, emulator_bin=emulator_bin,
-                         max_inflight=max_inflight, keep_versions=keep_versions)
-    return run_checker(config).exit_code
+    urls = tuple(u for u in against.split(",") if u.strip())
+    if urls:
+        if faults not in (None, "none"):
+            raise ValueError("--faults needs the checker's own cluster; against a group, "
+                             "give the fault as --fault-cmd")
+        if configs:
+            raise ValueError("--configs needs the checker's own cluster")
+        for url in urls:
+            Endpoint.of(url)  # a bad URL is refused before anything runs
+    elif fault_cmd:
+        raise ValueError("--fault-cmd is for --against (the checker's own cluster has "
+                         "--faults)")
+    if fault_every_s <= 0:
+        raise ValueError("--fault-every-s must be positive")
+    base = CheckConfig(seconds=seconds, faults=() if urls else parse_faults(faults or "all"),
+                       nodes=nodes, lease_ms=lease_ms, seed=seed, json_path=json_path,
+                       data_dir=data_dir, emulator_bin=emulator_bin,
+                       max_inflight=max_inflight, keep_versions=keep_versions, shards=shards,
+                       ops=parse_ops(ops), against=urls, fault_cmd=fault_cmd,
+                       fault_every_s=fault_every_s, key_prefix=key_prefix, token=token)
+    if urls and fault_cmd:
+        base.faults = ("cmd",)
+    runs = parse_configs(configs) or [{}]
+    if len(runs) == 1:
+        return run_checker(_overridden(base, runs[0])).exit_code
+    results = []
+    for n, overrides in enumerate(runs):
+        config = replace(_overridden(base, overrides), seconds=seconds / len(runs),
+                         seed=None if seed is None else seed + n,
+                         data_dir=None if data_dir is None else str(Path(data_dir) / f"run{n}"),
+                         json_path=None if json_path is None else f"{json_path}.run{n}")
+        print(f"\n=== configuration {n + 1} of {len(runs)}: "
+              + (", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"), flush=True)
+        results.append(run_checker(config))
+    print("\nconfigurations: " + "; ".join(
+        f"{', '.join(f'{k}={v}' for k, v in o.items()) or 'defaults'}: "
+        f"{'PASS' if r.exit_code == 0 else 'FAIL' if r.exit_code == 1 else 'INCOMPLETE'}"
+        f" ({r.report.total if r.report else '-'} anomalies)"
+        for o, r in zip(runs, results, strict=True)), flush=True)
+    if json_path:
+        Path(json_path).write_text(json.dumps(
+            {"runs": [to_json(r) for r in results],
+             "exit_code": max(r.exit_code for r in results)}, indent=1))
+    return max(r.exit_code for r in results)

@@ -28,18 +28,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BUGS", "SeededBug", "patched_copy", "run"]
+__all__ = ["BUGS", "Edit", "SeededBug", "patched_copy", "run"]
 
 PACKAGE = Path(__file__).resolve().parents[2]  # the dstore_batch folder in use
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: str  # the file edited, relative to the package folder
+    anchor: str  # the text replaced (must occur exactly once)
+    replacement: str
 
 
 @dataclass(frozen=True)
 class SeededBug:
     name: str
     what: str  # the mechanism turned off
-    path: str  # the file edited, relative to the package folder
-    anchor: str  # the text replaced (must occur exactly once)
-    replacement: str
+    edits: tuple[Edit, ...]
     faults: str  # the check's --faults
     expect: tuple[str, ...]  # anomaly classes; at least one must be reported
     args: tuple[str, ...] = ()  # more flags of the check
@@ -47,41 +52,52 @@ class SeededBug:
 
 BUGS: tuple[SeededBug, ...] = (
     SeededBug(
-        "fence", "the fence: a commit no longer checks, in its transaction, that its node "
-        "still holds the lock", "storage/spanner.py",
-        "            if fence is not None and not self._fence_and_heartbeat(txn, fence):\n"
-        "                return None\n"
-        "            # The plain path",
-        "            if False:  # seeded bug: no fence\n"
-        "                return None\n"
-        "            # The plain path",
+        "fence", "the fence: a commit goes on although its transaction found that its node "
+        "no longer holds the lock (the heartbeat is still written)",
+        (Edit("storage/spanner.py",
+              "            if fence is not None and not self._fence_and_heartbeat(txn, fence):\n"
+              "                return None\n"
+              "            # The plain path",
+              "            if fence is not None and not self._fence_and_heartbeat(txn, fence) "
+              "and False:  # seeded bug: the fence's answer ignored\n"
+              "                return None\n"
+              "            # The plain path"),),
         "stop,db-partition,answer-loss",
         ("duplicate", "wrong_timestamp", "order_violation", "lost_ack", "atomic_split",
-         "cas_violation", "no_append_rewritten"),
+         "cas_violation", "no_append_rewritten", "watch_gap"),
         ("--max-inflight", "4")),
     SeededBug(
-        "keep", "the keep marking: a re-sent row is not looked up, it is written again",
-        "core/store.py",
-        "    return [r if r.keep or r.id == NO_APPEND_ID else r._replace(keep=True) "
-        "for r in rows]",
-        "    return list(rows)  # seeded bug: re-sent rows not marked keep",
-        "answer-loss,db-partition,kill",
+        "keep", "the keep marking of re-sent rows, and the insert-only write that backs it: "
+        "a re-sent row is written again over its first copy",
+        (Edit("core/store.py",
+              "    return [r if r.keep or r.id == NO_APPEND_ID else r._replace(keep=True) "
+              "for r in rows]",
+              "    return list(rows)  # seeded bug: re-sent rows not marked keep"),
+         Edit("core/committer.py",
+              "        return _without(batch, dropped, keep=True)",
+              "        return _without(batch, dropped, keep=False)  # seeded bug"),
+         Edit("storage/spanner.py",
+              '        _mutate_rows(txn, table, plain, leader, "insert")',
+              '        _mutate_rows(txn, table, plain, leader, "insert_or_update")  # seeded')),
+        "answer-loss,db-partition,kill,slow-peer",
         ("duplicate", "wrong_timestamp", "order_violation", "atomic_split",
          "cas_violation")),
     SeededBug(
         "watch-resync", "the watch re-sync: a watcher whose source changed (a new leader, "
-        "a commit of unknown outcome) goes on from its live feed", "core/watch.py",
-        "        if not self._closed:\n"
-        "            self._syncing, self._buffer, self._buffer_bytes = True, [], 0\n"
-        "        self._resync.set()\n",
-        "        pass  # seeded bug: no re-sync when the source changes\n",
+        "a commit of unknown outcome) goes on from its live feed",
+        (Edit("core/watch.py",
+              "        if not self._closed:\n"
+              "            self._syncing, self._buffer, self._buffer_bytes = True, [], 0\n"
+              "        self._resync.set()\n",
+              "        pass  # seeded bug: no re-sync when the source changes\n"),),
         "kill,restart,peer-partition,answer-loss",
         ("watch_gap", "watch_order"), ("--max-inflight", "4")),
     SeededBug(
         "retry-ack", "the ack of a retry at its first timestamp: a re-sent row found "
-        "stored is written again (and acked at the new timestamp)", "storage/__init__.py",
-        "    existing = dict(stored)\n",
-        "    existing: dict[int, Timestamp] = {}  # seeded bug: stored copies ignored\n",
+        "stored is not written again, but acked at the retry's commit timestamp",
+        (Edit("storage/__init__.py",
+              "    return existing, conflicts, skip\n",
+              "    return {}, conflicts, skip  # seeded bug: stored rows acked at the new ts\n"),),
         "answer-loss,db-partition,kill",
         ("duplicate", "wrong_timestamp", "order_violation", "atomic_split")),
 )
@@ -92,12 +108,13 @@ def patched_copy(bug: SeededBug, into: Path) -> Path:
     on ``PYTHONPATH``). ValueError if the anchor is not in the source exactly once."""
     target = into / "dstore_batch"
     shutil.copytree(PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__"))
-    path = target / bug.path
-    text = path.read_text()
-    if text.count(bug.anchor) != 1:
-        raise ValueError(f"seeded bug {bug.name}: its anchor occurs "
-                         f"{text.count(bug.anchor)} times in {bug.path} (must be once)")
-    path.write_text(text.replace(bug.anchor, bug.replacement))
+    for edit in bug.edits:
+        path = target / edit.path
+        text = path.read_text()
+        if text.count(edit.anchor) != 1:
+            raise ValueError(f"seeded bug {bug.name}: its anchor occurs "
+                             f"{text.count(edit.anchor)} times in {edit.path} (must be once)")
+        path.write_text(text.replace(edit.anchor, edit.replacement))
     return into
 
 
