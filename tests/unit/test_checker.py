@@ -829,3 +829,20 @@ def test_parse_ops_configs_and_endpoints() -> None:
     assert Endpoint.of("127.0.0.1:8080/") == Endpoint("http://127.0.0.1:8080", "127.0.0.1:8080")
     with pytest.raises(ValueError, match="not a node URL"):
         Endpoint.of("ftp://x")
+
+
+def test_a_watch_that_passed_a_trimmed_row_must_have_said_compacted() -> None:
+    # keep 2: r0 (10) and r1 (20) were trimmed. A stream from 5 that reached 40 without
+    # them and without `compacted` hid a gap; one that said compacted (at 25) did not.
+    h = kept_history()
+    stream(h, 5, ("a", "r2", 30), ("a", "r3", 40))
+    told = WatchConnection("n1", ts(5), 0.0)
+    told.events.append(("compacted", "", "", ts(25), ts(25)))
+    h.watches.append(WatchStream("w1", "", [told]))
+    after = WatchConnection("n1", ts(25), 0.0)
+    after.events += [("put", "a", "r2", ts(30), ts(30)), ("put", "a", "r3", ts(40), ts(40))]
+    h.watches[-1].connections.append(after)
+    report = check_history(h, final("a", ("r2", 30), ("r3", 40)))
+    assert only(report) == {"watch_gap": 2}
+    assert {a.row_id for a in report.anomalies} == {"r0", "r1"}
+    assert all("w0" in a.message for a in report.anomalies)

@@ -282,14 +282,24 @@ def check_watches(history: History, logs: Sequence[FinalLog], add: Add,
         return
     log = logs[0]
     cut, _ = epoch_cut(history)
+    # With retention: the acked rows the final state lacks (trimmed), oldest first. A
+    # stream that passed one without delivering it must have said ``compacted``.
+    trimmed: list[tuple[Timestamp, str, str]] = []
+    if history.keep_versions is not None:
+        trimmed = sorted({(ts, item.key, item.id)
+                          for op in history.ops if op.outcome == "ok" and op.kind != "list"
+                          for item, ts in zip(op.items, op.acks, strict=True)
+                          if item.id != NO_APPEND_ID and ts > cut
+                          and (item.key, item.id) not in log.where})
     for watch in history.watches:
         for n, conn in enumerate(watch.connections):
             where = f"watch {watch.name} stream {n} via {conn.node}"
-            _check_stream(history, watch, conn, log, cut, where, add, checked)
+            _check_stream(history, watch, conn, log, cut, where, add, checked, trimmed)
 
 
 def _check_stream(history: History, watch: WatchStream, conn: WatchConnection, log: FinalLog,
-                  cut: Timestamp, where: str, add: Add, checked: dict[str, int]) -> None:
+                  cut: Timestamp, where: str, add: Add, checked: dict[str, int],
+                  trimmed: Sequence[tuple[Timestamp, str, str]] = ()) -> None:
     delivered: set[tuple[str, str]] = set()
     last: tuple[Timestamp, str, str] | None = None
     position = conn.since
@@ -333,7 +343,19 @@ def _check_stream(history: History, watch: WatchStream, conn: WatchConnection, l
                 dedupe=("watch-phantom", key, row_id, ts))
     if conn.since is None or position is None or position <= conn.since:
         return
-    for row in log.between(max(conn.since, cut), position):
+    if any(kind == "compacted" for kind, *_ in conn.events):
+        return  # told: rows between its start and the position named may be missing
+    start = max(conn.since, cut)
+    for ts, key, row_id in trimmed[bisect.bisect_right(trimmed, (start, "\U0010ffff")):]:
+        if ts > position:
+            break
+        if watch.matches(key) and (key, row_id) not in delivered:
+            checked["watch_gap"] += 1
+            add("watch_gap", key, row_id,
+                f"{where}: started after {conn.since}, reached {position}, never "
+                f"delivered {key}/{row_id} ({ts}), which retention removed, and never "
+                "said compacted", [], dedupe=("watch-gap", where, key, row_id))
+    for row in log.between(start, position):
         if not watch.matches(row.key) or row.id == NO_APPEND_ID:
             continue
         checked["watch_gap"] += 1

@@ -533,6 +533,17 @@ class Workload:
         timeout = aiohttp.ClientTimeout(total=None, connect=2.0, sock_read=20.0)
         async with http.get(node.url + "/v1/watch", params=query,
                             headers=headers, timeout=timeout) as resp:
+            if resp.status == 410:
+                # The position is older than retention keeps whole: recorded as the
+                # stream's `compacted` (the gap it allows), going on from ``oldest``.
+                try:
+                    oldest = Timestamp.parse(str((await resp.json())["error"]["oldest"]))
+                except (ValueError, KeyError, TypeError, aiohttp.ContentTypeError):
+                    conn.ended = "status 410 (no oldest position)"
+                    return
+                conn.events.append(("compacted", "", "", oldest, oldest))
+                conn.ended = "compacted"
+                return
             if resp.status != 200:
                 conn.ended = f"status {resp.status}"
                 return
