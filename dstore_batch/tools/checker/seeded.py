@@ -52,19 +52,18 @@ class SeededBug:
 
 BUGS: tuple[SeededBug, ...] = (
     SeededBug(
-        "fence", "the fence: a commit goes on although its transaction found that its node "
-        "no longer holds the lock (the heartbeat is still written)",
+        "fence", "the fence: a commit's transaction no longer checks that its node holds "
+        "the lock (the same statement is a busy leader's heartbeat, so that goes too)",
         (Edit("storage/spanner.py",
               "            if fence is not None and not self._fence_and_heartbeat(txn, fence):\n"
               "                return None\n"
               "            # The plain path",
-              "            if fence is not None and not self._fence_and_heartbeat(txn, fence) "
-              "and False:  # seeded bug: the fence's answer ignored\n"
+              "            if False:  # seeded bug: no fence (and no heartbeat by commits)\n"
               "                return None\n"
               "            # The plain path"),),
         "stop,db-partition,answer-loss",
         ("duplicate", "wrong_timestamp", "order_violation", "lost_ack", "atomic_split",
-         "cas_violation", "no_append_rewritten", "watch_gap"),
+         "cas_violation", "no_append_rewritten", "watch_gap", "liveness"),
         ("--max-inflight", "4")),
     SeededBug(
         "keep", "the keep marking of re-sent rows, and the insert-only write that backs it: "
@@ -79,9 +78,11 @@ BUGS: tuple[SeededBug, ...] = (
          Edit("storage/spanner.py",
               '        _mutate_rows(txn, table, plain, leader, "insert")',
               '        _mutate_rows(txn, table, plain, leader, "insert_or_update")  # seeded')),
-        "answer-loss,db-partition,kill,slow-peer",
+        "answer-loss,db-partition,slow-peer",
+        # A rewritten row moves to a later timestamp: a get or a watcher that saw its
+        # first copy now disagrees with the final state.
         ("duplicate", "wrong_timestamp", "order_violation", "atomic_split",
-         "cas_violation")),
+         "cas_violation", "watch_phantom", "vanished_row", "read_timestamp")),
     SeededBug(
         "watch-resync", "the watch re-sync: a watcher whose source changed (a new leader, "
         "a commit of unknown outcome) goes on from its live feed",
