@@ -81,6 +81,10 @@ class Committer:
         # turned into events at all (a watcher that comes later starts from storage).
         self._listening = listening
         self._published_upto = Timestamp(0)  # newest commit finished (or the token)
+        # A read timestamp taken while nothing was in flight: every commit started
+        # since is above it (``advance_watermark``).
+        self._mark = Timestamp(0)
+        self._started = 0  # commits started, ever
         self._floors: dict[int, Timestamp] = {}  # commit in flight -> its floor
         self._held: list[tuple[Timestamp, list[Change]]] = []
         self._seq = itertools.count()
@@ -131,6 +135,29 @@ class Committer:
         self._quiet.clear()
         self._gauge()
         return future
+
+    def watermark(self) -> Timestamp:
+        """No commit of this leader at or below it is still to be published: the floor
+        of the oldest commit in flight, below the oldest one held, else the newest
+        finished (or the last read timestamp taken while idle)."""
+        mark = max(self._published_upto, self._mark)
+        if self._floors:
+            mark = min(mark, min(self._floors.values()))
+        if self._held:
+            mark = min(mark, Timestamp(self._held[0][0] - 1))
+        return mark
+
+    async def advance_watermark(self) -> Timestamp:
+        """The watermark, first moved up to the database's read timestamp if nothing is
+        in flight and nothing starts meanwhile (a commit started after a strong read has
+        a later timestamp), while this node still leads: an idle shard's watermark."""
+        if not self._floors and not self._held and self._accepting:
+            started = self._started
+            ts = await self._storage.read_timestamp()
+            if (not self._floors and self._started == started and self._accepting
+                    and self._fence() is not None):
+                self._mark = max(self._mark, ts)
+        return self.watermark()
 
     @property
     def committing(self) -> bool:
@@ -222,10 +249,12 @@ class Committer:
             self._inflight += 1
             self._last_commit = time.monotonic()
             seq = next(self._seq)
+            self._started += 1
             # A commit that starts now gets a timestamp above every commit finished
-            # before it (Spanner's external consistency; SQLite's clock): its floor.
+            # before it (Spanner's external consistency; SQLite's clock), and above any
+            # read timestamp taken before: its floor.
             fence = self._fence()
-            self._floors[seq] = max(self._published_upto,
+            self._floors[seq] = max(self._published_upto, self._mark,
                                     fence.token if fence else Timestamp(0))
             task = asyncio.create_task(self._commit(batch, seq))
             self._commits.add(task)

@@ -53,6 +53,7 @@ from .items import (
     rows_from_items,
     wire_bytes,
 )
+from .merge import LOCAL, ShardMerge
 from .retention import Retention, RetentionPolicy
 from .shards import group_by_shard, shard_lock_name, shard_of
 from .watch import Watcher, WatchHub
@@ -63,6 +64,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RETRY_BACKOFF_S = (0.01, 0.05, 0.1, 0.2, 0.5)
+# With shards: how often a shard leader sends its watermark while anyone watches (an
+# idle shard holds the other shards' commits back for about this long).
+WATERMARK_S = 0.05
 DRAIN_TIMEOUT_S = 10.0
 
 
@@ -114,11 +118,17 @@ class LeaderLink(Protocol):
 
 
 class EventSink(Protocol):
-    """A follower's link on the leader (the peer link's leader end)."""
+    """A follower's link on the leader (the peer link's leader end). ``shard`` is None
+    in a group of one shard (the frames then carry none)."""
 
-    def send_events(self, ts: Timestamp, changes: list[Change]) -> None: ...
+    def feeding(self, shard: int | None) -> None: ...
 
-    def gap(self) -> None: ...
+    def send_events(self, ts: Timestamp, changes: list[Change], shard: int | None,
+                    mark: Timestamp) -> None: ...
+
+    def watermark(self, shard: int, mark: Timestamp) -> None: ...
+
+    def gap(self, shard: int | None) -> None: ...
 
     def released(self, lock_name: str) -> None: ...
 
@@ -171,6 +181,10 @@ class StoreCore:
         self.watch_hub = WatchHub(self.storage, self.metrics, on_wanted=self._poke_keeper,
                                   oldest=self._oldest_whole,
                                   memory_bytes=config.watch_memory_bytes)
+        # The shards' commit feeds (this node's own committers, links to the other
+        # shards' leaders), merged into one timestamp order for the hub.
+        self.merge = ShardMerge(config.shards, self.watch_hub)
+        self._marks_sent: dict[int, Timestamp] = {}  # shard -> watermark sent out
         self._subscribers: list[EventSink] = []  # followers that want every commit
         self._linked: set[EventSink] = set()  # every follower linked to this node
         self.shards: list[Shard] = []
@@ -192,6 +206,7 @@ class StoreCore:
             busy=lambda idle_s: any(sh.committer.active_within(idle_s) for sh in self.shards))
         self._keeper: asyncio.Task[None] | None = None
         self._balancer: asyncio.Task[None] | None = None
+        self._marker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._poke = asyncio.Event()  # wakes the link keeper (a watcher came or went)
         self._links_in: Counter[str] = Counter()  # followers linked to this node now
@@ -204,7 +219,7 @@ class StoreCore:
         self._storage_open = False
 
     def _make_shard(self, i: int, linked: bool) -> Shard:
-        config, single = self.config, self.config.shards == 1
+        config = self.config
         self.metrics.add_shard(i)
         election = Election(
             self.storage, lock_name=shard_lock_name(config.lock_name, i),
@@ -217,8 +232,7 @@ class StoreCore:
             self.storage, config.batch, node_id=config.node_id,
             fence=lambda: election.fence, metrics=self.metrics,
             heartbeat=election.heartbeat_succeeded,
-            # Watch follows one funnel's commit order; with shards it is not offered.
-            publish=self._publish if single else None, gap=self._gap if single else None,
+            publish=functools.partial(self._publish, i), gap=functools.partial(self._gap, i),
             listening=lambda: bool(self.watch_hub.wanted or self._subscribers),
             shard=i,
         )
@@ -248,6 +262,8 @@ class StoreCore:
             if self.config.shards > 1:
                 self._balancer = asyncio.create_task(self.balancer.run(),
                                                      name=f"balancer:{self.node_id}")
+                self._marker = asyncio.create_task(self._send_watermarks(),
+                                                   name=f"watermarks:{self.node_id}")
             if not isinstance(self.link, _NoLink):
                 self._keeper = asyncio.create_task(self._keep_link(),
                                                    name=f"link-keeper:{self.node_id}")
@@ -314,12 +330,12 @@ class StoreCore:
         """Step 5 of ``stop()``: stop the committer and election, close storage."""
         if self._state == "stopped":
             return
-        for task in (self._keeper, self._balancer):
+        for task in (self._keeper, self._balancer, self._marker):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._keeper = self._balancer = None
+        self._keeper = self._balancer = self._marker = None
         await self.watch_hub.close()
         await self.retention.stop()
         for sh in self.shards:
@@ -337,19 +353,21 @@ class StoreCore:
         await self.stop()
 
     def _on_leader_change(self, shard: Shard, old: LeaderState, new: LeaderState) -> None:
-        first = shard.index == 0  # retention and watch run with shard 0's lock
+        first = shard.index == 0  # retention runs with shard 0's lock
         if new.is_leader and not old.is_leader and self._state in ("starting", "running"):
             shard.committer.open()
+            # This node's committer feeds the shard's commits to watchers from now on:
+            # its own, and the followers' subscribed to it.
+            self.merge.up(shard.index, LOCAL, shard.committer.watermark())
+            for sink in list(self._subscribers):
+                sink.feeding(self._wire_shard(shard.index))
             if first:
                 self.balancer.poke()  # the new placer writes its placement now
                 self.retention.start()
-                if self.config.shards == 1:
-                    self.watch_hub.source_up()
         elif old.is_leader and not new.is_leader:
             shard.committer.close()
+            self.merge.down(LOCAL, shard.index)
             if first:
-                if self.config.shards == 1:
-                    self.watch_hub.source_down()
                 task = asyncio.get_running_loop().create_task(self.retention.stop())
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
@@ -557,8 +575,7 @@ class StoreCore:
                 with contextlib.suppress(DstoreError, TimeoutError):
                     async with asyncio.timeout(interval):
                         conn = await self.link.connection(leader)
-                        if self.config.shards == 1:
-                            conn.subscribe(self.watch_hub.wanted)
+                        conn.subscribe(self.watch_hub.wanted)
             waits = (asyncio.ensure_future(self._poke.wait()),
                      *(asyncio.ensure_future(sh.election.wait_change(interval))
                        for sh in self.shards))
@@ -585,17 +602,19 @@ class StoreCore:
         changes and lost links; an event's ``resume`` is the ``since`` to resume from.
         Close with ``aclose()``.
         """
-        if self.config.shards > 1:
-            raise InvalidInputError(
-                "watch follows one funnel's commit order: it needs a group with --shards 1")
         self._check_open()
-        watcher = self.watch_hub.watch(key, prefix, since)
-        if self.is_leader and not self.watch_hub.live:
-            self.watch_hub.source_up()
-        return watcher
+        return self.watch_hub.watch(key, prefix, since)
 
     def subscribe(self, sink: EventSink) -> None:
-        """A follower's link wants every commit from now on (Intake)."""
+        """A follower's link wants every commit from now on (Intake): told so, per
+        shard this node leads (with one shard, whether it leads or not), before any
+        commit published after this call."""
+        if self.config.shards == 1:
+            sink.feeding(None)
+        else:
+            for sh in self.shards:
+                if sh.election.is_leader:
+                    sink.feeding(sh.index)
         self._subscribers.append(sink)
 
     def unsubscribe(self, sink: EventSink) -> None:
@@ -603,19 +622,49 @@ class StoreCore:
         with contextlib.suppress(ValueError):
             self._subscribers.remove(sink)
 
-    def _publish(self, ts: Timestamp, changes: list[Change]) -> None:
-        self.watch_hub.publish(ts, changes)
+    def _wire_shard(self, shard: int) -> int | None:
+        return shard if self.config.shards > 1 else None
+
+    def _publish(self, shard: int, ts: Timestamp, changes: list[Change]) -> None:
+        """One commit of a shard this node leads, with the shard's watermark after it."""
+        mark = self.shards[shard].committer.watermark()
+        self._marks_sent[shard] = mark
+        self.merge.publish(shard, LOCAL, ts, changes, mark)
         # A copy: a follower that stopped reading is unsubscribed inside send_events,
         # and the next one must not be skipped for this commit.
+        wire = self._wire_shard(shard)
         for sink in list(self._subscribers):
-            sink.send_events(ts, changes)
+            sink.send_events(ts, changes, wire, mark)
 
-    def _gap(self) -> None:
+    def _gap(self, shard: int) -> None:
         """A commit's outcome stayed unknown: its rows may be stored and unpublished."""
-        if self.watch_hub.live:
-            self.watch_hub.source_up()
-        for sink in self._subscribers:
-            sink.gap()
+        if self.merge.source_of(shard) == LOCAL:
+            self.merge.up(shard, LOCAL)
+        wire = self._wire_shard(shard)
+        for sink in list(self._subscribers):
+            sink.gap(wire)
+
+    async def _send_watermarks(self) -> None:
+        """With shards: the watermark of each shard this node leads, every
+        ``WATERMARK_S`` while anyone watches (here or on a subscribed follower), so
+        that an idle shard holds no other shard's commits back for longer."""
+        while True:
+            await asyncio.sleep(WATERMARK_S)
+            if not (self.watch_hub.wanted or self._subscribers):
+                continue
+            for sh in self.shards:
+                if not sh.election.is_leader:
+                    continue
+                try:
+                    mark = await sh.committer.advance_watermark()
+                except DstoreError:
+                    continue  # the database is out of reach: the mark waits
+                if mark <= self._marks_sent.get(sh.index, Timestamp(0)):
+                    continue
+                self._marks_sent[sh.index] = mark
+                self.merge.watermark(sh.index, LOCAL, mark)
+                for sink in list(self._subscribers):
+                    sink.watermark(sh.index, mark)
 
     # -- write path ------------------------------------------------------------------
 
@@ -787,20 +836,39 @@ class StoreCore:
 
 
 class _LinkEvents:
-    """What this node's link to the leader delivers: commits and source changes for the
-    watch hub, and the leader's word that it released the lock (for the election)."""
+    """What this node's links to leaders deliver: each shard's commits, watermarks and
+    feed changes for the merge (``source``: the link), and a leader's word that it
+    released a lock (for the election). ``shard`` None: a group of one shard."""
 
     def __init__(self, core: StoreCore) -> None:
         self._core = core
 
-    def publish(self, ts: Timestamp, changes: Sequence[Change]) -> None:
-        self._core.watch_hub.publish(ts, changes)
+    def _shard(self, shard: int | None) -> int | None:
+        """The shard index, or None for one this group does not have (ignored)."""
+        index = 0 if shard is None else shard
+        return index if index < self._core.merge.shards else None
 
-    def source_up(self) -> None:
-        self._core.watch_hub.source_up()
+    def publish(self, ts: Timestamp, changes: Sequence[Change], shard: int | None,
+                mark: Timestamp | None, source: object) -> None:
+        index = self._shard(shard)
+        if index is not None:
+            self._core.merge.publish(index, source, ts, changes, mark)
 
-    def source_down(self) -> None:
-        self._core.watch_hub.source_down()
+    def watermark(self, shard: int, mark: Timestamp, source: object) -> None:
+        index = self._shard(shard)
+        if index is not None:
+            self._core.merge.watermark(index, source, mark)
+
+    def source_up(self, shard: int | None, source: object) -> None:
+        index = self._shard(shard)
+        # Even for a shard this node thinks it leads: another node only says this once
+        # it took the shard over (this node's lease ran out, and its election, paused
+        # with it, has not noticed yet).
+        if index is not None:
+            self._core.merge.up(index, source)
+
+    def source_down(self, source: object) -> None:
+        self._core.merge.down(source)
 
     def released(self, lock_name: str) -> None:
         core = self._core

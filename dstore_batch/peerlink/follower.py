@@ -63,13 +63,17 @@ class ByteBudget:
 
 
 class EventTarget(Protocol):
-    """Where a subscribed link's commits go (the node's watch hub)."""
+    """Where a subscribed link's commits go (the node's watch feeds). ``source`` is the
+    link; ``shard`` None: a group of one shard."""
 
-    def publish(self, ts: Timestamp, changes: Sequence[Change]) -> None: ...
+    def publish(self, ts: Timestamp, changes: Sequence[Change], shard: int | None,
+                mark: Timestamp | None, source: object) -> None: ...
 
-    def source_up(self) -> None: ...
+    def watermark(self, shard: int, mark: Timestamp, source: object) -> None: ...
 
-    def source_down(self) -> None: ...
+    def source_up(self, shard: int | None, source: object) -> None: ...
+
+    def source_down(self, source: object) -> None: ...
 
     def released(self, lock_name: str) -> None:
         """The leader released ``lock_name``: check the lock now."""
@@ -125,7 +129,7 @@ class _Connection:
         if not on and self.subscribed:
             self.subscribed = False
             if self._link.events is not None:
-                self._link.events.source_down()
+                self._link.events.source_down(self)
         self._control.append(protocol.encode_subscribe(on))
         self._wake.set()
 
@@ -199,7 +203,13 @@ class _Connection:
                 elif kind == protocol.EVENTS:
                     if self.subscribed and self._link.events is not None:
                         ts, changes = protocol.changes_from_wire(frame)
-                        self._link.events.publish(ts, changes)
+                        sharded = len(frame) == 5
+                        self._link.events.publish(
+                            ts, changes, frame[3] if sharded else None,
+                            Timestamp(frame[4]) if sharded else None, self)
+                elif kind == protocol.WATERMARK:
+                    if self.subscribed and self._link.events is not None:
+                        self._link.events.watermark(frame[1], Timestamp(frame[2]), self)
                 elif kind == protocol.RELEASED:
                     if self._link.events is not None:
                         self._link.events.released(frame[1])
@@ -209,7 +219,8 @@ class _Connection:
                     if self._subscribing:
                         self.subscribed = True
                         if self._link.events is not None:
-                            self._link.events.source_up()
+                            self._link.events.source_up(
+                                frame[1] if len(frame) == 2 else None, self)
                 elif kind == protocol.FATAL:
                     why = f"leader closed the link: {frame[1]}: {frame[2]}"
                     break
@@ -224,7 +235,7 @@ class _Connection:
         if self.subscribed:
             self.subscribed = False
             if self._link.events is not None:
-                self._link.events.source_down()
+                self._link.events.source_down(self)
         log.info("node %s: link to leader %s lost: %s (%d requests in flight)",
                  self._link.node_id, self.leader, why, len(self._pending))
         self._link.connection_lost(self)

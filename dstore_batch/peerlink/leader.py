@@ -31,13 +31,22 @@ FLUSH_TIMEOUT_S = 1.0
 
 
 class EventSink(Protocol):
-    """A subscribed follower, as the node sees it."""
+    """A subscribed follower, as the node sees it (``shard`` None: a group of one)."""
 
-    def send_events(self, ts: Timestamp, changes: list[Change]) -> None:
-        """One commit, in commit order."""
+    def feeding(self, shard: int | None) -> None:
+        """Every commit (of ``shard``) from here on will follow."""
         ...
 
-    def gap(self) -> None:
+    def send_events(self, ts: Timestamp, changes: list[Change], shard: int | None,
+                    mark: Timestamp) -> None:
+        """One commit, in the shard's commit order, and the shard's watermark after it."""
+        ...
+
+    def watermark(self, shard: int, mark: Timestamp) -> None:
+        """An idle shard's watermark."""
+        ...
+
+    def gap(self, shard: int | None) -> None:
         """Commits may have been missed (a commit's outcome stayed unknown): the
         follower's watchers must catch up from storage."""
         ...
@@ -56,15 +65,16 @@ class _Encoded:
 
     # The list itself, not its id(): a freed list's address can come back for the next
     # commit's list, and that commit would then go out as the previous one's frame.
-    last: tuple[list[Change], bytes] | None = None
+    last: tuple[list[Change], int, bytes] | None = None
 
     @classmethod
-    def frame(cls, ts: Timestamp, changes: list[Change]) -> bytes:
+    def frame(cls, ts: Timestamp, changes: list[Change], shard: int | None,
+              mark: int) -> bytes:
         cached = cls.last
-        if cached is not None and cached[0] is changes:
-            return cached[1]
-        data = protocol.encode_events(ts, changes)
-        cls.last = (changes, data)
+        if cached is not None and cached[0] is changes and cached[1] == mark:
+            return cached[2]
+        data = protocol.encode_events(ts, changes, shard, mark)
+        cls.last = (changes, mark, data)
         return data
 
 
@@ -166,9 +176,10 @@ class _Session:
         self._closing = True
         self._wake.set()
 
-    def send_events(self, ts: Timestamp, changes: list[Change]) -> None:
+    def send_events(self, ts: Timestamp, changes: list[Change], shard: int | None = None,
+                    mark: int = 0) -> None:
         """An event sink: queue one commit for this follower."""
-        data = _Encoded.frame(ts, changes)
+        data = _Encoded.frame(ts, changes, shard, mark)
         self._events.append(data)
         self._events_bytes += len(data)
         self._wake.set()
@@ -187,9 +198,17 @@ class _Session:
 
     stalled = False
 
-    def gap(self) -> None:
+    def feeding(self, shard: int | None = None) -> None:
+        """Tell the follower that every commit (of ``shard``) from here on follows."""
+        self._events.append(protocol.encode_subscribed(shard))
+        self._wake.set()
+
+    def gap(self, shard: int | None = None) -> None:
         """Tell the follower to catch its watchers up from storage (SUBSCRIBED again)."""
-        self._events.append(protocol.encode_subscribed())
+        self.feeding(shard)
+
+    def watermark(self, shard: int, mark: Timestamp) -> None:
+        self._events.append(protocol.encode_watermark(shard, mark))
         self._wake.set()
 
     def released(self, lock_name: str) -> None:
@@ -208,9 +227,8 @@ class _Session:
         if frame[0] == protocol.SUBSCRIBE:
             if frame[1] and not self.subscribed:
                 self.subscribed = True
-                # SUBSCRIBED goes out before any commit published after this call.
-                self._events.append(protocol.encode_subscribed())
-                self._wake.set()
+                # The node queues SUBSCRIBED (per shard it leads) before any commit
+                # published after this call.
                 self.intake.subscribe(self)
             elif not frame[1]:
                 self.unsubscribe()

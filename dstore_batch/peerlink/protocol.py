@@ -27,6 +27,7 @@ __all__ = [
     "RELEASED",
     "SUBSCRIBE",
     "SUBSCRIBED",
+    "WATERMARK",
     "WELCOME",
     "changes_from_wire",
     "decode",
@@ -39,6 +40,7 @@ __all__ = [
     "encode_released",
     "encode_subscribe",
     "encode_subscribed",
+    "encode_watermark",
     "encode_welcome",
     "request_from_wire",
     "rows_from_wire",
@@ -59,10 +61,16 @@ ACK = 3  # leader -> follower: [3, [[request_id, [timestamp_ns, ...]], ...]]
 ERROR = 4
 FATAL = 5  # either way, then close: [5, code, message]
 SUBSCRIBE = 6  # follower -> leader: [6, on]: send me every commit (on = true) or stop
-SUBSCRIBED = 7  # leader -> follower: [7]: every commit from here on will follow
-# leader -> follower: [8, timestamp_ns, [[key, id, value or nil], ...]]: one commit
+# leader -> follower: [7]: every commit from here on will follow; with shards, [7, shard]:
+# every commit of that shard (a later one for the same shard: catch up from storage)
+SUBSCRIBED = 7
+# leader -> follower: [8, timestamp_ns, [[key, id, value or nil], ...]]: one commit; with
+# shards, [8, timestamp_ns, rows, shard, watermark_ns]
 EVENTS = 8
 RELEASED = 9  # leader -> follower: [9, lock_name]: I released this lock; check it now
+# leader -> follower: [10, shard, watermark_ns]: no commit of the shard at or below it is
+# still to come (sent while the shard is idle)
+WATERMARK = 10
 
 FLAG_NO_APPEND = 1
 FLAG_CLIENT_ID = 2  # the id came from the client: keep a row already stored under it
@@ -133,17 +141,25 @@ def encode_subscribe(on: bool) -> bytes:
     return _packb([SUBSCRIBE, on])
 
 
-def encode_subscribed() -> bytes:
-    return _packb([SUBSCRIBED])
+def encode_subscribed(shard: int | None = None) -> bytes:
+    return _packb([SUBSCRIBED] if shard is None else [SUBSCRIBED, shard])
 
 
-def encode_events(ts: int, changes: Sequence[Change]) -> bytes:
-    """One commit's rows (tombstones with a nil value), in (key, id) order."""
-    return _packb([EVENTS, ts, [list(c) for c in changes]])
+def encode_events(ts: int, changes: Sequence[Change], shard: int | None = None,
+                  mark: int = 0) -> bytes:
+    """One commit's rows (tombstones with a nil value), in (key, id) order; with shards,
+    its shard and the shard's watermark after it."""
+    rows = [list(c) for c in changes]
+    return _packb([EVENTS, ts, rows] if shard is None else [EVENTS, ts, rows, shard, mark])
+
+
+def encode_watermark(shard: int, mark: int) -> bytes:
+    return _packb([WATERMARK, shard, mark])
 
 
 def changes_from_wire(frame: list[Any]) -> tuple[Timestamp, list[Change]]:
-    """Check an EVENTS frame's rows. Raises ProtocolError."""
+    """Check an EVENTS frame's rows (its shard and watermark, if any, are frame[3:5]).
+    Raises ProtocolError."""
     ts, items = frame[1], frame[2]
     out = []
     for item in items:
@@ -185,15 +201,24 @@ def decode(data: bytes, max_bytes: int) -> list[Any]:
         if len(frame) != 2 or type(frame[1]) is not bool:
             raise ProtocolError("subscribe must be [6, on]")
     elif kind == SUBSCRIBED:
-        if len(frame) != 1:
-            raise ProtocolError("subscribed must be [7]")
+        if len(frame) not in (1, 2) or (len(frame) == 2 and not _count(frame[1])):
+            raise ProtocolError("subscribed must be [7] or [7, shard]")
     elif kind == EVENTS:
-        if (len(frame) != 3 or type(frame[1]) is not int or frame[1] < 0
-                or type(frame[2]) is not list):
-            raise ProtocolError("events must be [8, timestamp, [rows...]]")
+        if (len(frame) not in (3, 5) or not _count(frame[1]) or type(frame[2]) is not list
+                or (len(frame) == 5 and not (_count(frame[3]) and _count(frame[4])))):
+            raise ProtocolError("events must be [8, timestamp, [rows...]] or "
+                                "[8, timestamp, [rows...], shard, watermark]")
+    elif kind == WATERMARK:
+        if len(frame) != 3 or not _count(frame[1]) or not _count(frame[2]):
+            raise ProtocolError("watermark must be [10, shard, timestamp]")
     else:
         raise ProtocolError(f"unknown frame type {kind}")
     return frame
+
+
+def _count(value: object) -> bool:
+    """A non-negative int (a shard, a timestamp in ns): no bool, no float."""
+    return type(value) is int and value >= 0
 
 
 def request_from_wire(entry: list[Any]) -> tuple[int, list[Row], bool]:

@@ -1,6 +1,7 @@
 """Shards in process, on SQLite: keys by crc32, leaders spread over the nodes, put_many
 split by shard and merged in order, atomic requests kept to one shard, /v1/leader's
-shards, the group's N recorded, a graceful handover of every shard a node leads."""
+shards, the group's N recorded, a graceful handover of every shard a node leads; and
+(both backends) watch across shards: one ordered log, whichever shards wrote it."""
 
 from __future__ import annotations
 
@@ -14,18 +15,21 @@ import pytest
 from dstore_batch.config import Config
 from dstore_batch.core.shards import shard_of
 from dstore_batch.core.store import ShardsMismatchError, StoreCore
+from dstore_batch.core.watch import Watcher
 from dstore_batch.errors import InvalidInputError
 from dstore_batch.server.node import Store
 from dstore_batch.testing.emulator import free_port
+from dstore_batch.types import Timestamp, WatchEvent
 from tests.helpers import running_stores, wait_until
 
 SHARDS = 4
 LEASE_S = 1.0
 
 
-def configs(database: str, n: int = 3, shards: int = SHARDS) -> list[Config]:
+def configs(database: str, n: int = 3, shards: int = SHARDS,
+            emulator_host: str | None = None) -> list[Config]:
     return [Config(node_id=f"127.0.0.1:{free_port()}", database=database, lease_s=LEASE_S,
-                   shards=shards) for _ in range(n)]
+                   shards=shards, emulator_host=emulator_host) for _ in range(n)]
 
 
 def led(stores: list[Store]) -> dict[str, list[int]]:
@@ -79,8 +83,6 @@ async def test_leaders_spread_and_puts_route_by_shard(sqlite_database: str) -> N
             await node.put_many([(a, "1"), (b, "2")], atomic=True)
         same = [k for k in keys if shard_of(k, SHARDS) == shard_of(a, SHARDS)][:3]
         assert len(await node.put_many([(k, "x") for k in same], atomic=True)) == 3
-        with pytest.raises(InvalidInputError, match="shards 1"):
-            node.watch(prefix="k")
         async with aiohttp.ClientSession() as http, \
                 http.get(f"http://{node.node_id}/v1/leader") as resp:
             body = await resp.json()
@@ -116,3 +118,65 @@ async def test_one_node_leads_every_shard_then_shares_them(sqlite_database: str)
         async with running_stores(later, timeout=20) as more:
             await spread(one + more)
         await asyncio.sleep(0)
+
+
+async def _collect(watcher: Watcher, into: list[WatchEvent]) -> None:
+    async for event in watcher:
+        into.append(event)
+
+
+def _rows(events: list[WatchEvent]) -> list[tuple[Timestamp, str, str]]:
+    return [(e.timestamp, e.key, e.id) for e in events if e.kind in ("put", "delete")]
+
+
+async def test_watch_across_shards_is_one_ordered_log(
+        any_database: str, any_emulator_host: str | None) -> None:
+    async with running_stores(configs(any_database, emulator_host=any_emulator_host),
+                              timeout=30) as stores:
+        await spread(stores)
+        keys = [f"w/{i}" for i in range(24)]
+        one = keys[5]
+        filters = [{"key": one}, {"prefix": "w/1"}, {"prefix": ""}]
+        got: list[list[WatchEvent]] = [[], [], []]
+        watchers = [s.watch(**f) for s, f in zip(stores, filters, strict=True)]
+        tasks = [asyncio.create_task(_collect(w, g))
+                 for w, g in zip(watchers, got, strict=True)]
+        try:
+            # A watch without ``since`` starts where it is first read: wait for that.
+            await wait_until(lambda: all(g for g in got), 10.0, interval=0.01,
+                             what="every watch started (caught_up)")
+            # Writers on every node at once, over every shard.
+            async def write(n: int) -> None:
+                for r in range(6):
+                    await stores[n].put_many([(k, f"{n}.{r}") for k in keys[n::3]])
+            await asyncio.gather(*(write(n) for n in range(3)))
+            # Then one shard only: the others are idle and must not hold it back.
+            idle_key = next(k for k in keys if shard_of(k, SHARDS) == shard_of(one, SHARDS))
+            last = await stores[1].put(idle_key, "last")
+            log = sorted([(h.timestamp, k, h.id) for k in keys
+                          for h in await stores[0].get(k, "all")])
+
+            def owed(f: dict[str, str]) -> list[tuple[Timestamp, str, str]]:
+                return [r for r in log if r[1] == f["key"]] if "key" in f else \
+                    [r for r in log if r[1].startswith(f["prefix"])]
+
+            for f, g in zip(filters, got, strict=True):
+                want = owed(f)
+                await wait_until(lambda g=g, want=want: len(_rows(g)) >= len(want), 20.0,
+                                 interval=0.05, what=f"the watch of {f} delivered its rows")
+                assert _rows(g) == want, f  # each row once, in (timestamp, key, id) order
+                assert [e.kind for e in g].count("caught_up") == 1
+            assert log[-1][0] == last.timestamp
+            # Resuming from a middle token replays exactly the rows after it.
+            middle = got[2][len(got[2]) // 2]
+            again: list[WatchEvent] = []
+            task = asyncio.create_task(_collect(stores[2].watch(since=middle.resume), again))
+            tasks.append(task)
+            after = [r for r in log if r[0] > middle.resume]
+            await wait_until(lambda: len(_rows(again)) >= len(after), 20.0, interval=0.05,
+                             what="the resumed watch replayed the rest")
+            assert _rows(again) == after
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -148,7 +148,7 @@ def test_each_commit_gets_its_own_events_frame() -> None:
     rows = [Change(f"k{n}", f"id{n}", "v") for n in range(50)]
     stamps = [Timestamp(n + 1) for n in range(50)]
     # Each list is freed as soon as its frame is made, as the committer's are.
-    frames = [_Encoded.frame(stamps[n], [rows[n]]) for n in range(50)]
+    frames = [_Encoded.frame(stamps[n], [rows[n]], None, 0) for n in range(50)]
     for n, data in enumerate(frames):
         frame = protocol.decode(data, 1 << 20)
         assert frame[1] == n + 1 and frame[2] == [[f"k{n}", f"id{n}", "v"]]
