@@ -415,6 +415,16 @@ class StorageContract:
         if stale.read_timestamp >= written:
             assert len(stale) == 1
 
+    async def test_a_read_timestamp_is_a_watermark(self, storage: Storage) -> None:
+        # Watch across shards rests on it: a commit that starts after read_timestamp()
+        # returned has a later timestamp, and every commit at or before it is visible.
+        for n in range(5):
+            written = (await storage.commit([Row(f"w{n}", "wm", "v")], "n:1", None)).timestamp
+            mark = await storage.read_timestamp()
+            assert mark >= written
+            after = (await storage.commit([Row(f"w{n}", "wm2", "v")], "n:1", None)).timestamp
+            assert after > mark
+
     async def test_list_read_timestamp(self, storage: Storage) -> None:
         written = (await storage.commit([Row("a", "lr/1", "v")], "n:1", None)).timestamp
         page = await storage.list_keys("lr/", 10, None)

@@ -147,17 +147,27 @@ class Committer:
             mark = min(mark, Timestamp(self._held[0][0] - 1))
         return mark
 
-    async def advance_watermark(self) -> Timestamp:
-        """The watermark, first moved up to the database's read timestamp if nothing is
-        in flight and nothing starts meanwhile (a commit started after a strong read has
-        a later timestamp), while this node still leads: an idle shard's watermark."""
-        if not self._floors and not self._held and self._accepting:
-            started = self._started
-            ts = await self._storage.read_timestamp()
-            if (not self._floors and self._started == started and self._accepting
-                    and self._fence() is not None):
-                self._mark = max(self._mark, ts)
+    def idle(self) -> int | None:
+        """A token if nothing is in flight or held now (for ``advance_watermark_to``)."""
+        if self._floors or self._held or not self._accepting:
+            return None
+        return self._started
+
+    def advance_watermark_to(self, ts: Timestamp, token: int) -> Timestamp:
+        """Move the watermark up to ``ts``, a strong read's timestamp taken after
+        ``idle()`` gave ``token``, if no commit started since (one started after the
+        read has a later timestamp) and this node still leads; the watermark."""
+        if (token == self._started and not self._floors and self._accepting
+                and self._fence() is not None):
+            self._mark = max(self._mark, ts)
         return self.watermark()
+
+    async def advance_watermark(self) -> Timestamp:
+        """The watermark, moved up to the database's read timestamp now if idle."""
+        token = self.idle()
+        if token is None:
+            return self.watermark()
+        return self.advance_watermark_to(await self._storage.read_timestamp(), token)
 
     @property
     def committing(self) -> bool:

@@ -652,13 +652,19 @@ class StoreCore:
             await asyncio.sleep(WATERMARK_S)
             if not (self.watch_hub.wanted or self._subscribers):
                 continue
-            for sh in self.shards:
-                if not sh.election.is_leader:
-                    continue
-                try:
-                    mark = await sh.committer.advance_watermark()
-                except DstoreError:
-                    continue  # the database is out of reach: the mark waits
+            led = [sh for sh in self.shards if sh.election.is_leader]
+            # One read for every idle shard led here.
+            idle = {sh.index: token for sh in led
+                    if (token := sh.committer.idle()) is not None}
+            read: Timestamp | None = None
+            if idle:
+                with contextlib.suppress(DstoreError):  # out of reach: the marks wait
+                    read = await self.storage.read_timestamp()
+            for sh in led:
+                token = idle.get(sh.index)
+                mark = (sh.committer.advance_watermark_to(read, token)
+                        if read is not None and token is not None
+                        else sh.committer.watermark())
                 if mark <= self._marks_sent.get(sh.index, Timestamp(0)):
                     continue
                 self._marks_sent[sh.index] = mark

@@ -209,7 +209,9 @@ class Storage(Protocol):
         ...
 
     async def read_timestamp(self) -> Timestamp:
-        """A strong read's timestamp now: every commit at or before it is visible."""
+        """A strong read's timestamp now: every commit at or before it is visible, and
+        a commit that starts after this call returns gets a later timestamp (so it is a
+        watermark: watch across shards rests on it)."""
         ...
 
     @property

@@ -358,3 +358,27 @@ async def test_a_retry_that_left_a_request_out_sends_watchers_to_storage(
             assert gaps and not published
         finally:
             await committer.stop()
+
+
+async def test_the_watermark_stays_below_commits_in_flight_and_moves_while_idle(
+        rig: Rig) -> None:
+    # Watch across shards releases a commit once every shard's watermark passed it: a
+    # watermark at or above a commit not yet published would let it be skipped.
+    c = rig.committer
+    first = await c.submit([Row("a", "r1", "v")])
+    assert c.watermark() >= first[0]
+    gate = rig.storage.commit_gate = asyncio.Event()
+    held = c.submit([Row("b", "r2", "v")])
+    await wait_until(lambda: c.committing, 5, what="a commit in flight")
+    mark = c.watermark()
+    assert mark <= await rig.storage.read_timestamp()
+    assert await c.advance_watermark() == mark  # busy: a read does not move it
+    gate.set()
+    (ts,) = await held
+    assert ts > mark and c.watermark() >= ts
+    # Idle: a read timestamp moves it, and a commit after it is above it.
+    await rig.storage.commit([Row("other", "x", "v")], "n:2", None)  # not this committer's
+    moved = await c.advance_watermark()
+    assert moved > ts
+    (later,) = await c.submit([Row("c", "r3", "v")])
+    assert later > moved and c.watermark() >= later
