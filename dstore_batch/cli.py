@@ -150,8 +150,7 @@ def _parser() -> argparse.ArgumentParser:
                         "are trimmed within the run); the checks allow for trimmed rows and "
                         "check retention's own promises")
     p.add_argument("--shards", type=int, default=1,
-                   help="the nodes' --shards (hand-overs come with the kills and restarts; "
-                        "no watchers: a sharded group refuses watch for now)")
+                   help="the nodes' --shards (hand-overs come with the kills and restarts)")
     p.add_argument("--ops", default="all",
                    help="comma list of the operations to make: put, put_many, atomic, "
                         "delete, cas, no_append, get, stale_get, list, watch, client "

@@ -128,7 +128,7 @@ class CheckConfig:
     db_timeout_ms: int = 3000
     max_inflight: int = 1  # the nodes' --max-inflight
     keep_versions: int | None = None  # the nodes' --keep-versions (with a short window)
-    shards: int = 1  # the nodes' --shards (watch is refused with more than one, for now)
+    shards: int = 1  # the nodes' --shards
     ops: tuple[str, ...] = OP_KINDS
     # A group someone else started (its nodes' URLs): no cluster, emulator or built-in
     # faults of the checker's own; ``fault_cmd`` (a shell command) every
@@ -651,8 +651,7 @@ class _Run:
         self.say(f"seed {self.seed}; faults {','.join(c.faults) or 'none'}; {c.seconds:.0f} s "
                  f"of load on {c.nodes} nodes (--max-inflight {c.max_inflight}"
                  + (f", --keep-versions {c.keep_versions}" if c.keep_versions else "")
-                 + (f", --shards {c.shards}: no watchers, a sharded group refuses watch "
-                    "(issue 27)" if c.shards > 1 else "") + ")")
+                 + (f", --shards {c.shards}" if c.shards > 1 else "") + ")")
         self.emulator = Emulator(binary=c.emulator_bin).start()
         database = self.emulator.create_database("check", project="check-project",
                                                  instance="check-instance")
@@ -737,7 +736,7 @@ class _Run:
             if "client" in c.ops:
                 tasks += [asyncio.create_task(workload.client_producer(i, client))
                           for i in range(2)]
-            watch = "watch" in c.ops and c.shards == 1
+            watch = "watch" in c.ops
             if watch:
                 tasks += [asyncio.create_task(workload.watcher(i, http))
                           for i in range(max(3, len(nodes)))]
