@@ -5,8 +5,13 @@
   stores it once and returns its original timestamp: exactly once.
 - Concurrent single `put`s are coalesced into `put_many` requests (up to ``linger_s``
   and ``max_batch_items``); large `put_many`s are split under the server's limits.
-- Requests go round-robin over ``nodes``; connection errors, 503 (after Retry-After) and
-  504 are retried with the same ids on the next node until the caller's deadline.
+- Writes go to the node that leads their keys' shard (the shard map comes from
+  ``/v1/leader``, ``routing.py``): a ``put_many`` over several shards is sent as one
+  request per shard, at once, its results put back in input order. Other requests, and
+  writes while the map is unknown, go round-robin over ``nodes``. A stale map costs one
+  hop (the node forwards), never an error.
+- Connection errors, 503 (after Retry-After) and 504 are retried with the same ids on
+  the next node until the caller's deadline.
 - Errors are the same typed errors `Store` raises.
 """
 
@@ -45,6 +50,7 @@ from ..types import (
     Timestamp,
     WatchEvent,
 )
+from .routing import Router
 
 __all__ = ["Client"]
 
@@ -75,6 +81,7 @@ class Client:
         max_batch_items: int = 1000,
         max_batch_bytes: int = 4 * 1024 * 1024,
         ssl_context: ssl.SSLContext | None = None,
+        route: bool = True,
     ) -> None:
         if not nodes:
             raise ValueError("Client needs at least one node (host:port or URL)")
@@ -94,6 +101,8 @@ class Client:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._sends: set[asyncio.Task[None]] = set()
         self.requests_sent = 0  # HTTP requests, retries included
+        # ``route`` False: every request round-robin (to measure what routing saves).
+        self.router = Router(self.nodes, self._leader_of) if route else None
 
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(
@@ -177,15 +186,25 @@ class Client:
             raise InvalidInputError("a put needs at least one item")
         deadline = asyncio.get_running_loop().time() + (timeout or self.timeout_s)
         if atomic:
-            return await self._put_chunk(prepared, deadline, fresh, atomic=True)
-        chunks = list(self._chunks(prepared))
-        if len(chunks) == 1:  # the common case: no gather, no extra task
-            return await self._put_chunk(chunks[0], deadline, fresh)
-        parts = await asyncio.gather(*(self._put_chunk(c, deadline, fresh) for c in chunks),
-                                     return_exceptions=True)
+            return await self._put_chunk(prepared, deadline, fresh, atomic=True,
+                                         prefer=await self._leader_url(prepared[0]["key"]))
+        # One request per shard leader (and under the batch limits), sent at once.
+        sends = [(url, chunk) for url, indexes in await self._routes(prepared)
+                 for chunk in self._chunks(indexes, prepared)]
+        if len(sends) == 1:  # the common case: no gather, no extra task
+            url, chunk = sends[0]
+            return await self._put_chunk([prepared[i] for i in chunk], deadline, fresh,
+                                         prefer=url)
+        parts = await asyncio.gather(*(self._put_chunk([prepared[i] for i in chunk], deadline,
+                                                       fresh, prefer=url)
+                                       for url, chunk in sends), return_exceptions=True)
         errors = [p for p in parts if isinstance(p, BaseException)]
         if not errors:
-            return [r for part in parts for r in part]  # type: ignore[union-attr]
+            out: list[PutResult | None] = [None] * len(prepared)
+            for (_, chunk), part in zip(sends, parts, strict=True):
+                for i, result in zip(chunk, part, strict=True):  # type: ignore[arg-type]
+                    out[i] = result
+            return out  # type: ignore[return-value]
         if len(errors) == len(parts):
             raise errors[0]
         # Some chunks were written and some were not (or may not be): the whole call's
@@ -233,18 +252,50 @@ class Client:
 
     # -- batching ---------------------------------------------------------------------------
 
-    def _chunks(self, items: list[dict[str, Any]]) -> Iterable[list[dict[str, Any]]]:
-        chunk: list[dict[str, Any]] = []
+    def _chunks(self, indexes: list[int], items: list[dict[str, Any]]
+                ) -> Iterable[list[int]]:
+        """``indexes`` of ``items`` cut into requests under the batch limits."""
+        chunk: list[int] = []
         size = 0
-        for item in items:
+        for i in indexes:
+            item = items[i]
             n = len(item["key"]) + len(item["value"]) + 64
             if chunk and (len(chunk) >= self.max_batch_items or size + n > self.max_batch_bytes):
                 yield chunk
                 chunk, size = [], 0
-            chunk.append(item)
+            chunk.append(i)
             size += n
         if chunk:
             yield chunk
+
+    # -- routing ------------------------------------------------------------------------------
+
+    async def _routes(self, items: list[dict[str, Any]]) -> list[tuple[str | None, list[int]]]:
+        """The items' indexes by the node leading their shard (None: any node)."""
+        if self.router is None:
+            return [(None, list(range(len(items))))]
+        return await self.router.group([i["key"] for i in items])
+
+    async def _leader_url(self, key: str) -> str | None:
+        if self.router is None:
+            return None
+        shard_map = await self.router.current()
+        return shard_map.leader_of(key) if shard_map is not None else None
+
+    async def _leader_of(self, url: str) -> dict[str, Any] | None:
+        """One node's /v1/leader, for the shard map (None: no answer within a second)."""
+        if self._session is None:
+            return None
+        try:
+            async with self._session.get(url + "/v1/leader", headers=self._headers,
+                                         ssl=self._ssl,
+                                         timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
+                if resp.status != 200:
+                    return None
+                body = _decode(await resp.read(), resp.status)
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return None
+        return body if isinstance(body, dict) else None
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
@@ -258,17 +309,28 @@ class Client:
         task.add_done_callback(self._sends.discard)
 
     async def _send_coalesced(self, batch: list[_Pending], retry: bool = False) -> None:
+        routes = await self._routes([p.item for p in batch])
+        if len(routes) == 1:
+            await self._send_part(batch, routes[0][0], retry)
+        else:
+            await asyncio.gather(*(self._send_part([batch[i] for i in indexes], url, retry)
+                                   for url, indexes in routes))
+
+    async def _send_part(self, batch: list[_Pending], prefer: str | None,
+                         retry: bool = False) -> None:
+        """One request of coalesced puts (to ``prefer`` first), each caller answered."""
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         fresh = not retry and all(p.fresh for p in batch)
         try:
-            results = await self._put_chunk([p.item for p in batch], deadline, fresh)
+            results = await self._put_chunk([p.item for p in batch], deadline, fresh,
+                                            prefer=prefer)
         except RejectedError as exc:
             if len(batch) == 1:
                 _settle(batch[0].future, exc)
                 return
             # One bad item refuses the whole request: send each alone, so only the bad
             # one fails (ids are fixed, so this cannot store anything twice).
-            await asyncio.gather(*(self._send_coalesced([p], True) for p in batch))
+            await asyncio.gather(*(self._send_part([p], prefer, True) for p in batch))
             return
         except DstoreError as exc:
             for p in batch:
@@ -288,11 +350,13 @@ class Client:
         with its id (``resend`` False: not after an attempt that may have written it)."""
         deadline = asyncio.get_running_loop().time() + (timeout or self.timeout_s)
         body = await self._call("POST", path, None, payload, deadline, idempotent=True,
-                                fresh=fresh, resend=resend)
+                                fresh=fresh, resend=resend,
+                                prefer=await self._leader_url(payload["key"]))
         return PutResult(body["id"], Timestamp.parse(body["timestamp"]))
 
     async def _put_chunk(self, items: list[dict[str, Any]], deadline: float,
-                         fresh: bool = False, atomic: bool = False) -> list[PutResult]:
+                         fresh: bool = False, atomic: bool = False,
+                         prefer: str | None = None) -> list[PutResult]:
         # ``fresh`` (every id made here, never sent): the first attempt says so, and the
         # leader skips reading for rows already stored under these ids. A retry may
         # follow a request that was written, so it never says so.
@@ -302,7 +366,7 @@ class Client:
         body = await self._call("POST", "/v1/put_many", None, payload, deadline,
                                 idempotent=True, fresh=fresh,
                                 resend=resend_safe([bool(i.get("no_append")) for i in items],
-                                                   atomic))
+                                                   atomic), prefer=prefer)
         # The rows of one commit share a timestamp: parse each distinct text once.
         stamps: dict[str, Timestamp] = {}
         out = []
@@ -318,7 +382,7 @@ class Client:
 
     async def _call(self, method: str, path: str, query: dict[str, str] | None,
                     payload: Any, deadline: float, *, idempotent: bool,
-                    fresh: bool = False, resend: bool = True) -> Any:
+                    fresh: bool = False, resend: bool = True, prefer: str | None = None) -> Any:
         # ``resend`` False: the request holds a no_append item without a witness; after
         # an attempt that may have written it, it is not sent again (outcome unknown).
         if self._session is None:
@@ -332,7 +396,9 @@ class Client:
         sent = False
         last: DstoreError | None = None
         for attempt in itertools.count():
-            node = self.nodes[next(self._rr)]
+            # The first attempt to the node ``prefer`` names (its keys' shard leader),
+            # the rest round-robin.
+            node = prefer if prefer is not None and not attempt else self.nodes[next(self._rr)]
             if loop.time() >= deadline:
                 break
             if attempt and fresh:
@@ -353,6 +419,8 @@ class Client:
                 break
             except aiohttp.ClientConnectorError as exc:  # never reached the node
                 sent = sent_before
+                if node == prefer and self.router is not None:
+                    self.router.missed()
                 last = UnavailableError(f"cannot connect to {node}: {exc}")
             except (aiohttp.ClientError, OSError) as exc:  # cut off mid-request
                 sent = True
