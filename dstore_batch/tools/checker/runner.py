@@ -1173,6 +1173,9 @@ def run_check(*, seconds: float, faults: str | None, nodes: int = 3, lease_ms: i
         print(f"\n=== configuration {n + 1} of {len(runs)}: "
               + (", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"), flush=True)
         results.append(run_checker(config))
+        if "interrupted" in results[-1].problems:
+            runs = runs[:len(results)]  # Ctrl-C or SIGTERM ends every run, not just one
+            break
     print("\nconfigurations: " + "; ".join(
         f"{', '.join(f'{k}={v}' for k, v in o.items()) or 'defaults'}: "
         f"{'PASS' if r.exit_code == 0 else 'FAIL' if r.exit_code == 1 else 'INCOMPLETE'}"
