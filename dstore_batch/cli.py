@@ -371,6 +371,9 @@ def _bench_flags(p: argparse.ArgumentParser) -> None:
                    help="shards mode: comma list of shard counts also run on the emulator "
                         "(empty: skip it)")
     p.add_argument("--shards-nodes", type=int, default=4, help="shards mode: serve nodes")
+    p.add_argument("--shards-client", type=int, default=4,
+                   help="shards mode: at this many shards (on the MODEL), Client.put_many "
+                        "routed against unrouted, alternating, two runs each (0: skip)")
     p.add_argument("--shards-per-node", type=int, default=16,
                    help="shards mode: put_many requests (of --many-size items) in flight per "
                         "node, closed loop over HTTP")

@@ -13,7 +13,7 @@ def test_bench_shards_prints_every_figure(tmp_path: Path) -> None:
         tmp_path / "bench.json", "--modes", "shards", "--duration-s", "0.6", "--warmup-s", "0.3",
         "--many-size", "10", "--lease-ms", "1000", "--shards-counts", "1,2",
         "--shards-emulator-counts", "1", "--shards-nodes", "2", "--shards-per-node", "2",
-        timeout=120)
+        "--shards-client", "2", timeout=180)
     shards = data["shards"]
     assert [r["shards"] for r in shards["runs"]] == [1, 2]
     assert [r["shards"] for r in shards["emulator_runs"]] == [1]
@@ -26,6 +26,11 @@ def test_bench_shards_prints_every_figure(tmp_path: Path) -> None:
     assert shards["runs"][1]["leaders_per_node"] == [1, 1]  # spread over the nodes
     assert shards["runs"][0]["leader_cpu_us_per_row"] > 0
     assert "MODEL" in shards["model"]
+    clients = shards["client_runs"]
+    assert [r["client"] for r in clients] == ["routed", "unrouted"] * 2
+    for r in clients:
+        assert r["errors"] == {} and r["rows"] > 0 and r["client_requests"] > 0
+    assert "routed / unrouted (medians): puts/s" in stdout
     text = stdout
     for line in ("shards on a MODEL database", "not Spanner",
                  "| shards | puts/s (MODEL db) | ratio to 1 shard | node CPU us/row |",

@@ -38,6 +38,8 @@ import aiohttp
 import msgpack
 from prometheus_client.parser import text_string_to_metric_families
 
+from ...client import Client
+from ...errors import DstoreError
 from ...storage.model import ModelStorage
 from ...testing.cluster import LocalCluster, NodeProcess
 from ...testing.emulator import Emulator, free_port
@@ -69,6 +71,9 @@ class ShardsSpec:
     model_inflight: int = 4  # commits in flight per shard leader on the model
     emulator_inflight: int = 1  # the emulator serializes them anyway
     latency: ModelLatency = field(default_factory=ModelLatency)
+    # Shards (on the model) at which ``Client.put_many`` runs routed and unrouted, side
+    # by side (0: not at all).
+    client_shards: int = 4
 
 
 # -- the model database process ------------------------------------------------------------
@@ -169,9 +174,12 @@ def machine_busy_s() -> float:
     return (sum(fields[:8]) - idle) / _TICKS
 
 
+_COUNTED = {**COUNTERS, "peer_frames": "dstore_peer_frames_total"}  # (both directions)
+
+
 def _metrics(node: NodeProcess) -> dict[str, float]:
-    values = dict.fromkeys(COUNTERS, 0.0)
-    wanted = {name: k for k, name in COUNTERS.items()}
+    values = dict.fromkeys(_COUNTED, 0.0)
+    wanted = {name: k for k, name in _COUNTED.items()}
     with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
         with urllib.request.urlopen(node.url + "/metrics", timeout=5) as resp:
             text = resp.read().decode()
@@ -183,8 +191,9 @@ def _metrics(node: NodeProcess) -> dict[str, float]:
 
 
 async def _load(cluster: LocalCluster, spec: ShardsSpec, db_cpu: Callable[[], float],
-                model: str | None) -> dict[str, Any]:
-    """Closed-loop put_many through every node; the window's figures."""
+                model: str | None, route: bool | None = None) -> dict[str, Any]:
+    """Closed-loop put_many through every node (raw HTTP; or, with ``route`` set, through
+    one ``Client`` with routing on or off); the window's figures."""
     value = "x" * spec.value_size
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -202,10 +211,28 @@ async def _load(cluster: LocalCluster, spec: ShardsSpec, db_cpu: Callable[[], fl
         samples[edge] = {
             "cpu": {node: node_cpu_seconds(pid) for node, pid in pids.items()},
             "db_cpu": db_cpu(), "load_cpu": cpu_seconds(), "machine": machine_busy_s(),
-            "metrics": {k: sum(m[k] for m in metrics) for k in COUNTERS},
+            "metrics": {k: sum(m[k] for m in metrics) for k in _COUNTED},
             "model": (await stats.stats()) if stats is not None else None,
             "leaders": await asyncio.to_thread(_leaders, cluster),
         }
+
+    async def client_worker(client: Client, seed: int) -> None:
+        nonlocal rows
+        rng = random.Random(seed)
+        while (sent := loop.time()) < end:
+            prefix = f"{rng.getrandbits(64):016x}"
+            try:
+                results = await client.put_many([(f"{prefix}-{i}", value)
+                                                 for i in range(spec.items)])
+            except DstoreError as exc:
+                errors[exc.code] = errors.get(exc.code, 0) + 1
+                await asyncio.sleep(0.05)
+                continue
+            done = loop.time()
+            if begin <= done <= end:
+                rows += len(results)
+                if sent >= begin:
+                    latencies.append(done - sent)
 
     async def worker(node: NodeProcess, http: aiohttp.ClientSession, seed: int) -> None:
         nonlocal rows
@@ -235,20 +262,29 @@ async def _load(cluster: LocalCluster, spec: ShardsSpec, db_cpu: Callable[[], fl
 
     if stats is not None:
         await stats.start()
+    requests = 0
     try:
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector,
-                                         timeout=aiohttp.ClientTimeout(total=60)) as http:
-            await asyncio.gather(
-                sample("start"), sample("end"),
-                *(worker(node, http, i * 1000 + j) for i, node in enumerate(cluster.nodes)
-                  for j in range(spec.per_node)))
+        if route is not None:
+            async with Client([n.url for n in cluster.nodes], route=route,
+                              timeout_s=60) as client:
+                await asyncio.gather(
+                    sample("start"), sample("end"),
+                    *(client_worker(client, i) for i in range(spec.per_node * spec.nodes)))
+                requests = client.requests_sent
+        else:
+            connector = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(connector=connector,
+                                             timeout=aiohttp.ClientTimeout(total=60)) as http:
+                await asyncio.gather(
+                    sample("start"), sample("end"),
+                    *(worker(node, http, i * 1000 + j) for i, node in enumerate(cluster.nodes)
+                      for j in range(spec.per_node)))
     finally:
         if stats is not None:
             await stats.close()
     a, b = samples["start"], samples["end"]
     node_cpu = {n: b["cpu"][n] - a["cpu"][n] for n in pids}
-    metrics = {k: b["metrics"][k] - a["metrics"][k] for k in COUNTERS}
+    metrics = {k: b["metrics"][k] - a["metrics"][k] for k in _COUNTED}
     out: dict[str, Any] = {
         "rows": rows, "puts_s": rows / spec.duration_s, "errors": errors,
         "p50_ms": statistics.median(latencies) * 1000 if latencies else float("nan"),
@@ -259,6 +295,9 @@ async def _load(cluster: LocalCluster, spec: ShardsSpec, db_cpu: Callable[[], fl
         "commits": int(metrics["commits"]), "committed_rows": int(metrics["rows"]),
         "aborts": int(metrics["aborts"]),
         "leaders_start": a["leaders"], "leaders_end": b["leaders"],
+        "client": None if route is None else ("routed" if route else "unrouted"),
+        "client_requests": requests,
+        "peer_frames": int(metrics["peer_frames"]),
     }
     if a["model"] is not None:
         out["model_max_commits_in_flight"] = b["model"]["max_commits_in_flight"]
@@ -267,8 +306,9 @@ async def _load(cluster: LocalCluster, spec: ShardsSpec, db_cpu: Callable[[], fl
 
 def _run_one(database: str, shards: int, spec: ShardsSpec, inflight: int,
              db_cpu: Callable[[], float], model: str | None, emulator_host: str | None,
-             log_dir: Path) -> dict[str, Any]:
-    folder = log_dir / f"{'model' if model else 'emulator'}-{shards}"
+             log_dir: Path, route: bool | None = None) -> dict[str, Any]:
+    tag = "" if route is None else "-routed" if route else "-unrouted"
+    folder = log_dir / f"{'model' if model else 'emulator'}-{shards}{tag}"
     folder.mkdir(parents=True, exist_ok=True)
     extra = ["--shards", str(shards), "--log-level=warning",
              f"--max-batch-rows={spec.max_batch_rows}", f"--max-inflight={inflight}"]
@@ -276,7 +316,7 @@ def _run_one(database: str, shards: int, spec: ShardsSpec, inflight: int,
                            log_dir=str(folder), emulator_host=emulator_host)
     with cluster:
         settled = _settle(cluster, shards, timeout=4 * spec.lease_ms / 1000 + 5)
-        out = asyncio.run(_load(cluster, spec, db_cpu, model))
+        out = asyncio.run(_load(cluster, spec, db_cpu, model, route))
     out["shards"] = shards
     out["leaders_settled"] = settled
     total_cpu = sum(out["node_cpu_s"].values())
@@ -307,7 +347,7 @@ def run_shards(spec: ShardsSpec, emulator_bin: str | None = None,
                                        if k != "latency"},
                               "model": MODEL_LABEL, "model_latency": spec.latency.describe(),
                               "cores": os.cpu_count(), "runs": [], "emulator_runs": [],
-                              "log_dir": str(log_dir)}
+                              "client_runs": [], "log_dir": str(log_dir)}
     for n in spec.counts:
         with model_server(spec.latency, log_dir) as (address, pid):
             run = _run_one(f"model://{address}/shards{n}", n, spec, spec.model_inflight,
@@ -316,6 +356,19 @@ def run_shards(spec: ShardsSpec, emulator_bin: str | None = None,
         say(f"  {n} shard(s) on the MODEL database: {run['puts_s']:,.0f} puts/s (model), "
             f"node CPU {run['node_cpu_us_per_row']:.1f} us/row, leaders per node "
             f"{run['leaders_per_node']}, errors {run['errors'] or 'none'}")
+    if spec.client_shards:
+        # Client.put_many, routed then unrouted then routed again (the machine drifts).
+        for route in (True, False, True, False):
+            n = spec.client_shards
+            with model_server(spec.latency, log_dir) as (address, pid):
+                run = _run_one(f"model://{address}/client{n}{route}", n, spec,
+                               spec.model_inflight, functools.partial(node_cpu_seconds, pid),
+                               address, None, log_dir, route=route)
+            result["client_runs"].append(run)
+            say(f"  Client, {n} shards, {run['client']}: {run['puts_s']:,.0f} puts/s (model), "
+                f"node CPU {run['node_cpu_us_per_row']:.1f} us/row, "
+                f"{run['client_requests']:,} HTTP requests, {run['peer_frames']:,} peer "
+                f"frames, errors {run['errors'] or 'none'}")
     if spec.emulator_counts:
         with Emulator(binary=emulator_bin) as emulator:
             for n in spec.emulator_counts:
@@ -385,6 +438,8 @@ def shards_lines(result: dict[str, Any]) -> list[str]:
             lines.append(f"  {r['shards']} shard(s): {per_row:.1f} us of CPU per row in all "
                          f"(nodes, MODEL db, load generator): {cores} cores carry at most "
                          f"{cores * 1e6 / per_row:,.0f} rows/s at that cost")
+    if result.get("client_runs"):
+        lines += _client_lines(result["client_runs"], spec)
     if result["emulator_runs"]:
         lines += ["", "the same on the emulator (its own CPU in the db column):", ""]
         lines += _table(result["emulator_runs"], "emulator")
@@ -394,4 +449,30 @@ def shards_lines(result: dict[str, Any]) -> list[str]:
                   f"{ratio:.2f}. No gain is possible there: the emulator runs one read-write "
                   "transaction at a time (a concurrent one waits or aborts), so a second "
                   "leader's commits queue behind the first's, on the same cores"]
+    return lines
+
+
+def _client_lines(runs: list[dict[str, Any]], spec: dict[str, Any]) -> list[str]:
+    """Client.put_many routed against unrouted: each run, then the medians' ratios."""
+    n = runs[0]["shards"]
+    lines = ["", f"Client.put_many ({spec['items']} random keys, "
+             f"{spec['per_node'] * spec['nodes']} in flight), {n} shards on the MODEL db, "
+             "routed (each shard's part to its leader) against unrouted (round-robin, the "
+             "node forwards), alternating:", "",
+             "| client | puts/s (MODEL db) | node CPU us/row | HTTP requests | peer frames | "
+             "p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in runs:
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "none"
+        lines.append(f"| {r['client']} | {r['puts_s']:,.0f} | {r['node_cpu_us_per_row']:.1f} | "
+                     f"{r['client_requests']:,} | {r['peer_frames']:,} | {r['p50_ms']:.1f} | "
+                     f"{r['p99_ms']:.1f} | {errors} |")
+
+    def median(kind: str, field: str) -> float:
+        values = [r[field] for r in runs if r["client"] == kind]
+        return statistics.median(values) if values else float("nan")
+
+    speed = _ratio(median("routed", "puts_s"), median("unrouted", "puts_s"))
+    cpu = _ratio(median("routed", "node_cpu_us_per_row"),
+                 median("unrouted", "node_cpu_us_per_row"))
+    lines += ["", f"routed / unrouted (medians): puts/s {speed:.2f}, node CPU per row {cpu:.2f}"]
     return lines
