@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ...client import Client
+from ...core.shards import shard_of
 from ...errors import error_from_code
 from ...testing.cluster import LocalCluster, NodeProcess
 from ...testing.emulator import Emulator, free_port
@@ -267,7 +268,14 @@ class Workload:
         if rng.random() < 0.4:
             items += [self.item(rng, process, k)
                       for k in {self.key(rng) for _ in range(rng.randrange(1, 3))}]
-        return items
+        return self.one_shard(items)
+
+    def one_shard(self, items: list[PutItem]) -> list[PutItem]:
+        """The items whose key is in the first one's shard: an atomic request must keep
+        to one shard (a sharded group refuses it otherwise)."""
+        shards = self.config.shards
+        first = shard_of(items[0].key, shards)
+        return [i for i in items if shard_of(i.key, shards) == first]
 
     def allowed(self, r: float) -> bool:
         """Whether a producer's draw ``r`` makes a kind of operation ``--ops`` chose."""
@@ -317,10 +325,10 @@ class Workload:
                     # A delete (a tombstone row with a client id), on a key or a hot key.
                     key = self.hot_key(rng) if rng.random() < 0.5 else self.key(rng)
                     items = [PutItem(key, self.item(rng, name, key).id, TOMBSTONE)]
-                # Atomic: 2-3 distinct keys in one commit (or none of them).
+                # Atomic: 2-3 distinct keys in one commit (or none of them), of one shard.
                 atomic = r >= 0.65
                 if atomic:
-                    items = list({i.key: i for i in items[:3]}.values())
+                    items = self.one_shard(list({i.key: i for i in items[:3]}.values()))
             elif r < 0.9:
                 items = await self.cas_items(http, node, name, rng)
                 atomic = items is not None and len(items) > 1
