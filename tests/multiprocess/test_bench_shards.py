@@ -23,6 +23,7 @@ def test_bench_shards_prints_every_figure(tmp_path: Path) -> None:
         assert r["commits"] > 0 and r["node_cpu_us_per_row"] > 0
         assert sum(r["leaders_per_node"]) == r["shards"]
         assert len(r["node_cpu_s"]) == 2
+        assert r["watch_events"] > 0 and r["watch_lag_p99_ms"] >= r["watch_lag_p50_ms"] > 0
     assert shards["runs"][1]["leaders_per_node"] == [1, 1]  # spread over the nodes
     assert shards["runs"][0]["leader_cpu_us_per_row"] > 0
     assert "MODEL" in shards["model"]
@@ -34,7 +35,8 @@ def test_bench_shards_prints_every_figure(tmp_path: Path) -> None:
     text = stdout
     for line in ("shards on a MODEL database", "not Spanner",
                  "| shards | puts/s (MODEL db) | ratio to 1 shard | node CPU us/row |",
-                 "rows/commit", "leaders per node", "cores busy: bench / other",
+                 "rows/commit", "leaders per node", "watch lag p50 / p99 ms",
+                 "cores busy: bench / other",
                  "| shards | puts/s (emulator) |", "1 shard (MODEL db): the leader's CPU",
                  "one leader core: about", "what caps this machine: ",
                  "No gain is possible there: the emulator runs one read-write",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import random
 import socket
@@ -43,6 +44,7 @@ from ...errors import DstoreError
 from ...storage.model import ModelStorage
 from ...testing.cluster import LocalCluster, NodeProcess
 from ...testing.emulator import Emulator, free_port
+from ...types import Timestamp
 from .client_mode import node_cpu_seconds
 from .funnel_node import COUNTERS
 from .model_db import MODEL_LABEL, ModelLatency
@@ -216,6 +218,23 @@ async def _load(cluster: LocalCluster, spec: ShardsSpec, db_cpu: Callable[[], fl
             "leaders": await asyncio.to_thread(_leaders, cluster),
         }
 
+    lags: list[float] = []
+
+    async def lag_watcher(node: NodeProcess) -> None:
+        """A watch of 1/16 of the keys (prefix "0") on the last node: for each event in
+        the window, its arrival (wall clock) less its commit timestamp."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=30)
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.get(
+                node.url + "/v1/watch", params={"prefix": "0"},
+                headers={"Accept": "text/event-stream"}) as resp:
+            async for raw in resp.content:
+                if loop.time() > end:
+                    return
+                if raw.startswith(b"data: ") and loop.time() >= begin:
+                    body = json.loads(raw[6:])
+                    if "key" in body:
+                        lags.append(time.time() - Timestamp.parse(body["timestamp"]) / 1e9)
+
     async def client_worker(client: Client, seed: int) -> None:
         nonlocal rows
         rng = random.Random(seed)
@@ -263,6 +282,7 @@ async def _load(cluster: LocalCluster, spec: ShardsSpec, db_cpu: Callable[[], fl
     if stats is not None:
         await stats.start()
     requests = 0
+    watching = asyncio.create_task(lag_watcher(cluster.nodes[-1]))
     try:
         if route is not None:
             async with Client([n.url for n in cluster.nodes], route=route,
@@ -280,6 +300,9 @@ async def _load(cluster: LocalCluster, spec: ShardsSpec, db_cpu: Callable[[], fl
                     *(worker(node, http, i * 1000 + j) for i, node in enumerate(cluster.nodes)
                       for j in range(spec.per_node)))
     finally:
+        watching.cancel()
+        with contextlib.suppress(BaseException):
+            await watching
         if stats is not None:
             await stats.close()
     a, b = samples["start"], samples["end"]
@@ -295,6 +318,10 @@ async def _load(cluster: LocalCluster, spec: ShardsSpec, db_cpu: Callable[[], fl
         "commits": int(metrics["commits"]), "committed_rows": int(metrics["rows"]),
         "aborts": int(metrics["aborts"]),
         "leaders_start": a["leaders"], "leaders_end": b["leaders"],
+        "watch_events": len(lags),
+        "watch_lag_p50_ms": statistics.median(lags) * 1000 if lags else float("nan"),
+        "watch_lag_p99_ms": (sorted(lags)[int(0.99 * (len(lags) - 1))] * 1000
+                             if lags else float("nan")),
         "client": None if route is None else ("routed" if route else "unrouted"),
         "client_requests": requests,
         "peer_frames": int(metrics["peer_frames"]),
@@ -392,15 +419,16 @@ def _ratio(a: float, b: float) -> float:
 def _table(runs: list[dict[str, Any]], db: str) -> list[str]:
     base = runs[0]["puts_s"] if runs and runs[0]["shards"] == 1 else float("nan")
     lines = [f"| shards | puts/s ({db}) | ratio to 1 shard | node CPU us/row | "
-             f"rows/commit | p50 ms | p99 ms | leaders per node | {db} CPU s | "
-             "cores busy: bench / other | errors |",
-             "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
+             f"rows/commit | p50 ms | p99 ms | watch lag p50 / p99 ms | leaders per node | "
+             f"{db} CPU s | cores busy: bench / other | errors |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
     for r in runs:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "none"
         lines.append(
             f"| {r['shards']} | {r['puts_s']:,.0f} | {_ratio(r['puts_s'], base):.2f} | "
             f"{r['node_cpu_us_per_row']:.1f} | {r['rows_per_commit']:,.0f} | "
             f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{r['watch_lag_p50_ms']:.0f} / {r['watch_lag_p99_ms']:.0f} | "
             f"{' / '.join(str(x) for x in r['leaders_per_node'])} | {r['db_cpu_s']:.1f} | "
             f"{r['cpu_busy_cores']:.2f} / {r['other_cpu_cores']:.2f} | {errors} |")
     return lines
@@ -415,7 +443,10 @@ def shards_lines(result: dict[str, Any]) -> list[str]:
              f"flight per node, {spec['warmup_s']:g} s warm-up, {spec['duration_s']:g} s "
              f"measured; up to {spec['model_inflight']} commits in flight per shard leader",
              "puts/s below are the MODEL's, not Spanner's: what the nodes can push when "
-             "the database commits in parallel", ""]
+             "the database commits in parallel",
+             "watch lag: a watch of 1/16 of the keys (prefix \"0\") on the last node, each "
+             "event's arrival less its commit timestamp (the database's clock is this "
+             "machine's), during the load", ""]
     lines += _table(result["runs"], "MODEL db")
     one = next((r for r in result["runs"] if r["shards"] == 1), None)
     if one is not None and "leader_cpu_us_per_row" in one:
