@@ -846,3 +846,12 @@ def test_a_watch_that_passed_a_trimmed_row_must_have_said_compacted() -> None:
     assert only(report) == {"watch_gap": 2}
     assert {a.row_id for a in report.anomalies} == {"r0", "r1"}
     assert all("w0" in a.message for a in report.anomalies)
+
+
+def test_an_internal_answer_is_an_anomaly() -> None:
+    h = History()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    op = h.invoke_get("n1", "p1", "a", at=2.0)
+    h.unknown(op, "internal", at=2.1)  # what classify() makes of InternalError
+    report = check_history(h, final("a", ("r1", 10)))
+    assert only(report) == {"internal_error": 1}

@@ -27,6 +27,7 @@ from .oracles import (
     ORACLE_CHECKS,
     check_atomic,
     check_cas,
+    check_errors,
     check_lists,
     check_liveness,
     check_watches,
@@ -247,7 +248,8 @@ class _Checker:
         self.check_real_time_across_keys()
         self.check_retention()
         logs = final_logs((f.node, f.key, f.rows) for f in self.final)
-        for oracle in (check_atomic, check_cas, check_lists, check_watches, check_liveness):
+        for oracle in (check_atomic, check_cas, check_lists, check_watches, check_liveness,
+                       check_errors):
             oracle(self.history, logs, self.add, self.checked)
         counts = {name: 0 for name in CHECKS}
         for a in self.anomalies:

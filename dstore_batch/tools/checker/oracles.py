@@ -27,7 +27,8 @@ from .history import (
 )
 
 __all__ = ["LIVENESS_S", "ORACLE_CHECKS", "FinalLog", "check_atomic", "check_cas",
-           "check_lists", "check_liveness", "check_watches", "final_logs", "live_after",
+           "check_errors", "check_lists", "check_liveness", "check_watches", "final_logs",
+           "live_after",
            "trimmable"]
 
 # The bound the ``liveness`` check holds every node to: from a fault's heal to an acked
@@ -51,6 +52,8 @@ ORACLE_CHECKS: dict[str, str] = {
     "watch_phantom": "a watch event for a row that is not in the final state at that "
                      "timestamp, or outside the watch's filter (key or prefix)",
     "liveness": f"a node took no put within {LIVENESS_S:.0f} s of a fault's heal",
+    "internal_error": "an answer `internal` (500): a bug on a node, where a fault must "
+                      "end in a typed error (rejected, unavailable, outcome unknown)",
 }
 
 Add = Callable[..., None]  # _Checker.add(check, key, row_id, message, ops, dedupe=...)
@@ -394,6 +397,18 @@ def check_liveness(history: History, logs: Sequence[FinalLog], add: Add,
                     f"after {event.kind} ({event.detail}) healed, {node} acked no put "
                     + ("at all" if took is None else f"for {took:.1f} s"), [],
                     dedupe=("liveness", id(event), node))
+
+
+def check_errors(history: History, logs: Sequence[FinalLog], add: Add,
+                 checked: dict[str, int]) -> None:
+    """Every error an operation ended with is one of the typed ones, never `internal`."""
+    for op in history.ops:
+        if op.outcome in ("failed", "unknown"):
+            checked["internal_error"] += 1
+            if op.error == "internal":
+                add("internal_error", op.key or (op.items[0].key if op.items else "-"), None,
+                    f"{op.kind} op {op.index} via {op.node} answered internal", [op.index],
+                    dedupe=("internal", op.index))
 
 
 def final_logs(final: Iterable[tuple[str, str, Sequence[Seen]]]) -> list[FinalLog]:
