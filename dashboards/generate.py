@@ -91,6 +91,17 @@ PANELS: list[tuple[str, str, str, str, list[dict[str, str]]]] = [
      "The node that holds each shard's lock (dstore_is_leader = 1); one shard unless the "
      "group runs with --shards.",
      "stat", [q(f"dstore_is_leader{{{SEL}}} == 1", "shard {{shard}}: {{instance}}")]),
+    ("Commits by shard", "ops",
+     "Batch commits per second by shard (each shard's leader commits its own keys): a "
+     "shard far above the others is a hot range of keys; all at once falling to 0 is the "
+     "database.",
+     "timeseries", [
+         q(f"sum by (shard) (rate(dstore_commits_total{{{SEL}}}[{RATE}]))", "shard {{shard}}"),
+     ]),
+    ("Queue by shard", "short",
+     "Rows waiting in each shard leader's queue: a shard whose queue grows while the "
+     "others' do not has more writes than one leader carries (more shards, or other keys).",
+     "timeseries", [q(f"sum by (shard) (dstore_queue_rows{{{SEL}}})", "shard {{shard}}")]),
     ("Leader changes", "short",
      "Leader changes seen by each node in the last 15 minutes.",
      "timeseries", [
