@@ -58,6 +58,41 @@ async def hot_key_writer(nodes: list[str], stop: asyncio.Event) -> None:
             n += 1
 
 
+async def three_watchers(nodes: list[str]) -> tuple[list[Collector], list[asyncio.Task[None]]]:
+    """Watchers of everything, of the prefix "c3-" and of the key "hot", each starting
+    on its own node, caught up."""
+    watchers = [Collector(rotated(nodes, 0)), Collector(rotated(nodes, 1), prefix="c3-"),
+                Collector(rotated(nodes, 2), key="hot")]
+    tasks = [asyncio.create_task(w.run()) for w in watchers]
+    async with asyncio.timeout(20):
+        for w in watchers:
+            await w.caught_up.wait()
+    return watchers, tasks
+
+
+async def saw_the_table(watchers: list[Collector], tasks: list[asyncio.Task[None]],
+                        table: dict[tuple[str, str], Timestamp]) -> None:
+    """Each watcher delivers exactly the table's rows of its filter (waited for), in
+    (timestamp, key, id) order, none twice; then the watches end."""
+    for w in watchers:
+        want = {k: ts for k, ts in table.items() if w.match(k[0])}
+
+        def complete(w: Collector = w, want: dict[tuple[str, str], Timestamp] = want
+                     ) -> bool:
+            return w.seen().keys() >= want.keys()
+
+        await wait_until(complete, 30, what=f"watcher {w.key or w.prefix!r} to see "
+                         "every row")
+        assert w.seen() == want, "a watcher saw a row the table does not have"
+        stamps = [(e.timestamp, e.key, e.id) for e in w.events]
+        assert stamps == sorted(stamps), "events out of commit order"
+        assert len(set(stamps)) == len(stamps), "a repeat got through Client.watch"
+        print(f"watcher {w.key or w.prefix!r}: {len(w.events)} events")
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def test_watchers_receive_the_log_table_through_a_leader_kill(
         any_cluster: LocalCluster, any_emulator_host: str | None) -> None:
     cluster = any_cluster
@@ -65,12 +100,7 @@ def test_watchers_receive_the_log_table_through_a_leader_kill(
     nodes = [n.url for n in cluster.nodes]
 
     async def run() -> None:
-        watchers = [Collector(rotated(nodes, 0)), Collector(rotated(nodes, 1), prefix="c3-"),
-                    Collector(rotated(nodes, 2), key="hot")]
-        tasks = [asyncio.create_task(w.run()) for w in watchers]
-        async with asyncio.timeout(20):
-            for w in watchers:
-                await w.caught_up.wait()
+        watchers, tasks = await three_watchers(nodes)
         load = Load(cluster)
         stop = asyncio.Event()
         producers = [asyncio.create_task(load.producer(i)) for i in range(8)]
@@ -86,23 +116,7 @@ def test_watchers_receive_the_log_table_through_a_leader_kill(
         table = table_rows(cluster.database, any_emulator_host)
         print(f"rows {len(table)}, acked {len(load.acked)}, leader killed at "
               f"{killed:.1f}, failed {load.failed}")
-        for w in watchers:
-            want = {k: ts for k, ts in table.items() if w.match(k[0])}
-
-            def complete(w: Collector = w, want: dict[tuple[str, str], Timestamp] = want
-                         ) -> bool:
-                return w.seen().keys() >= want.keys()
-
-            await wait_until(complete, 30, what=f"watcher {w.key or w.prefix!r} to see "
-                             "every row")
-            assert w.seen() == want, "a watcher saw a row the table does not have"
-            stamps = [(e.timestamp, e.key, e.id) for e in w.events]
-            assert stamps == sorted(stamps), "events out of commit order"
-            assert len(set(stamps)) == len(stamps), "a repeat got through Client.watch"
-            print(f"watcher {w.key or w.prefix!r}: {len(w.events)} events")
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await saw_the_table(watchers, tasks, table)
 
     asyncio.run(run())
 

@@ -18,10 +18,15 @@ import aiohttp
 from dstore_batch import Client
 from dstore_batch.core.shards import shard_of
 from dstore_batch.testing.cluster import LocalCluster
-from dstore_batch.types import Timestamp, WatchEvent
+from dstore_batch.types import WatchEvent
 from tests.helpers import Load, serve_cluster, shard_view, table_rows, wait_until
 from tests.multiprocess.test_shards import add_node, busiest
-from tests.multiprocess.test_watch import Collector, hot_key_writer, rotated
+from tests.multiprocess.test_watch import (
+    hot_key_writer,
+    rotated,
+    saw_the_table,
+    three_watchers,
+)
 
 SIZE = 4
 SHARDS = 8
@@ -51,12 +56,7 @@ async def scenario(cluster: LocalCluster, database: str, emulator_host: str | No
     nodes = [n.url for n in cluster.nodes]
     async with aiohttp.ClientSession() as http:
         await all_led(http, cluster, 30, share=SHARDS // SIZE)  # spread: a kill moves some
-        watchers = [Collector(rotated(nodes, 0)), Collector(rotated(nodes, 1), prefix="c3-"),
-                    Collector(rotated(nodes, 2), key="hot")]
-        tasks = [asyncio.create_task(w.run()) for w in watchers]
-        async with asyncio.timeout(20):
-            for w in watchers:
-                await w.caught_up.wait()
+        watchers, tasks = await three_watchers(nodes)
         load = Load(cluster)
         stop = asyncio.Event()
         producers = [asyncio.create_task(load.producer(i)) for i in range(6)]
@@ -78,23 +78,7 @@ async def scenario(cluster: LocalCluster, database: str, emulator_host: str | No
         print(f"rows {len(table)}, acked {len(load.acked)}, killed {victim.node_id} "
               f"(led {view.per_node.get(victim.node_id)}), added {added.node_id}, "
               f"failed {load.failed}")
-        for w in watchers:
-            want = {k: ts for k, ts in table.items() if w.match(k[0])}
-
-            def complete(w: Collector = w, want: dict[tuple[str, str], Timestamp] = want
-                         ) -> bool:
-                return w.seen().keys() >= want.keys()
-
-            await wait_until(complete, 30, what=f"watcher {w.key or w.prefix!r} to see "
-                             "every row")
-            assert w.seen() == want, "a watcher saw a row the table does not have"
-            stamps = [(e.timestamp, e.key, e.id) for e in w.events]
-            assert stamps == sorted(stamps), "events out of commit order"
-            assert len(set(stamps)) == len(stamps), "a repeat got through Client.watch"
-            print(f"watcher {w.key or w.prefix!r}: {len(w.events)} events")
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await saw_the_table(watchers, tasks, table)
 
         # A resume from a middle token replays exactly the rows after it.
         everything = watchers[0].events
