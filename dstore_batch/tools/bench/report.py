@@ -231,4 +231,18 @@ def watch_lines(w: dict[str, Any], command: str) -> list[str]:
     delivery = "every watcher got every row, in order" if w["delivery_ok"] else "NOT OK"
     lines.append(f"  delivery: {delivery}; leader kept: {w['leader_kept']}; "
                  f"watch took {w['seconds']:.0f} s")
+    procs = w.get("processes")
+    if procs:
+        n = procs["spec"]["watchers"]
+        lines.append(
+            f"  the nodes in their own processes (3 serve, closed-loop put_many of "
+            f"{procs['spec']['items']} over HTTP, the watchers' SSE streams read by a process "
+            f"of their own), windows none, {n}, {n}, none: "
+            + ", ".join(f"{x['puts_s']:,.0f}" for x in procs["windows"])
+            + " puts/s; node CPU us/row "
+            + ", ".join(f"{x['node_cpu_us_per_row']:.1f}" for x in procs["windows"])
+            + f"; ratio of medians {procs['ratio_of_medians']:.2f}: "
+            + ("met" if procs["ratio_of_medians"] >= 0.9 else "NOT MET")
+            + " (goal >= 0.9); delivery "
+            + ("ok: every watcher counted every row" if procs["delivery_ok"] else "NOT OK"))
     return lines

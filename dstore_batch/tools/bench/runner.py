@@ -180,9 +180,20 @@ def _run_watch(spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, Any]:
                                      linger_s=args.linger_ms / 1000,
                                      max_inflight=args.max_inflight))
     with _database(args, "watch") as (database, emulator):
-        return run_watch(database, emulator.host if emulator else args.emulator_host, ws,
-                         emulator.cpu_seconds if emulator else None,
-                         lambda line: print(line, flush=True))
+        result = run_watch(database, emulator.host if emulator else args.emulator_host, ws,
+                           emulator.cpu_seconds if emulator else None,
+                           lambda line: print(line, flush=True))
+    if args.watch_processes:
+        from .watch_procs import ProcsSpec, run_watch_procs
+
+        ps = ProcsSpec(watchers=args.watch_throughput_watchers, items=spec.many_size,
+                       value_size=spec.value_size, warmup_s=spec.warmup_s,
+                       duration_s=spec.duration_s, lease_ms=args.lease_ms)
+        with _database(args, "watchprocs") as (database, emulator):
+            result["processes"] = run_watch_procs(
+                database, emulator.host if emulator else args.emulator_host, ps,
+                lambda line: print(line, flush=True))
+    return result
 
 
 def _run_shards(spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, Any]:
@@ -196,7 +207,7 @@ def _run_shards(spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, Any]:
                     emulator_counts=counts(args.shards_emulator_counts),
                     nodes=args.shards_nodes, items=spec.many_size, value_size=spec.value_size,
                     per_node=args.shards_per_node, warmup_s=spec.warmup_s,
-                    client_shards=args.shards_client,
+                    client_shards=args.shards_client, lag_counts=counts(args.shards_lag),
                     duration_s=spec.duration_s, lease_ms=args.lease_ms,
                     max_batch_rows=args.max_batch_rows, model_inflight=args.shards_model_inflight,
                     emulator_inflight=args.max_inflight,
