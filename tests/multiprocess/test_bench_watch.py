@@ -12,7 +12,7 @@ def test_bench_watch_prints_every_figure(tmp_path: Path) -> None:
     stdout, data = run_bench(
         tmp_path / "bench.json", "--modes", "watch", "--duration-s", "0.5", "--warmup-s", "0.2",
         "--producers", "2", "--watch-counts", "1,3", "--watch-throughput-watchers", "3",
-        timeout=120)
+        timeout=180)
     watch = data["watch"]
     phases = {p["phase"]: p for p in watch["phases"]}
     assert [p["phase"] for p in watch["phases"]] == [
@@ -41,6 +41,9 @@ def test_bench_watch_prints_every_figure(tmp_path: Path) -> None:
     assert len(watch["throughput"]["none_puts_s"]) == 2
     assert len(watch["throughput"]["watchers_puts_s"]) == 2
     assert len(watch["goals"]) == 3
+    procs = watch["processes"]  # the same windows with the nodes in their own processes
+    assert [w["watchers"] for w in procs["windows"]] == [0, 3, 3, 0]
+    assert procs["delivery_ok"] and all(w["rows"] > 0 for w in procs["windows"])
     for line in ("watch (dstore-batch bench --modes watch", "peak (closed loop, no watcher)",
                  "lag p50 ms", "lag p99 ms", "commit p50/p99 ms", "lag1", "lag3", "tput3",
                  "3/3 watchers got all",
@@ -49,5 +52,6 @@ def test_bench_watch_prints_every_figure(tmp_path: Path) -> None:
                  "goal: lag p99 with 1 watchers <= commit p99 + 50 ms",
                  "goal: lag p99 with 3 watchers <= commit p99 + 50 ms",
                  "goal: puts/s with 3 watchers / none >= 0.9",
-                 "every watcher got every row, in order", "watch took"):
+                 "every watcher got every row, in order", "watch took",
+                 "the nodes in their own processes", "ok: every watcher counted every row"):
         assert line in stdout, line
