@@ -629,13 +629,15 @@ def test_a_stale_get_may_miss_recent_acks_but_not_older_ones() -> None:
                                                                 "stale_read": 1}
 
 
-@pytest.mark.parametrize(("behind_s", "anomalies"), [(0.3, 0), (2.0, 1)])
-def test_a_stale_get_read_no_older_than_its_bound(behind_s: float, anomalies: int) -> None:
+def test_an_idle_stores_read_timestamp_may_be_older_than_the_bound() -> None:
+    # Found by `check --against` a SQLite group: its read timestamp is the last commit
+    # the read saw, so with nothing committed for a while a fresh read (stale or strong)
+    # names an old timestamp. The promise is about what it sees: every row acked more
+    # than the bound before it began (the test above), not about the clock.
     h = History()
     op = h.invoke_get("n1", "p1", "a", at=1.0, staleness_s=0.5)
-    read_ts = Timestamp(int(op.invoke_wall * 1e9) - int(behind_s * 1e9))
-    h.ok_get(op, [], at=1.1, read_ts=read_ts)
-    assert check_history(h, final("a")).counts["read_timestamp"] == anomalies
+    h.ok_get(op, [], at=1.1, read_ts=Timestamp(int(op.invoke_wall * 1e9) - 2 * 10**9))
+    assert check_history(h, final("a")).total == 0
 
 
 def test_real_time_order_across_keys() -> None:

@@ -37,7 +37,6 @@ from .oracles import (
 
 __all__ = ["CHECKS", "Anomaly", "FinalRead", "Report", "check_history"]
 
-CLOCK_SLACK_S = 0.05  # the database's clock against this host's, for stale reads' bounds
 
 # Every check, and what an anomaly of it means (the table prints these).
 CHECKS: dict[str, str] = {
@@ -320,8 +319,6 @@ class _Checker:
         final: dict[str, FinalRead] = {}
         for f in self.final:
             final.setdefault(f.key, f)
-        offset = (self.history.ops[0].invoke_wall - self.history.ops[0].invoke
-                  if self.history.ops else 0.0)
         for op in self.history.ops:
             if op.kind != "get" or op.outcome != "ok" or op.read_ts is None:
                 continue
@@ -339,14 +336,6 @@ class _Checker:
                              f"before {first}, acked before it began"
                              + (f" less {bound:g} s" if bound else ""), [op.index],
                              dedupe=("read-ts-ack", op.index))
-            if bound:
-                floor = Timestamp(int((op.invoke + offset - bound - CLOCK_SLACK_S) * 1e9))
-                self.checked["read_timestamp"] += 1
-                if op.read_ts < floor:
-                    self.add("read_timestamp", key, None,
-                             f"get op {op.index} (max staleness {bound:g} s) read at "
-                             f"{op.read_ts}, older than its bound allows", [op.index],
-                             dedupe=("read-ts-stale", op.index))
             last = final.get(key)
             if epoch != self.epochs.last or last is None or key in self.no_append_keys:
                 continue

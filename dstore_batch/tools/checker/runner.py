@@ -211,6 +211,9 @@ class Workload:
         # keeps earlier runs' rows) and under a prefix of their own.
         self.tag = (f"s{seed}" if not config.against else
                     f"{config.key_prefix}s{seed}-{time.time_ns() // 10**6:x}")
+        # Row ids: unique per key is enough (keys are the run's own), and a key prefix
+        # may hold characters an id may not ('/').
+        self.id_tag = f"s{seed}"
         self.t0 = time.monotonic()
         self.stop = asyncio.Event()
         self._seq = 0
@@ -241,7 +244,7 @@ class Workload:
     def item(self, rng: random.Random, producer: str, key: str,
              cond: str | None = None) -> PutItem:
         self._seq += 1
-        rid = f"{self.tag}-{producer}-{self._seq}"
+        rid = f"{self.id_tag}-{producer}-{self._seq}"
         return PutItem(key, rid, f"{rid}|{'x' * rng.randrange(8, 64)}", cond)
 
     def items(self, rng: random.Random, producer: str, count: int) -> list[PutItem]:
