@@ -123,6 +123,7 @@ class LocalCluster:
             raise ValueError(f"{len(node_args)} argument lists for {size} nodes")
         self.database = database
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="dstore-cluster-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.lease_ms = lease_ms
         self.nodes: list[NodeProcess] = []
         for i in range(size):
