@@ -136,9 +136,10 @@ async def test_watch_across_shards_is_one_ordered_log(
         await spread(stores)
         keys = [f"w/{i}" for i in range(24)]
         one = keys[5]
-        filters = [{"key": one}, {"prefix": "w/1"}, {"prefix": ""}]
+        filters: list[dict[str, str]] = [{"key": one}, {"prefix": "w/1"}, {"prefix": ""}]
         got: list[list[WatchEvent]] = [[], [], []]
-        watchers = [s.watch(**f) for s, f in zip(stores, filters, strict=True)]
+        watchers = [s.watch(key=f.get("key"), prefix=f.get("prefix"))
+                    for s, f in zip(stores, filters, strict=True)]
         tasks = [asyncio.create_task(_collect(w, g))
                  for w, g in zip(watchers, got, strict=True)]
         try:
@@ -162,8 +163,13 @@ async def test_watch_across_shards_is_one_ordered_log(
 
             for f, g in zip(filters, got, strict=True):
                 want = owed(f)
-                await wait_until(lambda g=g, want=want: len(_rows(g)) >= len(want), 20.0,
-                                 interval=0.05, what=f"the watch of {f} delivered its rows")
+
+                def delivered(g: list[WatchEvent] = g,
+                              want: list[tuple[Timestamp, str, str]] = want) -> bool:
+                    return len(_rows(g)) >= len(want)
+
+                await wait_until(delivered, 20.0, interval=0.05,
+                                 what=f"the watch of {f} delivered its rows")
                 assert _rows(g) == want, f  # each row once, in (timestamp, key, id) order
                 assert [e.kind for e in g].count("caught_up") == 1
             assert log[-1][0] == last.timestamp

@@ -128,5 +128,7 @@ def test_check_against_a_group_it_did_not_start(tmp_path: Path) -> None:
         assert report["total"] == 0 and report["checked"]["liveness"] >= 6
         assert result["operations"]["put"]["ok"] > 50
         # Every key it wrote is under its prefix: the group's other keys are not its.
-        keys = cluster.nodes[0].get_json("/v1/list?prefix=&limit=10000")["items"]
-        assert keys and all(str(k["key"]).startswith("ci-check/s5-") for k in keys)
+        items = cluster.nodes[0].get_json("/v1/list?prefix=&limit=10000")["items"]
+        assert isinstance(items, list)
+        keys = [str(k["key"]) for k in items]
+        assert keys and all(k.startswith("ci-check/s5-") for k in keys)
