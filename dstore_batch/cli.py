@@ -373,10 +373,13 @@ def _bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards-nodes", type=int, default=4, help="shards mode: serve nodes")
     p.add_argument("--shards-client", type=int, default=4,
                    help="shards mode: at this many shards (on the MODEL), Client.put_many "
-                        "routed against unrouted, alternating, two runs each (0: skip)")
+                        "routed, unrouted and to the largest part's leader, alternating "
+                        "(0: skip)")
     p.add_argument("--watch-processes", action=argparse.BooleanOptionalAction, default=True,
                    help="watch mode: also the throughput windows with the nodes in their "
                         "own serve processes and the watchers in another")
+    p.add_argument("--shards-client-repeats", type=int, default=2,
+                   help="shards mode: rounds of the client modes (routed, unrouted, largest)")
     p.add_argument("--shards-lag", default="1,4",
                    help="shards mode: shard counts (on the MODEL) of runs that hold a watch "
                         "and measure its delivery lag (empty: none)")

@@ -6,10 +6,11 @@
 - Concurrent single `put`s are coalesced into `put_many` requests (up to ``linger_s``
   and ``max_batch_items``); large `put_many`s are split under the server's limits.
 - Writes go to the node that leads their keys' shard (the shard map comes from
-  ``/v1/leader``, ``routing.py``): a ``put_many`` over several shards is sent as one
-  request per shard, at once, its results put back in input order. Other requests, and
-  writes while the map is unknown, go round-robin over ``nodes``. A stale map costs one
-  hop (the node forwards), never an error.
+  ``/v1/leader``, ``routing.py``); a ``put_many`` over several shards goes to the leader
+  of its largest part, which forwards the rest (``route="split"``: one request per
+  shard, at once, results put back in input order). Other requests, and writes while
+  the map is unknown, go round-robin over ``nodes``. A stale map costs one hop (the
+  node forwards), never an error.
 - Connection errors, 503 (after Retry-After) and 504 are retried with the same ids on
   the next node until the caller's deadline.
 - Errors are the same typed errors `Store` raises.
@@ -81,7 +82,7 @@ class Client:
         max_batch_items: int = 1000,
         max_batch_bytes: int = 4 * 1024 * 1024,
         ssl_context: ssl.SSLContext | None = None,
-        route: bool = True,
+        route: bool | str = True,
     ) -> None:
         if not nodes:
             raise ValueError("Client needs at least one node (host:port or URL)")
@@ -101,8 +102,14 @@ class Client:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._sends: set[asyncio.Task[None]] = set()
         self.requests_sent = 0  # HTTP requests, retries included
-        # ``route`` False: every request round-robin (to measure what routing saves).
+        # ``route``: True or "largest" (the default), one request to the leader of its
+        # largest part (the node forwards the rest over the peer link, in batched
+        # frames); "split", a request per shard leader, at once (no hop, but N requests:
+        # slower for big put_manys, `bench --modes shards`); False, round-robin.
+        if route not in (True, False, "split", "largest"):
+            raise ValueError('route must be True, False, "split" or "largest"')
         self.router = Router(self.nodes, self._leader_of) if route else None
+        self._whole = route is True or route == "largest"
 
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(
@@ -274,7 +281,12 @@ class Client:
         """The items' indexes by the node leading their shard (None: any node)."""
         if self.router is None:
             return [(None, list(range(len(items))))]
-        return await self.router.group([i["key"] for i in items])
+        groups = await self.router.group([i["key"] for i in items])
+        if self._whole and len(groups) > 1:
+            # One request, to the node that leads the most of its items.
+            url = max(groups, key=lambda g: len(g[1]))[0]
+            return [(url, list(range(len(items))))]
+        return groups
 
     async def _leader_url(self, key: str) -> str | None:
         if self.router is None:

@@ -13,7 +13,8 @@ def test_bench_shards_prints_every_figure(tmp_path: Path) -> None:
         tmp_path / "bench.json", "--modes", "shards", "--duration-s", "0.6", "--warmup-s", "0.3",
         "--many-size", "10", "--lease-ms", "1000", "--shards-counts", "1,2",
         "--shards-emulator-counts", "1", "--shards-nodes", "2", "--shards-per-node", "2",
-        "--shards-client", "2", "--shards-lag", "1,2", timeout=180)
+        "--shards-client", "2", "--shards-client-repeats", "1", "--shards-lag", "2",
+        timeout=180)
     shards = data["shards"]
     assert [r["shards"] for r in shards["runs"]] == [1, 2]
     assert [r["shards"] for r in shards["emulator_runs"]] == [1]
@@ -29,10 +30,11 @@ def test_bench_shards_prints_every_figure(tmp_path: Path) -> None:
     for r in shards["lag_runs"]:
         assert r["watch_events"] > 0 and r["watch_lag_p99_ms"] >= r["watch_lag_p50_ms"] > 0
     clients = shards["client_runs"]
-    assert [r["client"] for r in clients] == ["routed", "unrouted"] * 2
+    assert [r["client"] for r in clients] == ["split", "unrouted", "largest"]
     for r in clients:
         assert r["errors"] == {} and r["rows"] > 0 and r["client_requests"] > 0
-    assert "routed / unrouted (medians): puts/s" in stdout
+    assert "split / unrouted (medians): puts/s" in stdout
+    assert "largest / unrouted (medians): puts/s" in stdout
     text = stdout
     for line in ("shards on a MODEL database", "not Spanner",
                  "| shards | puts/s (MODEL db) | ratio to 1 shard | node CPU us/row |",

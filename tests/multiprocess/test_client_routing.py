@@ -1,8 +1,9 @@
 """The Client routes each put to its shard's leader (issue 27): `serve` processes with
-`--shards 4` on SQLite. Routed, a put_many over every shard is one request per leader
-and no node forwards anything over the peer link; unrouted, most items take a hop.
-Results keep input order either way, and a map gone stale (a leader stopped) costs a
-forward or a retry, never an error."""
+`--shards 4` on SQLite. Split (`route="split"`), a put_many over every shard is one
+request per leader and no node forwards anything over the peer link; unrouted, most
+items take a hop; by default, one request to its largest part's leader. Results keep
+input order, and a map gone stale (a leader stopped) costs a forward or a retry, never
+an error."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ async def scenario(cluster: LocalCluster) -> None:
             await writes(plain, 0)
             unrouted = await peer_frames(http, cluster) - before
             sent_plain = plain.requests_sent
-        async with Client(nodes) as routed:
+        async with Client(nodes, route="split") as routed:
             await routed.put("warm", "up")  # the map is fetched by the first call
             before = await peer_frames(http, cluster)
             sent_before = routed.requests_sent
@@ -79,3 +80,18 @@ async def scenario(cluster: LocalCluster) -> None:
             victim = next(n for n in cluster.nodes if view.per_node.get(n.node_id))
             victim.signal(signal.SIGTERM)
             await writes(routed, 2)
+
+
+def test_by_default_one_request_to_the_largest_parts_leader(tmp_path: Path) -> None:
+    # The default ("largest"): a put_many over every shard is one request, to the leader
+    # of its largest part (the node forwards the rest): as many requests as unrouted.
+    with serve_cluster(f"sqlite:///{tmp_path / 'db'}", None, size=3, lease_ms=2000,
+                       extra_args=["--shards", str(SHARDS)]) as cluster:
+        async def run() -> None:
+            async with Client([n.url for n in cluster.nodes]) as client:
+                await client.put("warm", "up")
+                before = client.requests_sent
+                await writes(client, 3)
+                assert client.requests_sent - before == 11  # 10 put_manys and a get
+
+        asyncio.run(run())

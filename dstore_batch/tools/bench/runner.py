@@ -208,6 +208,7 @@ def _run_shards(spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, Any]:
                     nodes=args.shards_nodes, items=spec.many_size, value_size=spec.value_size,
                     per_node=args.shards_per_node, warmup_s=spec.warmup_s,
                     client_shards=args.shards_client, lag_counts=counts(args.shards_lag),
+                    client_repeats=args.shards_client_repeats,
                     duration_s=spec.duration_s, lease_ms=args.lease_ms,
                     max_batch_rows=args.max_batch_rows, model_inflight=args.shards_model_inflight,
                     emulator_inflight=args.max_inflight,

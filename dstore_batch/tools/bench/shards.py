@@ -76,6 +76,7 @@ class ShardsSpec:
     # Shards (on the model) at which ``Client.put_many`` runs routed and unrouted, side
     # by side (0: not at all).
     client_shards: int = 4
+    client_repeats: int = 2  # rounds of the three client modes
     # Shards (on the model) at which a run holds a watch of 1/16 of the keys and
     # measures its delivery lag (a watch costs the leaders a feed to the watching node,
     # so the throughput runs hold none).
@@ -197,7 +198,7 @@ def _metrics(node: NodeProcess) -> dict[str, float]:
 
 
 async def _load(cluster: LocalCluster, spec: ShardsSpec, db_cpu: Callable[[], float],
-                model: str | None, route: bool | None = None,
+                model: str | None, route: bool | str | None = None,
                 watch: bool = False) -> dict[str, Any]:
     """Closed-loop put_many through every node (raw HTTP; or, with ``route`` set, through
     one ``Client`` with routing on or off); the window's figures."""
@@ -328,7 +329,7 @@ async def _load(cluster: LocalCluster, spec: ShardsSpec, db_cpu: Callable[[], fl
         "watch_lag_p50_ms": statistics.median(lags) * 1000 if lags else float("nan"),
         "watch_lag_p99_ms": (sorted(lags)[int(0.99 * (len(lags) - 1))] * 1000
                              if lags else float("nan")),
-        "client": None if route is None else ("routed" if route else "unrouted"),
+        "client": None if route is None else CLIENT_MODES[route],
         "client_requests": requests,
         "peer_frames": int(metrics["peer_frames"]),
     }
@@ -339,10 +340,9 @@ async def _load(cluster: LocalCluster, spec: ShardsSpec, db_cpu: Callable[[], fl
 
 def _run_one(database: str, shards: int, spec: ShardsSpec, inflight: int,
              db_cpu: Callable[[], float], model: str | None, emulator_host: str | None,
-             log_dir: Path, route: bool | None = None, watch: bool = False
+             log_dir: Path, route: bool | str | None = None, watch: bool = False
              ) -> dict[str, Any]:
-    tag = ("-watch" if watch else "") + ("" if route is None else "-routed" if route
-                                         else "-unrouted")
+    tag = ("-watch" if watch else "") + ("" if route is None else f"-{CLIENT_MODES[route]}")
     folder = log_dir / f"{'model' if model else 'emulator'}-{shards}{tag}"
     folder.mkdir(parents=True, exist_ok=True)
     extra = ["--shards", str(shards), "--log-level=warning",
@@ -401,8 +401,9 @@ def run_shards(spec: ShardsSpec, emulator_bin: str | None = None,
             f"(model), watch lag p50 {run['watch_lag_p50_ms']:.0f} ms p99 "
             f"{run['watch_lag_p99_ms']:.0f} ms over {run['watch_events']:,} events")
     if spec.client_shards:
-        # Client.put_many, routed then unrouted then routed again (the machine drifts).
-        for route in (True, False, True, False):
+        # Client.put_many: split by shard, unrouted, to the largest part's leader; twice
+        # each, alternating (the machine drifts).
+        for route in ("split", False, "largest") * spec.client_repeats:
             n = spec.client_shards
             with model_server(spec.latency, log_dir) as (address, pid):
                 run = _run_one(f"model://{address}/client{n}{route}", n, spec,
@@ -505,13 +506,18 @@ def shards_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+CLIENT_MODES: dict[bool | str, str] = {"split": "split", False: "unrouted",
+                                       "largest": "largest"}
+
+
 def _client_lines(runs: list[dict[str, Any]], spec: dict[str, Any]) -> list[str]:
     """Client.put_many routed against unrouted: each run, then the medians' ratios."""
     n = runs[0]["shards"]
     lines = ["", f"Client.put_many ({spec['items']} random keys, "
-             f"{spec['per_node'] * spec['nodes']} in flight), {n} shards on the MODEL db, "
-             "routed (each shard's part to its leader) against unrouted (round-robin, the "
-             "node forwards), alternating:", "",
+             f"{spec['per_node'] * spec['nodes']} in flight), {n} shards on the MODEL db: "
+             "split (each shard's part to its leader, at once), unrouted (round-robin, "
+             "the node forwards) and largest (the default: one request to the leader of "
+             "its largest part, the node forwards the rest), alternating:", "",
              "| client | puts/s (MODEL db) | node CPU us/row | HTTP requests | peer frames | "
              "p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in runs:
@@ -524,8 +530,13 @@ def _client_lines(runs: list[dict[str, Any]], spec: dict[str, Any]) -> list[str]
         values = [r[field] for r in runs if r["client"] == kind]
         return statistics.median(values) if values else float("nan")
 
-    speed = _ratio(median("routed", "puts_s"), median("unrouted", "puts_s"))
-    cpu = _ratio(median("routed", "node_cpu_us_per_row"),
-                 median("unrouted", "node_cpu_us_per_row"))
-    lines += ["", f"routed / unrouted (medians): puts/s {speed:.2f}, node CPU per row {cpu:.2f}"]
+    lines.append("")
+    for kind in ("split", "largest"):
+        if not any(r["client"] == kind for r in runs):
+            continue
+        speed = _ratio(median(kind, "puts_s"), median("unrouted", "puts_s"))
+        cpu = _ratio(median(kind, "node_cpu_us_per_row"),
+                     median("unrouted", "node_cpu_us_per_row"))
+        lines.append(f"{kind} / unrouted (medians): puts/s {speed:.2f}, node CPU per row "
+                     f"{cpu:.2f}")
     return lines
