@@ -423,3 +423,32 @@ async def test_positions_never_go_back_when_live_commits_wait_behind_a_catch_up(
     assert positions == sorted(positions), positions
     assert events[-1].timestamp == live.timestamp
     await watcher.aclose()
+
+
+def test_the_sse_text_is_json_and_shares_a_commits_timestamps() -> None:
+    # sse_events builds each row's text without json.dumps (half of a watching node's
+    # CPU was that): it must stay what json.dumps made, whatever the strings hold.
+    import json
+    import random
+
+    from dstore_batch.server.http_api import sse_events
+
+    rng = random.Random(7)
+
+    def text() -> str:
+        return "".join(rng.choice(['a', 'é', '"', '\\', '\n', '🔑', '\x00', '/', '\u2028'])
+                       for _ in range(rng.randrange(0, 10)))
+
+    for _ in range(500):
+        ts = Timestamp(rng.randrange(1, 2**62))
+        events = [WatchEvent(kind, text(), text(), text() if kind == "put" else "", ts,
+                             Timestamp(ts - rng.randrange(2)))
+                  for kind in rng.choices(["put", "delete", "caught_up"], k=4)]
+        want = b""
+        for e in events:
+            data = ({"key": e.key, "id": e.id, "value": e.value if e.kind == "put" else None,
+                     "timestamp": str(e.timestamp)} if e.kind != "caught_up"
+                    else {"timestamp": str(e.timestamp)})
+            want += (f"event: {e.kind}\nid: {e.resume}\n"
+                     f"data: {json.dumps(data, separators=(',', ':'))}\n\n").encode()
+        assert sse_events(events) == want
