@@ -195,7 +195,8 @@ class Client:
         if atomic:
             return await self._put_chunk(prepared, deadline, fresh, atomic=True,
                                          prefer=await self._leader_url(prepared[0]["key"]))
-        # One request per shard leader (and under the batch limits), sent at once.
+        # Requests under the batch limits, each to the leader its route names (one per
+        # shard leader with route="split"), sent at once.
         sends = [(url, chunk) for url, indexes in await self._routes(prepared)
                  for chunk in self._chunks(indexes, prepared)]
         if len(sends) == 1:  # the common case: no gather, no extra task

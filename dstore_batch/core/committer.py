@@ -82,7 +82,7 @@ class Committer:
         self._listening = listening
         self._published_upto = Timestamp(0)  # newest commit finished (or the token)
         # A read timestamp taken while nothing was in flight: every commit started
-        # since is above it (``advance_watermark``).
+        # since is above it (``advance_watermark_to``).
         self._mark = Timestamp(0)
         self._started = 0  # commits started, ever
         self._floors: dict[int, Timestamp] = {}  # commit in flight -> its floor
@@ -161,13 +161,6 @@ class Committer:
                 and self._fence() is not None):
             self._mark = max(self._mark, ts)
         return self.watermark()
-
-    async def advance_watermark(self) -> Timestamp:
-        """The watermark, moved up to the database's read timestamp now if idle."""
-        token = self.idle()
-        if token is None:
-            return self.watermark()
-        return self.advance_watermark_to(await self._storage.read_timestamp(), token)
 
     @property
     def committing(self) -> bool:

@@ -372,13 +372,17 @@ async def test_the_watermark_stays_below_commits_in_flight_and_moves_while_idle(
     await wait_until(lambda: c.committing, 5, what="a commit in flight")
     mark = c.watermark()
     assert mark <= await rig.storage.read_timestamp()
-    assert await c.advance_watermark() == mark  # busy: a read does not move it
+    assert c.idle() is None and c.watermark() == mark  # busy: no read moves it
     gate.set()
     (ts,) = await held
     assert ts > mark and c.watermark() >= ts
     # Idle: a read timestamp moves it, and a commit after it is above it.
     await rig.storage.commit([Row("other", "x", "v")], "n:2", None)  # not this committer's
-    moved = await c.advance_watermark()
+    token = c.idle()
+    assert token is not None
+    moved = c.advance_watermark_to(await rig.storage.read_timestamp(), token)
     assert moved > ts
+    # A read timestamp taken before a commit started (the token is stale) moves nothing.
+    assert c.advance_watermark_to(Timestamp(moved + 10**12), token - 1) == moved
     (later,) = await c.submit([Row("c", "r3", "v")])
     assert later > moved and c.watermark() >= later

@@ -108,6 +108,10 @@ class Endpoint:
 
 Node = NodeProcess | Endpoint
 
+# A producer's mix: a draw r in [0, 1) makes the first kind whose bound is above it.
+MIX: tuple[tuple[float, str], ...] = ((0.03, "list"), (0.15, "get"), (0.45, "put"),
+                                      (0.65, "put_many"), (0.8, "atomic"), (0.9, "cas"),
+                                      (1.0, "no_append"))
 # What the workload can do (``--ops``): each producer draws from the chosen kinds.
 OP_KINDS: tuple[str, ...] = ("put", "put_many", "atomic", "delete", "cas", "no_append",
                              "get", "stale_get", "list", "watch", "client")
@@ -280,18 +284,12 @@ class Workload:
         first = shard_of(items[0].key, shards)
         return [i for i in items if shard_of(i.key, shards) == first]
 
-    def allowed(self, r: float) -> bool:
-        """Whether a producer's draw ``r`` makes a kind of operation ``--ops`` chose."""
+    def allowed(self, kind: str) -> bool:
+        """Whether ``--ops`` chose a kind of the mix (a get or put may also be its stale
+        or delete variant)."""
         ops = self.config.ops
-        if r < 0.03:
-            return "list" in ops
-        if r < 0.15:
-            return "get" in ops or "stale_get" in ops
-        if r < 0.45:
-            return "put" in ops or "delete" in ops
-        kind = "put_many" if r < 0.65 else "atomic" if r < 0.8 else "cas" if r < 0.9 \
-            else "no_append"
-        return kind in ops
+        also = {"get": "stale_get", "put": "delete"}.get(kind)
+        return kind in ops or also in ops
 
     async def producer(self, n: int, http: aiohttp.ClientSession) -> None:
         rng = random.Random(self.seed * 1000 + n)
@@ -302,23 +300,24 @@ class Workload:
         while not self.stop.is_set():
             node = rng.choice(self.nodes)
             r = rng.random()
-            if not self.allowed(r):
+            kind = next(k for upto, k in MIX if r < upto)
+            if not self.allowed(kind):
                 await asyncio.sleep(0.001)
                 continue
             outcome = "failed"
             items: list[PutItem] | None = None
             atomic = False
-            if r < 0.03:
+            if kind == "list":
                 outcome = await self.list_window(http, node, name)
-            elif r < 0.15:
+            elif kind == "get":
                 # A third of the gets are stale reads (max_staleness_ms 500).
                 stale = STALE_READ_S if rng.random() < 0.33 else None
                 if {"get", "stale_get"} - set(self.config.ops):
                     stale = STALE_READ_S if "stale_get" in self.config.ops else None
                 got = await self.get(http, node, name, self.key(rng), stale)
                 outcome = "ok" if got is not None else "failed"
-            elif r < 0.8:
-                count = 1 if r < 0.45 else rng.randrange(2, 7)
+            elif kind in ("put", "put_many", "atomic"):
+                count = 1 if kind == "put" else rng.randrange(2, 7)
                 items = self.items(rng, name, count)
                 if count == 1 and "put" in self.config.ops and rng.random() < 0.15:
                     # A plain append on a hot key: conditional puts race with it.
@@ -329,10 +328,10 @@ class Workload:
                     key = self.hot_key(rng) if rng.random() < 0.5 else self.key(rng)
                     items = [PutItem(key, self.item(rng, name, key).id, TOMBSTONE)]
                 # Atomic: 2-3 distinct keys in one commit (or none of them), of one shard.
-                atomic = r >= 0.65
+                atomic = kind == "atomic"
                 if atomic:
                     items = self.one_shard(list({i.key: i for i in items[:3]}.values()))
-            elif r < 0.9:
+            elif kind == "cas":
                 items = await self.cas_items(http, node, name, rng)
                 atomic = items is not None and len(items) > 1
             else:
