@@ -181,6 +181,7 @@ class Watcher:
         self._caught_up_sent = False
         self._closed = False
         self._end: WatchEvent | None = None  # a last event (lagged) before the end
+        self._sink: Callable[[Chunk], bool] | None = None
         self._task = asyncio.create_task(self._pump(), name=f"watch:{filt!r}")
 
     # -- fed by the hub ------------------------------------------------------------------
@@ -200,9 +201,28 @@ class Watcher:
             return
         if self._cursor is not None and ts <= self._cursor:
             return  # already queued by the read that preceded going live
+        if self._sink is not None and not self._queue and self._hand_over(chunk):
+            self._cursor = ts
+            return
         self._enqueue(ts, chunk)
         if self._bytes > quota and len(self._queue) > 1:
             self._overflow()
+
+    def _hand_over(self, chunk: Chunk) -> bool:
+        """Give a live commit to the sink; False if it did not take it (it then waits
+        in the queue, for the consumer to take it at its pace)."""
+        assert self._sink is not None
+        try:
+            taken = self._sink(chunk)
+        except Exception:
+            # The publisher runs this for every watcher: one broken stream must not stop
+            # the others; its consumer finds the error when it writes from the queue.
+            log.exception("watch %r: its sink failed; queueing instead", self.filter)
+            self._sink = None
+            return False
+        if taken:
+            self._taken(chunk, len(chunk.events))
+        return taken
 
     def _enqueue(self, ts: Timestamp, chunk: Chunk) -> None:
         self._queue.append(chunk)
@@ -267,6 +287,14 @@ class Watcher:
             self.resume = event.resume
         return event
 
+    def deliver_to(self, sink: Callable[[Chunk], bool] | None) -> None:
+        """Hand live commits to ``sink`` as they are published, while nothing waits in
+        the queue: a consumer that can take a chunk without waiting (a socket with
+        room) then costs no wakeup a commit. ``sink(chunk)`` returns False when it
+        cannot take it now; the chunk, and what follows it, then wait in the queue for
+        ``next_chunks`` as usual. ``None`` stops it."""
+        self._sink = sink
+
     async def next_chunks(self, max_events: int = 4096,
                           max_bytes: int = QUEUE_MAX_BYTES) -> list[Chunk]:
         """The chunks queued now (at least one; more while they hold at most
@@ -314,12 +342,16 @@ class Watcher:
         self._bytes -= chunk.nbytes
         if self._bytes < self._hub.quota() // 2:
             self._room.set()
+        self._taken(chunk, events)
+        return chunk
+
+    def _taken(self, chunk: Chunk, events: int) -> None:
+        """The consumer has ``chunk`` (the commit's ``events`` events in all)."""
         self.resume = chunk.events[-1].resume
         if chunk.nbytes:  # a commit (markers have no size): its metrics once
             m = self._hub.metrics
             m.watch_events.inc(events)
             m.watch_lag.observe(max(0.0, (time.time_ns() - chunk.timestamp) / 1e9))
-        return chunk
 
     async def aclose(self) -> None:
         """Stop watching."""

@@ -22,6 +22,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..core.store import StoreCore
+from ..core.watch import Chunk
 from ..errors import DstoreError, InternalError, InvalidInputError, TooLargeError
 from ..observability.metrics import HTTP_PATHS
 from ..peerlink.leader import PEER_PATH, serve_follower
@@ -322,6 +323,36 @@ async def _write_sliced(resp: web.StreamResponse, pieces: list[bytes]) -> None:
         await resp.write(b"".join(pending))
 
 
+class _StreamSink:
+    """Writes a live commit's text straight into a watch's socket, from the publisher,
+    when the socket has room and the handler is not writing: with many watchers, a
+    handler's wakeup a commit was most of what a stream cost besides the bytes. Only
+    whole chunks of at most ``SSE_WRITE_BYTES`` go this way (the buffered bound stays
+    the handler's); anything else waits in the watcher's queue for the handler."""
+
+    __slots__ = ("_chunked", "_transport", "writing")
+
+    def __init__(self, request: web.Request, resp: web.StreamResponse) -> None:
+        self._transport = request.transport
+        # HTTP/1.1: the body is chunked (aiohttp chose it at prepare), each write a chunk.
+        self._chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        self.writing = False  # the handler is writing: what comes next must queue
+
+    def __call__(self, chunk: Chunk) -> bool:
+        t = self._transport
+        if self.writing or t is None or t.is_closing() \
+                or t.get_write_buffer_size() >= SSE_WRITE_BYTES:
+            return False
+        text = chunk.encoded(sse_events)
+        if len(text) > SSE_WRITE_BYTES:
+            return False
+        if self._chunked:
+            t.writelines((b"%x\r\n" % len(text), text, b"\r\n"))
+        else:
+            t.write(text)
+        return True
+
+
 async def _watch(request: web.Request) -> web.StreamResponse:
     q = request.query
     raw = request.headers.get("Last-Event-ID") or q.get("since")
@@ -339,7 +370,9 @@ async def _watch(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
+        await resp.prepare(request)  # the headers go out now: the sink writes after them
+        sink = _StreamSink(request, resp)
+        watcher.deliver_to(sink)
         while True:
             try:
                 async with asyncio.timeout(SSE_KEEPALIVE_S):
@@ -352,6 +385,7 @@ async def _watch(request: web.Request) -> web.StreamResponse:
                 # Each commit's text is made once for all the streams with this filter,
                 # and written in slices of it, not copied whole per stream.
                 pieces = [c.encoded(sse_events) for c in chunks]
+            sink.writing = True
             try:
                 async with asyncio.timeout(SSE_WRITE_TIMEOUT_S):
                     await _write_sliced(resp, pieces)
@@ -362,6 +396,8 @@ async def _watch(request: web.Request) -> web.StreamResponse:
                 if request.transport is not None:
                     request.transport.abort()  # drop what sits in its buffers now
                 break
+            finally:
+                sink.writing = False
             if chunks and chunks[-1].events[-1].kind in ("lagged", "error", "compacted"):
                 break
     except (ConnectionResetError, ConnectionError):

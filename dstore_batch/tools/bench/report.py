@@ -241,6 +241,10 @@ def watch_lines(w: dict[str, Any], command: str) -> list[str]:
             + ", ".join(f"{x['puts_s']:,.0f}" for x in procs["windows"])
             + " puts/s; node CPU us/row "
             + ", ".join(f"{x['node_cpu_us_per_row']:.1f}" for x in procs["windows"])
+            + "; the watchers' reader's CPU us/row "
+            + ", ".join(f"{x.get('consumer_cpu_us_per_row', 0):.1f}" for x in procs["windows"])
+            + "; the whole machine's CPU us/row "
+            + ", ".join(f"{x.get('machine_cpu_us_per_row', 0):.1f}" for x in procs["windows"])
             + f"; ratio of medians {procs['ratio_of_medians']:.2f}: "
             + ("met" if procs["ratio_of_medians"] >= 0.9 else "NOT MET")
             + " (goal >= 0.9); delivery "
