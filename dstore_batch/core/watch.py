@@ -181,7 +181,7 @@ class Watcher:
         self._caught_up_sent = False
         self._closed = False
         self._end: WatchEvent | None = None  # a last event (lagged) before the end
-        self._sink: Callable[[Chunk], bool] | None = None
+        self._sink: Callable[[Chunk, int], bool] | None = None
         self._task = asyncio.create_task(self._pump(), name=f"watch:{filt!r}")
 
     # -- fed by the hub ------------------------------------------------------------------
@@ -213,7 +213,7 @@ class Watcher:
         in the queue, for the consumer to take it at its pace)."""
         assert self._sink is not None
         try:
-            taken = self._sink(chunk)
+            taken = self._sink(chunk, self._hub.quota())
         except Exception:
             # The publisher runs this for every watcher: one broken stream must not stop
             # the others; its consumer finds the error when it writes from the queue.
@@ -287,12 +287,13 @@ class Watcher:
             self.resume = event.resume
         return event
 
-    def deliver_to(self, sink: Callable[[Chunk], bool] | None) -> None:
+    def deliver_to(self, sink: Callable[[Chunk, int], bool] | None) -> None:
         """Hand live commits to ``sink`` as they are published, while nothing waits in
         the queue: a consumer that can take a chunk without waiting (a socket with
-        room) then costs no wakeup a commit. ``sink(chunk)`` returns False when it
-        cannot take it now; the chunk, and what follows it, then wait in the queue for
-        ``next_chunks`` as usual. ``None`` stops it."""
+        room) then costs no wakeup a commit. ``sink(chunk, quota)`` (``quota``: this
+        watcher's share of the watch memory now) returns False when it cannot take the
+        chunk now; it, and what follows it, then wait in the queue for ``next_chunks``
+        as usual. ``None`` stops it."""
         self._sink = sink
 
     async def next_chunks(self, max_events: int = 4096,

@@ -326,9 +326,10 @@ async def _write_sliced(resp: web.StreamResponse, pieces: list[bytes]) -> None:
 class _StreamSink:
     """Writes a live commit's text straight into a watch's socket, from the publisher,
     when the socket has room and the handler is not writing: with many watchers, a
-    handler's wakeup a commit was most of what a stream cost besides the bytes. Only
-    whole chunks of at most ``SSE_WRITE_BYTES`` go this way (the buffered bound stays
-    the handler's); anything else waits in the watcher's queue for the handler."""
+    handler's wakeup a commit was most of what a stream cost besides the bytes. What
+    waits in the socket's buffer then stays within ``room`` (half the watcher's share
+    of the watch memory, at least ``SSE_WRITE_BYTES``); anything else waits in the
+    watcher's queue for the handler, which writes it in slices."""
 
     __slots__ = ("_chunked", "_transport", "writing")
 
@@ -338,13 +339,12 @@ class _StreamSink:
         self._chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
         self.writing = False  # the handler is writing: what comes next must queue
 
-    def __call__(self, chunk: Chunk) -> bool:
+    def __call__(self, chunk: Chunk, quota: int) -> bool:
         t = self._transport
-        if self.writing or t is None or t.is_closing() \
-                or t.get_write_buffer_size() >= SSE_WRITE_BYTES:
+        if self.writing or t is None or t.is_closing():
             return False
         text = chunk.encoded(sse_events)
-        if len(text) > SSE_WRITE_BYTES:
+        if t.get_write_buffer_size() + len(text) > max(SSE_WRITE_BYTES, quota // 2):
             return False
         if self._chunked:
             t.writelines((b"%x\r\n" % len(text), text, b"\r\n"))

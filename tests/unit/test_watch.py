@@ -452,3 +452,33 @@ def test_the_sse_text_is_json_and_shares_a_commits_timestamps() -> None:
             want += (f"event: {e.kind}\nid: {e.resume}\n"
                      f"data: {json.dumps(data, separators=(',', ':'))}\n\n").encode()
         assert sse_events(events) == want
+
+
+async def test_a_sink_takes_live_commits_in_order_and_what_it_refuses_waits_in_the_queue(
+        core: StoreCore) -> None:
+    """The direct path (an SSE stream's socket with room): a commit the sink refuses,
+    and every later one until the queue is empty again, is taken from the queue, never
+    handed to the sink ahead of it."""
+    watcher = core.watch(prefix="s/")
+    assert [e.kind for e in await take(watcher, 1)] == ["caught_up"]
+    sunk: list[str] = []
+    accept = True
+
+    def sink(chunk: watch_module.Chunk, quota: int) -> bool:
+        assert quota >= watch_module.MIN_QUOTA_BYTES
+        if accept:
+            sunk.extend(e.value for e in chunk.events)
+        return accept
+
+    watcher.deliver_to(sink)
+    first = await core.put("s/1", "1")
+    assert sunk == ["1"] and watcher.resume == first.timestamp  # handed over, not queued
+    accept = False
+    await core.put("s/2", "2")
+    accept = True
+    await core.put("s/3", "3")  # the queue holds s/2: s/3 waits behind it
+    assert sunk == ["1"]
+    assert [e.value for e in await take(watcher, 2)] == ["2", "3"]
+    last = await core.put("s/4", "4")  # the queue is empty again: straight to the sink
+    assert sunk == ["1", "4"] and watcher.resume == last.timestamp
+    await watcher.aclose()
