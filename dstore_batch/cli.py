@@ -52,7 +52,27 @@ def _database_flags(p: argparse.ArgumentParser) -> None:
                "[also SPANNER_EMULATOR_HOST]")
 
 
-def _parser() -> argparse.ArgumentParser:
+# The commands of the runtime package; any other comes from an installed tool (the
+# `dstore_batch.commands` entry point group: `bench` and `check` in this repository).
+BUILT_IN = ("ddl", "init-db", "demo", "serve", "put", "delete", "get", "list", "watch",
+            "leader")
+TOOLS_GROUP = "dstore_batch.commands"
+
+
+def _add_tool_commands(sub: Any) -> None:
+    """Each installed tool adds its subcommand (its entry point is a function of the
+    subparsers that adds one and sets ``func``): the runtime names no tool."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=TOOLS_GROUP), key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except ModuleNotFoundError:
+            continue  # installed without its tools (the image): the runtime's commands only
+        register(sub)
+
+
+def _parser(with_tools: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dstore-batch",
         description="A Spanner-backed, append-only key/value store for a Kubernetes Deployment.",
@@ -62,11 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ddl", help="print the Spanner DDL for the lock and log tables")
     _table_flags(p)
     _retention_days_flag(p)
+    p.set_defaults(func=_ddl)
 
     p = sub.add_parser("init-db", help="create the tables if missing (and, on the "
                        "emulator, the instance and database)")
     _database_flags(p)
     _retention_days_flag(p)
+    p.set_defaults(func=_init_db_command)
 
     p = sub.add_parser("demo", help="a three-node cluster on this machine, a workload and "
                        "a failover")
@@ -75,10 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder for the database and node logs (default: temp)")
     p.add_argument("--seconds", type=float, default=12.0, help="workload duration")
     p.add_argument("--keep", action="store_true", help="leave the cluster running at the end")
-    _emulator_bin_flag(p)
+    add_emulator_bin_flag(p)
+    p.set_defaults(func=_demo)
 
     p = sub.add_parser("serve", help="run one node")
-    _serve_flags(p)
+    add_serve_flags(p)
+    p.set_defaults(func=_serve_command)
 
     p = sub.add_parser("put", help="put one value through the HTTP API (prints JSON)")
     _client_flags(p)
@@ -88,12 +112,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--row-id", help="a row id of your own: re-running stores it once")
     p.add_argument("--if-latest", help="only if the key's newest row has this id")
     p.add_argument("--if-absent", action="store_true", help="only if the key has no live row")
+    p.set_defaults(func=_client_command)
 
     p = sub.add_parser("delete", help="append a tombstone to a key (prints JSON)")
     _client_flags(p)
     p.add_argument("key")
     p.add_argument("--if-latest", help="only if the key's newest row has this id")
     p.add_argument("--row-id", help="a row id of your own: re-running stores it once")
+    p.set_defaults(func=_client_command)
 
     p = sub.add_parser("get", help="read a key's history (prints JSON)")
     _client_flags(p)
@@ -101,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", default=None,
                    help="N, all or oldest: rows with tombstones (default: the live value)")
     p.add_argument("--max-staleness-ms", type=int, help="a bounded-staleness read")
+    p.set_defaults(func=_client_command)
 
     p = sub.add_parser("list", help="list keys with their newest live values (prints JSON "
                        "lines, one key a line; pages through every key under the prefix)")
@@ -111,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
                    "key)")
     p.add_argument("--page-size", type=int, default=1000, help="keys per request (1-10000)")
     p.add_argument("--max-staleness-ms", type=int, help="a bounded-staleness read")
+    p.set_defaults(func=_client_command)
 
     p = sub.add_parser("watch", help="follow the log: one JSON object a line per event "
                        "(resumes on another node by itself)")
@@ -120,69 +148,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="replay from after this commit timestamp (RFC 3339)")
     p.add_argument("--max-events", type=int, help="stop after this many put/delete events")
     p.add_argument("--seconds", type=float, help="stop after this long")
+    p.set_defaults(func=_watch_command)
 
     p = sub.add_parser("leader", help="ask the nodes who leads (prints JSON)")
     _client_flags(p)
+    p.set_defaults(func=_client_command)
 
-    p = sub.add_parser("bench", help="benchmark direct, funnel and per-put side by side")
-    _bench_flags(p)
-
-    p = sub.add_parser("check", help="a cluster under load and faults: check the history "
-                       "of every operation (prints a table; non-zero exit on any anomaly)")
-    p.add_argument("--seconds", type=float, default=60.0, help="load and fault duration")
-    p.add_argument("--faults", default=None,
-                   help="comma list of kill, stop, peer-partition, db-partition, db-latency, "
-                        "emulator-restart, restart, answer-loss, asym-partition, slow-peer, "
-                        "client-reset, overlap (a node's fault and a link's at once) "
-                        "(default all, or none with --against; none for load only)")
-    p.add_argument("--nodes", type=int, default=3, help="serve processes")
-    p.add_argument("--lease-ms", type=int, default=2000, help="election lease of the nodes")
-    p.add_argument("--json", help="also write the result as JSON to this file")
-    p.add_argument("--seed", type=int, help="seed of the workload and the fault schedule "
-                   "(printed; give it again to repeat a run)")
-    p.add_argument("--data-dir", help="folder for node logs and the history (default: "
-                   "temp, kept only when the check fails)")
-    p.add_argument("--max-inflight", type=int, default=1,
-                   help="the nodes' --max-inflight (commits in flight at once; > 1 lets a "
-                        "commit of unknown outcome have later commits beside it)")
-    p.add_argument("--keep-versions", type=int,
-                   help="the nodes' --keep-versions (with a 30 s --dedup-window-s, so rows "
-                        "are trimmed within the run); the checks allow for trimmed rows and "
-                        "check retention's own promises")
-    p.add_argument("--shards", type=int, default=1,
-                   help="the nodes' --shards (hand-overs come with the kills and restarts)")
-    p.add_argument("--ops", default="all",
-                   help="comma list of the operations to make: put, put_many, atomic, "
-                        "delete, cas, no_append, get, stale_get, list, watch, client "
-                        "(default all)")
-    p.add_argument("--configs", default="",
-                   help="runs one after another, the seconds shared, each with its own "
-                        "cluster: ';' between runs, ',' between NAME=N settings of "
-                        "max-inflight, keep-versions, shards, nodes, lease-ms (e.g. "
-                        "'max-inflight=1;max-inflight=4;keep-versions=2')")
-    p.add_argument("--against", default="",
-                   help="comma list of the URLs of a group someone else started: the same "
-                        "workload and checks, no cluster of the checker's own, keys under "
-                        "--key-prefix (API token: DSTORE_API_TOKEN)")
-    p.add_argument("--fault-cmd",
-                   help="with --against: a shell command run on the fault schedule (e.g. "
-                        "one that deletes a pod); the run waits for it to end")
-    p.add_argument("--fault-every-s", type=float, default=30.0,
-                   help="with --fault-cmd: seconds between its runs")
-    p.add_argument("--key-prefix", default="dstore-check/",
-                   help="with --against: every key the run writes starts with this")
-    _emulator_bin_flag(p)
-
-    # Internal: one producing node of `bench` (a serve node with producers inside).
-    p = sub.add_parser("bench-node")
-    _serve_flags(p)
-    _workload_flags(p)
-    p.add_argument("--start-at", type=float, required=True)
-    p.add_argument("--out", required=True)
+    if with_tools:
+        _add_tool_commands(sub)
     return parser
 
 
-def _emulator_bin_flag(p: argparse.ArgumentParser) -> None:
+def add_emulator_bin_flag(p: argparse.ArgumentParser) -> None:
     _flag(p, "--emulator-bin", help="emulator_main to start (default: PATH, then the Cloud "
           "SDK root)")
 
@@ -308,94 +285,7 @@ def _list_all(client: Any, args: argparse.Namespace, staleness_s: float | None) 
         after = page.next
 
 
-def _workload_flags(p: argparse.ArgumentParser) -> None:
-    from .tools.bench.workload import WorkloadSpec
-
-    spec = WorkloadSpec()
-    p.add_argument("--producers", type=int, default=spec.producers,
-                   help="concurrent producers per producing process")
-    p.add_argument("--value-size", type=int, default=spec.value_size, help="bytes per value")
-    p.add_argument("--mix", type=float, default=spec.mix,
-                   help="fraction of calls that are put_many (0 = only put)")
-    p.add_argument("--many-size", type=int, default=spec.many_size, help="items per put_many")
-    p.add_argument("--warmup-s", type=float, default=spec.warmup_s)
-    p.add_argument("--duration-s", type=float, default=spec.duration_s)
-
-
-def _bench_flags(p: argparse.ArgumentParser) -> None:
-    _workload_flags(p)
-    p.add_argument("--modes", default="direct,funnel,per-put,low-load",
-                   help="comma list of direct, funnel, per-put, low-load, client, kv (the KV "
-                        "API: conditional puts, atomic put_many, list, retention), watch "
-                        "(delivery lag at a fraction of peak load, puts/s with watchers), "
-                        "shards (1-8 shards on 4 nodes on a MODEL database, 1-2 on the "
-                        "emulator)")
-    _emulator_bin_flag(p)
-    p.add_argument("--emulator-host", default=None,
-                   help="with --database: the emulator that database is on")
-    p.add_argument("--database", help="a real Spanner database (default: a fresh emulator "
-                   "per mode, started by the benchmark)")
-    p.add_argument("--max-batch-rows", type=int, default=_BATCH.max_rows)
-    p.add_argument("--linger-ms", type=float, default=0.0)
-    p.add_argument("--max-inflight", type=int, default=_BATCH.max_inflight)
-    p.add_argument("--lease-ms", type=int, default=5000, help="lease of the funnel's nodes")
-    p.add_argument("--db-latency-ms", default="",
-                   help="comma list: run the funnel once per latency added each way between "
-                        "the nodes and the emulator (a proxy), e.g. 0,10,50,100")
-    p.add_argument("--per-put-producers", type=int, default=8,
-                   help="producers for the per-put mode (the original is slow)")
-    p.add_argument("--json", help="also write the result as JSON to this file")
-    p.add_argument("--sweep", action="store_true",
-                   help="run the funnel over producers 1..256 and values 100 B..10 KB")
-    p.add_argument("--plot", default="bench-sweep.png", help="PNG written by --sweep")
-    p.add_argument("--reads", action="store_true", help="also measure get latency")
-    p.add_argument("--kv-list-rows", default="1000,100000",
-                   help="kv mode: comma list of prefix sizes whose list is timed (each "
-                        "loaded first)")
-    p.add_argument("--kv-retention-keys", type=int, default=5000,
-                   help="kv mode: keys of the retention table, 10 versions each")
-    p.add_argument("--kv-parts", default="conditional,put_many,list,retention",
-                   help="kv mode: comma list of the parts to run (conditional, put_many, "
-                        "list, retention)")
-    p.add_argument("--watch-counts", default="1,10,100",
-                   help="watch mode: comma list of watcher counts whose delivery lag is "
-                        "measured, each at --watch-load-fraction of the peak, open loop")
-    p.add_argument("--watch-throughput-watchers", type=int, default=100,
-                   help="watch mode: watchers of the closed-loop windows compared with none")
-    p.add_argument("--watch-load-fraction", type=float, default=0.5,
-                   help="watch mode: the lag windows' load, as a fraction of the peak")
-    p.add_argument("--shards-counts", default="1,2,4,8",
-                   help="shards mode: comma list of shard counts run on the MODEL database "
-                        "(in memory, modelled commit latency: not Spanner)")
-    p.add_argument("--shards-emulator-counts", default="1,2",
-                   help="shards mode: comma list of shard counts also run on the emulator "
-                        "(empty: skip it)")
-    p.add_argument("--shards-nodes", type=int, default=4, help="shards mode: serve nodes")
-    p.add_argument("--shards-client", type=int, default=4,
-                   help="shards mode: at this many shards (on the MODEL), Client.put_many "
-                        "routed, unrouted and to the largest part's leader, alternating "
-                        "(0: skip)")
-    p.add_argument("--watch-processes", action=argparse.BooleanOptionalAction, default=True,
-                   help="watch mode: also the throughput windows with the nodes in their "
-                        "own serve processes and the watchers in another")
-    p.add_argument("--shards-client-repeats", type=int, default=2,
-                   help="shards mode: rounds of the client modes (routed, unrouted, largest)")
-    p.add_argument("--shards-lag", default="1,4",
-                   help="shards mode: shard counts (on the MODEL) of runs that hold a watch "
-                        "and measure its delivery lag (empty: none)")
-    p.add_argument("--shards-per-node", type=int, default=16,
-                   help="shards mode: put_many requests (of --many-size items) in flight per "
-                        "node, closed loop over HTTP")
-    p.add_argument("--shards-model-commit-ms", type=float, default=5.0,
-                   help="shards mode: the MODEL database's latency of every commit")
-    p.add_argument("--shards-model-row-us", type=float, default=1.0,
-                   help="shards mode: the MODEL database's latency added per row of a commit")
-    p.add_argument("--shards-model-inflight", type=int, default=4,
-                   help="shards mode: commits in flight per shard leader on the MODEL "
-                        "database (the emulator runs use --max-inflight)")
-
-
-def _serve_flags(p: argparse.ArgumentParser) -> None:
+def add_serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--id", help="host:port that peers dial to reach this node")
     _flag(p, "--listen", help="host:port to bind (default: --id)")
     _database_flags(p)
@@ -441,12 +331,15 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--watch-memory-mib", 256, type=int,
           help="what this node's watchers may hold in all: each watcher's queue gets an "
                "equal share (128 KiB to 8 MiB); a watch past 8 a MiB is refused (busy)")
+    _flag(p, "--cors-origins", "",
+          help="comma list of origins (scheme://host[:port], or *) whose pages may call "
+               "/v1/* from a browser; tokens are still required (default: off)")
     _flag(p, "--metrics-port", None, type=int, help="also serve /metrics on this port")
     _flag(p, "--log-level", "info", help="debug, info, warning")
     _flag(p, "--log-format", "text", choices=("text", "json"), help="text or json lines")
 
 
-def _config(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace) -> Config:
     if not args.id or not args.database:
         raise SystemExit(
             "serve needs --id HOST:PORT and --database (or DSTORE_ID, DSTORE_DATABASE)"
@@ -488,6 +381,8 @@ def _config(args: argparse.Namespace) -> Config:
         retention_days=int(args.retention_days) if args.retention_days else None,
         dedup_window_s=float(args.dedup_window_s),
         watch_memory_bytes=int(args.watch_memory_mib) * 1024 * 1024,
+        cors_origins=tuple(o.strip() for o in str(args.cors_origins or "").split(",")
+                           if o.strip()),
     )
 
 
@@ -509,10 +404,10 @@ async def _serve(config: Config) -> None:
 
 def _init_db(database: str, lock_table: str, log_table: str,
              emulator_host: str | None, retention_days: int | None = None) -> list[str]:
-    from .storage.sqlite import sqlite_path
+    from .storage import backend_scheme
 
-    if sqlite_path(database) is not None or database.startswith("model://"):
-        return []  # the embedded backend and the benchmarks' model make their own tables
+    if backend_scheme(database):
+        return []  # only Spanner needs this: the other backends make their own tables
     from .storage.admin import init_database
 
     return init_database(database, lock_table=lock_table, log_table=log_table,
@@ -528,71 +423,49 @@ def _days(value: Any) -> int | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
-    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # A node (`serve`) never loads the tools: only other commands and --help do.
+    parser = _parser(with_tools=not (argv and argv[0] in BUILT_IN))
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"),
                   getattr(args, "id", None))
     try:
         tune_gc()
-        return _main(args)
+        code: int = args.func(args)
+        return code
     except ValueError as exc:  # bad flag values: say which, without a traceback
         parser.exit(2, f"dstore-batch: error: {exc}\n")
 
 
-def _main(args: argparse.Namespace) -> int:
-    if args.command == "ddl":
-        sys.stdout.write(render_ddl(args.lock_table, args.log_table,
-                                    retention_days=_days(args.retention_days)))
-        return 0
-    if args.command == "init-db":
-        if not args.database:
-            raise SystemExit("init-db needs --database projects/P/instances/I/databases/D")
-        created = _init_db(args.database, args.lock_table, args.log_table,
-                           args.emulator_host or None, _days(args.retention_days))
-        print("created: " + (", ".join(created) if created else "nothing (tables exist)"))
-        return 0
-    if args.command == "demo":
-        from .tools.demo import run_demo
+def _ddl(args: argparse.Namespace) -> int:
+    sys.stdout.write(render_ddl(args.lock_table, args.log_table,
+                                retention_days=_days(args.retention_days)))
+    return 0
 
-        return run_demo(backend=args.backend, data_dir=args.data_dir, keep=args.keep,
-                        seconds=args.seconds, emulator_bin=args.emulator_bin)
-    if args.command in ("put", "delete", "get", "list", "leader"):
-        return _client_command(args)
-    if args.command == "watch":
-        return _watch_command(args)
-    if args.command == "bench":
-        from .tools.bench.runner import run_bench
 
-        return run_bench(args)
-    if args.command == "check":
-        from .tools.checker.runner import run_check
+def _init_db_command(args: argparse.Namespace) -> int:
+    if not args.database:
+        raise SystemExit("init-db needs --database projects/P/instances/I/databases/D")
+    created = _init_db(args.database, args.lock_table, args.log_table,
+                       args.emulator_host or None, _days(args.retention_days))
+    print("created: " + (", ".join(created) if created else "nothing (tables exist)"))
+    return 0
 
-        return run_check(seconds=args.seconds, faults=args.faults, nodes=args.nodes,
-                         lease_ms=args.lease_ms, json_path=args.json, seed=args.seed,
-                         data_dir=args.data_dir, emulator_bin=args.emulator_bin,
-                         max_inflight=args.max_inflight, keep_versions=args.keep_versions,
-                         shards=args.shards, ops=args.ops, configs=args.configs,
-                         against=args.against,
-                         fault_cmd=args.fault_cmd, fault_every_s=args.fault_every_s,
-                         key_prefix=args.key_prefix,
-                         token=os.environ.get("DSTORE_API_TOKEN") or None)
-    if args.command == "bench-node":
-        from .tools.bench.funnel_node import run_node
-        from .tools.bench.workload import WorkloadSpec
 
-        spec = WorkloadSpec(producers=args.producers, value_size=args.value_size, mix=args.mix,
-                            many_size=args.many_size, warmup_s=args.warmup_s,
-                            duration_s=args.duration_s)
-        run(run_node(_config(args), spec, args.start_at, args.out))
-        return 0
-    if args.command == "serve":
-        config = _config(args)
-        if str(args.init_db).lower() in ("1", "true", "yes"):
-            _init_db(config.database, config.lock_table, config.log_table,
-                     config.emulator_host, config.retention_days)
-        run(_serve(config))
-        return 0
-    return 2
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(backend=args.backend, data_dir=args.data_dir, keep=args.keep,
+                    seconds=args.seconds, emulator_bin=args.emulator_bin)
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if str(args.init_db).lower() in ("1", "true", "yes"):
+        _init_db(config.database, config.lock_table, config.log_table,
+                 config.emulator_host, config.retention_days)
+    run(_serve(config))
+    return 0
 
 
 if __name__ == "__main__":

@@ -100,6 +100,10 @@ MAX_SHARDS = 64  # a bound for the metrics' shard label
 DEDUP_WINDOW_S = 300.0
 
 
+# An origin as browsers send it: scheme, host, optional port, no path.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:]+(:[0-9]{1,5})?")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything one node needs. ``node_id`` is the ``host:port`` peers dial."""
@@ -136,6 +140,8 @@ class Config:
     # What this node's watchers may hold in all (queues and catch-up pages); see
     # core/watch.py for how it is shared.
     watch_memory_bytes: int = 256 * 1024 * 1024
+    # Origins whose pages may call /v1/* from a browser (CORS; "*" any; empty: off).
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         host, sep, port = self.node_id.rpartition(":")
@@ -167,6 +173,9 @@ class Config:
             raise ValueError("dedup_window_s must be 0..86400 seconds")
         if not 1 <= self.watch_memory_bytes // (1024 * 1024) <= 1024 * 1024:
             raise ValueError("watch_memory_bytes must be 1 MiB..1 TiB")
+        for origin in self.cors_origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"cors origin {origin!r} is not scheme://host[:port] (or *)")
         if self.retention_interval_s <= 0:
             raise ValueError("retention_interval_s must be positive")
         if self.limits.max_value_bytes + self.limits.max_key_bytes + ROW_OVERHEAD_BYTES > (

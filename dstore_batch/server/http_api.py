@@ -28,6 +28,7 @@ from ..observability.metrics import HTTP_PATHS
 from ..peerlink.leader import PEER_PATH, serve_follower
 from ..runtime import release_memory_soon
 from ..types import HistoryItem, PutResult, Timestamp, WatchEvent
+from .cors import install_cors
 from .security import check_bearer
 
 __all__ = ["ROUTES", "make_app", "make_metrics_app"]
@@ -498,6 +499,7 @@ def make_app(core: StoreCore) -> web.Application:
     app[SOCKETS_KEY] = weakref.WeakSet()
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
+    install_cors(app, core.config.cors_origins)
     app.on_shutdown.append(_close_sockets)
     return app
 

@@ -7,7 +7,7 @@ read), so that SQLite and Spanner decide conditions, groups, list pages and trim
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..types import IF_ABSENT, NO_APPEND_ID, Change, Latest, ListItem, Row, Timestamp
@@ -16,26 +16,40 @@ from .base import CHANGES_MAX_BYTES, Fence, HistoryLimit, LockState, Storage
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["Fence", "HistoryLimit", "LockState", "Storage", "open_storage"]
+__all__ = ["Fence", "HistoryLimit", "LockState", "Storage", "backend_scheme", "open_storage"]
 
 
-def open_storage(config: Config) -> Storage:
-    """The backend a config names: ``sqlite:///file`` or a Spanner database path (or,
-    for benchmarks only, ``model://host:port``: a MODEL database, not Spanner)."""
-    retention = None if config.retention_days is None else config.retention_days * 86_400.0
-    if config.database.startswith("model://"):
-        from .model import ModelStorage
+BACKENDS_GROUP = "dstore_batch.storage"  # entry points: a URL scheme -> an opener
 
-        return ModelStorage(config.database, log_table=config.log_table,
-                            lock_table=config.lock_table, call_timeout_s=config.db_timeout_s,
-                            retention_s=retention, dedup_window_s=config.dedup_window_s)
+Opener = Callable[["Config"], Storage]
+
+
+def backend_scheme(database: str) -> str:
+    """The URL scheme of ``--database`` (``sqlite`` for ``sqlite:///file``), or ``""``
+    for a Spanner database path (``projects/P/instances/I/databases/D``)."""
+    head, sep, _ = database.partition("://")
+    return head if sep else ""
+
+
+def retention_seconds(config: Config) -> float | None:
+    """``--retention-days`` in seconds (None: rows are kept)."""
+    return None if config.retention_days is None else config.retention_days * 86_400.0
+
+
+def _open_sqlite(config: Config) -> Storage:
     from .sqlite import SQLiteStorage, sqlite_path
 
     path = sqlite_path(config.database)
-    if path is not None:
-        return SQLiteStorage(path, log_table=config.log_table, lock_table=config.lock_table,
-                             call_timeout_s=config.db_timeout_s, retention_s=retention,
-                             dedup_window_s=config.dedup_window_s)
+    if path is None:
+        raise ValueError(f"--database {config.database!r}: a SQLite database is "
+                         "sqlite:///path/to/file")
+    return SQLiteStorage(path, log_table=config.log_table, lock_table=config.lock_table,
+                         call_timeout_s=config.db_timeout_s,
+                         retention_s=retention_seconds(config),
+                         dedup_window_s=config.dedup_window_s)
+
+
+def _open_spanner(config: Config) -> Storage:
     from .spanner import SpannerStorage
 
     return SpannerStorage(
@@ -46,9 +60,36 @@ def open_storage(config: Config) -> Storage:
         emulator_host=config.emulator_host,
         call_timeout_s=config.db_timeout_s,
         max_commit_delay_s=config.max_commit_delay_s,
-        retention_s=retention,
+        retention_s=retention_seconds(config),
         dedup_window_s=config.dedup_window_s,
     )
+
+
+_BUILT_IN: dict[str, Opener] = {"": _open_spanner, "sqlite": _open_sqlite}
+
+
+def _opener(scheme: str) -> Opener:
+    """The built-in backend of ``scheme``, or one an installed package registers under
+    the ``dstore_batch.storage`` entry point group (the benchmarks' ``model``): the
+    runtime package names no backend outside it."""
+    if scheme in _BUILT_IN:
+        return _BUILT_IN[scheme]
+    from importlib.metadata import entry_points
+
+    found = entry_points(group=BACKENDS_GROUP, name=scheme)
+    if not found:
+        known = sorted({*_BUILT_IN, *(e.name for e in entry_points(group=BACKENDS_GROUP))})
+        raise ValueError(f"no storage backend for {scheme}:// (known: a Spanner path "
+                         "projects/P/instances/I/databases/D, "
+                         + ", ".join(f"{k}://" for k in known if k) + ")")
+    opener: Opener = next(iter(found)).load()
+    return opener
+
+
+def open_storage(config: Config) -> Storage:
+    """The backend ``config.database`` names, by its URL scheme: ``sqlite:///file``, a
+    Spanner database path, or a scheme an installed package registers."""
+    return _opener(backend_scheme(config.database))(config)
 
 
 # -- shared by the backends (not part of the public API) -----------------------------

@@ -37,7 +37,8 @@ class NodeProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     signalled: bool = False  # stopped on purpose: its exit is not a failure
     paused: bool = False  # SIGSTOPped: alive, but answers nothing
-    command: str = "serve"
+    command: str = "serve"  # a subcommand of `module` ("" for none)
+    module: str = "dstore_batch"  # run as ``python -m module command args``
     listen: str | None = None  # host:port it binds, when not its node id
 
     @property
@@ -57,7 +58,8 @@ class NodeProcess:
         env = {**os.environ, **self.extra_env} if self.extra_env else None
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dstore_batch", self.command, *self.args],
+            [sys.executable, "-m", self.module, *([self.command] if self.command else []),
+             *self.args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
         log.close()
@@ -113,6 +115,7 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         log_dir: str | None = None,
         command: str = "serve",
+        module: str = "dstore_batch",
         emulator_host: str | None = None,
         addresses: Sequence[tuple[str, str]] | None = None,
         node_args: Sequence[Sequence[str]] | None = None,
@@ -135,7 +138,7 @@ class LocalCluster:
                     *(extra_args or []), *(node_args[i] if node_args is not None else [])]
             self.nodes.append(
                 NodeProcess(node_id, args, self.log_dir / f"node{i}.log", extra_env=env or {},
-                            command=command, listen=listen)
+                            command=command, module=module, listen=listen)
             )
 
     def start(self, timeout: float = 30.0) -> LocalCluster:

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from dstore_batch import Config, Store, UnauthorizedError
+from dstore_batch.testing.emulator import free_port
 from tests.helpers import metric, running_stores, scrape, split
 
 SECRET = "peer-secret-Zq8"
@@ -210,3 +211,56 @@ async def test_failed_start_cleans_up(make_config: Callable[..., Config]) -> Non
         with pytest.raises(OSError):
             await store.start()
     assert store.core.stopping and not store.ready
+
+
+async def test_cors_origins(sqlite_database: str) -> None:
+    """--cors-origins: a listed origin's preflight is answered before the token check;
+    its requests (a watch stream and an error answer included) carry the allow-origin
+    header and still need the token; another origin, or a node without the flag, gets
+    no CORS header."""
+    page = "https://app.example:8443"
+
+    def config(*origins: str) -> Config:
+        return Config(node_id=f"127.0.0.1:{free_port()}", database=sqlite_database,
+                      lease_s=1.0, api_token=TOKEN, cors_origins=origins)
+
+    on, off = config(page), config()
+    with pytest.raises(ValueError, match="scheme://host"):
+        config("app.example/path")
+    good = {"Authorization": f"Bearer {TOKEN}", "Origin": page}
+    ask = {"Origin": page, "Access-Control-Request-Method": "GET",
+           "Access-Control-Request-Headers": "authorization, last-event-id"}
+    async with running_stores([on, off]) as _, aiohttp.ClientSession() as http:
+        url = f"http://{on.node_id}"
+        async with http.options(f"{url}/v1/watch", headers=ask) as resp:
+            assert resp.status == 204
+            assert resp.headers["Access-Control-Allow-Origin"] == page
+            assert "Authorization" in resp.headers["Access-Control-Allow-Headers"]
+            assert "Last-Event-ID" in resp.headers["Access-Control-Allow-Headers"]
+            assert "GET" in resp.headers["Access-Control-Allow-Methods"]
+        async with http.options(f"{url}/v1/get", headers={**ask, "Origin": "https://evil"}
+                                ) as resp:
+            assert resp.status == 403
+            assert "Access-Control-Allow-Origin" not in resp.headers
+        async with http.post(f"{url}/v1/put", json={"key": "c", "value": "v"},
+                             headers={"Origin": page}) as resp:
+            assert resp.status == 401  # the token is still required
+            assert resp.headers["Access-Control-Allow-Origin"] == page
+        async with http.post(f"{url}/v1/put", json={"key": "c", "value": "v"},
+                             headers=good) as resp:
+            assert resp.status == 200
+            assert resp.headers["Access-Control-Allow-Origin"] == page
+            assert resp.headers["Access-Control-Expose-Headers"] == "Retry-After"
+        async with http.get(f"{url}/v1/watch?key=c&since=1970-01-01T00:00:00Z",
+                            headers=good) as resp:
+            assert resp.status == 200  # a stream: the header went out with its head
+            assert resp.headers["Access-Control-Allow-Origin"] == page
+            assert b"event: put" in await resp.content.readuntil(b"\n\n")
+        async with http.get(f"{url}/v1/get?key=c",
+                            headers={**good, "Origin": "https://evil"}) as resp:
+            assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
+        async with http.get(f"http://{off.node_id}/v1/get?key=c", headers=good) as resp:
+            assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
+        async with http.options(f"http://{off.node_id}/v1/get", headers=ask) as resp:
+            assert resp.status == 401  # no CORS: a request like any other, refused
+            assert "Access-Control-Allow-Origin" not in resp.headers

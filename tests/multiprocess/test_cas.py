@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, replace
 from dstore_batch.client import Client
 from dstore_batch.errors import ConflictError, DstoreError
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
-from dstore_batch.tools.checker.history import classify
 from dstore_batch.types import HistoryItem, Timestamp
+from dstore_check.history import classify
 from tests.cas_check import Attempt, cas_value, check_cas
 from tests.helpers import TYPED_CODES, rows_by_leader, table_rows
 

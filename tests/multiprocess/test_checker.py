@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from dstore_batch.testing.cluster import LocalCluster
-from dstore_batch.tools.checker.faults import FAULT_KINDS
+from dstore_check.faults import FAULT_KINDS
 
 SECONDS = 90  # all twelve faults fit in about 80 s; the whole run takes about 1.9 minutes
 SEED = 7

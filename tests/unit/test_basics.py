@@ -195,8 +195,8 @@ def test_gc_thresholds_default_and_from_the_environment(
 
 
 def test_weighted_lag_percentiles_equal_the_flat_ones() -> None:
-    from dstore_batch.tools.bench.report import percentiles
-    from dstore_batch.tools.bench.watch import _ns_percentiles
+    from dstore_bench.report import percentiles
+    from dstore_bench.watch import _ns_percentiles
 
     rng = random.Random(7)
     weighted = [(rng.randint(1, 10**8), rng.randint(1, 50)) for _ in range(2000)]

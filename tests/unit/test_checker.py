@@ -1,4 +1,4 @@
-"""The history checker's checks (dstore_batch/tools/checker/check.py) on hand-made
+"""The history checker's checks (dstore_check/check.py) on hand-made
 histories: a clean history passes, and each kind of anomaly is found. A checker that
 cannot fail checks nothing, so every check has a history here that must fail it."""
 
@@ -17,31 +17,31 @@ from dstore_batch.errors import (
     NotLeaderError,
     PartialCommitError,
 )
-from dstore_batch.tools.checker.check import CHECKS, FinalRead, Report, check_history
-from dstore_batch.tools.checker.history import (
+from dstore_batch.types import NO_APPEND_ID, Timestamp
+from dstore_check.check import CHECKS, FinalRead, Report, check_history
+from dstore_check.history import (
     ABSENT,
     FRESH,
     LIVE,
     TOMBSTONE,
     EmulatorRestart,
     FaultEvent,
-    History,
     Op,
+    OpHistory,
     PutItem,
     Seen,
     WatchConnection,
     WatchStream,
     classify,
 )
-from dstore_batch.tools.checker.oracles import LIVENESS_S
-from dstore_batch.tools.checker.runner import (
+from dstore_check.oracles import LIVENESS_S
+from dstore_check.runner import (
     OP_KINDS,
     Endpoint,
     parse_configs,
     parse_faults,
     parse_ops,
 )
-from dstore_batch.types import NO_APPEND_ID, Timestamp
 
 NODES = ("n1", "n2", "n3")
 BASE = 1_800_000_000_000_000_000
@@ -55,7 +55,7 @@ def value(rid: str) -> str:
     return f"{rid}|xxxx"
 
 
-def put(h: History, start: float, end: float, *items: tuple[str, str],
+def put(h: OpHistory, start: float, end: float, *items: tuple[str, str],
         acks: tuple[int, ...] | None = None, outcome: str = "ok", node: str = "n1",
         retry_of: int | None = None) -> Op:
     """A put of ``items`` ((key, id) pairs) from ``start`` to ``end``."""
@@ -71,7 +71,7 @@ def put(h: History, start: float, end: float, *items: tuple[str, str],
     return op
 
 
-def get(h: History, start: float, end: float, key: str, *rows: tuple[str, int],
+def get(h: OpHistory, start: float, end: float, key: str, *rows: tuple[str, int],
         node: str = "n2", read_ts: int | None = None, stale: float | None = None) -> Op:
     """A get of ``key`` that returned ``rows`` ((id, timestamp) pairs), read at
     ``read_ts`` (None: not said), with max staleness ``stale``."""
@@ -93,7 +93,7 @@ def only(report: Report) -> dict[str, int]:
     return {k: v for k, v in report.counts.items() if v}
 
 
-def cond_put(h: History, start: float, end: float, key: str, rid: str, cond: str, *,
+def cond_put(h: OpHistory, start: float, end: float, key: str, rid: str, cond: str, *,
              ack: int | None = None, latest: str | None = None) -> Op:
     """A conditional put: acked at ``ack``, or refused naming ``latest`` as newest."""
     op = h.invoke_put("n1", "p2", [PutItem(key, rid, value(rid), cond)], at=start)
@@ -105,7 +105,7 @@ def cond_put(h: History, start: float, end: float, key: str, rid: str, cond: str
     return op
 
 
-def stream(h: History, since: int, *rows: tuple[str, str, int], caught_up: int = 0,
+def stream(h: OpHistory, since: int, *rows: tuple[str, str, int], caught_up: int = 0,
            name: str = "w0") -> WatchConnection:
     """A watch of everything from ``since`` that delivered ``rows`` ((key, id, ts)),
     then caught_up at ``caught_up`` (0: none); each row's resume is its commit's last."""
@@ -119,7 +119,7 @@ def stream(h: History, since: int, *rows: tuple[str, str, int], caught_up: int =
     return conn
 
 
-def na_put(h: History, start: float, end: float, key: str, tag: str, *,
+def na_put(h: OpHistory, start: float, end: float, key: str, tag: str, *,
            ack: int | None = None, outcome: str = "ok", retry_of: int | None = None) -> Op:
     """A no_append put (id "-") of the value ``tag``."""
     op = h.invoke_put("n1", "p3", [PutItem(key, NO_APPEND_ID, value(tag))], at=start,
@@ -134,7 +134,7 @@ def na_put(h: History, start: float, end: float, key: str, tag: str, *,
     return op
 
 
-def get_na(h: History, start: float, end: float, key: str, row: tuple[str, int]) -> Op:
+def get_na(h: OpHistory, start: float, end: float, key: str, row: tuple[str, int]) -> Op:
     op = h.invoke_get("n2", "p3", key, at=start)
     h.ok_get(op, [Seen(NO_APPEND_ID, ts(row[1]), value(row[0]))], at=end)
     return op
@@ -149,7 +149,7 @@ PAGE = (("a", "r4", 22), ("b", "r7", 30), ("c", "r11", 50), ("d", "r10", 40),
         ("e", "r12", 60), ("f", NO_APPEND_ID, 80))  # every key's newest row at 100
 
 
-def list_page(h: History, *rows: tuple[str, str, int], after: str | None = None,
+def list_page(h: OpHistory, *rows: tuple[str, str, int], after: str | None = None,
               next_key: str | None = None, read_ts: int = 100) -> Op:
     op = h.invoke_list("n1", "p4", "", after, 10, at=5.0)
     h.ok_list(op, [(k, i, ts(t)) for k, i, t in rows], next_key, ts(read_ts), at=5.1)
@@ -161,8 +161,8 @@ LOG = (("a", "r1", 10), ("a", "r5", 15), ("a", "r2", 20), ("b", "r3", 21), ("a",
        ("e", "r12", 60))
 
 
-def clean_history() -> tuple[History, list[FinalRead]]:
-    h = History()
+def clean_history() -> tuple[OpHistory, list[FinalRead]]:
+    h = OpHistory()
     h.faults.append(FaultEvent("kill", "n2", "SIGKILL n2", 0.5, 0.0, end=0.9, probed=["n1"]))
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,)).process = LIVE  # n1 took a put after it
     put(h, 1.2, 1.3, ("a", "r2"), ("b", "r3"), ("a", "r4"), acks=(20, 21, 22))
@@ -203,7 +203,7 @@ def test_a_clean_history_has_no_anomaly() -> None:
 
 
 def test_lost_ack() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     put(h, 1.2, 1.3, ("a", "r2"), acks=(20,))
     report = check_history(h, final("a", ("r1", 10)))
@@ -213,14 +213,14 @@ def test_lost_ack() -> None:
 
 
 def test_lost_ack_through_one_node_only() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     reads = [*final("a", ("r1", 10), nodes=("n1", "n2")), *final("a", nodes=("n3",))]
     assert only(check_history(h, reads)) == {"lost_ack": 1, "node_disagreement": 1}
 
 
 def test_duplicate_id() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     # The second copy also carries a timestamp other than the ack.
     assert only(check_history(h, final("a", ("r1", 10), ("r1", 11)))) == {
@@ -229,7 +229,7 @@ def test_duplicate_id() -> None:
 
 def test_duplicate_value_under_another_id() -> None:
     # A put stored twice, the second time under an id its caller never sent.
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     reads = [FinalRead(n, "a", 100.0, 100.1, (Seen("server-made", ts(11), value("r1")),
                                               Seen("r1", ts(10), value("r1"))))
@@ -238,7 +238,7 @@ def test_duplicate_value_under_another_id() -> None:
 
 
 def test_unknown_put_stored_twice() -> None:
-    h = History()
+    h = OpHistory()
     first = put(h, 1.0, 2.5, ("a", "r1"), outcome="unknown")
     put(h, 2.6, 4.0, ("a", "r1"), outcome="unknown", retry_of=first.index)
     assert only(check_history(h, final("a", ("r1", 10), ("r1", 12)))) == {
@@ -246,35 +246,35 @@ def test_unknown_put_stored_twice() -> None:
 
 
 def test_wrong_timestamp_in_the_final_state() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     report = check_history(h, final("a", ("r1", 11)))
     assert only(report) == {"wrong_timestamp": 1}
 
 
 def test_wrong_timestamp_in_a_get() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     get(h, 0.9, 1.05, "a", ("r1", 9))  # concurrent with the put: may see it, not elsewhere
     assert only(check_history(h, final("a", ("r1", 10)))) == {"wrong_timestamp": 1}
 
 
 def test_two_acks_of_one_row_disagree() -> None:
-    h = History()
+    h = OpHistory()
     first = put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     put(h, 1.2, 1.3, ("a", "r1"), acks=(12,), retry_of=first.index)
     assert only(check_history(h, final("a", ("r1", 10)))) == {"wrong_timestamp": 2}
 
 
 def test_failed_but_stored() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), outcome="failed")
     report = check_history(h, final("a", ("r1", 10)))
     assert only(report) == {"failed_but_stored": 1}
 
 
 def test_failed_but_read_by_a_get() -> None:
-    h = History()
+    h = OpHistory()
     first = put(h, 1.0, 1.1, ("a", "r1"), outcome="failed")
     put(h, 1.2, 1.3, ("a", "r1"), outcome="failed", retry_of=first.index)
     get(h, 1.5, 1.6, "a", ("r1", 10))
@@ -282,21 +282,21 @@ def test_failed_but_read_by_a_get() -> None:
 
 
 def test_failed_then_retried_is_not_failed() -> None:
-    h = History()
+    h = OpHistory()
     first = put(h, 1.0, 1.1, ("a", "r1"), outcome="failed")
     put(h, 1.2, 1.3, ("a", "r1"), acks=(10,), retry_of=first.index)
     assert check_history(h, final("a", ("r1", 10))).total == 0
 
 
 def test_read_before_any_attempt_that_could_write_it() -> None:
-    h = History()
+    h = OpHistory()
     get(h, 0.5, 0.6, "a", ("r1", 10))
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     assert only(check_history(h, final("a", ("r1", 10)))) == {"phantom_row": 1}
 
 
 def test_stale_read() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     put(h, 1.2, 1.3, ("a", "r2"), acks=(20,))
     get(h, 1.4, 1.5, "a", ("r1", 10))  # started after r2's ack, lacks it
@@ -308,7 +308,7 @@ def test_stale_read() -> None:
 
 
 def test_order_violation_against_real_time() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(20,))
     put(h, 1.2, 1.3, ("a", "r2"), acks=(10,))  # sent after r1's ack, older timestamp
     report = check_history(h, final("a", ("r1", 20), ("r2", 10)))
@@ -318,7 +318,7 @@ def test_order_violation_against_real_time() -> None:
 
 def test_order_violation_with_an_unknown_put() -> None:
     # The unknown put's row is stored with a timestamp below one acked before it was sent.
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(20,))
     put(h, 1.2, 3.0, ("a", "r2"), outcome="unknown")
     assert only(check_history(h, final("a", ("r1", 20), ("r2", 10)))) == {
@@ -326,14 +326,14 @@ def test_order_violation_with_an_unknown_put() -> None:
 
 
 def test_order_inside_one_put_many() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), ("a", "r2"), acks=(20, 10))
     assert only(check_history(h, final("a", ("r1", 20), ("r2", 10)))) == {
         "order_violation": 1}
 
 
 def test_concurrent_puts_may_commit_in_any_order() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.3, ("a", "r1"), acks=(20,))
     put(h, 1.1, 1.2, ("a", "r2"), acks=(10,), node="n2")
     assert check_history(h, final("a", ("r1", 20), ("r2", 10))).total == 0
@@ -342,7 +342,7 @@ def test_concurrent_puts_may_commit_in_any_order() -> None:
 def test_a_retry_keeps_the_first_attempts_place_in_time() -> None:
     # r2's first attempt was sent before r1 was acked; its retry, after, returns the
     # timestamp the first attempt committed: no order violation.
-    h = History()
+    h = OpHistory()
     first = put(h, 0.9, 1.05, ("a", "r2"), outcome="unknown")
     put(h, 1.0, 1.1, ("a", "r1"), acks=(20,))
     put(h, 1.2, 1.3, ("a", "r2"), acks=(15,), retry_of=first.index)
@@ -350,7 +350,7 @@ def test_a_retry_keeps_the_first_attempts_place_in_time() -> None:
 
 
 def test_duplicate_timestamp() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.5, ("a", "r1"), acks=(10,))
     put(h, 1.0, 1.5, ("a", "r2"), acks=(10,), node="n2")
     assert only(check_history(h, final("a", ("r1", 10), ("r2", 10)))) == {
@@ -358,28 +358,28 @@ def test_duplicate_timestamp() -> None:
 
 
 def test_phantom_row() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     report = check_history(h, final("a", ("r1", 10), ("nobody", 11)))
     assert only(report) == {"phantom_row": 1}
 
 
 def test_vanished_row() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 3.0, ("a", "r1"), outcome="unknown")
     get(h, 3.5, 3.6, "a", ("r1", 10))  # the unknown put was written...
     assert only(check_history(h, final("a"))) == {"vanished_row": 1}  # ...and is gone
 
 
 def test_nodes_disagree() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 3.0, ("a", "r1"), outcome="unknown")
     reads = [*final("a", ("r1", 10), nodes=("n1",)), *final("a", nodes=("n2", "n3"))]
     assert only(check_history(h, reads)) == {"node_disagreement": 1}
 
 
 def test_an_emulator_restart_scopes_the_checks() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))  # before the restart: gone, as it should be
     put(h, 1.5, 2.5, ("a", "r2"), acks=(5,))  # overlaps the restart: out of scope
     h.restarts.append(EmulatorRestart(2.0, 2.2))
@@ -394,7 +394,7 @@ def test_an_emulator_restart_scopes_the_checks() -> None:
 
 
 def test_an_emulator_restart_does_not_hide_what_came_after() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     h.restarts.append(EmulatorRestart(2.0, 2.2))
     put(h, 3.0, 3.1, ("a", "r2"), acks=(3,))
@@ -410,7 +410,7 @@ def test_history_round_trips_through_json(tmp_path: object) -> None:
     h.restarts.append(EmulatorRestart(50.0, 50.5))
     path = f"{tmp_path}/h.json"
     h.dump(path)
-    again = History.load(path)
+    again = OpHistory.load(path)
     assert [op.to_dict() for op in again.ops] == [op.to_dict() for op in h.ops]
     assert again.restarts == h.restarts
     assert check_history(again, reads).counts == check_history(h, reads).counts
@@ -434,7 +434,7 @@ def test_outcomes_by_error_class(exc: BaseException, outcome: str) -> None:
 
 
 def test_an_op_completes_once() -> None:
-    h = History()
+    h = OpHistory()
     op = put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     with pytest.raises(ValueError):
         h.fail(op, "late")
@@ -451,7 +451,7 @@ def test_parse_faults() -> None:
 # -- atomic, conditional and watch oracles (oracles.py) ------------------------------------
 
 
-def atomic_put(h: History, *acks: int, outcome: str = "ok") -> Op:
+def atomic_put(h: OpHistory, *acks: int, outcome: str = "ok") -> Op:
     op = h.invoke_put("n1", "p2", [PutItem("c", "r9", value("r9")),
                                    PutItem("d", "r10", value("r10"))], atomic=True, at=1.0)
     if outcome == "ok":
@@ -462,14 +462,14 @@ def atomic_put(h: History, *acks: int, outcome: str = "ok") -> Op:
 
 
 def test_an_atomic_put_acked_with_two_timestamps() -> None:
-    h = History()
+    h = OpHistory()
     atomic_put(h, 40, 41)
     report = check_history(h, [*final("c", ("r9", 40)), *final("d", ("r10", 41))])
     assert only(report) == {"atomic_split": 2}  # the acks, and the stored timestamps
 
 
 def test_an_atomic_put_stored_in_part() -> None:
-    h = History()
+    h = OpHistory()
     atomic_put(h, outcome="unknown")  # whatever its outcome: all of it or none
     report = check_history(h, [*final("c", ("r9", 40)), *final("d")])
     assert only(report) == {"atomic_split": 1}
@@ -477,13 +477,13 @@ def test_an_atomic_put_stored_in_part() -> None:
 
 
 def test_an_atomic_put_stored_whole_or_not_at_all_passes() -> None:
-    h = History()
+    h = OpHistory()
     atomic_put(h, outcome="unknown")
     assert check_history(h, [*final("c"), *final("d")]).total == 0
 
 
 def test_if_latest_stored_over_another_newest_row() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("c", "r9"), acks=(40,))
     put(h, 1.2, 1.3, ("c", "r14"), acks=(45,))
     cond_put(h, 1.2, 1.4, "c", "r11", "r9", ack=50)  # r14 came between: must be refused
@@ -493,7 +493,7 @@ def test_if_latest_stored_over_another_newest_row() -> None:
 
 
 def test_if_absent_stored_over_a_row() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("e", "r1"), acks=(10,))
     op = h.invoke_put("n1", "p2", [PutItem("e", "r2", value("r2"), ABSENT)], at=1.2)
     h.unknown(op, "deadline", at=5.0)  # an unknown outcome is held to it all the same
@@ -502,7 +502,7 @@ def test_if_absent_stored_over_a_row() -> None:
 
 
 def test_a_conflict_that_named_a_replaced_row() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("c", "r9"), acks=(40,))
     cond_put(h, 1.2, 1.3, "c", "r11", "r9", ack=50)
     # Sent after r11 was acked, yet refused naming r9 as the newest row: a stale read.
@@ -510,7 +510,7 @@ def test_a_conflict_that_named_a_replaced_row() -> None:
     report = check_history(h, final("c", ("r9", 40), ("r11", 50)))
     assert only(report) == {"cas_stale_conflict": 1}
     # The same conflict while r11 was still in flight is fine.
-    h2 = History()
+    h2 = OpHistory()
     put(h2, 1.0, 1.1, ("c", "r9"), acks=(40,))
     cond_put(h2, 1.2, 1.6, "c", "r11", "r9", ack=50)
     cond_put(h2, 1.5, 1.7, "c", "r13", "r9", latest="r9")
@@ -524,8 +524,8 @@ def log_reads() -> list[FinalRead]:
     return [r for key, rows in by_key.items() for r in final(key, *rows)]
 
 
-def log_history() -> History:
-    h = History()
+def log_history() -> OpHistory:
+    h = OpHistory()
     for key, rid, t in LOG:
         put(h, 1.0, 1.1, (key, rid), acks=(t,))
     return h
@@ -571,7 +571,7 @@ def test_a_watch_event_for_a_row_not_stored() -> None:
 def test_a_no_append_value_written_again_by_a_retry() -> None:
     # The first attempt's answer is lost (it was stored at 80, and a get saw it there);
     # its retry writes the value again at 90: the value has two timestamps.
-    h = History()
+    h = OpHistory()
     first = na_put(h, 1.0, 2.0, "f", "v1", outcome="unknown")
     get_na(h, 2.1, 2.2, "f", ("v1", 80))
     na_put(h, 2.3, 2.4, "f", "v1", ack=90, retry_of=first.index)
@@ -581,13 +581,13 @@ def test_a_no_append_value_written_again_by_a_retry() -> None:
 
 
 def test_a_failed_no_append_value_is_never_read() -> None:
-    h = History()
+    h = OpHistory()
     na_put(h, 1.0, 1.1, "f", "v1", outcome="failed")
     assert only(check_history(h, na_final("f", ("v1", 80)))) == {"failed_but_stored": 1}
 
 
 def test_no_append_values_replacing_each_other_pass() -> None:
-    h = History()
+    h = OpHistory()
     na_put(h, 1.0, 1.1, "f", "v1", ack=80)
     get_na(h, 1.2, 1.3, "f", ("v1", 80))
     na_put(h, 1.4, 1.5, "f", "v2", ack=90)
@@ -595,7 +595,7 @@ def test_no_append_values_replacing_each_other_pass() -> None:
 
 
 def test_a_get_that_is_not_the_log_at_its_read_timestamp() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     put(h, 1.0, 1.6, ("a", "r5"), acks=(15,))  # in flight while the get ran
     put(h, 1.0, 1.2, ("a", "r2"), acks=(20,))
@@ -606,7 +606,7 @@ def test_a_get_that_is_not_the_log_at_its_read_timestamp() -> None:
 
 
 def test_a_strong_get_read_before_an_ack_it_came_after() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     put(h, 1.0, 1.2, ("b", "r2"), acks=(20,))  # another key: real time holds across keys
     get(h, 1.3, 1.4, "a", ("r1", 10), read_ts=15)
@@ -615,14 +615,14 @@ def test_a_strong_get_read_before_an_ack_it_came_after() -> None:
 
 
 def test_a_stale_get_may_miss_recent_acks_but_not_older_ones() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     put(h, 1.5, 1.6, ("a", "r2"), acks=(20,))
     # max staleness 0.5 s from 1.7: it must see what was acked before 1.2, not r2.
     get(h, 1.7, 1.8, "a", ("r1", 10), read_ts=12, stale=0.5)
     reads = final("a", ("r1", 10), ("r2", 20))
     assert check_history(h, reads).total == 0
-    h2 = History()
+    h2 = OpHistory()
     put(h2, 1.0, 1.1, ("a", "r1"), acks=(10,))
     get(h2, 1.7, 1.8, "a", read_ts=5, stale=0.5)
     assert only(check_history(h2, final("a", ("r1", 10)))) == {"read_timestamp": 1,
@@ -634,14 +634,14 @@ def test_an_idle_stores_read_timestamp_may_be_older_than_the_bound() -> None:
     # the read saw, so with nothing committed for a while a fresh read (stale or strong)
     # names an old timestamp. The promise is about what it sees: every row acked more
     # than the bound before it began (the test above), not about the clock.
-    h = History()
+    h = OpHistory()
     op = h.invoke_get("n1", "p1", "a", at=1.0, staleness_s=0.5)
     h.ok_get(op, [], at=1.1, read_ts=Timestamp(int(op.invoke_wall * 1e9) - 2 * 10**9))
     assert check_history(h, final("a")).total == 0
 
 
 def test_real_time_order_across_keys() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(20,))
     put(h, 1.2, 1.3, ("b", "r2"), acks=(10,))  # sent after r1's ack, yet older
     report = check_history(h, [*final("a", ("r1", 20)), *final("b", ("r2", 10))])
@@ -651,7 +651,7 @@ def test_real_time_order_across_keys() -> None:
 def test_watchers_see_a_no_append_value_written_twice() -> None:
     # The store re-sent a no_append row after a lost answer: the value was committed at
     # 80 and again at 90 (acked with 90). Reads see only the newest; a watcher sees both.
-    h = History()
+    h = OpHistory()
     na_put(h, 1.0, 2.0, "f", "v1", ack=90)
     conn = WatchConnection("n1", ts(0), 0.0)
     conn.no_append += [("f", value("v1"), ts(80)), ("f", value("v1"), ts(90))]
@@ -659,11 +659,11 @@ def test_watchers_see_a_no_append_value_written_twice() -> None:
     assert only(check_history(h, na_final("f", ("v1", 90)))) == {"no_append_rewritten": 1}
 
 
-# -- with --keep-versions (History.keep_versions) -------------------------------------------
+# -- with --keep-versions (OpHistory.keep_versions) -------------------------------------------
 
 
-def kept_history() -> History:
-    h = History(keep_versions=2)
+def kept_history() -> OpHistory:
+    h = OpHistory(keep_versions=2)
     for n, t in enumerate((10, 20, 30, 40)):
         put(h, 1.0 + n, 1.1 + n, ("a", f"r{n}"), acks=(t,))
     return h
@@ -693,7 +693,7 @@ def test_a_trimmed_row_never_comes_back() -> None:
 
 
 def test_if_absent_after_a_delete_passes() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("e", "r1"), acks=(10,))
     delete = h.invoke_put("n1", "p0", [PutItem("e", "d1", TOMBSTONE)], kind="delete", at=1.2)
     h.ok_put(delete, [ts(20)], at=1.3)
@@ -729,7 +729,7 @@ def test_a_watch_event_from_a_stopping_emulator_is_not_a_phantom() -> None:
     # stopping (after the restart began, before its process exited); the restart wiped
     # it, and a watcher had seen it. Only rows committed after the restart's end must be
     # in the final state.
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     restart = EmulatorRestart(2.0, 2.5)
     h.restarts.append(restart)
@@ -741,7 +741,7 @@ def test_a_watch_event_from_a_stopping_emulator_is_not_a_phantom() -> None:
     assert only(check_history(h, final("a"))) == {}
 
 
-def fresh_put(h: History, start: float, end: float, key: str, name: str, *,
+def fresh_put(h: OpHistory, start: float, end: float, key: str, name: str, *,
               outcome: str = "ok", ack: tuple[str, int] | None = None) -> Op:
     """A put through ``Client`` without an id: the ack names the id the Client made."""
     op = h.invoke_put("client", "c0", [PutItem(key, FRESH + name, value(name))], at=start)
@@ -756,7 +756,7 @@ def fresh_put(h: History, start: float, end: float, key: str, name: str, *,
 
 
 def test_puts_without_ids_are_checked_like_any_other() -> None:
-    h = History()
+    h = OpHistory()
     fresh_put(h, 1.0, 1.1, "a", "f1", ack=("c-1", 10))  # acked: the ack names c-1
     fresh_put(h, 1.2, 3.0, "a", "f2", outcome="unknown")  # stored as c-2, found by value
     fresh_put(h, 3.1, 3.2, "a", "f3", outcome="unknown")  # never stored
@@ -770,7 +770,7 @@ def test_puts_without_ids_are_checked_like_any_other() -> None:
 def test_a_put_without_an_id_stored_twice_or_lost() -> None:
     # A Client retry that wrote its item again (under a second id), an acked item
     # missing, a failed one stored.
-    h = History()
+    h = OpHistory()
     fresh_put(h, 1.0, 3.0, "a", "f1", outcome="unknown")
     fresh_put(h, 3.1, 3.2, "a", "f2", ack=("c-2", 30))
     fresh_put(h, 3.3, 3.4, "a", "f3", outcome="failed")
@@ -798,7 +798,7 @@ def test_a_key_watch_owes_its_key_only_and_shows_nothing_else() -> None:
 
 
 def test_a_node_that_takes_no_put_after_a_heal() -> None:
-    h = History()
+    h = OpHistory()
     event = FaultEvent("kill", "n1", "SIGKILL n1", 1.0, 0.0, end=5.0, probed=["n1", "n2"])
     h.faults.append(event)
     probe = h.invoke_put("n2", LIVE, [PutItem("a", "r1", value("r1"))], at=5.0)
@@ -851,7 +851,7 @@ def test_a_watch_that_passed_a_trimmed_row_must_have_said_compacted() -> None:
 
 
 def test_an_internal_answer_is_an_anomaly() -> None:
-    h = History()
+    h = OpHistory()
     put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
     op = h.invoke_get("n1", "p1", "a", at=2.0)
     h.unknown(op, "internal", at=2.1)  # what classify() makes of InternalError

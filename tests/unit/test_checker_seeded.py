@@ -1,6 +1,6 @@
-"""The seeded bugs of dstore_batch/tools/checker/seeded.py still apply: each anchor is in
+"""The seeded bugs of dstore_check/seeded.py still apply: each anchor is in
 today's source exactly once and the edited file compiles. (The runs themselves take a
-minute a bug with their own cluster: `python -m dstore_batch.tools.checker.seeded`.)"""
+minute a bug with their own cluster: `python -m dstore_check.seeded`.)"""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dstore_batch.tools.checker.check import CHECKS
-from dstore_batch.tools.checker.faults import FAULT_KINDS
-from dstore_batch.tools.checker.seeded import BUGS, Edit, SeededBug, patched_copy
+from dstore_check.check import CHECKS
+from dstore_check.faults import FAULT_KINDS
+from dstore_check.seeded import BUGS, Edit, SeededBug, patched_copy
 
 
 @pytest.mark.parametrize("bug", BUGS, ids=[b.name for b in BUGS])

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from dstore_batch.storage import Storage
-from dstore_batch.storage.model import ModelStorage
 from dstore_batch.testing.emulator import free_port
-from dstore_batch.tools.bench.model_db import ModelLatency, serve_model
 from dstore_batch.types import Row
+from dstore_bench.model_db import ModelLatency, serve_model
+from dstore_bench.model_storage import ModelStorage
 from tests.contract import StorageContract
 
 _names = itertools.count()

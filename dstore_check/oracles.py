@@ -14,13 +14,14 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from ...types import NO_APPEND_ID, Timestamp
+from dstore_batch.types import NO_APPEND_ID, Timestamp
+
 from .history import (
     ABSENT,
     LIVE,
     TOMBSTONE,
     FaultEvent,
-    History,
+    OpHistory,
     Seen,
     WatchConnection,
     WatchStream,
@@ -96,7 +97,7 @@ class FinalLog:
         return self.rows[lo:hi]
 
 
-def epoch_cut(history: History) -> tuple[Timestamp, float]:
+def epoch_cut(history: OpHistory) -> tuple[Timestamp, float]:
     """(timestamp, monotonic time): what the final state can hold was committed after
     the last emulator restart's end (the old process had exited; it was still committing
     while it stopped); zero and -inf without a restart."""
@@ -108,14 +109,14 @@ def epoch_cut(history: History) -> tuple[Timestamp, float]:
     return Timestamp(int((last.end + offset) * 1e9)), last.end
 
 
-def trimmable(history: History, log: FinalLog, key: str, ts: Timestamp) -> bool:
+def trimmable(history: OpHistory, log: FinalLog, key: str, ts: Timestamp) -> bool:
     """Whether retention (``--keep-versions``) may have removed ``key``'s row at
     ``ts`` from the final state: as many newer rows of the key are there."""
     keep = history.keep_versions
     return keep is not None and log.newer(key, ts) >= keep
 
 
-def _acked_at(history: History) -> dict[tuple[str, str], float]:
+def _acked_at(history: OpHistory) -> dict[tuple[str, str], float]:
     """When each row was first acked (monotonic)."""
     out: dict[tuple[str, str], float] = {}
     for op in history.ops:
@@ -126,7 +127,7 @@ def _acked_at(history: History) -> dict[tuple[str, str], float]:
     return out
 
 
-def check_atomic(history: History, logs: Sequence[FinalLog], add: Add,
+def check_atomic(history: OpHistory, logs: Sequence[FinalLog], add: Add,
                  checked: dict[str, int]) -> None:
     """One timestamp per atomic request, in its acks and in the final state; all of its
     rows stored, or none."""
@@ -160,7 +161,7 @@ def check_atomic(history: History, logs: Sequence[FinalLog], add: Add,
                     [op.index], dedupe=("atomic-final", op.items[0].key, op.items[0].id))
 
 
-def check_cas(history: History, logs: Sequence[FinalLog], add: Add,
+def check_cas(history: OpHistory, logs: Sequence[FinalLog], add: Add,
               checked: dict[str, int]) -> None:
     """Each stored conditional row's predecessor in its key's log met the condition;
     each conflict named a row that was the newest at some moment of the request."""
@@ -192,7 +193,7 @@ def check_cas(history: History, logs: Sequence[FinalLog], add: Add,
     _check_conflicts(history, logs, add, checked)
 
 
-def _check_conflicts(history: History, logs: Sequence[FinalLog], add: Add,
+def _check_conflicts(history: OpHistory, logs: Sequence[FinalLog], add: Add,
                      checked: dict[str, int]) -> None:
     _, after = epoch_cut(history)
     acked = _acked_at(history)
@@ -226,7 +227,7 @@ def _check_conflicts(history: History, logs: Sequence[FinalLog], add: Add,
                     [op.index], dedupe=("conflict", op.index))
 
 
-def check_lists(history: History, logs: Sequence[FinalLog], add: Add,
+def check_lists(history: OpHistory, logs: Sequence[FinalLog], add: Add,
                 checked: dict[str, int]) -> None:
     """Each list page against the final log: exactly the keys under its prefix in its
     range (after its ``after``, up to its ``next``) whose newest row at its read
@@ -277,7 +278,7 @@ def check_lists(history: History, logs: Sequence[FinalLog], add: Add,
                 dedupe=("list", op.index))
 
 
-def check_watches(history: History, logs: Sequence[FinalLog], add: Add,
+def check_watches(history: OpHistory, logs: Sequence[FinalLog], add: Add,
                   checked: dict[str, int]) -> None:
     """Each stream against the final log: every row of its prefix after its start up
     to its last position delivered, in order, each event a stored row."""
@@ -300,7 +301,7 @@ def check_watches(history: History, logs: Sequence[FinalLog], add: Add,
             _check_stream(history, watch, conn, log, cut, where, add, checked, trimmed)
 
 
-def _check_stream(history: History, watch: WatchStream, conn: WatchConnection, log: FinalLog,
+def _check_stream(history: OpHistory, watch: WatchStream, conn: WatchConnection, log: FinalLog,
                   cut: Timestamp, where: str, add: Add, checked: dict[str, int],
                   trimmed: Sequence[tuple[Timestamp, str, str]] = ()) -> None:
     delivered: set[tuple[str, str]] = set()
@@ -369,7 +370,7 @@ def _check_stream(history: History, watch: WatchStream, conn: WatchConnection, l
                 dedupe=("watch-gap", where, row.key, row.id))
 
 
-def live_after(history: History, event: FaultEvent) -> dict[str, float | None]:
+def live_after(history: OpHistory, event: FaultEvent) -> dict[str, float | None]:
     """For each node ``event`` was probed through: seconds from its heal to the first
     acked put (process ``LIVE``) sent after it (None: none)."""
     out: dict[str, float | None] = {}
@@ -383,7 +384,7 @@ def live_after(history: History, event: FaultEvent) -> dict[str, float | None]:
     return out
 
 
-def check_liveness(history: History, logs: Sequence[FinalLog], add: Add,
+def check_liveness(history: OpHistory, logs: Sequence[FinalLog], add: Add,
                    checked: dict[str, int]) -> None:
     """After each healed fault, every node it was probed through acked a put (process
     ``LIVE``, invoked after the heal) within ``LIVENESS_S`` of the heal."""
@@ -399,7 +400,7 @@ def check_liveness(history: History, logs: Sequence[FinalLog], add: Add,
                     dedupe=("liveness", id(event), node))
 
 
-def check_errors(history: History, logs: Sequence[FinalLog], add: Add,
+def check_errors(history: OpHistory, logs: Sequence[FinalLog], add: Add,
                  checked: dict[str, int]) -> None:
     """Every error an operation ended with is one of the typed ones, never `internal`."""
     for op in history.ops:

@@ -17,9 +17,10 @@ from typing import Any
 
 import msgpack
 
-from ...storage.spanner import SpannerStorage
-from ...testing.emulator import free_port
-from ...types import Row
+from dstore_batch.storage.spanner import SpannerStorage
+from dstore_batch.testing.emulator import free_port
+from dstore_batch.types import Row
+
 from .workload import Window, WorkloadSpec, cpu_seconds, run_producers
 
 __all__ = ["run_per_put"]

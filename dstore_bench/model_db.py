@@ -1,7 +1,7 @@
 """A MODEL database for benchmarks: not Spanner, not a measurement of any database.
 
-``python -m dstore_batch.tools.bench.model_db --port P`` serves the log and lock tables
-in memory to ``model://host:P[/name]`` clients (``dstore_batch.storage.model``), so that
+``python -m dstore_bench.model_db --port P`` serves the log and lock tables
+in memory to ``model://host:P[/name]`` clients (``dstore_bench.model_storage``), so that
 several ``serve`` processes can share it. Its semantics are the storage contract's
 (``tests/contract.py`` passes on it); its timing is modelled, not measured:
 
@@ -33,8 +33,8 @@ from typing import Any
 
 import msgpack
 
-from ...runtime import run, tune_gc
-from ...storage import (
+from dstore_batch.runtime import run, tune_gc
+from dstore_batch.storage import (
     collect_changes,
     horizon,
     list_page,
@@ -43,9 +43,9 @@ from ...storage import (
     resolve_commit,
     young_from,
 )
-from ...storage.base import CHANGES_MAX_BYTES, peer_row_prefix
-from ...storage.model import FAILED, NOT_LEADER, OK, WRITE_OPS
-from ...types import NO_APPEND_ID, Latest, Row, Timestamp
+from dstore_batch.storage.base import CHANGES_MAX_BYTES, peer_row_prefix
+from dstore_batch.types import NO_APPEND_ID, Latest, Row, Timestamp
+from dstore_bench.model_storage import FAILED, NOT_LEADER, OK, WRITE_OPS
 
 __all__ = ["MODEL_LABEL", "ModelDatabase", "ModelLatency", "serve_model"]
 
@@ -463,7 +463,7 @@ async def serve_model(host: str, port: int, latency: ModelLatency,
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m dstore_batch.tools.bench.model_db --port P``."""
+    """``python -m dstore_bench.model_db --port P``."""
     p = argparse.ArgumentParser(description=f"A {MODEL_LABEL}, for benchmarks only.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)

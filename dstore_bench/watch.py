@@ -39,14 +39,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from ...config import BatchConfig, Config
-from ...core.items import new_id
-from ...core.watch import Chunk
-from ...errors import DstoreError
-from ...runtime import run
-from ...server.node import Store
-from ...testing.emulator import free_port
-from ...types import Timestamp
+from dstore_batch.config import BatchConfig, Config
+from dstore_batch.core.items import new_id
+from dstore_batch.core.watch import Chunk
+from dstore_batch.errors import DstoreError
+from dstore_batch.runtime import run
+from dstore_batch.server.node import Store
+from dstore_batch.testing.emulator import free_port
+from dstore_batch.types import Timestamp
+
 from .report import percentiles
 from .workload import cpu_seconds
 

@@ -23,10 +23,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ...config import BatchConfig
-from ...testing.cluster import LocalCluster
-from ...testing.emulator import Emulator
-from ...testing.faultproxy import FaultProxy
+from dstore_batch.config import BatchConfig
+from dstore_batch.testing.cluster import LocalCluster
+from dstore_batch.testing.emulator import Emulator
+from dstore_batch.testing.faultproxy import FaultProxy
+
 from .direct import run_direct
 from .perput import run_per_put
 from .report import kv_lines, summarize, table, watch_lines
@@ -68,7 +69,8 @@ def _funnel_on(database: str, spec: WorkloadSpec, args: argparse.Namespace,
              f"--max-batch-rows={args.max_batch_rows}", f"--linger-ms={args.linger_ms}",
              f"--max-inflight={args.max_inflight}", "--log-level=warning"]
     cluster = LocalCluster(database, 3, lease_ms=args.lease_ms, extra_args=extra,
-                           log_dir=str(folder), command="bench-node",
+                           log_dir=str(folder), module="dstore_bench.funnel_node",
+                           command="",
                            emulator_host=emulator_host)
     for i, node in enumerate(cluster.nodes):
         node.args.append(f"--out={folder / f'result{i}.json'}")

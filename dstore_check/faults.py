@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from ...testing.cluster import LocalCluster, NodeProcess
-from ...testing.emulator import Emulator
-from ...testing.faultproxy import FaultProxy, Mode
-from .history import EmulatorRestart, FaultEvent, History
+from dstore_batch.testing.cluster import LocalCluster, NodeProcess
+from dstore_batch.testing.emulator import Emulator
+from dstore_batch.testing.faultproxy import FaultProxy, Mode
+
+from .history import EmulatorRestart, FaultEvent, OpHistory
 
 __all__ = ["FAULT_KINDS", "CommandFaults", "Faults", "Rig"]
 
@@ -77,7 +78,7 @@ class _Driver:
     subclass's handler for the kind), heals, and waits for the group to agree on a
     leader again."""
 
-    def __init__(self, history: History, say: Callable[[str], None]) -> None:
+    def __init__(self, history: OpHistory, say: Callable[[str], None]) -> None:
         self.history = history
         self.say = say
 
@@ -125,7 +126,7 @@ class CommandFaults(_Driver):
     run to its end each time (it may delete a pod, say); the group is then watched
     through the nodes' /v1/leader until they agree again."""
 
-    def __init__(self, urls: Sequence[str], history: History, command: str,
+    def __init__(self, urls: Sequence[str], history: OpHistory, command: str,
                  say: Callable[[str], None], http: aiohttp.ClientSession,
                  timeout_s: float = 300.0) -> None:
         super().__init__(history, say)
@@ -180,7 +181,7 @@ class CommandFaults(_Driver):
 class Faults(_Driver):
     """Injects faults on ``rig`` (a cluster the checker started)."""
 
-    def __init__(self, rig: Rig, history: History, rng: random.Random,
+    def __init__(self, rig: Rig, history: OpHistory, rng: random.Random,
                  say: Callable[[str], None]) -> None:
         super().__init__(history, say)
         self.rig = rig

@@ -32,13 +32,14 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from ...client import Client
-from ...core.shards import shard_of
-from ...errors import error_from_code
-from ...testing.cluster import LocalCluster, NodeProcess
-from ...testing.emulator import Emulator, free_port
-from ...testing.faultproxy import FaultProxy
-from ...types import NO_APPEND_ID, Timestamp
+from dstore_batch.client import Client
+from dstore_batch.core.shards import shard_of
+from dstore_batch.errors import error_from_code
+from dstore_batch.testing.cluster import LocalCluster, NodeProcess
+from dstore_batch.testing.emulator import Emulator, free_port
+from dstore_batch.testing.faultproxy import FaultProxy
+from dstore_batch.types import NO_APPEND_ID, Timestamp
+
 from .check import CHECKS, FinalRead, Report, check_history
 from .faults import FAULT_KINDS, CommandFaults, Faults, Rig
 from .history import (
@@ -47,8 +48,8 @@ from .history import (
     LIVE,
     TOMBSTONE,
     FaultEvent,
-    History,
     Op,
+    OpHistory,
     PutItem,
     Seen,
     WatchConnection,
@@ -156,7 +157,7 @@ class CheckConfig:
 @dataclass
 class CheckResult:
     config: CheckConfig
-    history: History
+    history: OpHistory
     report: Report | None
     injected: dict[str, int]
     problems: list[str] = field(default_factory=list)  # why the run itself fell short
@@ -202,7 +203,7 @@ class _Say:
 class Workload:
     """Producers that record every operation in ``history``."""
 
-    def __init__(self, config: CheckConfig, nodes: Sequence[Node], history: History,
+    def __init__(self, config: CheckConfig, nodes: Sequence[Node], history: OpHistory,
                  seed: int) -> None:
         self.config = config
         self.nodes = list(nodes)
@@ -642,7 +643,7 @@ class _Run:
         self.out = out
         self.say = _Say(out)
         self.seed = config.seed if config.seed is not None else random.randrange(1, 10**6)
-        self.history = History(keep_versions=config.keep_versions)
+        self.history = OpHistory(keep_versions=config.keep_versions)
         self.problems: list[str] = []
         self.log_dir = Path(config.data_dir or tempfile.mkdtemp(prefix="dstore-check-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -928,7 +929,7 @@ def recheck(path: str | Path) -> Report:
     final = [FinalRead(f["node"], f["key"], f["invoke"], f["complete"],
                        tuple(Seen(i, Timestamp.parse(t), v) for i, t, v in f["rows"]))
              for f in data.get("final", ())]
-    return check_history(History.from_dict(data), final)
+    return check_history(OpHistory.from_dict(data), final)
 
 
 def _metric(text: str, name: str) -> float:

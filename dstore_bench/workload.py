@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ...core.items import new_id
+from dstore_batch.core.items import new_id
 
 __all__ = ["Window", "WorkloadSpec", "cpu_seconds", "run_producers"]
 

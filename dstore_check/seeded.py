@@ -7,7 +7,7 @@ folder, applies the edit there, and runs ``dstore-batch check`` from that copy (
 bug is caught when the report names one of its expected anomaly classes. The project's
 own source is never touched.
 
-    python -m dstore_batch.tools.checker.seeded [--bugs fence,keep] [--seconds 60]
+    python -m dstore_check.seeded [--bugs fence,keep] [--seconds 60]
 
 prints one line per bug and exits 0 only if every bug was caught. The unit tests check
 that every anchor is still in the source exactly once (an edit that no longer applies
@@ -28,9 +28,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import dstore_batch
+
 __all__ = ["BUGS", "Edit", "SeededBug", "patched_copy", "run"]
 
-PACKAGE = Path(__file__).resolve().parents[2]  # the dstore_batch folder in use
+PACKAGE = Path(dstore_batch.__file__).resolve().parent  # the runtime package in use
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def run(bug: SeededBug, seconds: float, seed: int, keep_dir: Path | None = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dstore_batch.tools.checker.seeded",
+    parser = argparse.ArgumentParser(prog="python -m dstore_check.seeded",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--bugs", default="all",
                         help="comma list of " + ", ".join(b.name for b in BUGS))

@@ -8,8 +8,9 @@ import time
 import uuid
 from typing import Any
 
-from ...storage.spanner import SpannerStorage
-from ...types import Row
+from dstore_batch.storage.spanner import SpannerStorage
+from dstore_batch.types import Row
+
 from .workload import Window, WorkloadSpec, cpu_seconds
 
 __all__ = ["run_direct"]

@@ -21,14 +21,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...config import BatchConfig, Config
-from ...core.items import new_id
-from ...core.retention import RetentionPolicy
-from ...core.store import StoreCore
-from ...errors import ConflictError, DstoreError
-from ...runtime import run
-from ...storage import open_storage
-from ...types import Row, Timestamp
+from dstore_batch.config import BatchConfig, Config
+from dstore_batch.core.items import new_id
+from dstore_batch.core.retention import RetentionPolicy
+from dstore_batch.core.store import StoreCore
+from dstore_batch.errors import ConflictError, DstoreError
+from dstore_batch.runtime import run
+from dstore_batch.storage import open_storage
+from dstore_batch.types import Row, Timestamp
+
 from .report import percentiles
 from .workload import WorkloadSpec, run_producers
 

@@ -15,8 +15,8 @@ import time
 import urllib.error
 from typing import Any
 
-from ...testing.cluster import LocalCluster, NodeProcess
-from ...testing.emulator import Emulator
+from dstore_batch.testing.cluster import LocalCluster, NodeProcess
+from dstore_batch.testing.emulator import Emulator
 
 __all__ = ["measure_handovers"]
 
@@ -80,7 +80,7 @@ def measure_handovers(emulator: Emulator, *, rounds: int = 20, lease_ms: int = 5
 
 
 def main() -> None:
-    """``python -m dstore_batch.tools.bench.handover [ROUNDS] [BEFORE_PYTHONPATH]``."""
+    """``python -m dstore_bench.handover [ROUNDS] [BEFORE_PYTHONPATH]``."""
     import sys
 
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 20
@@ -91,7 +91,7 @@ def main() -> None:
             runs.append(measure_handovers(emulator, rounds=rounds, label="before",
                                           node_env={"PYTHONPATH": before}))
         runs.append(measure_handovers(emulator, rounds=rounds, label="after"))
-    print(f"command: python -m dstore_batch.tools.bench.handover {' '.join(sys.argv[1:])}")
+    print(f"command: python -m dstore_bench.handover {' '.join(sys.argv[1:])}")
     for r in runs:
         print(f"{r['label']:>6}: {r['rounds']} graceful handovers, lease {r['lease_ms']} ms: "
               f"p50 {r['p50_s'] * 1000:.0f} ms, p99 {r['p99_s'] * 1000:.0f} ms "

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from ..testing.cluster import LocalCluster, NodeProcess
+from .testing.cluster import LocalCluster, NodeProcess
 
 __all__ = ["run_demo"]
 
@@ -230,7 +230,7 @@ def run_demo(*, backend: str = "sqlite", data_dir: str | None = None, keep: bool
     cluster = None
     try:
         if backend == "spanner":
-            from ..testing.emulator import Emulator
+            from .testing.emulator import Emulator
 
             emulator = Emulator(binary=emulator_bin).start()
             database = emulator.create_database("demo", project="demo-project",

@@ -11,8 +11,9 @@ from typing import Any
 
 from google.cloud.spanner_v1 import param_types
 
-from ...storage.spanner import SpannerStorage
-from ...types import Row
+from dstore_batch.storage.spanner import SpannerStorage
+from dstore_batch.types import Row
+
 from .report import percentiles
 
 __all__ = ["run_reads"]

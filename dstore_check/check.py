@@ -21,8 +21,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ...types import NO_APPEND_ID, Timestamp
-from .history import FRESH, TOMBSTONE, History, Op, Seen
+from dstore_batch.types import NO_APPEND_ID, Timestamp
+
+from .history import FRESH, TOMBSTONE, Op, OpHistory, Seen
 from .oracles import (
     ORACLE_CHECKS,
     check_atomic,
@@ -83,7 +84,7 @@ class Anomaly:
     message: str
     ops: tuple[int, ...] = ()  # indexes of the operations involved
 
-    def to_dict(self, history: History | None = None) -> dict[str, Any]:
+    def to_dict(self, history: OpHistory | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"check": self.check, "key": self.key, "row_id": self.row_id,
                                "message": self.message, "ops": list(self.ops)}
         if history is not None:
@@ -106,7 +107,7 @@ class Report:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def to_dict(self, history: History | None = None, limit: int = 50) -> dict[str, Any]:
+    def to_dict(self, history: OpHistory | None = None, limit: int = 50) -> dict[str, Any]:
         return {"anomalies": dict(self.counts), "total": self.total, "rows": dict(self.rows),
                 "checked": dict(self.checked),
                 "scope": list(self.scope), "gets_checked": self.gets_checked,
@@ -156,7 +157,7 @@ class _Epochs:
     """Epoch e runs from the end of restart e-1 (the old emulator had exited) to the
     beginning of restart e."""
 
-    def __init__(self, history: History) -> None:
+    def __init__(self, history: OpHistory) -> None:
         restarts = sorted(history.restarts, key=lambda r: r.begin)
         self.starts = [float("-inf"), *(r.end for r in restarts)]
         self.ends = [*(r.begin for r in restarts), float("inf")]
@@ -169,7 +170,7 @@ class _Epochs:
 
 
 class _Checker:
-    def __init__(self, history: History, final: Sequence[FinalRead]) -> None:
+    def __init__(self, history: OpHistory, final: Sequence[FinalRead]) -> None:
         self.history = history
         self.final = list(final)
         self.epochs = _Epochs(history)
@@ -777,7 +778,7 @@ def _ts_token(key: str, row_id: str, a: Timestamp, b: Timestamp) -> tuple[object
     return ("wrong_timestamp", key, row_id, min(a, b), max(a, b))
 
 
-def resolve_fresh(history: History, final: Sequence[FinalRead]) -> None:
+def resolve_fresh(history: OpHistory, final: Sequence[FinalRead]) -> None:
     """Name the items put without an id whose put was not acked (``FRESH`` names) by the
     id their value was read under, if any read saw it: values are unique, so a row with
     that value is that item, and the checks then treat it as any other row (a second
@@ -800,7 +801,7 @@ def resolve_fresh(history: History, final: Sequence[FinalRead]) -> None:
                              if i.id.startswith(FRESH) else i for i in op.items)
 
 
-def check_history(history: History, final: Sequence[FinalRead]) -> Report:
+def check_history(history: OpHistory, final: Sequence[FinalRead]) -> Report:
     """Run every check of ``CHECKS`` on ``history`` and the final reads."""
     resolve_fresh(history, final)
     return _Checker(history, final).run()

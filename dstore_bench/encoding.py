@@ -1,6 +1,6 @@
 """Time the commit's mutation encoding: the client's proto-plus path against ours.
 
-    python -m dstore_batch.tools.bench.encoding [rows]
+    python -m dstore_bench.encoding [rows]
 
 No database needed. Prints milliseconds per batch (median of 15) for each way.
 """
@@ -15,9 +15,9 @@ from google.cloud import spanner
 from google.cloud.spanner_v1 import Mutation
 from google.cloud.spanner_v1.batch import _make_write_pb
 
-from ...core.items import new_id
-from ...storage.spanner import LOG_COLUMNS, _write_rows
-from ...types import Row
+from dstore_batch.core.items import new_id
+from dstore_batch.storage.spanner import LOG_COLUMNS, _write_rows
+from dstore_batch.types import Row
 
 
 class _Collected:

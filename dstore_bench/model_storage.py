@@ -1,6 +1,6 @@
 """A client of the MODEL database (``model://host:port[/name]``), for benchmarks only.
 
-The model (``dstore_batch.tools.bench.model_db``) is not Spanner and not a measurement of
+The model (``dstore_bench.model_db``) is not Spanner and not a measurement of
 any database: it keeps the log and lock tables in memory and makes every commit take a
 modelled latency (by default 5 ms plus 1 us per row), with commits running
 concurrently. It exists so that ``bench --modes shards`` can show what several leaders
@@ -25,9 +25,11 @@ from urllib.parse import urlsplit
 
 import msgpack
 
-from ..config import check_table_name
-from ..errors import CommitError, NotLeaderError, ReadError
-from ..types import (
+from dstore_batch.config import Config, check_table_name
+from dstore_batch.errors import CommitError, NotLeaderError, ReadError
+from dstore_batch.storage import retention_seconds
+from dstore_batch.storage.base import CHANGES_MAX_BYTES, Fence, HistoryLimit, LockState, PeerReport
+from dstore_batch.types import (
     Change,
     Changes,
     CommitResult,
@@ -40,7 +42,6 @@ from ..types import (
     Timestamp,
     TrimResult,
 )
-from .base import CHANGES_MAX_BYTES, Fence, HistoryLimit, LockState, PeerReport
 
 __all__ = ["FAILED", "NOT_LEADER", "OK", "READ_OPS", "WRITE_OPS", "ModelStorage", "model_url"]
 
@@ -289,3 +290,12 @@ class ModelStorage:
 
 def _fence(fence: Fence | None) -> list[Any] | None:
     return None if fence is None else [fence.lock_name, int(fence.token)]
+
+
+def open_model_storage(config: Config) -> ModelStorage:
+    """The ``model://`` backend, as ``--database model://host:port[/name]`` opens it
+    (registered under the ``dstore_batch.storage`` entry point group)."""
+    return ModelStorage(config.database, log_table=config.log_table,
+                        lock_table=config.lock_table, call_timeout_s=config.db_timeout_s,
+                        retention_s=retention_seconds(config),
+                        dedup_window_s=config.dedup_window_s)

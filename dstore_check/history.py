@@ -23,14 +23,14 @@ from typing import Any, Literal
 
 import aiohttp
 
-from ...errors import (
+from dstore_batch.errors import (
     ConflictError,
     DstoreError,
     OutcomeUnknownError,
     RejectedError,
     UnavailableError,
 )
-from ...types import NO_APPEND_ID, Timestamp
+from dstore_batch.types import NO_APPEND_ID, Timestamp
 
 __all__ = [
     "ABSENT",
@@ -39,8 +39,8 @@ __all__ = [
     "TOMBSTONE",
     "EmulatorRestart",
     "FaultEvent",
-    "History",
     "Op",
+    "OpHistory",
     "OpKind",
     "Outcome",
     "PutItem",
@@ -308,8 +308,9 @@ class EmulatorRestart:
 
 
 @dataclass
-class History:
-    """Operations in invoke order, fault events, emulator restarts, watchers."""
+class OpHistory:
+    """What a check run did: operations in invoke order, fault events, emulator restarts,
+    watchers (not `dstore_batch.types.History`, a key's rows as a get returns them)."""
 
     ops: list[Op] = field(default_factory=list)
     faults: list[FaultEvent] = field(default_factory=list)
@@ -421,7 +422,7 @@ class History:
                 "keep_versions": self.keep_versions}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> History:
+    def from_dict(cls, d: dict[str, Any]) -> OpHistory:
         return cls(ops=[Op.from_dict(o) for o in d["ops"]],
                    faults=[FaultEvent.from_dict(f) for f in d.get("faults", ())],
                    restarts=[EmulatorRestart(b, e) for b, e in d.get("restarts", ())],
@@ -432,5 +433,5 @@ class History:
         Path(path).write_text(json.dumps(self.to_dict()))
 
     @classmethod
-    def load(cls, path: str | Path) -> History:
+    def load(cls, path: str | Path) -> OpHistory:
         return cls.from_dict(json.loads(Path(path).read_text()))

@@ -39,12 +39,13 @@ import aiohttp
 import msgpack
 from prometheus_client.parser import text_string_to_metric_families
 
-from ...client import Client
-from ...errors import DstoreError
-from ...storage.model import ModelStorage
-from ...testing.cluster import LocalCluster, NodeProcess
-from ...testing.emulator import Emulator, free_port
-from ...types import Timestamp
+from dstore_batch.client import Client
+from dstore_batch.errors import DstoreError
+from dstore_batch.testing.cluster import LocalCluster, NodeProcess
+from dstore_batch.testing.emulator import Emulator, free_port
+from dstore_batch.types import Timestamp
+from dstore_bench.model_storage import ModelStorage
+
 from .client_mode import node_cpu_seconds
 from .funnel_node import COUNTERS
 from .model_db import MODEL_LABEL, ModelLatency
@@ -92,7 +93,7 @@ def model_server(latency: ModelLatency, log_dir: Path) -> Iterator[tuple[str, in
     port = free_port()
     log = open(log_dir / f"model-{port}.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dstore_batch.tools.bench.model_db", "--port", str(port),
+        [sys.executable, "-m", "dstore_bench.model_db", "--port", str(port),
          "--commit-base-ms", str(latency.base_ms), "--commit-row-us", str(latency.per_row_us),
          "--lock-ms", str(latency.lock_ms), "--read-ms", str(latency.read_ms)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -4,7 +4,7 @@ Three `serve` processes on the database; closed-loop `put_many` over HTTP (msgpa
 from this process, ``per_node`` requests in flight to each node; windows with no
 watcher and with ``watchers`` SSE watches of the window's keys, in the order none, W,
 W, none (the machine drifts), and the ratio of the medians. The watchers live in a
-process of their own (``python -m dstore_batch.tools.bench.watch_procs consume``): each
+process of their own (``python -m dstore_bench.watch_procs consume``): each
 watch is a raw HTTP/1.0 stream (no chunked encoding) read in large blocks, whose
 ``event: put`` lines are counted, not parsed, so the consumer costs what reading the
 bytes costs. Delivery is checked: after each window every watcher must have counted at
@@ -32,7 +32,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgpack
 
-from ...testing.cluster import LocalCluster
+from dstore_batch.testing.cluster import LocalCluster
+
 from .client_mode import node_cpu_seconds
 
 __all__ = ["ProcsSpec", "run_watch_procs"]
@@ -107,7 +108,7 @@ async def _consume(urls: list[str], count: int, prefix: str, ready: Path, out: P
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m dstore_batch.tools.bench.watch_procs")
+    p = argparse.ArgumentParser(prog="python -m dstore_bench.watch_procs")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("consume", help="hold WATCHERS watches of PREFIX until SIGTERM")
     c.add_argument("--urls", required=True)
@@ -140,7 +141,7 @@ async def _window(cluster: LocalCluster, spec: ProcsSpec, prefix: str, watchers:
     ready, out = folder / f"{name}.ready", folder / f"{name}.json"
     if watchers:
         consumer = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "dstore_batch.tools.bench.watch_procs", "consume",
+            sys.executable, "-m", "dstore_bench.watch_procs", "consume",
             "--urls", ",".join(urls), "--watchers", str(watchers), "--prefix", prefix,
             "--ready", str(ready), "--out", str(out))
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -19,8 +19,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ...client import Client
-from ...testing.cluster import LocalCluster, NodeProcess
+from dstore_batch.client import Client
+from dstore_batch.testing.cluster import LocalCluster, NodeProcess
+
 from .funnel_node import COUNTERS
 from .workload import WorkloadSpec, cpu_seconds, run_producers
 

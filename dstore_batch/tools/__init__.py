@@ -1,1 +1,0 @@
-"""Operator tools built on the store: the demo and the benchmarks."""
