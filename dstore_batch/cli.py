@@ -13,18 +13,17 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import MISSING
 from typing import Any
 
-from .config import DEDUP_WINDOW_S, BatchConfig, Config, LimitsConfig
+from .config import Config, config_from_settings, settings
 from .observability.logs import setup_logging
 from .runtime import run, tune_gc
-from .storage.ddl import DEFAULT_LOCK_TABLE, DEFAULT_LOG_TABLE, render_ddl
+from .storage.ddl import render_ddl
 
 __all__ = ["main"]
 
 log = logging.getLogger("dstore_batch")
-_BATCH = BatchConfig()
-_LIMITS = LimitsConfig()
 
 
 def _env_default(flag: str, default: Any) -> Any:
@@ -38,18 +37,32 @@ def _flag(p: argparse.ArgumentParser, flag: str, default: Any = None, **kw: Any)
                    help=f"{help_text} [env {env}; default {default}]", **kw)
 
 
+# `serve`'s flags are made from Config's fields (their ``Setting`` metadata): one place
+# states a setting's flag, variable, unit, default and help.
+_SETTINGS = {s.flag: (path, s, default) for path, s, default in settings()}
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _setting_flag(p: argparse.ArgumentParser, flag: str) -> None:
+    _, s, default = _SETTINGS[flag]
+    shown = None if default is MISSING else s.to_flag(default)
+    if s.also_env:
+        # The Spanner client's own variable is honoured too: it is what gcloud's docs set.
+        shown = os.environ.get(s.also_env, shown)
+    _flag(p, flag, shown, type=s.type, help=s.help)
+
+
 def _table_flags(p: argparse.ArgumentParser) -> None:
-    _flag(p, "--lock-table", DEFAULT_LOCK_TABLE, help="spindle lock table")
-    _flag(p, "--log-table", DEFAULT_LOG_TABLE, help="log table")
+    _setting_flag(p, "--lock-table")
+    _setting_flag(p, "--log-table")
 
 
 def _database_flags(p: argparse.ArgumentParser) -> None:
-    _flag(p, "--database", help="projects/P/instances/I/databases/D, or sqlite:///FILE")
-    _table_flags(p)
-    # The Spanner client's own variable is honoured too: it is what gcloud's docs set.
-    _flag(p, "--emulator-host", os.environ.get("SPANNER_EMULATOR_HOST"),
-          help="host:port of a Spanner emulator to use instead of Cloud Spanner "
-               "[also SPANNER_EMULATOR_HOST]")
+    for flag in ("--database", "--lock-table", "--log-table", "--emulator-host"):
+        _setting_flag(p, flag)
 
 
 # The commands of the runtime package; any other comes from an installed tool (the
@@ -171,9 +184,7 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _retention_days_flag(p: argparse.ArgumentParser) -> None:
-    _flag(p, "--retention-days", None, type=int,
-          help="rows older than this many days are deleted (Spanner: a row deletion policy "
-               "on the timestamp column; it removes a key's only row too)")
+    _setting_flag(p, "--retention-days")
 
 
 def _client_command(args: argparse.Namespace) -> int:
@@ -286,104 +297,28 @@ def _list_all(client: Any, args: argparse.Namespace, staleness_s: float | None) 
 
 
 def add_serve_flags(p: argparse.ArgumentParser) -> None:
-    _flag(p, "--id", help="host:port that peers dial to reach this node")
-    _flag(p, "--listen", help="host:port to bind (default: --id)")
-    _database_flags(p)
-    _flag(p, "--lock-name", "dstore", help="lock row name")
-    _flag(p, "--lease-ms", 5000, type=int, help="election lease (min 1000)")
-    _flag(p, "--put-timeout-ms", 30000, type=int, help="default per-put deadline")
-    _flag(p, "--db-timeout-ms", 10000, type=int,
-          help="bound of every database call; past it the call fails with a typed error")
-    _flag(p, "--max-batch-rows", _BATCH.max_rows, type=int, help="rows per commit cap")
-    _flag(p, "--max-batch-bytes", _BATCH.max_bytes, type=int, help="bytes per commit cap")
-    _flag(p, "--linger-ms", 0.0, type=float, help="extra wait for fuller batches")
-    _flag(p, "--max-inflight", _BATCH.max_inflight, type=int, help="commits in flight")
-    _flag(p, "--queue-max-bytes", _BATCH.queue_max_bytes, type=int,
-          help="leader queue bound; beyond it puts get busy")
-    _flag(p, "--follower-inflight-bytes", _BATCH.follower_inflight_bytes, type=int,
-          help="bytes a follower may have unacked; producers wait beyond it")
-    _flag(p, "--max-key-bytes", _LIMITS.max_key_bytes, type=int, help="key size cap")
-    _flag(p, "--max-value-bytes", _LIMITS.max_value_bytes, type=int, help="value size cap")
-    _flag(p, "--max-items-per-request", _LIMITS.max_items_per_request, type=int,
-          help="items in one put_many")
-    _flag(p, "--max-request-bytes", _LIMITS.max_request_bytes, type=int,
-          help="HTTP body and peer frame cap")
-    _flag(p, "--peer-secret", help="shared secret peers must present (prefer the env var)")
-    _flag(p, "--api-token", help="bearer token the HTTP API requires (prefer the env var)")
-    _flag(p, "--tls-cert", help="PEM certificate chain: serve HTTPS and WSS")
-    _flag(p, "--tls-key", help="PEM private key of --tls-cert")
-    _flag(p, "--tls-ca", help="CA bundle that peers use to verify each other")
+    """`serve`'s flags (each also a ``DSTORE_*`` variable): one a ``Config`` setting,
+    and the process's own (``--init-db``, ``--log-level``, ``--log-format``)."""
+    for flag in _SETTINGS:
+        _setting_flag(p, flag)
     _flag(p, "--init-db", "false", help="create missing tables first (true/false)")
-    _flag(p, "--shards", 1, type=int,
-          help="funnels in the group, each with its own lock, leader and committer; keys "
-               "go to shard crc32(key) mod N; every node of a group must use the same N")
-    _flag(p, "--max-commit-delay-ms", 0, type=int,
-          help="0-500: let Spanner hold each commit up to this long to batch it with "
-               "others (throughput-optimized writes; Spanner only)")
-    _flag(p, "--keep-versions", None, type=int,
-          help="each key keeps its newest N rows; the leader deletes older ones in the "
-               "background (at most a twentieth of the database's time)")
-    _retention_days_flag(p)
-    _flag(p, "--dedup-window-s", DEDUP_WINDOW_S, type=float,
-          help="with retention on: a retry (a row sent again with its id) older than this "
-               "is refused (retry_too_old), and --keep-versions keeps every row younger "
-               "than this")
-    _flag(p, "--watch-memory-mib", 256, type=int,
-          help="what this node's watchers may hold in all: each watcher's queue gets an "
-               "equal share (128 KiB to 8 MiB); a watch past 8 a MiB is refused (busy)")
-    _flag(p, "--cors-origins", "",
-          help="comma list of origins (scheme://host[:port], or *) whose pages may call "
-               "/v1/* from a browser; tokens are still required (default: off)")
-    _flag(p, "--metrics-port", None, type=int, help="also serve /metrics on this port")
     _flag(p, "--log-level", "info", help="debug, info, warning")
     _flag(p, "--log-format", "text", choices=("text", "json"), help="text or json lines")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """The ``Config`` that `serve`'s flags (``add_serve_flags``) describe."""
     if not args.id or not args.database:
         raise SystemExit(
             "serve needs --id HOST:PORT and --database (or DSTORE_ID, DSTORE_DATABASE)"
         )
-    return Config(
-        node_id=args.id,
-        listen=args.listen,
-        database=args.database,
-        lock_table=args.lock_table,
-        lock_name=args.lock_name,
-        log_table=args.log_table,
-        emulator_host=args.emulator_host or None,
-        lease_s=int(args.lease_ms) / 1000,
-        put_timeout_s=int(args.put_timeout_ms) / 1000,
-        db_timeout_s=int(args.db_timeout_ms) / 1000,
-        batch=BatchConfig(
-            max_rows=int(args.max_batch_rows),
-            max_bytes=int(args.max_batch_bytes),
-            linger_s=float(args.linger_ms) / 1000,
-            max_inflight=int(args.max_inflight),
-            queue_max_bytes=int(args.queue_max_bytes),
-            follower_inflight_bytes=int(args.follower_inflight_bytes),
-        ),
-        limits=LimitsConfig(
-            max_key_bytes=int(args.max_key_bytes),
-            max_value_bytes=int(args.max_value_bytes),
-            max_items_per_request=int(args.max_items_per_request),
-            max_request_bytes=int(args.max_request_bytes),
-        ),
-        peer_secret=args.peer_secret or None,
-        api_token=args.api_token or None,
-        tls_cert=args.tls_cert or None,
-        tls_key=args.tls_key or None,
-        tls_ca=args.tls_ca or None,
-        metrics_port=int(args.metrics_port) if args.metrics_port else None,
-        max_commit_delay_s=int(args.max_commit_delay_ms) / 1000,
-        shards=int(args.shards),
-        keep_versions=int(args.keep_versions) if args.keep_versions else None,
-        retention_days=int(args.retention_days) if args.retention_days else None,
-        dedup_window_s=float(args.dedup_window_s),
-        watch_memory_bytes=int(args.watch_memory_mib) * 1024 * 1024,
-        cors_origins=tuple(o.strip() for o in str(args.cors_origins or "").split(",")
-                           if o.strip()),
-    )
+    values: dict[tuple[str, ...], object] = {}
+    for path, s, default in _SETTINGS.values():
+        value = s.to_field(getattr(args, _dest(s.flag)))
+        if value is None or (default is None and value == 0):
+            continue  # not given (or 0 for an optional one: off): the field's default
+        values[path] = value
+    return config_from_settings(values)
 
 
 async def _serve(config: Config) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 __all__ = [
     "DEDUP_WINDOW_S",
@@ -15,7 +15,9 @@ __all__ = [
     "BatchConfig",
     "Config",
     "LimitsConfig",
+    "Setting",
     "check_table_name",
+    "settings",
 ]
 
 DEFAULT_LEASE_S = 5.0
@@ -43,16 +45,67 @@ def check_table_name(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """How a config field is set from outside: its ``serve`` flag (and so its
+    ``DSTORE_*`` variable), the flag's type and unit, and its help. The CLI makes its
+    flags from these (``settings()``); the field's default is the flag's default."""
+
+    flag: str
+    help: str
+    type: type = int  # int, float or str; str fields with ``split`` are comma lists
+    scale: tuple[int, int] = (1, 1)  # field = flag value * num / den (ms -> s: (1, 1000))
+    split: bool = False  # a comma list into a tuple of str
+    also_env: str | None = None  # one more variable to read when neither flag nor DSTORE_*
+
+    def to_field(self, raw: object) -> object:
+        """The field's value from the flag's (a string from the environment, or None)."""
+        if raw is None or raw == "":
+            return () if self.split else None
+        if self.split:
+            return tuple(p.strip() for p in str(raw).split(",") if p.strip())
+        value = self.type(raw)
+        num, den = self.scale
+        return value * num if den == 1 else value * num / den
+
+    def to_flag(self, default: object) -> object:
+        """The flag's default from the field's (None: no default)."""
+        if default is None or (self.split and not default):
+            return None
+        if isinstance(default, tuple):
+            return ",".join(default)
+        if isinstance(default, str):
+            return default
+        num, den = self.scale
+        assert isinstance(default, int | float)
+        value = default * den / num
+        return round(value) if self.type is int else self.type(value)
+
+
+def setting(flag: str, help: str, **kw: object) -> dict[str, Setting]:
+    """A field's metadata: its ``Setting`` (``field(metadata=setting(...))``)."""
+    return {"setting": Setting(flag, help, **kw)}  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BatchConfig:
     """How the leader groups puts into commits."""
 
-    max_rows: int = 2_000
-    max_bytes: int = 16 * 1024 * 1024
-    linger_s: float = 0.0  # extra wait for a fuller batch; 0 = pure group commit
-    max_inflight: int = 1  # commits in flight at once (the emulator serializes them)
-    queue_max_bytes: int = 256 * 1024 * 1024  # leader queue bound; beyond it: busy
-    follower_inflight_bytes: int = 64 * 1024 * 1024  # a follower's unacked bytes; then wait
+    max_rows: int = field(default=2_000, metadata=setting(
+        "--max-batch-rows", "rows per commit cap"))
+    max_bytes: int = field(default=16 * 1024 * 1024, metadata=setting(
+        "--max-batch-bytes", "bytes per commit cap"))
+    # 0 = pure group commit
+    linger_s: float = field(default=0.0, metadata=setting(
+        "--linger-ms", "extra wait for fuller batches", type=float, scale=(1, 1000)))
+    # The emulator serializes commits: more than one helps only on Spanner.
+    max_inflight: int = field(default=1, metadata=setting(
+        "--max-inflight", "commits in flight"))
+    queue_max_bytes: int = field(default=256 * 1024 * 1024, metadata=setting(
+        "--queue-max-bytes", "leader queue bound; beyond it puts get busy"))
+    follower_inflight_bytes: int = field(default=64 * 1024 * 1024, metadata=setting(
+        "--follower-inflight-bytes", "bytes a follower may have unacked; producers wait "
+        "beyond it"))
 
     def __post_init__(self) -> None:
         max_rows_by_mutations = (
@@ -80,10 +133,15 @@ class BatchConfig:
 class LimitsConfig:
     """Input limits, checked where a put enters the system."""
 
-    max_key_bytes: int = 4096  # Spanner caps a whole key at 8 KiB; id shares it
-    max_value_bytes: int = 1024 * 1024
-    max_items_per_request: int = 100_000
-    max_request_bytes: int = 64 * 1024 * 1024  # HTTP bodies and peer frames
+    # Spanner caps a whole key at 8 KiB; the id shares it.
+    max_key_bytes: int = field(default=4096, metadata=setting(
+        "--max-key-bytes", "key size cap"))
+    max_value_bytes: int = field(default=1024 * 1024, metadata=setting(
+        "--max-value-bytes", "value size cap"))
+    max_items_per_request: int = field(default=100_000, metadata=setting(
+        "--max-items-per-request", "items in one put_many"))
+    max_request_bytes: int = field(default=64 * 1024 * 1024, metadata=setting(
+        "--max-request-bytes", "HTTP body and peer frame cap"))
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_key_bytes <= 8000:
@@ -108,40 +166,76 @@ _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:]+(:[0-9]{1,5})?")
 class Config:
     """Everything one node needs. ``node_id`` is the ``host:port`` peers dial."""
 
-    node_id: str
-    database: str
-    listen: str | None = None  # host:port to bind; defaults to node_id
-    lock_table: str = DEFAULT_LOCK_TABLE
-    lock_name: str = "dstore"
-    log_table: str = DEFAULT_LOG_TABLE
-    # host:port of a Spanner emulator: the Spanner client then connects there, without
-    # TLS or credentials. Passed explicitly; nothing reads SPANNER_EMULATOR_HOST but cli.
-    emulator_host: str | None = None
-    lease_s: float = DEFAULT_LEASE_S
-    put_timeout_s: float = 30.0  # default per-call deadline
-    db_timeout_s: float = 10.0  # bound of every database call (reads, lock writes, commits)
-    metrics_port: int | None = None  # a second port serving only /metrics
-    # Secrets: never in repr, logs or metrics.
-    peer_secret: str | None = field(default=None, repr=False)  # peers prove membership
-    api_token: str | None = field(default=None, repr=False)  # bearer token for /v1/*
-    tls_cert: str | None = None  # PEM certificate chain: serve HTTPS/WSS
-    tls_key: str | None = None
-    tls_ca: str | None = None  # CA that signed the nodes' certificates (peers verify)
+    # Each field's ``Setting`` (``metadata``) is its `serve` flag and DSTORE_* variable.
+    node_id: str = field(metadata=setting(
+        "--id", "host:port that peers dial to reach this node", type=str))
+    listen: str | None = field(default=None, metadata=setting(
+        "--listen", "host:port to bind (default: --id)", type=str))
+    database: str = field(metadata=setting(
+        "--database", "projects/P/instances/I/databases/D, or sqlite:///FILE", type=str))
+    lock_table: str = field(default=DEFAULT_LOCK_TABLE, metadata=setting(
+        "--lock-table", "spindle lock table", type=str))
+    log_table: str = field(default=DEFAULT_LOG_TABLE, metadata=setting(
+        "--log-table", "log table", type=str))
+    # The Spanner client then connects there, without TLS or credentials. Passed
+    # explicitly; nothing reads SPANNER_EMULATOR_HOST but cli.
+    emulator_host: str | None = field(default=None, metadata=setting(
+        "--emulator-host", "host:port of a Spanner emulator to use instead of Cloud "
+        "Spanner [also SPANNER_EMULATOR_HOST]", type=str, also_env="SPANNER_EMULATOR_HOST"))
+    lock_name: str = field(default="dstore", metadata=setting(
+        "--lock-name", "lock row name", type=str))
+    lease_s: float = field(default=DEFAULT_LEASE_S, metadata=setting(
+        "--lease-ms", "election lease (min 1000)", scale=(1, 1000)))
+    put_timeout_s: float = field(default=30.0, metadata=setting(
+        "--put-timeout-ms", "default per-put deadline", scale=(1, 1000)))
+    db_timeout_s: float = field(default=10.0, metadata=setting(
+        "--db-timeout-ms", "bound of every database call; past it the call fails with a "
+        "typed error", scale=(1, 1000)))
     batch: BatchConfig = field(default_factory=BatchConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
-    keep_versions: int | None = None  # each key keeps its newest N rows (leader trims)
-    retention_days: int | None = None  # rows older than this go (Spanner: its TTL policy)
-    retention_interval_s: float = 30.0  # pause between retention passes that found nothing
+    # Secrets: never in repr, logs or metrics.
+    peer_secret: str | None = field(default=None, repr=False, metadata=setting(
+        "--peer-secret", "shared secret peers must present (prefer the env var)", type=str))
+    api_token: str | None = field(default=None, repr=False, metadata=setting(
+        "--api-token", "bearer token the HTTP API requires (prefer the env var)", type=str))
+    tls_cert: str | None = field(default=None, metadata=setting(
+        "--tls-cert", "PEM certificate chain: serve HTTPS and WSS", type=str))
+    tls_key: str | None = field(default=None, metadata=setting(
+        "--tls-key", "PEM private key of --tls-cert", type=str))
+    tls_ca: str | None = field(default=None, metadata=setting(
+        "--tls-ca", "CA bundle that peers use to verify each other", type=str))
+    shards: int = field(default=1, metadata=setting(
+        "--shards", "funnels in the group, each with its own lock, leader and committer; "
+        "keys go to shard crc32(key) mod N; every node of a group must use the same N"))
+    max_commit_delay_s: float = field(default=0.0, metadata=setting(
+        "--max-commit-delay-ms", "0-500: let Spanner hold each commit up to this long to "
+        "batch it with others (throughput-optimized writes; Spanner only)", scale=(1, 1000)))
+    keep_versions: int | None = field(default=None, metadata=setting(
+        "--keep-versions", "each key keeps its newest N rows; the leader deletes older "
+        "ones in the background (at most a twentieth of the database's time)"))
+    retention_days: int | None = field(default=None, metadata=setting(
+        "--retention-days", "rows older than this many days are deleted (Spanner: a row "
+        "deletion policy on the timestamp column; it removes a key's only row too)"))
     # With retention on: a retry (a row sent again with its id) older than this is
-    # refused, and --keep-versions never removes a row younger than it (see README).
-    dedup_window_s: float = DEDUP_WINDOW_S
-    max_commit_delay_s: float = 0.0  # Spanner's max commit delay for log commits (0..0.5)
-    shards: int = 1  # funnels in the group (each its own lock, leader and committer)
+    # refused, and --keep-versions never removes a row younger than it.
+    dedup_window_s: float = field(default=DEDUP_WINDOW_S, metadata=setting(
+        "--dedup-window-s", "with retention on: a retry (a row sent again with its id) "
+        "older than this is refused (retry_too_old), and --keep-versions keeps every row "
+        "younger than this", type=float))
     # What this node's watchers may hold in all (queues and catch-up pages); see
     # core/watch.py for how it is shared.
-    watch_memory_bytes: int = 256 * 1024 * 1024
+    watch_memory_bytes: int = field(default=256 * 1024 * 1024, metadata=setting(
+        "--watch-memory-mib", "what this node's watchers may hold in all: each watcher's "
+        "queue gets an equal share (128 KiB to 8 MiB); a watch past 8 a MiB is refused "
+        "(busy)", scale=(1024 * 1024, 1)))
     # Origins whose pages may call /v1/* from a browser (CORS; "*" any; empty: off).
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = field(default=(), metadata=setting(
+        "--cors-origins", "comma list of origins (scheme://host[:port], or *) whose pages "
+        "may call /v1/* from a browser; tokens are still required (default: off)",
+        type=str, split=True))
+    metrics_port: int | None = field(default=None, metadata=setting(
+        "--metrics-port", "also serve /metrics on this port"))
+    retention_interval_s: float = 30.0  # pause between retention passes that found nothing
 
     def __post_init__(self) -> None:
         host, sep, port = self.node_id.rpartition(":")
@@ -193,3 +287,35 @@ class Config:
         """Where the node's HTTP server binds."""
         host, _, port = (self.listen or self.node_id).rpartition(":")
         return host, int(port)
+
+
+SettingPath = tuple[str, ...]  # ("lease_s",), ("batch", "max_rows")
+
+
+def settings() -> list[tuple[SettingPath, Setting, object]]:
+    """Every field of ``Config`` (nested ones included) that has a ``Setting``, in field
+    order, with the field's default (``MISSING``: none)."""
+    out: list[tuple[SettingPath, Setting, object]] = []
+    for f in fields(Config):
+        if "setting" in f.metadata:
+            out.append(((f.name,), f.metadata["setting"], f.default))
+        elif f.default_factory is not MISSING:
+            for g in fields(f.default_factory()):
+                if "setting" in g.metadata:
+                    out.append(((f.name, g.name), g.metadata["setting"], g.default))
+    return out
+
+
+def config_from_settings(values: dict[SettingPath, object]) -> Config:
+    """A ``Config`` from field values by path (as ``settings()`` names them); fields
+    left out keep their defaults."""
+    top: dict[str, object] = {}
+    nested: dict[str, dict[str, object]] = {}
+    for path, value in values.items():
+        if len(path) == 1:
+            top[path[0]] = value
+        else:
+            nested.setdefault(path[0], {})[path[1]] = value
+    parts = {f.name: f.default_factory(**nested[f.name])  # type: ignore[operator]
+             for f in fields(Config) if f.name in nested}
+    return Config(**top, **parts)  # type: ignore[arg-type]

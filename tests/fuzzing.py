@@ -245,7 +245,7 @@ def model_details(details: Any) -> tuple[dict[str, Any] | None, int | None]:
 
 def model_refusal(rows: list[Row], limits: LimitsConfig) -> str | None:
     """The error code a node answers a request of ``rows`` with, or None if it takes it
-    (the README's limits, checked in the order the items come)."""
+    (the API doc's limits (docs/API.md), checked in the order the items come)."""
     if not rows:
         return "invalid"
     if len(rows) > limits.max_items_per_request:

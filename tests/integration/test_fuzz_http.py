@@ -8,7 +8,7 @@ bodies, generated query strings for GET /v1/get, and /v1/leader, /healthz, /read
 headers), bodies sent with a Content-Length or chunked.
 
 Oracles:
-- no 5xx, ever; the status and error code are the README's for that input (the model
+- no 5xx, ever; the status and error code are docs/API.md's for that input (the model
   below: auth, then body size, codec, shape, items, limits);
 - a 200 put's (key, id, timestamp) is readable via GET /v1/get?key=...&limit=all with
   exactly that timestamp and value (each key acked in a case is read back at its end
@@ -202,7 +202,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         node.stop()
 
 
-# -- the model of the README's HTTP API ----------------------------------------------------
+# -- the model of the HTTP API (docs/API.md) ----------------------------------------------------
 
 
 @dataclass
@@ -245,13 +245,13 @@ def is_msgpack(headers: Headers) -> bool:
     return raw is not None and raw.split(b";")[0].strip(b" \t").lower() == MSGPACK.encode()
 
 
-# The fields an item may have, and a put_many body (README); any other is refused.
+# The fields an item may have, and a put_many body (docs/API.md); any other is refused.
 ITEM_FIELDS = frozenset({"key", "value", "no_append", "id", "if_latest", "if_absent"})
 PUT_MANY_FIELDS = frozenset({"items", "atomic", "fresh"})
 
 
 def parse_item(item: Any) -> tuple[str, str, bool, str | None] | str:
-    """An item as the README describes it, or the error code it gets."""
+    """An item as docs/API.md describes it, or the error code it gets."""
     rid = None
     if isinstance(item, dict):
         if set(item) - ITEM_FIELDS:

@@ -1,4 +1,4 @@
-"""Metric names against the README and the dashboard, and JSON log lines (no I/O)."""
+"""Metric names against docs/OPERATIONS.md and the dashboard, and JSON log lines (no I/O)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ def exported() -> dict[str, str]:
     return dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
 
 
-def readme_metrics() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
+def documented_metrics() -> dict[str, str]:
+    text = (ROOT / "docs" / "OPERATIONS.md").read_text()
     section = text.split("## Observability", 1)[1].split("\n## ", 1)[0]
     return dict(re.findall(r"^\| `(dstore_\w+)` \| (\w+) \|", section, re.M))
 
 
-def test_exported_metrics_match_the_readme() -> None:
-    assert exported() == readme_metrics()
+def test_exported_metrics_match_the_docs() -> None:
+    assert exported() == documented_metrics()
 
 
 def test_metric_names_follow_conventions() -> None:
