@@ -70,7 +70,7 @@ BUGS: tuple[SeededBug, ...] = (
     SeededBug(
         "keep", "the keep marking of re-sent rows, and the insert-only write that backs it: "
         "a re-sent row is written again over its first copy",
-        (Edit("core/store.py",
+        (Edit("core/sender.py",
               "    return [r if r.keep or r.id == NO_APPEND_ID else r._replace(keep=True) "
               "for r in rows]",
               "    return list(rows)  # seeded bug: re-sent rows not marked keep"),

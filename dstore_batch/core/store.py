@@ -1,10 +1,10 @@
 """`StoreCore`: the write path and reads of one node, with no network server of its own.
 
-It owns storage, the election and the committer, and runs every put through one retry
-loop (`_submit`): on the leader, straight into the committer; elsewhere, through the
-``LeaderLink`` it was given (the peer link's follower end, wired in by the server). On
-``not_leader``, a lost link or ``busy`` it waits and re-sends the same rows (same ids)
-until the caller's deadline.
+It owns storage, the shards' elections and committers, and the node's lifecycle; every
+put goes through one retry loop (``Sender``, core/sender.py): on a shard's leader,
+straight into its committer; elsewhere, through the ``LeaderLink`` it was given (the
+peer link's follower end, wired in by the server). Commits go out to watchers and
+subscribed followers through ``FanOut`` (core/fanout.py).
 
 The public ``dstore_batch.Store`` (server/node.py) is a StoreCore plus the HTTP server
 and the peer link. A StoreCore alone, with no link, is a whole single-node store: the
@@ -18,30 +18,23 @@ import contextlib
 import functools
 import logging
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Protocol, Self, TypeVar, runtime_checkable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Self
 
 from ..config import Config
 from ..errors import (
-    BusyError,
-    CommitError,
-    DeadlineExceededError,
     DstoreError,
     InvalidInputError,
-    LinkLostError,
-    NoLeaderError,
-    OutcomeUnknownError,
-    PartialCommitError,
     UnavailableError,
 )
 from ..observability.metrics import Metrics
 from ..storage import open_storage
 from ..storage.base import HistoryLimit, Storage, check_limit
-from ..types import NO_APPEND_ID, Change, History, Listing, PutResult, Row, Timestamp
+from ..types import Change, History, Listing, PutResult, Row, Timestamp
 from .balance import Balancer, Shard, ShardsMismatchError
 from .committer import Committer
 from .election import Election, LeaderState
+from .fanout import FanOut
 from .items import (
     check_atomic,
     check_list_limit,
@@ -49,114 +42,21 @@ from .items import (
     check_rows,
     check_staleness,
     delete_row,
-    resend_safe,
     rows_from_items,
     wire_bytes,
 )
+from .link import EventLink, EventSink, LeaderConnection, LeaderLink, NoLink
 from .merge import LOCAL, ShardMerge
 from .retention import Retention, RetentionPolicy
-from .shards import group_by_shard, shard_lock_name, shard_of
+from .sender import Sender
+from .shards import shard_lock_name, shard_of
 from .watch import Watcher, WatchHub
 
 __all__ = ["LeaderConnection", "LeaderLink", "Shard", "ShardsMismatchError", "StoreCore"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-RETRY_BACKOFF_S = (0.01, 0.05, 0.1, 0.2, 0.5)
-# With shards: how often a shard leader sends its watermark while anyone watches (an
-# idle shard holds the other shards' commits back for about this long).
-WATERMARK_S = 0.05
 DRAIN_TIMEOUT_S = 10.0
-
-
-class LeaderConnection(Protocol):
-    """An open link to the leader."""
-
-    @property
-    def subscribed(self) -> bool:
-        """Whether the leader confirmed that every commit from then on follows."""
-        ...
-
-    def subscribe(self, on: bool) -> None:
-        """Ask the leader for every commit from now on (for watchers), or to stop."""
-        ...
-
-    async def request(self, rows: Sequence[Row], nbytes: int,
-                      atomic: bool = False) -> list[Timestamp]:
-        """Send rows (``atomic``: to commit in one transaction), wait for their commit
-        timestamps.
-
-        Raises LinkDownError (not sent), LinkLostError (maybe sent), or the leader's
-        typed answer.
-        """
-        ...
-
-
-class LeaderLink(Protocol):
-    """How a follower reaches the leader (the peer link's follower end implements it)."""
-
-    async def connection(self, leader: str) -> LeaderConnection:
-        """The open link to ``leader``, connecting first. Raises LinkDownError."""
-        ...
-
-    async def reserve(self, nbytes: int) -> None:
-        """Wait until ``nbytes`` more may be in flight to the leader (backpressure)."""
-        ...
-
-    def release(self, nbytes: int) -> None:
-        """Give back a reservation once its request is answered."""
-        ...
-
-    def failing_for(self, leader: str) -> float:
-        """Seconds that every attempt to reach ``leader`` has failed (0 if it works)."""
-        ...
-
-    async def reachable(self, nodes: Sequence[str]) -> int:
-        """How many of ``nodes`` answer over the peer network now."""
-        ...
-
-
-class EventSink(Protocol):
-    """A follower's link on the leader (the peer link's leader end). ``shard`` is None
-    in a group of one shard (the frames then carry none)."""
-
-    def feeding(self, shard: int | None) -> None: ...
-
-    def send_events(self, ts: Timestamp, changes: list[Change], shard: int | None,
-                    mark: Timestamp) -> None: ...
-
-    def watermark(self, shard: int, mark: Timestamp) -> None: ...
-
-    def gap(self, shard: int | None) -> None: ...
-
-    def released(self, lock_name: str) -> None: ...
-
-
-@runtime_checkable
-class EventLink(Protocol):
-    """A link that can deliver the leader's commits to this node's watch hub."""
-
-    events: Any
-
-
-class _NoLink:
-    """The link of a node that never forwards: only its own leadership takes puts."""
-
-    async def connection(self, leader: str) -> LeaderConnection:
-        raise NoLeaderError(f"{leader} leads and this node has no link to it")
-
-    async def reserve(self, nbytes: int) -> None:
-        return None
-
-    def release(self, nbytes: int) -> None:
-        return None
-
-    def failing_for(self, leader: str) -> float:
-        return 0.0
-
-    async def reachable(self, nodes: Sequence[str]) -> int:
-        return len(nodes)  # no network of its own to judge by: assume the best
 
 
 class StoreCore:
@@ -177,21 +77,21 @@ class StoreCore:
         self.node_id = config.node_id
         self.metrics = metrics or Metrics()
         self.storage: Storage = storage or open_storage(config)
-        self.link: LeaderLink = link or _NoLink()
+        self.link: LeaderLink = link or NoLink()
         self.watch_hub = WatchHub(self.storage, self.metrics, on_wanted=self._poke_keeper,
                                   oldest=self._oldest_whole,
                                   memory_bytes=config.watch_memory_bytes)
         # The shards' commit feeds (this node's own committers, links to the other
         # shards' leaders), merged into one timestamp order for the hub.
         self.merge = ShardMerge(config.shards, self.watch_hub)
-        self._marks_sent: dict[int, Timestamp] = {}  # shard -> watermark sent out
-        self._subscribers: list[EventSink] = []  # followers that want every commit
-        self._linked: set[EventSink] = set()  # every follower linked to this node
         self.shards: list[Shard] = []
+        self.fanout = FanOut(config, self.shards, self.merge, self.storage,
+                             lambda: self.watch_hub.wanted)
         self.balancer = Balancer(config, self.storage, self.shards, hand_over=self._hand_over,
                                  running=lambda: self._state == "running",
                                  metrics=self.metrics)
         self.shards.extend(self._make_shard(i, link is not None) for i in range(config.shards))
+        self.sender = Sender(config, self.shards, self.link, self.metrics, self._db_note)
         # Shard 0 is the whole group when there is one shard; these names keep it so.
         self.election = self.shards[0].election
         self.committer = self.shards[0].committer
@@ -209,7 +109,6 @@ class StoreCore:
         self._marker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._poke = asyncio.Event()  # wakes the link keeper (a watcher came or went)
-        self._links_in: Counter[str] = Counter()  # followers linked to this node now
         self._active_puts = 0  # put calls through this node not yet answered
         self._no_puts = asyncio.Event()  # set while _active_puts == 0
         self._no_puts.set()
@@ -232,8 +131,8 @@ class StoreCore:
             self.storage, config.batch, node_id=config.node_id,
             fence=lambda: election.fence, metrics=self.metrics,
             heartbeat=election.heartbeat_succeeded,
-            publish=functools.partial(self._publish, i), gap=functools.partial(self._gap, i),
-            listening=lambda: bool(self.watch_hub.wanted or self._subscribers),
+            publish=functools.partial(self.fanout.publish, i),
+            gap=functools.partial(self.fanout.gap, i), listening=self.fanout.listening,
             shard=i,
         )
         return Shard(i, election, committer)
@@ -242,8 +141,7 @@ class StoreCore:
         """Finish the shard's queued puts, release its lock, tell the followers."""
         await shard.committer.drain(DRAIN_TIMEOUT_S)
         await shard.election.release()
-        for sink in list(self._linked):
-            sink.released(shard.election.lock_name)
+        self.fanout.released([shard.election.lock_name])
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -262,9 +160,9 @@ class StoreCore:
             if self.config.shards > 1:
                 self._balancer = asyncio.create_task(self.balancer.run(),
                                                      name=f"balancer:{self.node_id}")
-                self._marker = asyncio.create_task(self._send_watermarks(),
+                self._marker = asyncio.create_task(self.fanout.send_watermarks(),
                                                    name=f"watermarks:{self.node_id}")
-            if not isinstance(self.link, _NoLink):
+            if not isinstance(self.link, NoLink):
                 self._keeper = asyncio.create_task(self._keep_link(),
                                                    name=f"link-keeper:{self.node_id}")
         except BaseException:
@@ -317,9 +215,7 @@ class StoreCore:
                     await self.balancer.leave()
                 await asyncio.gather(*(sh.election.resign() for sh in self.shards))
                 # Followers check the locks at once instead of at their next check.
-                for sink in list(self._linked):
-                    for sh in led:
-                        sink.released(sh.election.lock_name)
+                self.fanout.released([sh.election.lock_name for sh in led])
                 await self._no_puts.wait()
         except TimeoutError:
             log.warning("node %s: stopping with %d puts unfinished", self.node_id,
@@ -359,8 +255,7 @@ class StoreCore:
             # This node's committer feeds the shard's commits to watchers from now on:
             # its own, and the followers' subscribed to it.
             self.merge.up(shard.index, LOCAL, shard.committer.watermark())
-            for sink in list(self._subscribers):
-                sink.feeding(self._wire_shard(shard.index))
+            self.fanout.feeding(shard.index)
             if first:
                 self.balancer.poke()  # the new placer writes its placement now
                 self.retention.start()
@@ -544,22 +439,16 @@ class StoreCore:
     # -- the links to and from this node ----------------------------------------------
 
     def link_opened(self, peer: str, sink: EventSink | None = None) -> None:
-        """A follower linked to this node (the leader end of the peer link says so)."""
-        self._links_in[peer] += 1
-        if sink is not None:
-            self._linked.add(sink)
+        """A follower linked to this node (Intake; see ``FanOut``)."""
+        self.fanout.link_opened(peer, sink)
 
     def link_closed(self, peer: str, sink: EventSink | None = None) -> None:
-        """A follower's link to this node closed."""
-        self._links_in[peer] -= 1
-        if self._links_in[peer] <= 0:
-            del self._links_in[peer]
-        if sink is not None:
-            self._linked.discard(sink)
+        """A follower's link to this node closed (Intake)."""
+        self.fanout.link_closed(peer, sink)
 
     def linked_followers(self) -> list[str]:
         """The followers with a link to this node open now."""
-        return list(self._links_in)
+        return self.fanout.linked_followers()
 
     async def _keep_link(self) -> None:
         """As a follower, keep the link to the leader open, puts or not: a link that
@@ -606,71 +495,12 @@ class StoreCore:
         return self.watch_hub.watch(key, prefix, since)
 
     def subscribe(self, sink: EventSink) -> None:
-        """A follower's link wants every commit from now on (Intake): told so, per
-        shard this node leads (with one shard, whether it leads or not), before any
-        commit published after this call."""
-        if self.config.shards == 1:
-            sink.feeding(None)
-        else:
-            for sh in self.shards:
-                if sh.election.is_leader:
-                    sink.feeding(sh.index)
-        self._subscribers.append(sink)
+        """A follower's link wants every commit from now on (Intake; see ``FanOut``)."""
+        self.fanout.subscribe(sink)
 
     def unsubscribe(self, sink: EventSink) -> None:
         """That follower's link stopped (Intake)."""
-        with contextlib.suppress(ValueError):
-            self._subscribers.remove(sink)
-
-    def _wire_shard(self, shard: int) -> int | None:
-        return shard if self.config.shards > 1 else None
-
-    def _publish(self, shard: int, ts: Timestamp, changes: list[Change]) -> None:
-        """One commit of a shard this node leads, with the shard's watermark after it."""
-        mark = self.shards[shard].committer.watermark()
-        self._marks_sent[shard] = mark
-        self.merge.publish(shard, LOCAL, ts, changes, mark)
-        # A copy: a follower that stopped reading is unsubscribed inside send_events,
-        # and the next one must not be skipped for this commit.
-        wire = self._wire_shard(shard)
-        for sink in list(self._subscribers):
-            sink.send_events(ts, changes, wire, mark)
-
-    def _gap(self, shard: int) -> None:
-        """A commit's outcome stayed unknown: its rows may be stored and unpublished."""
-        if self.merge.source_of(shard) == LOCAL:
-            self.merge.up(shard, LOCAL)
-        wire = self._wire_shard(shard)
-        for sink in list(self._subscribers):
-            sink.gap(wire)
-
-    async def _send_watermarks(self) -> None:
-        """With shards: the watermark of each shard this node leads, every
-        ``WATERMARK_S`` while anyone watches (here or on a subscribed follower), so
-        that an idle shard holds no other shard's commits back for longer."""
-        while True:
-            await asyncio.sleep(WATERMARK_S)
-            if not (self.watch_hub.wanted or self._subscribers):
-                continue
-            led = [sh for sh in self.shards if sh.election.is_leader]
-            # One read for every idle shard led here.
-            idle = {sh.index: token for sh in led
-                    if (token := sh.committer.idle()) is not None}
-            read: Timestamp | None = None
-            if idle:
-                with contextlib.suppress(DstoreError):  # out of reach: the marks wait
-                    read = await self.storage.read_timestamp()
-            for sh in led:
-                token = idle.get(sh.index)
-                mark = (sh.committer.advance_watermark_to(read, token)
-                        if read is not None and token is not None
-                        else sh.committer.watermark())
-                if mark <= self._marks_sent.get(sh.index, Timestamp(0)):
-                    continue
-                self._marks_sent[sh.index] = mark
-                self.merge.watermark(sh.index, LOCAL, mark)
-                for sink in list(self._subscribers):
-                    sink.watermark(sh.index, mark)
+        self.fanout.unsubscribe(sink)
 
     # -- write path ------------------------------------------------------------------
 
@@ -714,7 +544,8 @@ class StoreCore:
         try:
             rows = make_rows()
             self._check(rows, atomic)
-            stamps = await self._submit(rows, timeout or self.config.put_timeout_s, atomic)
+            stamps = await self.sender.send(rows, timeout or self.config.put_timeout_s,
+                                            atomic)
         except DstoreError as exc:
             self.metrics.puts.labels(op, exc.code).inc()
             raise
@@ -726,106 +557,6 @@ class StoreCore:
         self.metrics.puts.labels(op, "ok").inc()
         self.metrics.put_rows.inc(len(rows))
         return [PutResult(r.id, ts) for r, ts in zip(rows, stamps, strict=True)]
-
-    async def _submit(self, rows: Sequence[Row], timeout: float,
-                      atomic: bool = False) -> list[Timestamp]:
-        n = self.config.shards
-        groups = group_by_shard(rows, n) if n > 1 else {0: []}
-        if len(groups) == 1:
-            (shard,) = groups
-            return await self._submit_shard(self.shards[shard], rows, timeout, atomic)
-        # One request per shard, at once; the results merge back in input order.
-        parts = await asyncio.gather(
-            *(self._submit_shard(self.shards[s], [rows[i] for i in idx], timeout)
-              for s, idx in groups.items()), return_exceptions=True)
-        stamps = [Timestamp(0)] * len(rows)
-        failed: list[BaseException] = []
-        for idx, part in zip(groups.values(), parts, strict=True):
-            if isinstance(part, BaseException):
-                failed.append(part)
-                continue
-            for i, ts in zip(idx, part, strict=True):
-                stamps[i] = ts
-        if not failed:
-            return stamps
-        # The error that says most: a part whose outcome is unknown makes the whole
-        # request's outcome unknown, whatever the others say.
-        first = next((f for f in failed if isinstance(f, OutcomeUnknownError)), failed[0])
-        if len(failed) == len(parts) or not isinstance(first, DstoreError):
-            raise first
-        raise PartialCommitError(
-            f"{len(parts) - len(failed)} of {len(parts)} shards of this request committed; "
-            f"the rest failed ({first.code}: {first.message}); re-send it with the same ids")
-
-    async def _submit_shard(self, shard: Shard, rows: Sequence[Row], timeout: float,
-                            atomic: bool = False) -> list[Timestamp]:
-        """One shard's rows through its leader: the retry loop of every put."""
-        election, committer = shard.election, shard.committer
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        nbytes = wire_bytes(rows)
-        # Sticky: once an attempt may have written the rows, the deadline means "outcome
-        # unknown", and re-sends keep a copy that is already stored (with its timestamp).
-        # An attempt answered not_leader or busy wrote nothing; one still in flight at
-        # the deadline, or cut by a lost link, may have.
-        maybe_written = False
-        in_flight = False
-        attempt = 0
-        last_error: DstoreError | None = None
-        safe = resend_safe([r.id == NO_APPEND_ID for r in rows], atomic)
-        while True:
-            if deadline - loop.time() <= 0:
-                raise _deadline_error(maybe_written, timeout, last_error, self._db_note())
-            if maybe_written and not safe:
-                # A no_append row without a witness is never sent twice: a second copy
-                # would overwrite whatever replaced the first meanwhile.
-                raise CommitError(
-                    f"outcome unknown ({last_error.code if last_error else 'lost'}); a "
-                    "no_append item is not sent again after an attempt that may have "
-                    "written it: read the key to see whether it landed")
-            state = election.state
-            try:
-                if state.is_leader:
-                    future = committer.submit(_kept(rows) if maybe_written else rows,
-                                                   atomic=atomic)
-                    in_flight = True
-                    return await _until(deadline, future)
-                if state.leader is None:
-                    await election.wait_change(min(deadline - loop.time(), 0.5))
-                    continue
-                conn = await _until(deadline, self.link.connection(state.leader))
-                try:
-                    await _until(deadline, self.link.reserve(nbytes))
-                except TimeoutError:
-                    last_error = BusyError("this node's buffer to the leader stayed full")
-                    raise
-                try:
-                    if maybe_written:
-                        self.metrics.resends.inc()
-                    send = _kept(rows) if maybe_written else rows
-                    in_flight = True
-                    return await _until(deadline, conn.request(send, nbytes, atomic))
-                finally:
-                    self.link.release(nbytes)
-            except TimeoutError:
-                raise _deadline_error(maybe_written or in_flight, timeout, last_error,
-                                      self._db_note()) from None
-            except (UnavailableError, LinkLostError, PartialCommitError) as exc:
-                # Unavailable: not written (not_leader, busy, link down). A link lost
-                # after sending, or a request only partly committed: maybe written; the
-                # rows go again with the same ids, kept if already stored. Other
-                # outcome-unknown answers (a commit that failed after the leader's own
-                # retries) go to the caller.
-                maybe_written = maybe_written or not isinstance(exc, UnavailableError)
-                in_flight = False
-                last_error = exc
-                if not isinstance(exc, BusyError):
-                    election.refresh()
-                backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
-                attempt += 1
-                delay = min(exc.retry_after or backoff, max(deadline - loop.time(), 0))
-                await asyncio.sleep(delay)
-
 
     async def list(self, prefix: str = "", limit: int = 100, after: str | None = None, *,
                    max_staleness: float | None = None) -> Listing:
@@ -905,32 +636,3 @@ class _LinkReachability:
 
     def followers(self) -> list[str]:
         return self._core.linked_followers()
-
-
-def _deadline_error(maybe_written: bool, timeout: float, last: DstoreError | None,
-                    note: str = "") -> DstoreError:
-    why = f" (last error: {last.code}: {last.message})" if last else ""
-    why += note
-    if maybe_written:
-        return DeadlineExceededError(
-            f"no ack within {timeout}s; the put may or may not be committed, "
-            f"retrying with the same ids is safe{why}"
-        )
-    if isinstance(last, BusyError):
-        return BusyError(f"overloaded: the put was not sent within {timeout}s; nothing "
-                         f"written{why}", retry_after=1.0)
-    return NoLeaderError(f"no leader accepted the put within {timeout}s; nothing written{why}")
-
-
-async def _until(deadline: float, awaitable: Awaitable[T]) -> T:
-    """Await with a loop-time deadline (asyncio.timeout_at: on Python 3.11, wait_for can
-    swallow a cancellation that arrives as the awaited thing finishes)."""
-    async with asyncio.timeout_at(deadline):
-        return await awaitable
-
-
-def _kept(rows: Sequence[Row]) -> list[Row]:
-    """Rows to re-send after an attempt that may have committed them: marked ``keep``, so
-    the leader keeps a copy already stored (and acks its first timestamp) instead of
-    writing it again with a later one."""
-    return [r if r.keep or r.id == NO_APPEND_ID else r._replace(keep=True) for r in rows]

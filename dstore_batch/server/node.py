@@ -8,21 +8,16 @@ with TLS when configured. This module owns their order of start and stop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Any, Self
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..config import Config
-from ..core.election import LeaderState
 from ..core.store import StoreCore
-from ..core.watch import Watcher
 from ..observability.metrics import Metrics
 from ..peerlink.follower import PeerLink
-from ..storage.base import HistoryLimit, Storage
-from ..types import History, Listing, PutResult, Timestamp
+from ..storage.base import Storage
 from .http_api import make_app, make_metrics_app
 from .security import client_ssl, server_ssl
 
@@ -57,19 +52,20 @@ class _QuietMalformedRequests(logging.Filter):
 _QUIET = _QuietMalformedRequests()
 
 
-class Store:
+class Store(StoreCore):
     """A node of the group: put/put_many/get on any node, writes funnelled to the leader.
 
     Use as ``async with Store(Config(...)) as store:``. It serves HTTP on
     ``config.listen`` (or ``node_id``), which is also where followers reach it as leader.
+    Its key/value API is ``StoreCore``'s (one definition); this class adds the network:
+    the HTTP server and the follower end of the peer link, and their order of start and
+    stop around the core's.
     """
 
     def __init__(self, config: Config, *, storage: Storage | None = None) -> None:
-        self.config = config
-        self.node_id = config.node_id
-        self.metrics = Metrics()
+        metrics = Metrics()
         self.peer = PeerLink(
-            config.node_id, self.metrics,
+            config.node_id, metrics,
             max_frame_bytes=config.limits.max_request_bytes + FRAME_SLACK_BYTES,
             secret=config.peer_secret or config.api_token, scheme=config.scheme,
             ssl_context=client_ssl(config),
@@ -79,9 +75,15 @@ class Store:
             # Probes run inside an election round, which must end within a lease.
             probe_timeout_s=config.lease_s / 4,
         )
-        self.core = StoreCore(config, storage=storage, metrics=self.metrics, link=self.peer)
+        super().__init__(config, storage=storage, metrics=metrics, link=self.peer)
         self._runners: list[web.AppRunner] = []
         self._started = False
+
+    @property
+    def core(self) -> StoreCore:
+        """The core part of this node (the node itself: kept for code that reached the
+        core through it)."""
+        return self
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -97,13 +99,13 @@ class Store:
             await self.peer.start()
             # Serve before competing for the lock: a node elected leader must already
             # take its followers' links.
-            await self._serve(make_app(self.core), self.config.listen_host_port[1])
+            await self._serve(make_app(self), self.config.listen_host_port[1])
             if self.config.metrics_port:
-                await self._serve(make_metrics_app(self.core), self.config.metrics_port)
-            await self.core.start()
+                await self._serve(make_metrics_app(self), self.config.metrics_port)
+            await super().start()
         except BaseException:
             await self._close_network()
-            await self.core.close()
+            await self.close()
             raise
 
     async def _serve(self, app: web.Application, port: int) -> None:
@@ -125,79 +127,13 @@ class Store:
         work, so puts through this node re-route to the next leader; then the network
         closes, then the core.
         """
-        drained = await self.core.drain()
+        drained = await self.drain()
         await self._close_network()
         if drained:
-            await self.core.close()
+            await self.close()
 
     async def _close_network(self) -> None:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
         await self.peer.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    # -- the core's API --------------------------------------------------------------
-
-    @property
-    def ready(self) -> bool:
-        """Whether a load balancer should send requests here: running, and a leader known."""
-        return self.core.ready
-
-    @property
-    def is_leader(self) -> bool:
-        """Whether this node holds the lock now (cached, no I/O)."""
-        return self.core.is_leader
-
-    @property
-    def leader(self) -> str | None:
-        """The node id of the current leader, as far as this node knows."""
-        return self.core.leader
-
-    def leader_state(self) -> LeaderState:
-        """This node's view of the leadership (cached, no I/O)."""
-        return self.core.leader_state()
-
-    async def wait_for_leader(self, timeout: float = 30.0) -> str:
-        """Wait until a leader is known; return its node id."""
-        return await self.core.wait_for_leader(timeout)
-
-    async def put(
-        self, key: str, value: str, *, no_append: bool = False, if_latest: str | None = None,
-        if_absent: bool = False, timeout: float | None = None,
-    ) -> PutResult:
-        """Append ``value`` to ``key``, optionally on a condition; see ``StoreCore.put``."""
-        return await self.core.put(key, value, no_append=no_append, if_latest=if_latest,
-                                   if_absent=if_absent, timeout=timeout)
-
-    async def put_many(
-        self, items: Iterable[Any], *, atomic: bool = False, timeout: float | None = None
-    ) -> list[PutResult]:
-        """Append many items in one request; see ``StoreCore.put_many``."""
-        return await self.core.put_many(items, atomic=atomic, timeout=timeout)
-
-    async def delete(self, key: str, *, if_latest: str | None = None, id: str | None = None,
-                     timeout: float | None = None) -> PutResult:
-        """Append a tombstone to ``key``; see ``StoreCore.delete``."""
-        return await self.core.delete(key, if_latest=if_latest, id=id, timeout=timeout)
-
-    async def get(self, key: str, limit: HistoryLimit | None = None, *,
-                  max_staleness: float | None = None) -> History:
-        """A key's history; see ``StoreCore.get``."""
-        return await self.core.get(key, limit, max_staleness=max_staleness)
-
-    def watch(self, key: str | None = None, prefix: str | None = None,
-              since: Timestamp | None = None) -> Watcher:
-        """Follow the log (an async iterator of ``WatchEvent``); see ``StoreCore.watch``."""
-        return self.core.watch(key, prefix, since)
-
-    async def list(self, prefix: str = "", limit: int = 100, after: str | None = None, *,
-                   max_staleness: float | None = None) -> Listing:
-        """One page of keys with their newest live rows; see ``StoreCore.list``."""
-        return await self.core.list(prefix, limit, after, max_staleness=max_staleness)

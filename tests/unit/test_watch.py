@@ -114,7 +114,7 @@ async def test_a_commit_of_unknown_outcome_makes_watchers_catch_up(core: StoreCo
     core.committer._publish = None
     await core.put("u/1", "hidden")
     core.committer._publish = publish
-    core._gap(0)
+    core.fanout.gap(0)
     await core.put("u/2", "after")
     events = await take(watcher, 2)
     assert [e.value for e in events] == ["hidden", "after"]
