@@ -25,7 +25,6 @@ import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from typing import Any, Self
 
-import aiohttp
 import msgpack
 
 from ..core.items import Item, check_staleness, new_id, parse_item, resend_safe
@@ -52,6 +51,13 @@ from ..types import (
     WatchEvent,
 )
 from .routing import Router
+from .transport import (
+    AiohttpTransport,
+    ConnectError,
+    Request,
+    Transport,
+    TransportError,
+)
 
 __all__ = ["Client"]
 
@@ -83,6 +89,7 @@ class Client:
         max_batch_bytes: int = 4 * 1024 * 1024,
         ssl_context: ssl.SSLContext | None = None,
         route: bool | str = True,
+        transport: Transport | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("Client needs at least one node (host:port or URL)")
@@ -95,8 +102,11 @@ class Client:
         self.linger_s = linger_s
         self.max_batch_items = max_batch_items
         self.max_batch_bytes = max_batch_bytes
-        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._session: aiohttp.ClientSession | None = None
+        self._ssl_context = ssl_context
+        # ``transport``: how HTTP is spoken (default: aiohttp, made on entering);
+        # ``MockTransport`` answers from memory, for tests.
+        self._given = transport
+        self._transport: Transport | None = None
         self._pending: list[_Pending] = []
         self._pending_bytes = 0
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -112,10 +122,8 @@ class Client:
         self._whole = route is True or route == "largest"
 
     async def __aenter__(self) -> Self:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256),
-            timeout=aiohttp.ClientTimeout(total=None, connect=2.0),
-        )
+        self._transport = self._given or AiohttpTransport(
+            self._ssl_context, read_bufsize=WATCH_BUFFER_BYTES)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -126,9 +134,9 @@ class Client:
         self._flush()
         if self._sends:
             await asyncio.gather(*self._sends, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._transport is not None:
+            await self._transport.close()
+            self._transport = None
 
     # -- API ------------------------------------------------------------------------------
 
@@ -297,16 +305,15 @@ class Client:
 
     async def _leader_of(self, url: str) -> dict[str, Any] | None:
         """One node's /v1/leader, for the shard map (None: no answer within a second)."""
-        if self._session is None:
+        if self._transport is None:
             return None
         try:
-            async with self._session.get(url + "/v1/leader", headers=self._headers,
-                                         ssl=self._ssl,
-                                         timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
-                if resp.status != 200:
-                    return None
-                body = _decode(await resp.read(), resp.status)
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            status, raw = await self._transport.request(
+                Request("GET", url + "/v1/leader", headers=self._headers), timeout=1.0)
+            if status != 200:
+                return None
+            body = _decode(raw, status)
+        except (TransportError, TimeoutError, ValueError):
             return None
         return body if isinstance(body, dict) else None
 
@@ -398,7 +405,8 @@ class Client:
                     fresh: bool = False, resend: bool = True, prefer: str | None = None) -> Any:
         # ``resend`` False: the request holds a no_append item without a witness; after
         # an attempt that may have written it, it is not sent again (outcome unknown).
-        if self._session is None:
+        transport = self._transport
+        if transport is None:
             raise RuntimeError("use the Client as `async with Client(...)`")
         loop = asyncio.get_running_loop()
         data = None
@@ -423,19 +431,16 @@ class Client:
             try:
                 async with asyncio.timeout_at(deadline):
                     self.requests_sent += 1
-                    async with self._session.request(method, node + path, params=query,
-                                                     data=data, headers=self._headers,
-                                                     ssl=self._ssl) as resp:
-                        raw = await resp.read()
-                        status = resp.status
+                    status, raw = await transport.request(
+                        Request(method, node + path, query or {}, self._headers, data))
             except TimeoutError:
                 break
-            except aiohttp.ClientConnectorError as exc:  # never reached the node
+            except ConnectError as exc:  # never reached the node
                 sent = sent_before
                 if node == prefer and self.router is not None:
                     self.router.missed()
                 last = UnavailableError(f"cannot connect to {node}: {exc}")
-            except (aiohttp.ClientError, OSError) as exc:  # cut off mid-request
+            except TransportError as exc:  # cut off mid-request
                 sent = True
                 last = OutcomeUnknownError(f"connection to {node} failed: {exc!r}")
                 if not resend:
@@ -470,7 +475,8 @@ class Client:
         or lost stream (or a ``lagged`` close) it moves to the next node and resumes
         from the last event's resume token by itself; repeats that a resume brings are
         dropped. Runs until the caller stops iterating."""
-        if self._session is None:
+        transport = self._transport
+        if transport is None:
             raise RuntimeError("use the Client as `async with Client(...)`")
         query: dict[str, str] = {}
         if key is not None:
@@ -488,9 +494,8 @@ class Client:
             if resume is not None:
                 headers["Last-Event-ID"] = str(resume)
             try:
-                async with self._session.get(node + "/v1/watch", params=query,
-                                             headers=headers, ssl=self._ssl,
-                                             read_bufsize=WATCH_BUFFER_BYTES) as resp:
+                async with transport.stream(
+                        Request("GET", node + "/v1/watch", query, headers)) as resp:
                     if resp.status != 200:
                         body = _decode(await resp.read(), resp.status)
                         error = body.get("error", {}) if isinstance(body, dict) else {}
@@ -499,8 +504,8 @@ class Client:
                                               None, error)
                         if isinstance(err, RejectedError):
                             raise err
-                        raise aiohttp.ClientError(f"{node}: {err.code}: {err.message}")
-                    async for event in _sse_events(resp.content):
+                        raise TransportError(f"{node}: {err.code}: {err.message}")
+                    async for event in _sse_events(resp.lines()):
                         failures = 0
                         if event.kind in ("lagged", "error"):
                             break  # resume from our own token, on the next node
@@ -521,7 +526,7 @@ class Client:
                             continue  # a repeat after a resume
                         last = mark
                         yield event
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            except (TransportError, TimeoutError, ValueError):
                 failures += 1
             await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
 
@@ -557,7 +562,7 @@ def _not_resent(err: DstoreError) -> OutcomeUnknownError:
         "the key to see whether it landed")
 
 
-async def _sse_events(content: aiohttp.StreamReader) -> AsyncIterator[WatchEvent]:
+async def _sse_events(content: AsyncIterator[bytes]) -> AsyncIterator[WatchEvent]:
     """Parse a text/event-stream into watch events (comments are keep-alives)."""
     kind = rid = ""
     data: list[str] = []
