@@ -3,8 +3,9 @@ clusters of `serve` processes; and the layer rules of the test folders.
 
 - tests/unit/: no emulator and no subprocess (SQLite in tmp_path, pure code);
 - tests/integration/: the emulator, nodes in this process, quick CLI subprocesses;
-- tests/multiprocess/: `dstore-batch serve` processes; marked ``multiprocess`` here, so
-  ``pytest -m "not multiprocess"`` is the fast loop.
+- tests/multiprocess/: `dstore-batch serve` processes; each module is marked
+  ``multiprocess`` (checked here), so ``pytest -m "not multiprocess"`` leaves them out;
+  in-process modules that wait out real deadlines mark themselves ``slow``.
 """
 
 from __future__ import annotations
@@ -29,23 +30,17 @@ TESTS = Path(__file__).resolve().parent
 EMULATOR_FIXTURES = {"emulator", "emulator_host", "database", "any_database"}
 
 
-# In-process tests that wait out real deadlines, leases and idle timeouts, or run
-# thousands of generated cases: marked `slow`, out of the fast loop.
-SLOW = {("integration", name) for name in (
-    "test_database_outage.py", "test_partitions.py", "test_reachability.py",
-    "test_fuzz_peer.py", "test_fuzz_http.py", "test_outside_findings.py")}
-
-
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Each module declares its own markers (``pytestmark``); the layers' rules are
+    # checked here: a process test must say so (the fast loop leaves it out by it), and
+    # a unit test must not use the emulator.
     for item in items:
-        parts = item.path.resolve().relative_to(TESTS).parts
-        layer = parts[0]
-        if parts[:2] in SLOW:
-            item.add_marker(pytest.mark.slow)
-        if layer == "multiprocess":
-            item.add_marker(pytest.mark.multiprocess)
-        elif layer == "unit":
+        layer = item.path.resolve().relative_to(TESTS).parts[0]
+        if layer == "multiprocess" and item.get_closest_marker("multiprocess") is None:
+            raise pytest.UsageError(f"{item.nodeid} starts processes: its module must declare "
+                                    "pytestmark = pytest.mark.multiprocess")
+        if layer == "unit":
             used = EMULATOR_FIXTURES & set(getattr(item, "fixturenames", ()))
             if used:
                 raise pytest.UsageError(f"{item.nodeid} is a unit test but uses {used}")

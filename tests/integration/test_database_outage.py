@@ -36,6 +36,8 @@ from dstore_batch.testing.emulator import Emulator, free_port
 from dstore_batch.testing.faultproxy import FaultProxy
 from tests.helpers import metric, scrape, wait_until
 
+pytestmark = pytest.mark.slow
+
 LEASE_S = 2.0
 DB_TIMEOUT_S = 2.0
 PUT_TIMEOUT_S = 5.0

@@ -67,6 +67,7 @@ from tests.fuzzing import (
 # The node's election runs on its own thread and draws from the global `random` while
 # hypothesis generates input on this one; hypothesis takes that for a strategy using it.
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies"),
     pytest.mark.filterwarnings("ignore:Generating overly large repr"),
 ]

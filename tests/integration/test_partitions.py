@@ -17,6 +17,8 @@ from dstore_batch.testing.emulator import free_port
 from dstore_batch.testing.faultproxy import FaultProxy
 from tests.helpers import wait_until
 
+pytestmark = pytest.mark.slow
+
 LEASE_S = 1.0
 
 

@@ -9,10 +9,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from dstore_batch.core.election import Election
 from dstore_batch.observability.metrics import Metrics
 from dstore_batch.storage.sqlite import SQLiteStorage
 from tests.helpers import settle, wait_until
+
+pytestmark = pytest.mark.slow
 
 LEASE_S = 1.0
 

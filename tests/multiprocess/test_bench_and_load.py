@@ -15,6 +15,8 @@ import pytest
 
 from tests.helpers import run_bench
 
+pytestmark = pytest.mark.multiprocess
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

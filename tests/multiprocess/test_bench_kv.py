@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import run_bench
+
+pytestmark = pytest.mark.multiprocess
 
 
 def test_bench_kv_prints_every_figure(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+import pytest
+
 from dstore_batch.client import Client
 from dstore_batch.errors import ConflictError, DstoreError
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
@@ -25,6 +27,8 @@ from dstore_batch.types import HistoryItem, Timestamp
 from dstore_check.history import classify
 from tests.cas_check import Attempt, cas_value, check_cas
 from tests.helpers import TYPED_CODES, rows_by_leader, table_rows
+
+pytestmark = pytest.mark.multiprocess
 
 LEASE_S = 2.0  # the lease of the `cluster` fixture
 KEYS = tuple(f"cas-{i}" for i in range(5))

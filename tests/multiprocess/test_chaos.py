@@ -12,6 +12,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
 from tests.helpers import (
     TYPED_CODES,
@@ -22,6 +24,8 @@ from tests.helpers import (
     serve_cluster,
     wait_until,
 )
+
+pytestmark = pytest.mark.multiprocess
 
 LEASE_S = 2.0  # the lease of the `cluster` fixture
 

@@ -15,8 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from dstore_batch.testing.cluster import LocalCluster
 from dstore_check.faults import FAULT_KINDS
+
+pytestmark = pytest.mark.multiprocess
 
 SECONDS = 90  # all twelve faults fit in about 80 s; the whole run takes about 1.9 minutes
 SEED = 7

@@ -17,6 +17,8 @@ from dstore_batch import Client, InvalidInputError, PutResult, SyncClient
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
 from tests.helpers import lost_or_changed, metric, scrape_sync, wait_until
 
+pytestmark = pytest.mark.multiprocess
+
 
 def served(node: NodeProcess, path: str) -> float:
     """HTTP requests the node served on ``path``."""

@@ -12,11 +12,14 @@ import signal
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from dstore_batch import Client
 from dstore_batch.core.shards import shard_of
 from dstore_batch.testing.cluster import LocalCluster
 from tests.helpers import serve_cluster, shard_view, wait_until
+
+pytestmark = pytest.mark.multiprocess
 
 SHARDS = 4
 

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.multiprocess
+
 
 def test_demo_on_sqlite(tmp_path: Path) -> None:
     out = subprocess.run(

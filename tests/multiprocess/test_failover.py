@@ -8,11 +8,14 @@ import signal
 import time
 
 import aiohttp
+import pytest
 
 from dstore_batch import Config, Store
 from dstore_batch.testing.cluster import LocalCluster
 from dstore_batch.testing.emulator import free_port
 from tests.helpers import TYPED_CODES, Load, lock_token, lost_or_changed
+
+pytestmark = pytest.mark.multiprocess
 
 LEASE_S = 2.0  # the lease of the `any_cluster` fixture
 

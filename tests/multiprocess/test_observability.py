@@ -19,6 +19,8 @@ from dstore_batch.testing.cluster import LocalCluster
 from dstore_batch.testing.emulator import free_port
 from tests.helpers import dashboard_expressions, serve_cluster, wait_until, wait_until_sync
 
+pytestmark = pytest.mark.multiprocess
+
 
 @pytest.fixture
 def prometheus_binary() -> str:

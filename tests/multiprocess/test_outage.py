@@ -24,6 +24,8 @@ from dstore_batch.testing.emulator import Emulator
 from dstore_batch.testing.faultproxy import FaultProxy
 from tests.helpers import TYPED_CODES, Load, lost_or_changed, metric, wait_until
 
+pytestmark = pytest.mark.multiprocess
+
 LEASE_S = 2.0
 OUTAGE_S = 20.0
 SAMPLE_S = 0.25

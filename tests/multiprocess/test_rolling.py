@@ -8,7 +8,11 @@ import asyncio
 import signal
 import time
 
+import pytest
+
 from tests.helpers import TYPED_CODES, Load, lost_or_changed, serve_cluster
+
+pytestmark = pytest.mark.multiprocess
 
 LEASE_MS = 5000  # the default lease: handover must not wait for it
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+import pytest
 
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
 from dstore_batch.testing.emulator import free_port
@@ -30,6 +31,8 @@ from tests.helpers import (
     serve_cluster,
     shard_view,
 )
+
+pytestmark = pytest.mark.multiprocess
 
 SIZE = 4
 SHARDS = 8

@@ -11,11 +11,14 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from dstore_batch import Client
 from dstore_batch.testing.cluster import LocalCluster
 from dstore_batch.types import Timestamp, WatchEvent
 from tests.helpers import Load, table_rows, wait_until
+
+pytestmark = pytest.mark.multiprocess
 
 
 class Collector:

@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from dstore_batch import Client
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
 from dstore_batch.types import Timestamp
 from tests.helpers import serve_cluster, wait_until
+
+pytestmark = pytest.mark.multiprocess
 
 WATCH_MIB = 32
 # What a node may grow beyond its budget: the text of queued events (made once a

@@ -14,6 +14,7 @@ import statistics
 import time
 
 import aiohttp
+import pytest
 
 from dstore_batch import Client
 from dstore_batch.core.shards import shard_of
@@ -27,6 +28,8 @@ from tests.multiprocess.test_watch import (
     saw_the_table,
     three_watchers,
 )
+
+pytestmark = pytest.mark.multiprocess
 
 SIZE = 4
 SHARDS = 8

@@ -1,4 +1,4 @@
-"""Regression tests for the findings of the outside review, one (or one group) each:
+"""Input at the edges of what a node accepts, each case a finding of an outside review:
 
 (1) a non-ASCII byte in Authorization is a 401 on every /v1/* path, /v1/peer included;
 (2) every key that can be stored is readable through HTTP GET, Client.get, SyncClient.get;
@@ -34,6 +34,8 @@ from dstore_batch.peerlink.protocol import ACK, FATAL, encode_hello
 from dstore_batch.server.node import IDLE_TIMEOUT_S
 from dstore_batch.testing.emulator import Emulator, free_port
 from tests.helpers import raw_http, wait_until
+
+pytestmark = pytest.mark.slow
 
 TOKEN = "api-token-Kx3"
 

@@ -1,8 +1,6 @@
-"""What `dstore-batch check` found, reproduced deterministically (on SQLite, in-process).
-
-Each test here is a bug of the package that the history checker found under faults. A test
-stays ``xfail(strict=True)`` while its bug is open; the fix removes the mark.
-"""
+"""A request split over shards, part of which committed, is never reported as "nothing
+written" (on SQLite, in-process): a bug the history checker found under faults,
+reproduced deterministically."""
 
 from __future__ import annotations
 

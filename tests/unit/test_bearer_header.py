@@ -1,7 +1,6 @@
-"""Regression test of the outside review's finding (1) at the unit level: the bearer
-check refuses, and never raises on, header text that is not ASCII (aiohttp hands bytes
-that are not UTF-8 over as surrogates). The HTTP-level tests of every finding are in
-tests/integration/test_outside_findings.py."""
+"""The bearer check refuses, and never raises on, header text that is not ASCII (aiohttp
+hands bytes that are not UTF-8 over as surrogates). Found by an outside review; the
+HTTP-level form is in tests/integration/test_input_edges.py."""
 
 from __future__ import annotations
 
