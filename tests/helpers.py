@@ -390,6 +390,37 @@ class Load:
                          what=f"{requests} more acked requests (failed so far {self.failed})")
 
 
+def load_through(load: Load, fault: Callable[[], Awaitable[object]], *, workers: int = 6,
+                 before: int = 20, after: int = 20, after_timeout: float = 30.0) -> None:
+    """The chaos, rolling, failover and outage tests' shape: ``workers`` producers put
+    through the cluster; once ``before`` requests are acked, ``fault()`` runs (it may
+    wait on the load itself); then ``after`` more requests sent after it must be acked
+    within ``after_timeout`` s; then the producers stop. Check the rows with
+    ``nothing_lost``."""
+
+    async def run() -> None:
+        producers = [asyncio.create_task(load.producer(w)) for w in range(workers)]
+        try:
+            await load.grows(before)
+            await fault()
+            await load.grows(after, timeout=after_timeout)
+        finally:
+            load.stop = True
+            await asyncio.gather(*producers)
+
+    asyncio.run(run())
+
+
+def nothing_lost(load: Load, database: str, emulator_host: str | None) -> None:
+    """Every acked row is stored with its acked timestamp, and every request that failed
+    got a typed code."""
+    missing, changed = lost_or_changed(database, emulator_host, load.acked)
+    assert load.acked, "nothing was acked"
+    assert not missing, f"{len(missing)} acked rows are missing"
+    assert not changed, f"{len(changed)} acked rows have another timestamp"
+    assert set(load.failed) <= TYPED_CODES, load.failed
+
+
 # -- a storage a test can watch and steer --------------------------------------------------
 
 

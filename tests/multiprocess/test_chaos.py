@@ -16,10 +16,11 @@ import pytest
 
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
 from tests.helpers import (
-    TYPED_CODES,
     Load,
+    load_through,
     lock_token,
     lost_or_changed,
+    nothing_lost,
     rows_by_leader,
     serve_cluster,
     wait_until,
@@ -36,48 +37,39 @@ def test_chaos_kills_and_a_frozen_leader(cluster: LocalCluster, emulator_host: s
     frozen: dict[str, object] = {}
 
     async def chaos() -> None:
-        producers = [asyncio.create_task(load.producer(w)) for w in range(6)]
-        try:
-            await load.grows(20)
-            for _ in range(5):
-                leader = await asyncio.to_thread(cluster.wait_for_leader)
-                killed_at = time.monotonic()
-                leader.signal(signal.SIGKILL)
-                await asyncio.to_thread(cluster.wait_for_leader, 20, leader.node_id)
-                failovers.append(time.monotonic() - killed_at)
-                leader.wait(5)
-                leader.start()
-                await asyncio.to_thread(cluster.wait_healthy, leader)
-                await load.grows(10)  # puts flow again before the next kill
-            # A stale leader: frozen past its lease while another takes over, resumed.
+        for _ in range(5):
             leader = await asyncio.to_thread(cluster.wait_for_leader)
-            leader.signal(signal.SIGSTOP)
-            stopped_at = time.monotonic()
-            new = await asyncio.to_thread(cluster.wait_for_leader, 20, leader.node_id)
-            frozen["takeover_s"] = time.monotonic() - stopped_at
-            frozen["node"] = leader.node_id
-            frozen["token"] = await lock_token(cluster.database, emulator_host)
-            # Deliberate timing, not a wait for a state: the frozen node stays frozen for
-            # a further lease, well past its own, while the new leader commits.
-            await asyncio.sleep(LEASE_S)
-            leader.signal(signal.SIGCONT)
-            # The resumed node finds out it lost the lock and follows the new leader,
-            # with its stale queue in hand; puts keep being acked meanwhile.
-            await wait_until(lambda: asyncio.to_thread(_names_leader, leader, new.node_id),
-                             20, interval=0.1, what="the resumed node follows")
-            await load.grows(20)
-        finally:
-            load.stop = True
-            await asyncio.gather(*producers)
+            killed_at = time.monotonic()
+            leader.signal(signal.SIGKILL)
+            await asyncio.to_thread(cluster.wait_for_leader, 20, leader.node_id)
+            failovers.append(time.monotonic() - killed_at)
+            leader.wait(5)
+            leader.start()
+            await asyncio.to_thread(cluster.wait_healthy, leader)
+            await load.grows(10)  # puts flow again before the next kill
+        # A stale leader: frozen past its lease while another takes over, resumed.
+        leader = await asyncio.to_thread(cluster.wait_for_leader)
+        leader.signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        new = await asyncio.to_thread(cluster.wait_for_leader, 20, leader.node_id)
+        frozen["takeover_s"] = time.monotonic() - stopped_at
+        frozen["node"] = leader.node_id
+        frozen["token"] = await lock_token(cluster.database, emulator_host)
+        # Deliberate timing, not a wait for a state: the frozen node stays frozen for
+        # a further lease, well past its own, while the new leader commits.
+        await asyncio.sleep(LEASE_S)
+        leader.signal(signal.SIGCONT)
+        # The resumed node finds out it lost the lock and follows the new leader,
+        # with its stale queue in hand; puts keep being acked meanwhile.
+        await wait_until(lambda: asyncio.to_thread(_names_leader, leader, new.node_id),
+                         20, interval=0.1, what="the resumed node follows")
 
-    asyncio.run(chaos())
-    missing, wrong = lost_or_changed(cluster.database, emulator_host, load.acked)
+    load_through(load, chaos)
     print(f"\nchaos: {len(load.acked)} rows acked, requests failed {load.failed}, "
           f"{load.unreachable} requests to a killed node, failovers "
           f"{[round(f, 2) for f in failovers]} s, frozen-leader takeover "
           f"{frozen['takeover_s']:.2f} s")
-    assert load.acked and not missing and not wrong
-    assert set(load.failed) <= TYPED_CODES, load.failed
+    nothing_lost(load, cluster.database, emulator_host)
     assert all(f <= 2 * LEASE_S + 1 for f in failovers), failovers
 
     # Fenced commits: nothing the frozen leader committed is newer than the token of the

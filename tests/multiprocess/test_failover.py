@@ -13,7 +13,7 @@ import pytest
 from dstore_batch import Config, Store
 from dstore_batch.testing.cluster import LocalCluster
 from dstore_batch.testing.emulator import free_port
-from tests.helpers import TYPED_CODES, Load, lock_token, lost_or_changed
+from tests.helpers import Load, load_through, lock_token, nothing_lost
 
 pytestmark = pytest.mark.multiprocess
 
@@ -94,26 +94,16 @@ def test_failover_under_load_loses_no_acked_put(any_cluster: LocalCluster,
     load = Load(cluster, targets=lambda: followers)  # the followers stay up
     killed_at = 0.0
 
-    async def run() -> None:
+    async def kill() -> None:
         nonlocal killed_at
-        tasks = [asyncio.create_task(load.producer(w)) for w in range(8)]
-        try:
-            await load.grows(20)  # puts flow before the kill
-            leader.signal(signal.SIGKILL)
-            killed_at = time.monotonic()
-            # Puts sent after the kill are acked again (20 of them), within the deadline.
-            await load.grows(20, timeout=6 * LEASE_S)
-        finally:
-            load.stop = True
-            await asyncio.gather(*tasks)
+        leader.signal(signal.SIGKILL)
+        killed_at = time.monotonic()
 
-    asyncio.run(run())
-    missing, wrong_ts = lost_or_changed(cluster.database, any_emulator_host, load.acked)
+    # Puts sent after the kill are acked again (20 of them), within the deadline.
+    load_through(load, kill, workers=8, after_timeout=6 * LEASE_S)
     first_ok = min(load.acked_since(killed_at), default=killed_at - 1) - killed_at
     print(f"acked {len(load.acked)} rows, failed requests {load.failed}, first put sent "
           f"after the kill acked {first_ok:.2f}s after it")
-    assert not missing, f"{len(missing)} acked rows are missing"
-    assert not wrong_ts, f"{len(wrong_ts)} acked rows have another timestamp"
-    assert set(load.failed) <= TYPED_CODES, load.failed
+    nothing_lost(load, cluster.database, any_emulator_host)
     assert load.unreachable == 0  # the followers answered every request
     assert 0 < first_ok <= 2 * LEASE_S
