@@ -22,7 +22,7 @@ import asyncio
 import itertools
 import json
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any, Self
 
 import msgpack
@@ -51,6 +51,7 @@ from ..types import (
     WatchEvent,
 )
 from .routing import Router
+from .sse import sse_events
 from .transport import (
     AiohttpTransport,
     ConnectError,
@@ -505,7 +506,7 @@ class Client:
                         if isinstance(err, RejectedError):
                             raise err
                         raise TransportError(f"{node}: {err.code}: {err.message}")
-                    async for event in _sse_events(resp.lines()):
+                    async for event in sse_events(resp.lines()):
                         failures = 0
                         if event.kind in ("lagged", "error"):
                             break  # resume from our own token, on the next node
@@ -560,34 +561,6 @@ def _not_resent(err: DstoreError) -> OutcomeUnknownError:
         f"{err.message}; a no_append item is not sent again after an attempt that may "
         "have written it (a second copy could overwrite a later write of its key): read "
         "the key to see whether it landed")
-
-
-async def _sse_events(content: AsyncIterator[bytes]) -> AsyncIterator[WatchEvent]:
-    """Parse a text/event-stream into watch events (comments are keep-alives)."""
-    kind = rid = ""
-    data: list[str] = []
-    async for raw in content:
-        line = raw.decode().rstrip("\r\n")
-        if not line:
-            if kind and data:
-                body = json.loads("\n".join(data))
-                ts = Timestamp.parse(body["timestamp"])
-                resume = Timestamp.parse(rid) if rid else ts
-                value = body.get("value")
-                yield WatchEvent(kind, body.get("key", ""), body.get("id", ""),
-                                 value if isinstance(value, str) else "", ts, resume)
-            kind, data = "", []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, rest = line.partition(":")
-        rest = rest[1:] if rest.startswith(" ") else rest
-        if field == "event":
-            kind = rest
-        elif field == "id":
-            rid = rest
-        elif field == "data":
-            data.append(rest)
 
 
 def _decode(raw: bytes, status: int) -> Any:

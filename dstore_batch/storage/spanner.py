@@ -179,8 +179,9 @@ def _mutate_rows(txn: Any, table: str, rows: Sequence[Row], leader: str, op: str
     The client's own `insert_or_update` builds every value through proto-plus: under
     full load that was 57% of the leader's CPU samples (BENCHMARKS.md). Building the
     protobuf directly (upb, in C) is ~5x cheaper per row, and byte-identical
-    (tests/unit/test_spanner_encoding.py compares the bytes with the client's own encoding). The client
-    keeps its mutations in `_mutations`; should that ever change, the public call is used.
+    (tests/unit/test_spanner_encoding.py compares the bytes with the client's own
+    encoding). The client keeps its mutations in `_mutations`; should that ever change,
+    the public call is used.
     """
     if not isinstance(getattr(txn, "_mutations", None), list):
         values = [(r.id, r.key, None if r.delete else r.value, leader,
