@@ -135,7 +135,8 @@ def utf8_len(s: str) -> int | None:
 # -- the peer-link protocol, as docs/PROTOCOL.md states it ---------------------------------
 
 MSGPACK_INT = st.integers(-(2**63), 2**64 - 1)
-HELLO, WELCOME, PUT, ACK, ERROR, FATAL, SUBSCRIBE, SUBSCRIBED, EVENTS = range(9)
+HELLO, WELCOME, PUT, ACK, ERROR, FATAL, SUBSCRIBE, SUBSCRIBED, EVENTS, RELEASED, WATERMARK = (
+    range(11))
 # Item flags (docs/PROTOCOL.md, version 2): bit 0 no_append (with the id "-" and only
 # with it), bit 1 the client's id (keep a stored copy), bit 2 a tombstone, bit 3
 # if_absent, bit 4 if_latest (the item then ends with the expected id). Any other bit is
@@ -167,12 +168,20 @@ def model_frame(obj: Any) -> bool:
         return len(args) == 2 and type(args[0]) is str and type(args[1]) is str
     if kind == SUBSCRIBE:
         return len(args) == 1 and type(args[0]) is bool
-    if kind == SUBSCRIBED:
-        return not args
-    if kind == EVENTS:
-        return (len(args) == 2 and type(args[0]) is int and args[0] >= 0
-                and type(args[1]) is list)
+    if kind == SUBSCRIBED:  # [7], or [7, shard] in a group of shards
+        return not args or (len(args) == 1 and _count(args[0]))
+    if kind == EVENTS:  # [8, ts, rows], or [8, ts, rows, shard, watermark]
+        return (len(args) in (2, 4) and _count(args[0]) and type(args[1]) is list
+                and all(_count(a) for a in args[2:]))
+    if kind == RELEASED:
+        return len(args) == 1 and type(args[0]) is str
+    if kind == WATERMARK:
+        return len(args) == 2 and _count(args[0]) and _count(args[1])
     return False
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
 
 
 def model_rows(items: Any) -> list[Row] | None:
@@ -362,8 +371,15 @@ _FRAME_BASES = st.one_of(
     st.tuples(near(st.just(FATAL)), near(TEXT), near(TEXT)).map(list),
     st.tuples(near(st.just(SUBSCRIBE)), near(st.booleans())).map(list),
     st.tuples(near(st.just(SUBSCRIBED))).map(list),
+    st.tuples(near(st.just(SUBSCRIBED)), near(st.integers(0, 63))).map(list),
     st.tuples(near(st.just(EVENTS)), near(st.integers(0, 2**64 - 1)),
               near(st.lists(st.lists(near(TEXT), max_size=3), max_size=2))).map(list),
+    st.tuples(near(st.just(EVENTS)), near(st.integers(0, 2**64 - 1)),
+              near(st.lists(st.lists(near(TEXT), max_size=3), max_size=2)),
+              near(st.integers(0, 63)), near(st.integers(0, 2**64 - 1))).map(list),
+    st.tuples(near(st.just(RELEASED)), near(TEXT)).map(list),
+    st.tuples(near(st.just(WATERMARK)), near(st.integers(0, 63)),
+              near(st.integers(0, 2**64 - 1))).map(list),
     st.lists(OBJECTS, max_size=4),
     OBJECTS,
 )
