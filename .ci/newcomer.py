@@ -120,22 +120,25 @@ def rule(name: str, text: str) -> tuple[str, str] | None:
 
 def sh(script: str, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
     """Run ``script`` with bash in its own process group; stop the group after it (a
-    block may leave servers running in the background). Returns (status, output)."""
-    proc = subprocess.Popen(["bash", "-c", script], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate()
-        return 124, out
-    finally:
+    block may leave servers running in the background). Returns (status, output). The
+    output goes to a file, not a pipe: a server left in the background holds a pipe
+    open, and the block would never seem to end."""
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(["bash", "-c", script], cwd=cwd, env=env, text=True,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    return proc.returncode, out
+            status = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            status = 124
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        time.sleep(1.0)  # what the block left in the background lets go of its ports
+        out.seek(0)
+        return status, out.read()
 
 
 def streams_stopped(text: str) -> str:
@@ -143,6 +146,7 @@ def streams_stopped(text: str) -> str:
     ``serve``) given a few seconds, then stopped as a reader's Ctrl-C would."""
     lines = []
     for line in _joined(text):
+        line = re.sub(r"\s+#\s.*$", "", line)  # a trailing comment would swallow the "||"
         follows = "curl -N" in line or "dstore-batch watch" in line or (
             "dstore-batch serve" in line and not line.rstrip().endswith("&"))
         lines.append(f"timeout -s INT {STREAM_S} {line} || [ $? = 124 ]" if follows else line)
@@ -231,7 +235,9 @@ def main() -> int:
             else:
                 tail = " | ".join(out.strip().splitlines()[-3:])
                 results.append((name, first, "FAILED", f"exit {status} ({took}): {tail}"))
-            print(f"  {results[-1][2]:8} {name}: {first}", flush=True)
+            print(f"  {results[-1][2]:8} {name}: {first}"
+                  + (f"\n           {results[-1][3]}" if results[-1][2] == "FAILED" else ""),
+                  flush=True)
     finally:
         if demo is not None:
             os.killpg(demo.pid, signal.SIGINT)
