@@ -226,8 +226,8 @@ class Config:
     # core/watch.py for how it is shared.
     watch_memory_bytes: int = field(default=256 * 1024 * 1024, metadata=setting(
         "--watch-memory-mib", "what this node's watchers may hold in all: each watcher's "
-        "queue gets an equal share (128 KiB to 8 MiB); a watch past 8 a MiB is refused "
-        "(busy)", scale=(1024 * 1024, 1)))
+        "queue gets an equal share (128 KiB to 8 MiB); a watch past budget / 128 KiB "
+        "watches is refused (busy)", scale=(1024 * 1024, 1)))
     # Origins whose pages may call /v1/* from a browser (CORS; "*" any; empty: off).
     cors_origins: tuple[str, ...] = field(default=(), metadata=setting(
         "--cors-origins", "comma list of origins (scheme://host[:port], or *) whose pages "
