@@ -27,7 +27,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -336,27 +336,48 @@ def serve_cluster(database: str, emulator_host: str | None, size: int = 3, *,
         yield cluster
 
 
+class Target(Protocol):
+    """Where a producer sends: a `serve` process, or a container running one."""
+
+    @property
+    def url(self) -> str: ...
+
+
 @dataclass
 class Load:
     """Producers of ``put_many`` requests through live nodes of a cluster: what was acked
-    (and when each acked request was sent and answered) and what failed, by code."""
+    (and when each acked request was sent and answered, and through which node) and what
+    failed, by code. ``targets``: the nodes to send to (default: the cluster's live
+    ones); ``headers``: e.g. an API token; ``keys``: with a number, each producer writes
+    that many keys over and over with ids of its own (histories of many rows), else
+    every row its own key and the node's id."""
 
-    cluster: LocalCluster
-    targets: Callable[[], Sequence[NodeProcess]] | None = None  # default: live nodes
+    cluster: LocalCluster | None = None
+    targets: Callable[[], Sequence[Target]] | None = None  # default: live nodes
+    headers: dict[str, str] = field(default_factory=dict)
+    keys: int | None = None
     acked: dict[tuple[str, str], str] = field(default_factory=dict)
     acks: list[tuple[float, float]] = field(default_factory=list)  # (sent, acked) of each ok
+    acked_through: Counter[str] = field(default_factory=Counter)  # rows, by node url
     failed: dict[str, int] = field(default_factory=dict)
     unreachable: int = 0
     stop: bool = False
 
-    def nodes(self) -> Sequence[NodeProcess]:
+    def nodes(self) -> Sequence[Target]:
         if self.targets is not None:
             return self.targets()
+        assert self.cluster is not None, "a Load needs a cluster or targets"
         return [n for n in self.cluster.nodes if n.alive and not n.paused]
 
     def acked_since(self, moment: float) -> list[float]:
         """When each request sent after ``moment`` (monotonic) was acked."""
         return [acked for sent, acked in self.acks if sent > moment]
+
+    def _batch(self, worker: int, n: int, items: int, value: str) -> list[dict[str, str]]:
+        if self.keys is None:
+            return [{"key": f"c{worker}-{n}-{j}", "value": value} for j in range(items)]
+        return [{"key": f"w{worker}-k{(n + j) % self.keys}", "value": f"{value} {n}.{j}",
+                 "id": f"w{worker}-{n}-{j}"} for j in range(items)]
 
     async def producer(self, worker: int, items: int = 5, value: str = "x" * 50) -> None:
         rng = random.Random(worker)
@@ -364,23 +385,25 @@ class Load:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
             while not self.stop:
                 node = rng.choice(self.nodes())
-                batch = [{"key": f"c{worker}-{n}-{j}", "value": value} for j in range(items)]
+                batch = self._batch(worker, n, items, value)
                 n += 1
                 started = time.monotonic()
                 try:
-                    async with http.post(f"{node.url}/v1/put_many",
-                                         json={"items": batch}) as resp:
-                        body = await resp.json()
-                except (TimeoutError, aiohttp.ClientError, OSError):
+                    async with http.post(f"{node.url}/v1/put_many", json={"items": batch},
+                                         headers=self.headers) as resp:
+                        body = await resp.json(content_type=None)
+                except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
                     self.unreachable += 1  # the node died under the request: not acked
                     await asyncio.sleep(0.05)  # pacing: do not spin on a dead node
                     continue
                 if resp.status == 200:
                     for item, r in zip(batch, body["results"], strict=True):
+                        assert item.get("id", r["id"]) == r["id"], (item, r)
                         self.acked[(item["key"], r["id"])] = r["timestamp"]
                     self.acks.append((started, time.monotonic()))
+                    self.acked_through[node.url] += len(batch)
                 else:
-                    code = body["error"]["code"]
+                    code = str(body.get("error", {}).get("code", resp.status))
                     self.failed[code] = self.failed.get(code, 0) + 1
 
     async def grows(self, requests: int = 20, timeout: float = 30.0) -> None:
