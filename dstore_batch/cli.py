@@ -52,7 +52,7 @@ def _setting_flag(p: argparse.ArgumentParser, flag: str) -> None:
     if s.also_env:
         # The Spanner client's own variable is honoured too: it is what gcloud's docs set.
         shown = os.environ.get(s.also_env, shown)
-    _flag(p, flag, shown, type=s.type, help=s.help)
+    _flag(p, flag, shown, type=s.type, help=s.help_text())
 
 
 def _table_flags(p: argparse.ArgumentParser) -> None:
@@ -350,9 +350,9 @@ def _init_db(database: str, lock_table: str, log_table: str,
 
 
 def _days(value: Any) -> int | None:
+    """``--retention-days`` of `ddl` and `init-db`, checked by its setting's bounds."""
     days = int(value) if value not in (None, "") else None
-    if days is not None and not 1 <= days <= 36500:
-        raise ValueError("--retention-days must be 1..36500")
+    _SETTINGS["--retention-days"][1].check("--retention-days", days)
     return days
 
 

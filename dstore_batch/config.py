@@ -57,6 +57,27 @@ class Setting:
     scale: tuple[int, int] = (1, 1)  # field = flag value * num / den (ms -> s: (1, 1000))
     split: bool = False  # a comma list into a tuple of str
     also_env: str | None = None  # one more variable to read when neither flag nor DSTORE_*
+    # The field's bounds (None: open on that side), and what the refusal adds after them.
+    bounds: tuple[float | None, float | None] | None = None
+    why: str = ""
+
+    def check(self, name: str, value: object) -> None:
+        """ValueError unless the field's ``value`` is within ``bounds`` (None passes)."""
+        if self.bounds is None or value is None:
+            return
+        assert isinstance(value, int | float)
+        lo, hi = self.bounds
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"at least {lo}" if hi is None else f"{lo}..{hi}"
+            raise ValueError(f"{name} must be {span}{self.why}")
+
+    def help_text(self) -> str:
+        """The help, with the bounds in the flag's unit."""
+        if self.bounds is None:
+            return self.help
+        lo, hi = (None if b is None else self.to_flag(b) for b in self.bounds)
+        span = f"at least {lo}" if hi is None else f"{lo}..{hi}"
+        return f"{self.help} ({span})"
 
     def to_field(self, raw: object) -> object:
         """The field's value from the flag's (a string from the environment, or None)."""
@@ -97,10 +118,11 @@ class BatchConfig:
         "--max-batch-bytes", "bytes per commit cap"))
     # 0 = pure group commit
     linger_s: float = field(default=0.0, metadata=setting(
-        "--linger-ms", "extra wait for fuller batches", type=float, scale=(1, 1000)))
+        "--linger-ms", "extra wait for fuller batches", type=float, scale=(1, 1000),
+        bounds=(0, 1), why=" seconds"))
     # The emulator serializes commits: more than one helps only on Spanner.
     max_inflight: int = field(default=1, metadata=setting(
-        "--max-inflight", "commits in flight"))
+        "--max-inflight", "commits in flight", bounds=(1, 64)))
     queue_max_bytes: int = field(default=256 * 1024 * 1024, metadata=setting(
         "--queue-max-bytes", "leader queue bound; beyond it puts get busy"))
     follower_inflight_bytes: int = field(default=64 * 1024 * 1024, metadata=setting(
@@ -121,10 +143,7 @@ class BatchConfig:
                 f"max_bytes must be 1024..{SPANNER_MAX_COMMIT_BYTES // 2} "
                 "(half of Spanner's 100 MB commit limit, for request overhead)"
             )
-        if not 0 <= self.linger_s <= 1:
-            raise ValueError("linger_s must be 0..1 seconds")
-        if not 1 <= self.max_inflight <= 64:
-            raise ValueError("max_inflight must be 1..64")
+        check_settings(self)
         if self.queue_max_bytes < self.max_bytes:
             raise ValueError("queue_max_bytes must be at least max_bytes")
 
@@ -135,21 +154,19 @@ class LimitsConfig:
 
     # Spanner caps a whole key at 8 KiB; the id shares it.
     max_key_bytes: int = field(default=4096, metadata=setting(
-        "--max-key-bytes", "key size cap"))
+        "--max-key-bytes", "key size cap", bounds=(1, 8000),
+        why=" (Spanner's key limit is 8 KiB)"))
     max_value_bytes: int = field(default=1024 * 1024, metadata=setting(
         "--max-value-bytes", "value size cap"))
     max_items_per_request: int = field(default=100_000, metadata=setting(
-        "--max-items-per-request", "items in one put_many"))
+        "--max-items-per-request", "items in one put_many", bounds=(1, None)))
     max_request_bytes: int = field(default=64 * 1024 * 1024, metadata=setting(
         "--max-request-bytes", "HTTP body and peer frame cap"))
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_key_bytes <= 8000:
-            raise ValueError("max_key_bytes must be 1..8000 (Spanner's key limit is 8 KiB)")
+        check_settings(self)
         if not 0 <= self.max_value_bytes <= 10 * 1024 * 1024:
             raise ValueError("max_value_bytes must be 0..10 MiB (Spanner's STRING limit)")
-        if self.max_items_per_request < 1:
-            raise ValueError("max_items_per_request must be positive")
 
 
 MAX_SHARDS = 64  # a bound for the metrics' shard label
@@ -185,12 +202,12 @@ class Config:
     lock_name: str = field(default="dstore", metadata=setting(
         "--lock-name", "lock row name", type=str))
     lease_s: float = field(default=DEFAULT_LEASE_S, metadata=setting(
-        "--lease-ms", "election lease (min 1000)", scale=(1, 1000)))
+        "--lease-ms", "election lease", scale=(1, 1000), bounds=(MIN_LEASE_S, None)))
     put_timeout_s: float = field(default=30.0, metadata=setting(
         "--put-timeout-ms", "default per-put deadline", scale=(1, 1000)))
     db_timeout_s: float = field(default=10.0, metadata=setting(
         "--db-timeout-ms", "bound of every database call; past it the call fails with a "
-        "typed error", scale=(1, 1000)))
+        "typed error", scale=(1, 1000), bounds=(0.1, 600), why=" seconds"))
     batch: BatchConfig = field(default_factory=BatchConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     # Secrets: never in repr, logs or metrics.
@@ -206,22 +223,26 @@ class Config:
         "--tls-ca", "CA bundle that peers use to verify each other", type=str))
     shards: int = field(default=1, metadata=setting(
         "--shards", "funnels in the group, each with its own lock, leader and committer; "
-        "keys go to shard crc32(key) mod N; every node of a group must use the same N"))
+        "keys go to shard crc32(key) mod N; every node of a group must use the same N",
+        bounds=(1, MAX_SHARDS)))
     max_commit_delay_s: float = field(default=0.0, metadata=setting(
-        "--max-commit-delay-ms", "0-500: let Spanner hold each commit up to this long to "
-        "batch it with others (throughput-optimized writes; Spanner only)", scale=(1, 1000)))
+        "--max-commit-delay-ms", "let Spanner hold each commit up to this long to batch it "
+        "with others (throughput-optimized writes; Spanner only)", scale=(1, 1000),
+        bounds=(0, 0.5), why=" seconds (Spanner's range)"))
     keep_versions: int | None = field(default=None, metadata=setting(
         "--keep-versions", "each key keeps its newest N rows; the leader deletes older "
-        "ones in the background (at most a twentieth of the database's time)"))
+        "ones in the background (at most a twentieth of the database's time)",
+        bounds=(1, None), why=" (a key's newest row stays)"))
     retention_days: int | None = field(default=None, metadata=setting(
         "--retention-days", "rows older than this many days are deleted (Spanner: a row "
-        "deletion policy on the timestamp column; it removes a key's only row too)"))
+        "deletion policy on the timestamp column; it removes a key's only row too)",
+        bounds=(1, 36500)))
     # With retention on: a retry (a row sent again with its id) older than this is
     # refused, and --keep-versions never removes a row younger than it.
     dedup_window_s: float = field(default=DEDUP_WINDOW_S, metadata=setting(
         "--dedup-window-s", "with retention on: a retry (a row sent again with its id) "
         "older than this is refused (retry_too_old), and --keep-versions keeps every row "
-        "younger than this", type=float))
+        "younger than this", type=float, bounds=(0, 86_400), why=" seconds"))
     # What this node's watchers may hold in all (queues and catch-up pages); see
     # core/watch.py for how it is shared.
     watch_memory_bytes: int = field(default=256 * 1024 * 1024, metadata=setting(
@@ -247,24 +268,11 @@ class Config:
         check_table_name(self.log_table)
         if not self.lock_name:
             raise ValueError("lock_name must not be empty")
-        if self.lease_s < MIN_LEASE_S:
-            raise ValueError(f"lease_s must be at least {MIN_LEASE_S}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         if self.put_timeout_s <= 0:
             raise ValueError("put_timeout_s must be positive")
-        if not 0.1 <= self.db_timeout_s <= 600:
-            raise ValueError("db_timeout_s must be 0.1..600 seconds")
-        if self.keep_versions is not None and self.keep_versions < 1:
-            raise ValueError("keep_versions must be at least 1 (a key's newest row stays)")
-        if self.retention_days is not None and not 1 <= self.retention_days <= 36500:
-            raise ValueError("retention_days must be 1..36500")
-        if not 1 <= self.shards <= MAX_SHARDS:
-            raise ValueError(f"shards must be 1..{MAX_SHARDS}")
-        if not 0 <= self.max_commit_delay_s <= 0.5:
-            raise ValueError("max_commit_delay_s must be 0..0.5 seconds (Spanner's range)")
-        if not 0 <= self.dedup_window_s <= 86_400:
-            raise ValueError("dedup_window_s must be 0..86400 seconds")
+        check_settings(self)
         if not 1 <= self.watch_memory_bytes // (1024 * 1024) <= 1024 * 1024:
             raise ValueError("watch_memory_bytes must be 1 MiB..1 TiB")
         for origin in self.cors_origins:
@@ -290,6 +298,14 @@ class Config:
 
 
 SettingPath = tuple[str, ...]  # ("lease_s",), ("batch", "max_rows")
+
+
+def check_settings(obj: object) -> None:
+    """ValueError for the first field of ``obj`` (a config dataclass) whose value is
+    outside its ``Setting``'s bounds."""
+    for f in fields(obj):  # type: ignore[arg-type]
+        if "setting" in f.metadata:
+            f.metadata["setting"].check(f.name, getattr(obj, f.name))
 
 
 def settings() -> list[tuple[SettingPath, Setting, object]]:

@@ -66,3 +66,21 @@ def test_a_bad_value_is_a_clear_error() -> None:
                                       "--lease-ms", "10"])
     with pytest.raises(ValueError, match="lease_s must be at least"):
         config_from_args(args)
+
+
+def test_a_settings_bounds_are_stated_once_checked_and_shown() -> None:
+    from dstore_batch.config import settings
+
+    bounded = {s.flag: s for _, s, _ in settings() if s.bounds is not None}
+    assert {"--lease-ms", "--db-timeout-ms", "--shards", "--retention-days",
+            "--max-commit-delay-ms", "--dedup-window-s", "--linger-ms",
+            "--max-inflight"} <= set(bounded)
+    with pytest.raises(ValueError, match=r"shards must be 1\.\.64"):
+        Config(node_id="127.0.0.1:1", database="d", shards=0)
+    with pytest.raises(ValueError, match=r"max_commit_delay_s must be 0\.\.0\.5 seconds"):
+        Config(node_id="127.0.0.1:1", database="d", max_commit_delay_s=0.6)
+    with pytest.raises(ValueError, match=r"max_inflight must be 1\.\.64"):
+        BatchConfig(max_inflight=65)
+    # In the flag's unit in the help: milliseconds for a setting kept in seconds.
+    assert bounded["--max-commit-delay-ms"].help_text().endswith("(0..500)")
+    assert bounded["--lease-ms"].help_text().endswith("(at least 1000)")
