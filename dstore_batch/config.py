@@ -48,8 +48,9 @@ def check_table_name(name: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Setting:
     """How a config field is set from outside: its ``serve`` flag (and so its
-    ``DSTORE_*`` variable), the flag's type and unit, and its help. The CLI makes its
-    flags from these (``settings()``); the field's default is the flag's default."""
+    ``DSTORE_*`` variable), the flag's type and unit, the field's bounds, and its help.
+    The CLI makes its flags from these (``settings()``); the field's default is the
+    flag's default; ``check_settings`` holds a config to the bounds."""
 
     flag: str
     help: str
