@@ -26,14 +26,15 @@ __all__ = ["main"]
 log = logging.getLogger("dstore_batch")
 
 
-def _env_default(flag: str, default: Any) -> Any:
-    return os.environ.get("DSTORE_" + flag.lstrip("-").replace("-", "_").upper(), default)
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
 
 def _flag(p: argparse.ArgumentParser, flag: str, default: Any = None, **kw: Any) -> None:
-    env = "DSTORE_" + flag.lstrip("-").replace("-", "_").upper()
+    """A flag that is also a ``DSTORE_*`` variable (the flag wins)."""
+    env = "DSTORE_" + _dest(flag).upper()
     help_text = kw.pop("help", "")
-    p.add_argument(flag, default=_env_default(flag, default),
+    p.add_argument(flag, default=os.environ.get(env, default),
                    help=f"{help_text} [env {env}; default {default}]", **kw)
 
 
@@ -42,27 +43,15 @@ def _flag(p: argparse.ArgumentParser, flag: str, default: Any = None, **kw: Any)
 _SETTINGS = {s.flag: (path, s, default) for path, s, default in settings()}
 
 
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
-
-
-def _setting_flag(p: argparse.ArgumentParser, flag: str) -> None:
-    _, s, default = _SETTINGS[flag]
-    shown = None if default is MISSING else s.to_flag(default)
-    if s.also_env:
-        # The Spanner client's own variable is honoured too: it is what gcloud's docs set.
-        shown = os.environ.get(s.also_env, shown)
-    _flag(p, flag, shown, type=s.type, help=s.help_text())
-
-
-def _table_flags(p: argparse.ArgumentParser) -> None:
-    _setting_flag(p, "--lock-table")
-    _setting_flag(p, "--log-table")
-
-
-def _database_flags(p: argparse.ArgumentParser) -> None:
-    for flag in ("--database", "--lock-table", "--log-table", "--emulator-host"):
-        _setting_flag(p, flag)
+def _setting_flags(p: argparse.ArgumentParser, *flags: str) -> None:
+    """The flags of these ``Config`` settings, as their ``Setting``s describe them."""
+    for flag in flags:
+        _, s, default = _SETTINGS[flag]
+        shown = None if default is MISSING else s.to_flag(default)
+        if s.also_env:
+            # The Spanner client's own variable is honoured too: what gcloud's docs set.
+            shown = os.environ.get(s.also_env, shown)
+        _flag(p, flag, shown, type=s.type, help=s.help_text())
 
 
 # The commands of the runtime package; any other comes from an installed tool (the
@@ -93,14 +82,13 @@ def _parser(with_tools: bool = True) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ddl", help="print the Spanner DDL for the lock and log tables")
-    _table_flags(p)
-    _retention_days_flag(p)
+    _setting_flags(p, "--lock-table", "--log-table", "--retention-days")
     p.set_defaults(func=_ddl)
 
     p = sub.add_parser("init-db", help="create the tables if missing (and, on the "
                        "emulator, the instance and database)")
-    _database_flags(p)
-    _retention_days_flag(p)
+    _setting_flags(p, "--database", "--lock-table", "--log-table", "--emulator-host",
+                   "--retention-days")
     p.set_defaults(func=_init_db_command)
 
     p = sub.add_parser("demo", help="a three-node cluster on this machine, a workload and "
@@ -181,10 +169,6 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--nodes", "127.0.0.1:8080", help="comma list of node host:port or URLs")
     _flag(p, "--api-token", help="bearer token, when the API requires one")
     _flag(p, "--timeout-ms", 30000, type=int, help="deadline of the call")
-
-
-def _retention_days_flag(p: argparse.ArgumentParser) -> None:
-    _setting_flag(p, "--retention-days")
 
 
 def _client_command(args: argparse.Namespace) -> int:
@@ -299,8 +283,7 @@ def _list_all(client: Any, args: argparse.Namespace, staleness_s: float | None) 
 def add_serve_flags(p: argparse.ArgumentParser) -> None:
     """`serve`'s flags (each also a ``DSTORE_*`` variable): one a ``Config`` setting,
     and the process's own (``--init-db``, ``--log-level``, ``--log-format``)."""
-    for flag in _SETTINGS:
-        _setting_flag(p, flag)
+    _setting_flags(p, *_SETTINGS)
     _flag(p, "--init-db", "false", help="create missing tables first (true/false)")
     _flag(p, "--log-level", "info", help="debug, info, warning")
     _flag(p, "--log-format", "text", choices=("text", "json"), help="text or json lines")

@@ -45,7 +45,8 @@ from dstore_batch.storage import (
 )
 from dstore_batch.storage.base import CHANGES_MAX_BYTES, peer_row_prefix
 from dstore_batch.types import NO_APPEND_ID, Latest, Row, Timestamp
-from dstore_bench.model_storage import FAILED, NOT_LEADER, OK, WRITE_OPS
+
+from .model_storage import FAILED, NOT_LEADER, OK, WRITE_OPS
 
 __all__ = ["MODEL_LABEL", "ModelDatabase", "ModelLatency", "serve_model"]
 

@@ -44,11 +44,11 @@ from dstore_batch.errors import DstoreError
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
 from dstore_batch.testing.emulator import Emulator, free_port
 from dstore_batch.types import Timestamp
-from dstore_bench.model_storage import ModelStorage
 
 from .client_mode import node_cpu_seconds
 from .funnel_node import COUNTERS
 from .model_db import MODEL_LABEL, ModelLatency
+from .model_storage import ModelStorage
 from .workload import cpu_seconds
 
 __all__ = ["ShardsSpec", "run_shards", "shards_lines"]

@@ -116,9 +116,34 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--prefix", required=True)
     c.add_argument("--ready", required=True)
     c.add_argument("--out", required=True)
+    w = sub.add_parser("windows", help="only this mode's windows (none, W, W, none), on a "
+                       "fresh emulator, ROUNDS times: to compare two trees side by side")
+    w.add_argument("--rounds", type=int, default=1)
+    w.add_argument("--watchers", type=int, default=ProcsSpec.watchers)
     args = p.parse_args(argv)
+    if args.command == "windows":
+        _windows(args.rounds, args.watchers)
+        return
     asyncio.run(_consume(args.urls.split(","), args.watchers, args.prefix, Path(args.ready),
                          Path(args.out)))
+
+
+def _windows(rounds: int, watchers: int) -> None:
+    """``rounds`` runs of the windows, each on a database of its own; their ratios."""
+    from dstore_batch.testing.emulator import Emulator
+
+    print(f"command: python -m dstore_bench.watch_procs windows --rounds {rounds} "
+          f"--watchers {watchers}", flush=True)
+    ratios = []
+    with Emulator() as emulator:
+        for r in range(rounds):
+            database = emulator.create_database(f"windows{r}")
+            result = run_watch_procs(database, emulator.host, ProcsSpec(watchers=watchers),
+                                     lambda line: print(line, flush=True))
+            ratios.append(result["ratio_of_medians"])
+            print(f"round {r + 1}: ratio of medians {ratios[-1]:.3f}, delivery "
+                  f"{'ok' if result['delivery_ok'] else 'NOT OK'}", flush=True)
+    print(f"ratios {[round(x, 3) for x in ratios]}; median {statistics.median(ratios):.3f}")
 
 
 def machine_busy_seconds() -> float:

@@ -328,9 +328,9 @@ class _StreamSink:
     """Writes a live commit's text straight into a watch's socket, from the publisher,
     when the socket has room and the handler is not writing: with many watchers, a
     handler's wakeup a commit was most of what a stream cost besides the bytes. What
-    waits in the socket's buffer then stays within ``room`` (half the watcher's share
-    of the watch memory, at least ``SSE_WRITE_BYTES``); anything else waits in the
-    watcher's queue for the handler, which writes it in slices."""
+    waits in the socket's buffer then stays within half the watcher's share of the watch
+    memory (at least ``SSE_WRITE_BYTES``); anything else waits in the watcher's queue
+    for the handler, which writes it in slices."""
 
     __slots__ = ("_chunked", "_transport", "writing")
 
