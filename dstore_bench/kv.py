@@ -310,12 +310,8 @@ async def _funnel_window(core: StoreCore, workload: WorkloadSpec,
     """The funnel's workload on ``core``, with the rows retention removed meanwhile."""
     edges: dict[str, tuple[float, float]] = {}
 
-    def removed() -> float:
-        return core.metrics.registry.get_sample_value(
-            "dstore_retention_removed_rows_total", {"kind": "versions"}) or 0.0
-
     async def on_window(edge: str) -> None:
-        edges[edge] = (removed(), emulator_cpu() if emulator_cpu else float("nan"))
+        edges[edge] = (_removed(core), emulator_cpu() if emulator_cpu else float("nan"))
 
     async def put(key: str, value: str) -> object:
         return await core.put(key, value)
@@ -328,7 +324,6 @@ async def _funnel_window(core: StoreCore, workload: WorkloadSpec,
     return {"puts_s": window.puts / seconds,
             **percentiles([us / 1e6 for us in window.latencies_us]),
             "removed_rows_s": (edges["end"][0] - edges["start"][0]) / seconds,
-            "removed_rows_run": removed(),  # warm-up included (a fresh store: from 0)
             "emulator_cpu_s": edges["end"][1] - edges["start"][1],
             "errors": window.errors}
 
@@ -343,9 +338,15 @@ async def _retention(databases: tuple[str, str], emulator_host: str | None, spec
                             duration_s=spec.duration_s)
     runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     for label in ("off", "on", "on", "off"):
-        runs[label].append(await _on_core(
-            off if label == "off" else on,
-            lambda core: _funnel_window(core, workload, emulator_cpu)))
+        core = await _started(off if label == "off" else on)
+        try:
+            figures = await _funnel_window(core, workload, emulator_cpu)
+        finally:
+            await core.stop()
+        # Read once the store has stopped: a step that began before the window closed
+        # finishes (or is cut off) by then, and its rows belong to this run, not the next.
+        figures["removed_rows_run"] = _removed(core)  # warm-up included (from 0)
+        runs[label].append(figures)
     mean = {label: sum(r["puts_s"] for r in rs) / len(rs) for label, rs in runs.items()}
     policy = RetentionPolicy(keep_versions=spec.keep_versions)  # what the store runs
     return {"policy": {"duty": policy.duty, "step_rows": policy.step_rows},
@@ -374,14 +375,19 @@ async def _idle_pass(databases: tuple[str, str], emulator_host: str | None,
         started = time.monotonic()
         async with core:
             await core.wait_for_leader(30)
-            while (removed := core.metrics.registry.get_sample_value(
-                    "dstore_retention_removed_rows_total", {"kind": "versions"}) or 0) < want:
+            while (removed := _removed(core)) < want:
                 if time.monotonic() - started > IDLE_PASS_CAP_S:
                     break
                 await asyncio.sleep(0.05)
             out[label] = {"seconds": time.monotonic() - started, "removed": removed,
                           "duty": core.retention.duty()}
     return out
+
+
+def _removed(core: StoreCore) -> float:
+    """Rows retention has removed for the version rule since ``core`` was made."""
+    return core.metrics.registry.get_sample_value(
+        "dstore_retention_removed_rows_total", {"kind": "versions"}) or 0.0
 
 
 async def _on_core(config: Config, work: Callable[[StoreCore], Awaitable[dict[str, Any]]]
