@@ -44,7 +44,7 @@ def test_objects_validate_against_the_schemas(overlay: str) -> None:
     docs = render(overlay)
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "Service", "PodDisruptionBudget", "ServiceAccount", "PodMonitor",
-            "Job", "ConfigMap"} <= kinds
+            "PrometheusRule", "Job", "ConfigMap"} <= kinds
     for doc in docs:
         if doc["apiVersion"].startswith("monitoring.coreos.com"):
             continue  # a custom resource: checked by hand below
@@ -99,6 +99,9 @@ def test_wiring_matches_the_app(overlay: str) -> None:
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     for endpoint in monitor["spec"]["podMetricsEndpoints"]:
         assert endpoint["port"] in ports and endpoint["path"] in routes
+    # The alerts themselves are checked by promtool in tests/unit/test_alerts.py.
+    rule = by_kind(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["spec"]["groups"]
 
     # Long enough to sleep in preStop and then drain and release the lock.
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
