@@ -1,6 +1,7 @@
 """The docs stay true to the tree: the test map in docs/TESTING.md names every file under
 tests/ and only files that exist, the README stays short, and every relative link in the
-README, BENCHMARKS.md and docs/ reaches a file (and, with ``#anchor``, a heading in it)."""
+README, BENCHMARKS.md and docs/ reaches a file (and, with ``#anchor``, a heading in it),
+and every figure of BENCHMARKS.md names the command and the commit that made it."""
 
 from __future__ import annotations
 
@@ -130,3 +131,53 @@ def test_the_slug_rule() -> None:
     assert slug("Sweep: `dstore-batch bench --sweep --duration-s 5`") == (
         "sweep-dstore-batch-bench---sweep---duration-s-5")
     assert slug("no_append and retries") == "no_append-and-retries"
+
+
+COMMAND = re.compile(r"`(?:dstore-batch|python|locust|bash|CI=true|PYTHONPATH=\S+|for) [^`]*`")
+COMMIT = re.compile(r"\b[0-9a-f]{7,40}\b")
+
+
+def tables(lines: list[str]) -> list[tuple[str, list[list[str]]]]:
+    """Each Markdown table of ``lines``: the paragraph just before it, and its rows (the
+    header first, the divider dropped) as lists of cells."""
+    out: list[tuple[str, list[list[str]]]] = []
+    i = 0
+    while i < len(lines):
+        if not lines[i].startswith("|"):
+            i += 1
+            continue
+        before: list[str] = []
+        j = i - 1
+        while j >= 0 and not lines[j].strip():
+            j -= 1
+        while j >= 0 and lines[j].strip() and not lines[j].startswith(("#", "|")):
+            before.insert(0, lines[j])
+            j -= 1
+        rows = []
+        while i < len(lines) and lines[i].startswith("|"):
+            cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                rows.append(cells)
+            i += 1
+        out.append((" ".join(before), rows))
+    return out
+
+
+def test_every_benchmark_figure_names_its_command_and_commit() -> None:
+    """BENCHMARKS.md: a table's rows each name a command and a commit in their own
+    columns, or the paragraph before the table names them for all of its rows."""
+    found = tables(prose_lines((ROOT / "BENCHMARKS.md").read_text()))
+    assert len(found) >= 8
+    for before, rows in found:
+        header = [c.lower() for c in rows[0]]
+        if "command" in header and "commit" in header:
+            columns = header.index("command"), header.index("commit")
+            last = ["", ""]
+            for row in rows[1:]:
+                # "same" (or "same run") repeats the row above's cell.
+                cells = [last[k] if row[c].startswith("same") else row[c]
+                         for k, c in enumerate(columns)]
+                assert COMMAND.search(cells[0]) and COMMIT.search(cells[1]), row
+                last = cells
+        elif header[0] != "machine":  # the machines' own table
+            assert COMMAND.search(before) and COMMIT.search(before), (before, header)
