@@ -35,14 +35,14 @@ def test_bench_kv_prints_every_figure(tmp_path: Path) -> None:
     # throttled task gets to in two short runs depends on the machine (CI once saw 400 +
     # 320); what it removed must add up with what is left, and no key may go under 2.
     # The count is read after each store stops, but a step cut off by the stop can land
-    # in the table without being counted: at most one step's rows (CI once saw 400 counted
-    # of 800 gone when the count was read at the window's end).
+    # in the table without being counted: at most one step's rows a run (CI once saw 400
+    # counted of 800 gone when the count was read at the window's end).
     removed = sum(r["removed_rows_run"] for r in retention["runs"]["on"])
     left = retention["left"]
     assert removed > 0
     assert left["keys"] == 100 and left["keys_under_limit"] == 0
     uncounted = 800 - left["over_limit"] - removed
-    assert 0 <= uncounted <= retention["policy"]["step_rows"], (removed, left)
+    assert 0 <= uncounted <= 2 * retention["policy"]["step_rows"], (removed, left)
     assert left["rows"] == 100 * 2 + left["over_limit"]
     assert sum(r["removed_rows_run"] for r in retention["runs"]["off"]) == 0
     idle = kv["retention_idle"]
