@@ -63,10 +63,14 @@ async def test_a_leader_its_followers_cannot_reach_gives_way(
           f"{recovered:.2f}s (lease {LEASE_S}s)")
     new = next(s for s, _ in proxied if s.is_leader)
     assert new is not leader and new.leader_state().token is not None
-    assert await _put_ok(followers[1], "second-follower")
+    # The other follower learns the new leader at its next lock check (within a lease or
+    # so; CI once saw its first put, 1 s long, end before that): a condition, not a race.
+    await wait_until(lambda: _put_ok(followers[1], f"second-{time.monotonic()}"),
+                     3 * LEASE_S, interval=0.05, what="a put through the other follower")
     # The old leader, cut off inbound only, follows and forwards its own puts.
     await wait_until(lambda: leader.leader == new.node_id, 3 * LEASE_S)
-    assert await _put_ok(leader, "old-leader")
+    await wait_until(lambda: _put_ok(leader, f"old-leader-{time.monotonic()}"),
+                     3 * LEASE_S, interval=0.05, what="a put through the old leader")
     leader_proxy.set_mode("pass")
 
 
