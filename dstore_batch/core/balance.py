@@ -33,7 +33,7 @@ from ..observability.metrics import Metrics
 from ..storage.base import LockState, PeerReport, Storage
 from ..types import Timestamp
 from .committer import Committer
-from .election import LEAVING, Election
+from .election import Election
 from .placement import Placement, place, untaken
 from .shards import shards_row_name
 
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 # A shard lock whose heartbeat is older than a lease but younger than this many is
 # orphaned by a holder that died: any node takes it, share or not.
 ORPHANED_LEASES = 20
+LEAVING = "-leaving-"  # a member report's mark of a node that is stopping
 # A member report's mark of a node that is alive but cannot lead now (it stepped down, or
 # reaches too few peers): the placer names it for no shard.
 CANNOT_LEAD = "-cannot-lead-"

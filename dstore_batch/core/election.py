@@ -45,9 +45,6 @@ class LeaderState:
 
 _NOBODY = LeaderState(None, False, None)
 REPORT_IDLE_LEASES = 5  # a follower with nothing to report writes once in this many
-# A report's mark of a node that is stopping: not a peer to reach any more (its last
-# sign of life would otherwise count for REPORT_IDLE_LEASES + 2 leases).
-LEAVING = "-leaving-"
 # Past the moment another holder's lease runs out, when this node looks again: a dead
 # leader is noticed as its lease ends, not up to a check interval later.
 EXPIRY_MARGIN_S = 0.02
@@ -221,13 +218,6 @@ class Election:
         while its last puts are re-routed there.
         """
         self._candidate = False
-        if self._reach is not None:
-            # Before the lock is free: a node checking whether it reaches its peers must
-            # not count this one, which is going.
-            try:
-                await self._storage.peer_report(self.lock_name, self.node_id, LEAVING)
-            except Exception as exc:  # its report then simply ages out
-                log.info("node %s: leaving mark not written: %r", self.node_id, exc)
         token = self._state.token if self._state.is_leader else None
         if token is None:
             return
@@ -419,8 +409,8 @@ class Election:
         Few writes on purpose: on the emulator every write of another node can abort the
         leader's commit (one transaction at a time), and with a slow database an aborted
         commit costs a lease. On real Spanner they never conflict (other rows)."""
-        if self._reach is None or not self._candidate:
-            return  # a node that is stopping keeps its leaving mark
+        if self._reach is None:
+            return
         unreachable = self._reach.unreachable()
         every = self.lease_s * (1 if unreachable else REPORT_IDLE_LEASES)
         if unreachable == self._reported and now - self._last_report < every:
@@ -474,7 +464,7 @@ class Election:
         if self._reach is None:
             return True
         others = [r.node for r in await self._reports(REPORT_IDLE_LEASES + 2)
-                  if r.node != old_leader and r.unreachable != LEAVING]
+                  if r.node != old_leader]
         if not others:
             return True
         reached = await self._reach.reachable(others)
