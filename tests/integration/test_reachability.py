@@ -39,17 +39,21 @@ class Scripted:
         return len(nodes) if self.reaches is None else min(self.reaches, len(nodes))
 
 
+async def node(tmp_path: Path, port: int
+               ) -> tuple[Election, Scripted, Metrics, SQLiteStorage]:
+    """One node of the group (not started), on the group's SQLite file."""
+    storage = SQLiteStorage(str(tmp_path / "dstore.db"))
+    await storage.start()
+    reach, metrics = Scripted(), Metrics()
+    election = Election(storage, lock_name="test", node_id=f"127.0.0.1:{port}",
+                        lease_s=LEASE_S, metrics=metrics, reach=reach)
+    return election, reach, metrics, storage
+
+
 @asynccontextmanager
 async def group(tmp_path: Path, count: int
                 ) -> AsyncIterator[list[tuple[Election, Scripted, Metrics]]]:
-    nodes = []
-    for i in range(count):
-        storage = SQLiteStorage(str(tmp_path / "dstore.db"))
-        await storage.start()
-        reach, metrics = Scripted(), Metrics()
-        election = Election(storage, lock_name="test", node_id=f"127.0.0.1:{9100 + i}",
-                            lease_s=LEASE_S, metrics=metrics, reach=reach)
-        nodes.append((election, reach, metrics, storage))
+    nodes = [await node(tmp_path, 9100 + i) for i in range(count)]
     try:
         for election, *_ in nodes:
             await election.start()
@@ -114,10 +118,7 @@ async def test_a_node_that_reaches_no_peer_does_not_take_a_free_lock(tmp_path: P
 @asynccontextmanager
 async def joined(tmp_path: Path, port: int) -> AsyncIterator[Election]:
     """One more node of the group, started here (it reaches every peer)."""
-    storage = SQLiteStorage(str(tmp_path / "dstore.db"))
-    await storage.start()
-    election = Election(storage, lock_name="test", node_id=f"127.0.0.1:{port}",
-                        lease_s=LEASE_S, metrics=Metrics(), reach=Scripted())
+    election, _, _, storage = await node(tmp_path, port)
     try:
         await election.start()
         yield election

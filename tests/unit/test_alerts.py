@@ -30,12 +30,12 @@ def rules() -> list[dict[str, Any]]:
 def healthy() -> dict[str, str]:
     """A group of three nodes and two shards with nothing wrong: one leader a shard, the
     database up, 100 puts/s answered in well under a second, no errors."""
-    flat, zero = f"0x{MINUTES}", f"0x{MINUTES}"
+    zero = f"0x{MINUTES}"
     series: dict[str, str] = {}
     for pod in ("p0", "p1", "p2"):
         series[f'dstore_database_up{{{NS},pod="{pod}"}}'] = f"1x{MINUTES}"
         series[f'dstore_leader_changes_total{{{NS},pod="{pod}"}}'] = f"2x{MINUTES}"
-        series[f'dstore_step_downs_total{{{NS},pod="{pod}"}}'] = flat
+        series[f'dstore_step_downs_total{{{NS},pod="{pod}"}}'] = zero
         for shard, leader in (("0", "p0"), ("1", "p1")):
             series[f'dstore_is_leader{{{NS},pod="{pod}",shard="{shard}"}}'] = (
                 f"1x{MINUTES}" if pod == leader else zero)
