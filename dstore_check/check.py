@@ -727,6 +727,10 @@ class _Checker:
         # emptied the database, so none of them may be in the final state.
         wiped_before = self.history.restarts[-1].begin if self.history.restarts else None
         counts["wiped"] = counts["wiped_but_stored"] = 0
+        counts["acked_above_cut"] = sum(
+            1 for r in self.history.restarts if r.cut is not None
+            for op in self.history.ops if op.outcome == "ok" and op.end < r.end
+            for ack in op.acks if ack > r.cut)
         for k, row in self.rows.items():
             status = row.status
             counts[status] += 1
@@ -759,6 +763,9 @@ class _Checker:
             "committed them again)",
             f"{straddling} operations overlapped a restart: their rows are checked only "
             "for at-most-once, failed-absent and no-phantom",
+            f"{counts['acked_above_cut']} rows acked by an emulator before its restart have "
+            "a timestamp above the restart's cut (must be 0: the cut bounds the old "
+            "emulator's commits)",
         ]
 
 

@@ -39,6 +39,7 @@ import aiohttp
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
 from dstore_batch.testing.emulator import Emulator
 from dstore_batch.testing.faultproxy import FaultProxy, Mode
+from dstore_batch.types import Timestamp
 
 from .history import EmulatorRestart, FaultEvent, OpHistory
 
@@ -48,6 +49,12 @@ FAULT_KINDS: tuple[str, ...] = ("kill", "stop", "peer-partition", "db-partition"
                                 "db-latency", "emulator-restart", "restart", "answer-loss",
                                 "asym-partition", "slow-peer", "client-reset", "overlap")
 NODE_FAULTS = ("kill", "stop", "restart")
+# The emulator-restart's cut: the old emulator's clock read before the stop, plus the
+# host's time to its exit, plus this for the ~1 us its clock gains per request served
+# meanwhile (thousands of requests).
+CUT_MARGIN_NS = 10_000_000
+CLOCK_READ_S = 5.0
+UNKNOWN_AHEAD_NS = 1_000_000_000  # when the clock could not be read
 LINK_FAULTS = ("peer-partition", "db-partition", "db-latency", "answer-loss",
                "asym-partition", "slow-peer", "client-reset")
 
@@ -66,6 +73,11 @@ class Rig:
     put_timeout_s: float = 5.0  # the nodes' --put-timeout-ms
     # In front of each node's HTTP port, for the producers that go through them.
     client_proxies: list[FaultProxy] = field(default_factory=list)
+
+    def database_clock(self) -> Timestamp:
+        """The emulator's clock now."""
+        parts = self.database.split("/")
+        return self.emulator.clock(parts[5], project=parts[1], instance=parts[3])
 
     def create_database(self) -> None:
         """The database again, with its tables, on a (restarted) emulator."""
@@ -381,12 +393,33 @@ class Faults(_Driver):
                     "the database (everything stored so far is gone)")
         begin = time.monotonic()
         self.emulator_down = True
+        ahead = await self._emulator_ahead_ns()
         await asyncio.to_thread(self.rig.emulator.stop)
-        # The old process has exited: nothing sent from now on can be committed to it.
-        self.history.restarts.append(EmulatorRestart(begin, time.monotonic()))
+        # The old process has exited: nothing sent from now on can be committed to it,
+        # and what it committed is at or below its clock now, which ran ahead of ours.
+        end, exited = time.monotonic(), time.time_ns()
+        cut = Timestamp(exited + max(ahead, 0) + CUT_MARGIN_NS)
+        self.history.restarts.append(EmulatorRestart(begin, end, cut))
+        # A new emulator's clock starts at this host's: one started after the cut commits
+        # only above it.
+        await asyncio.sleep(max(0, int(cut) - time.time_ns()) / 1e9)
         await self._start_emulator()
         self.say(f"    emulator back with an empty database after "
-                 f"{time.monotonic() - begin:.2f}s")
+                 f"{time.monotonic() - begin:.2f}s (its clock had run {ahead / 1e6:.1f} ms "
+                 "ahead of this host's)")
+
+    async def _emulator_ahead_ns(self) -> int:
+        """How far the emulator's clock runs ahead of this host's, at most (a strong
+        read's timestamp less the host's time before it was sent)."""
+        sent = time.time_ns()
+        try:
+            clock = await asyncio.wait_for(asyncio.to_thread(self.rig.database_clock),
+                                           CLOCK_READ_S)
+        except Exception as exc:  # a run without the bound would report false phantoms
+            self.say(f"    could not read the emulator's clock ({exc!r}); taking it as "
+                     f"{UNKNOWN_AHEAD_NS / 1e9:.0f} s ahead")
+            return UNKNOWN_AHEAD_NS
+        return int(clock) - sent
 
     async def _start_emulator(self) -> None:
         await asyncio.to_thread(self.rig.emulator.start)

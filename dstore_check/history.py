@@ -301,10 +301,25 @@ class FaultEvent:
 class EmulatorRestart:
     """The emulator was stopped at ``begin`` and its process had exited by ``end``: the
     database (kept in its memory) was empty after that. Nothing sent after ``end`` can
-    have been committed to the old one; what was committed before ``begin`` is gone."""
+    have been committed to the old one; what was committed before ``begin`` is gone.
+
+    ``cut`` (when the run measured it) splits the two emulators' commit timestamps:
+    every commit of the old one is at or below it, every commit of the new one above.
+    It is not ``end`` on this host's clock: an emulator's clock runs ahead of the host's
+    (by 6 ms after a minute of the checker's load here), so its last commits, made
+    while it stopped, can carry timestamps past the moment its process exited."""
 
     begin: float
     end: float
+    cut: Timestamp | None = None
+
+    def to_list(self) -> list[Any]:
+        return [self.begin, self.end, None if self.cut is None else str(self.cut)]
+
+    @classmethod
+    def from_list(cls, r: Sequence[Any]) -> EmulatorRestart:
+        cut = r[2] if len(r) > 2 else None  # histories written before the cut was kept
+        return cls(r[0], r[1], None if cut is None else Timestamp.parse(cut))
 
 
 @dataclass
@@ -417,7 +432,7 @@ class OpHistory:
     def to_dict(self) -> dict[str, Any]:
         return {"ops": [op.to_dict() for op in self.ops],
                 "faults": [f.to_dict() for f in self.faults],
-                "restarts": [[r.begin, r.end] for r in self.restarts],
+                "restarts": [r.to_list() for r in self.restarts],
                 "watches": [w.to_dict() for w in self.watches],
                 "keep_versions": self.keep_versions}
 
@@ -425,7 +440,7 @@ class OpHistory:
     def from_dict(cls, d: dict[str, Any]) -> OpHistory:
         return cls(ops=[Op.from_dict(o) for o in d["ops"]],
                    faults=[FaultEvent.from_dict(f) for f in d.get("faults", ())],
-                   restarts=[EmulatorRestart(b, e) for b, e in d.get("restarts", ())],
+                   restarts=[EmulatorRestart.from_list(r) for r in d.get("restarts", ())],
                    watches=[WatchStream.from_dict(w) for w in d.get("watches", ())],
                    keep_versions=d.get("keep_versions"))
 

@@ -100,10 +100,13 @@ class FinalLog:
 def epoch_cut(history: OpHistory) -> tuple[Timestamp, float]:
     """(timestamp, monotonic time): what the final state can hold was committed after
     the last emulator restart's end (the old process had exited; it was still committing
-    while it stopped); zero and -inf without a restart."""
+    while it stopped); zero and -inf without a restart. The timestamp is the restart's
+    measured ``cut``; for a history without one, its end on this host's clock."""
     if not history.restarts:
         return Timestamp(0), float("-inf")
     last = history.restarts[-1]
+    if last.cut is not None:
+        return last.cut, last.end
     ref = next((op for op in history.ops), None)
     offset = (ref.invoke_wall - ref.invoke) if ref is not None else 0.0
     return Timestamp(int((last.end + offset) * 1e9)), last.end

@@ -918,6 +918,12 @@ class _Run:
                 f"{self.report.rows['wiped_but_stored']} acked rows from before the last "
                 "emulator restart are still stored: the restart did not empty the database, "
                 "or something committed them again")
+        if self.report is not None and self.report.rows.get("acked_above_cut"):
+            self.problems.append(
+                f"{self.report.rows['acked_above_cut']} rows acked by an emulator before its "
+                "restart have timestamps above the restart's cut: the run misjudged how far "
+                "that emulator's clock ran ahead, and rows it committed may be reported "
+                "as phantoms")
         return CheckResult(self.config, self.history, self.report, injected, self.problems,
                            time.monotonic() - self.started, str(self.log_dir), self.say.t0)
 
@@ -1027,7 +1033,7 @@ def to_json(result: CheckResult) -> dict[str, Any]:
                           "events": [e.to_dict() for e in h.faults if e.kind == kind]}
                    for kind, n in result.injected.items()},
         "operations": h.counts(),
-        "restarts": [[r.begin, r.end] for r in h.restarts],
+        "restarts": [r.to_list() for r in h.restarts],
         "problems": result.problems,
         "report": result.report.to_dict(h) if result.report is not None else None,
     }

@@ -1,4 +1,5 @@
-"""Create the Spanner tables (and, on the emulator, the instance and database)."""
+"""Create the Spanner tables (and, on the emulator, the instance and database); read
+the database's clock."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
+from ..types import Timestamp
 from .ddl import ddl_statements, row_deletion_policy
-from .spanner import parse_database_path, spanner_client
+from .spanner import parse_database_path, read_timestamp_of, spanner_client
 
-__all__ = ["init_database"]
+__all__ = ["database_clock", "init_database"]
 
 log = logging.getLogger(__name__)
 OPERATION_TIMEOUT_S = 120
@@ -69,6 +71,21 @@ def init_database(
         return changed
     except gexc.GoogleAPICallError as exc:
         raise ValueError(f"init-db on {database} failed: {exc.message}") from None
+    finally:
+        client.close()
+
+
+def database_clock(database: str, *, emulator_host: str | None = None) -> Timestamp:
+    """The database's clock now: the timestamp of a strong read, which is at or above
+    every commit it has acked, and below every commit it will make."""
+    project, instance_id, database_id = parse_database_path(database)
+    client = spanner_client(project, emulator_host)
+    try:
+        db = client.instance(instance_id).database(database_id)
+        with db.snapshot() as snap:
+            result = snap.execute_sql("SELECT 1")
+            list(result)
+            return read_timestamp_of(result, snap)
     finally:
         client.close()
 

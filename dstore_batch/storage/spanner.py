@@ -65,7 +65,7 @@ from .base import (
     wait_abandoned,
 )
 
-__all__ = ["SpannerStorage", "parse_database_path", "spanner_client"]
+__all__ = ["SpannerStorage", "parse_database_path", "read_timestamp_of", "spanner_client"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -516,7 +516,7 @@ class SpannerStorage:
                     for r in rows
                     if r[2] is not None
                 ]
-                now = _read_timestamp(rows, snap)
+                now = read_timestamp_of(rows, snap)
                 cut = horizon(now, self.retention_s)
                 return History(select_history([i for i in items if i.timestamp >= cut], limit),
                                read_timestamp=now)
@@ -579,7 +579,7 @@ class SpannerStorage:
                 stream = iter(result)
                 first = next(stream, None)
                 if not seen:
-                    seen.append(_read_timestamp(result, checkout))
+                    seen.append(read_timestamp_of(result, checkout))
                 if first is not None:
                     yield first
                     yield from stream
@@ -616,7 +616,7 @@ class SpannerStorage:
                                           **self._bound())
                 stream = iter(result)
                 first = next(stream, None)
-                seen = [_read_timestamp(result, snap)]
+                seen = [read_timestamp_of(result, snap)]
                 rows = self._visible(itertools.chain([first] if first else [], stream),
                                      seen)
                 commits, complete = collect_changes(rows, after, limit, max_bytes,
@@ -633,7 +633,7 @@ class SpannerStorage:
             with self._db.snapshot() as snap:
                 result = snap.execute_sql("SELECT 1", **self._bound())
                 list(result)
-                return _read_timestamp(result, snap)
+                return read_timestamp_of(result, snap)
 
         return await self._read_call(read)
 
@@ -875,7 +875,7 @@ def _chunked(read: Callable[[KeySet, int], Iterator[Any]], keyset: KeySet, end: 
         rows = min(rows * 2, MAX_READ_CHUNK)
 
 
-def _read_timestamp(rows: Any, snap: Any) -> Timestamp:
+def read_timestamp_of(rows: Any, snap: Any) -> Timestamp:
     """The read timestamp a single-use snapshot's result reports (the client asks for it:
     ``return_read_timestamp``); read after the first response has arrived."""
     metadata = rows.metadata

@@ -15,7 +15,7 @@ from google.cloud.spanner_v1.transaction import Transaction
 from dstore_batch.errors import ReadError
 from dstore_batch.storage import Storage, list_page
 from dstore_batch.storage import spanner as spanner_module
-from dstore_batch.storage.admin import init_database
+from dstore_batch.storage.admin import database_clock, init_database
 from dstore_batch.storage.spanner import SpannerStorage, parse_database_path, spanner_client
 from dstore_batch.testing.emulator import Emulator
 from dstore_batch.types import IF_ABSENT, ListItem, Row, Timestamp
@@ -197,3 +197,22 @@ async def test_a_read_cut_by_a_reconnect_is_a_read_error(database: str,
 
 async def test_lock_reads_do_not_wait_behind_data_reads(storage: Storage) -> None:
     await lock_reads_do_not_wait_behind_data_reads(storage, 200)
+
+
+async def test_the_database_clock_is_above_every_commit_it_acked(
+        database: str, emulator_host: str) -> None:
+    """The checker's emulator-restart cut starts from this reading: a commit's
+    timestamp at or below the clock read after its ack, and the clock read before a
+    commit below its timestamp."""
+    s = SpannerStorage(database, emulator_host=emulator_host)
+    await s.start()
+    try:
+        before = database_clock(database, emulator_host=emulator_host)
+        token = await s.lock_acquire("clock-lock", "me")
+        assert token is not None
+        stamps = [(await s.commit([Row(f"c{n}", "clock-key", "v")], "me", None)).timestamp
+                  for n in range(20)]
+        after = database_clock(database, emulator_host=emulator_host)
+    finally:
+        await s.close()
+    assert before < min(stamps) and max(stamps) <= after

@@ -4,6 +4,8 @@ cannot fail checks nothing, so every check has a history here that must fail it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import aiohttp
 import pytest
 
@@ -408,6 +410,7 @@ def test_an_emulator_restart_does_not_hide_what_came_after() -> None:
 def test_history_round_trips_through_json(tmp_path: object) -> None:
     h, reads = clean_history()
     h.restarts.append(EmulatorRestart(50.0, 50.5))
+    h.restarts.append(EmulatorRestart(60.0, 60.5, ts(70)))
     path = f"{tmp_path}/h.json"
     h.dump(path)
     again = OpHistory.load(path)
@@ -739,6 +742,55 @@ def test_a_watch_event_from_a_stopping_emulator_is_not_a_phantom() -> None:
     conn.events.append(("put", "a", "r0", during, during))
     h.watches.append(WatchStream("w0", "", [conn]))
     assert only(check_history(h, final("a"))) == {}
+
+
+def ahead_of_end(h: OpHistory, restart: EmulatorRestart, ms: float) -> Timestamp:
+    """``ms`` past the restart's end on this host's clock, as a commit timestamp."""
+    offset = h.ops[0].invoke_wall - h.ops[0].invoke
+    return Timestamp(int((restart.end + offset + ms / 1000) * 1e9))
+
+
+def watched(h: OpHistory, *rows: tuple[str, Timestamp]) -> None:
+    conn = WatchConnection("n1", Timestamp(0), 0.0)
+    for rid, at in rows:
+        conn.events.append(("put", "a", rid, at, at))
+    h.watches.append(WatchStream("w0", "", [conn]))
+
+
+def test_a_watch_event_from_an_emulator_whose_clock_ran_ahead_is_not_a_phantom() -> None:
+    # Found by CI at stop 33: the emulator's clock runs ahead of the host's (6 ms after a
+    # minute of the checker's load here), so a row it committed while it stopped had a
+    # timestamp past the moment its process exited. A watcher saw the row, the restart
+    # wiped it, and the checker, cutting at the exit on the host's clock, called it a
+    # phantom. The run now measures the cut (the old emulator's clock before the stop).
+    h = OpHistory()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    restart = EmulatorRestart(2.0, 2.5)
+    h.restarts.append(restart)
+    late = ahead_of_end(h, restart, 3)
+    watched(h, ("r0", late))
+    assert only(check_history(h, final("a"))) == {"watch_phantom": 1}  # the CI failure
+    h.restarts[-1] = replace(restart, cut=ahead_of_end(h, restart, 16))  # 6 ms, margin
+    assert only(check_history(h, final("a"))) == {}
+    # The cut hides nothing of the new emulator's: a row above it must be stored.
+    watched(h, ("r2", ahead_of_end(h, restart, 17)))
+    assert only(check_history(h, final("a"))) == {"watch_phantom": 1}
+
+
+def test_a_row_the_old_emulator_acked_above_the_cut_is_counted() -> None:
+    # The cut was measured too low: a row acked before the old emulator exited has a
+    # timestamp above it. The run says so (a problem of the run, not of the store).
+    h = OpHistory()
+    put(h, 1.0, 1.1, ("a", "r1"), acks=(10,))
+    restart = EmulatorRestart(2.0, 2.5)
+    h.restarts.append(restart)
+    h.restarts[-1] = replace(restart, cut=ts(10))
+    assert check_history(h, final("a")).rows["acked_above_cut"] == 0
+    h.restarts[-1] = replace(restart, cut=ts(9))
+    report = check_history(h, final("a"))
+    assert report.rows["acked_above_cut"] == 1
+    assert any(line.startswith("1 rows acked by an emulator before its restart")
+               for line in report.scope)
 
 
 def fresh_put(h: OpHistory, start: float, end: float, key: str, name: str, *,
