@@ -76,13 +76,18 @@ class Rig:
 
     def database_clock(self) -> Timestamp:
         """The emulator's clock now."""
-        parts = self.database.split("/")
-        return self.emulator.clock(parts[5], project=parts[1], instance=parts[3])
+        name, project, instance = self._where()
+        return self.emulator.clock(name, project=project, instance=instance)
 
     def create_database(self) -> None:
         """The database again, with its tables, on a (restarted) emulator."""
+        name, project, instance = self._where()
+        self.emulator.create_database(name, project=project, instance=instance)
+
+    def _where(self) -> tuple[str, str, str]:
+        """The database's name, project and instance."""
         parts = self.database.split("/")
-        self.emulator.create_database(parts[5], project=parts[1], instance=parts[3])
+        return parts[5], parts[1], parts[3]
 
 
 class _Driver:
