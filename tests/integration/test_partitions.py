@@ -78,12 +78,15 @@ async def test_a_flapping_link_does_not_move_leadership(
         proxied: list[tuple[Store, FaultProxy]]) -> None:
     leader, leader_proxy = next((s, p) for s, p in proxied if s.is_leader)
     token = leader.leader_state().token
-    # Cut for well under a lease at a time: not long enough to call the leader gone.
-    for _ in range(6):
+    # Cut for well under a lease at a time, open for a moment between: not long enough
+    # to call the leader gone. (Open for 0.15 of a lease: a follower that retried its
+    # link once every quarter lease missed every open window for 3 s and moved the
+    # leader in 6 runs of 6; CI once saw it with windows of a quarter lease.)
+    for _ in range(7):
         leader_proxy.set_mode("reset")
-        await asyncio.sleep(LEASE_S / 4)
+        await asyncio.sleep(LEASE_S * 0.3)
         leader_proxy.set_mode("pass")
-        await asyncio.sleep(LEASE_S / 4)
+        await asyncio.sleep(LEASE_S * 0.15)
     assert leader.is_leader and leader.leader_state().token == token
     followers = [s for s, _ in proxied if s is not leader]
     await wait_until(lambda: _put_ok(followers[0], "after-flapping"), 3 * LEASE_S)
