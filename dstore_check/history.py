@@ -306,7 +306,7 @@ class EmulatorRestart:
     ``cut`` (when the run measured it) splits the two emulators' commit timestamps:
     every commit of the old one is at or below it, every commit of the new one above.
     It is not ``end`` on this host's clock: an emulator's clock runs ahead of the host's
-    (by 6 ms after a minute of the checker's load here), so its last commits, made
+    (by 6-23 ms after a minute of the checker's load here), so its last commits, made
     while it stopped, can carry timestamps past the moment its process exited."""
 
     begin: float

@@ -148,7 +148,7 @@ class Emulator:
     def clock(self, database: str = "dstore", *, project: str = "local-project",
               instance: str = "local-instance") -> Timestamp:
         """The emulator's clock now (a strong read's timestamp). It runs ahead of this
-        host's clock: by about 1 us per request it has served (EMULATOR.md)."""
+        host's clock, further the more requests it has served (EMULATOR.md)."""
         from ..storage.admin import database_clock
 
         return database_clock(f"projects/{project}/instances/{instance}/databases/{database}",
