@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from dstore_batch.storage.spanner import parse_database_path
 from dstore_batch.testing.cluster import LocalCluster, NodeProcess
 from dstore_batch.testing.emulator import Emulator
 from dstore_batch.testing.faultproxy import FaultProxy, Mode
@@ -76,18 +77,12 @@ class Rig:
 
     def database_clock(self) -> Timestamp:
         """The emulator's clock now."""
-        name, project, instance = self._where()
-        return self.emulator.clock(name, project=project, instance=instance)
+        return self.emulator.clock(self.database)
 
     def create_database(self) -> None:
         """The database again, with its tables, on a (restarted) emulator."""
-        name, project, instance = self._where()
+        project, instance, name = parse_database_path(self.database)
         self.emulator.create_database(name, project=project, instance=instance)
-
-    def _where(self) -> tuple[str, str, str]:
-        """The database's name, project and instance."""
-        parts = self.database.split("/")
-        return parts[5], parts[1], parts[3]
 
 
 class _Driver:

@@ -145,14 +145,13 @@ class Emulator:
                       emulator_host=self.host)
         return path
 
-    def clock(self, database: str = "dstore", *, project: str = "local-project",
-              instance: str = "local-instance") -> Timestamp:
-        """The emulator's clock now (a strong read's timestamp). It runs ahead of this
-        host's clock, further the more requests it has served (EMULATOR.md)."""
+    def clock(self, database: str) -> Timestamp:
+        """The emulator's clock now, read in ``database`` (a path, as ``create_database``
+        returns): a strong read's timestamp. It runs ahead of this host's clock, further
+        the more requests it has served (EMULATOR.md)."""
         from ..storage.admin import database_clock
 
-        return database_clock(f"projects/{project}/instances/{instance}/databases/{database}",
-                              emulator_host=self.host)
+        return database_clock(database, emulator_host=self.host)
 
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL)."""
